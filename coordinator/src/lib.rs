@@ -1,1 +1,20 @@
+//! Ratify's coordinator: a node of an openraft cluster whose replicated log holds every
+//! transaction decision, and whose leader drives two-phase commit over gRPC.
+//!
+//! # Layout
+//! - [`types`]: Raft type config and aliases, node identity, the gtrid encoding.
+//! - [`txn`]: transaction states, decisions, log commands and the table they change —
+//!   the only place a transaction's state changes.
+//! - [`raft`]: where bytes hit disk and cross between nodes (sled log with real
+//!   fdatasync, state machine snapshots, Raft network).
+//! - [`driver`]: leader-only 2PC engine (prepare fan-out, decisions, phase 2,
+//!   timeouts, failover recovery).
+//! - [`service`]: the gRPC services; the only place errors become `Status`.
+//! - [`server`]: [`server::run`] wires a node together.
 
+pub mod driver;
+pub mod raft;
+pub mod server;
+pub mod service;
+pub mod txn;
+pub mod types;

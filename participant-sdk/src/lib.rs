@@ -1,1 +1,18 @@
+//! Take part in Ratify global transactions.
+//!
+//! # Layout
+//! - [`xid`]: the XA-shaped branch id and its strict, printable encoding.
+//! - [`resource`]: the XA-style [`resource::Resource`] trait every participant resource implements.
+//! - [`server`]: the participant gRPC server that hosts resources for the coordinator.
+//! - [`recovery`]: the participant-side loop that resolves in-doubt branches.
+//! - [`client`]: the coordinator client (leader discovery, retries, deadlines).
+//! - [`durable`]: sled with a real, group-committed fdatasync.
+//! - [`accounts`]: an embedded, durable account-balance store for demos and tests.
+//! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
 
+pub mod durable;
+pub mod accounts;
+mod branch_log;
+pub mod noop;
+pub mod resource;
+pub mod xid;

@@ -1,0 +1,561 @@
+//! The leader-only driver: runs two-phase commit, logs every decision through Raft
+//! before phase 2, retries phase 2 until every branch acknowledges, aborts
+//! transactions that outlive their timeout, and on becoming leader finishes every
+//! decided-but-not-completed transaction.
+//!
+//! # Layout
+//! - this file: [`Driver`], the entry points the services call (begin, enlist,
+//!   commit, rollback, query) and the propose path into Raft.
+//! - [`participants`]: calls to participants and the mapping of their answers.
+//! - [`phase2`]: phase-2 fan-out with retries, and batched completion.
+//! - [`leader`]: leadership tracking, the timeout scanner and failover recovery.
+//!
+//! One driver per transaction: commits of the same gtrid on this node share one
+//! run (`inflight`), and every write is a Raft proposal, so a deposed leader's late
+//! decisions cannot commit (DESIGN §4.8).
+
+mod leader;
+pub mod participants;
+mod phase2;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use ratify_proto::pb;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::raft::SharedSm;
+use crate::txn::{
+    BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal,
+};
+use crate::types::typ::{ClientWriteError, Raft, RaftError};
+use crate::types::{now_ms, Gtrid, NodeId, NodeInfo};
+use participants::{ParticipantPool, Phase2Outcome, PrepareOutcome};
+
+/// Tunables of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// How long a prepare may take before the branch counts as unreachable.
+    pub prepare_timeout: Duration,
+    /// Per-attempt bound on a phase-2 call.
+    pub phase2_timeout: Duration,
+    /// Timeout of a transaction whose client did not set one.
+    pub default_txn_timeout: Duration,
+    /// Commit single-branch transactions in one phase.
+    pub one_phase: bool,
+    /// How long a proposal may wait for the log before the caller is told to retry.
+    pub propose_timeout: Duration,
+    /// How often the leader scans for timed-out and undriven transactions.
+    pub scan_interval: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            prepare_timeout: Duration::from_secs(5),
+            phase2_timeout: Duration::from_secs(5),
+            default_txn_timeout: Duration::from_secs(30),
+            one_phase: true,
+            propose_timeout: Duration::from_secs(5),
+            scan_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why the driver could not serve a request. Domain outcomes (aborts) are not errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriveError {
+    /// This node is not the leader; the leader, if known, is attached.
+    #[error("not the leader")]
+    NotLeader(Option<NodeInfo>),
+    /// Malformed input; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such transaction.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed in the transaction's state; nothing changed.
+    #[error("{0}")]
+    Precondition(String),
+    /// No quorum, or the node is shutting down: retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Where a transaction stands, for the participant-facing query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryAnswer {
+    /// Decided.
+    Decided(Decision),
+    /// Undecided and may still commit.
+    InProgress,
+    /// Completed and forgotten.
+    Forgotten,
+}
+
+/// The result of Begin.
+#[derive(Debug, Clone)]
+pub struct Begun {
+    /// The new gtrid.
+    pub gtrid: Gtrid,
+    /// Deadline, Unix ms.
+    pub deadline_ms: u64,
+    /// Branches enlisted with it.
+    pub branches: Vec<BranchRecord>,
+}
+
+/// Shared result of one commit run, seen by every concurrent commit of the gtrid.
+type CommitSlot = watch::Receiver<Option<Result<Decision, DriveError>>>;
+
+/// The leader-side engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Driver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node.
+    id: NodeId,
+    /// The Raft handle: the only way to change a transaction.
+    raft: Raft,
+    /// Read access to the applied table.
+    sm: SharedSm,
+    /// Tunables.
+    config: DriverConfig,
+    /// Channels to participants.
+    pool: ParticipantPool,
+    /// Commits being driven on this node, by txn index (the in-memory PREPARING state).
+    inflight: Mutex<HashMap<u64, CommitSlot>>,
+    /// Transactions whose phase 2 runs on this node (until their completion is logged).
+    phase2: Mutex<HashSet<u64>>,
+    /// Fully acknowledged transactions waiting to be logged as completed, in batches.
+    completions: mpsc::UnboundedSender<u64>,
+    /// `Some(term)` while this node is the leader and has caught up in that term.
+    leader_term: watch::Sender<Option<u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Driver {
+    /// Creates the driver and starts its background tasks (leadership tracking,
+    /// completion batching). They stop when `shutdown` resolves.
+    pub fn start(
+        id: NodeId,
+        raft: Raft,
+        sm: SharedSm,
+        config: DriverConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let (completions, completions_rx) = mpsc::unbounded_channel();
+        let (leader_term, _) = watch::channel(None);
+        let driver = Self {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                sm,
+                config,
+                pool: ParticipantPool::default(),
+                inflight: Mutex::new(HashMap::new()),
+                phase2: Mutex::new(HashSet::new()),
+                completions,
+                leader_term,
+            }),
+        };
+        tokio::spawn(driver.clone().run_completer(completions_rx, shutdown.clone()));
+        tokio::spawn(driver.clone().run_leadership(shutdown));
+        driver
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The applied state.
+    pub fn sm(&self) -> &SharedSm {
+        &self.inner.sm
+    }
+
+    /// The default transaction timeout.
+    pub fn default_txn_timeout(&self) -> Duration {
+        self.inner.config.default_txn_timeout
+    }
+
+    /// Errs with the leader hint unless this node is the leader.
+    fn ensure_leader(&self) -> Result<(), DriveError> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        if m.current_leader == Some(self.inner.id) && m.state.is_leader() {
+            return Ok(());
+        }
+        let hint = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        Err(DriveError::NotLeader(hint))
+    }
+
+    /// Parses a gtrid and checks that it belongs to this cluster.
+    ///
+    /// # Errors
+    /// `Invalid` when malformed, `NotFound` when it names another cluster.
+    pub fn resolve(&self, gtrid: &str) -> Result<Gtrid, DriveError> {
+        let g: Gtrid = gtrid.parse().map_err(|e: crate::types::MalformedGtrid| DriveError::Invalid(e.to_string()))?;
+        let cluster = self.inner.sm.read().table.cluster_id;
+        if g.cluster != cluster {
+            return Err(DriveError::NotFound(format!(
+                "transaction {g} does not belong to this cluster ({cluster:016x})"
+            )));
+        }
+        Ok(g)
+    }
+
+    fn gtrid(&self, txn: u64) -> Gtrid {
+        Gtrid {
+            cluster: self.inner.sm.read().table.cluster_id,
+            index: txn,
+        }
+    }
+
+    /// Proposes a command and returns what the state machine answered.
+    async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
+        let write = self.inner.raft.client_write(cmd);
+        match tokio::time::timeout(self.inner.config.propose_timeout, write).await {
+            Err(_) => Err(DriveError::Unavailable(
+                "the log did not commit the request in time (no quorum?); retry".into(),
+            )),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(DriveError::NotLeader(f.leader_node))
+            }
+            Ok(Err(e)) => Err(DriveError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Records a decision (or learns the one that won) and starts phase 2 if needed.
+    async fn decide(&self, txn: u64, decision: Decision, prepared: Option<u32>, skip: Vec<u32>) -> Result<Decision, DriveError> {
+        let cmd = Command::Decide {
+            txn,
+            decision,
+            prepared_branches: prepared,
+            skip_phase2: skip,
+            complete: false,
+        };
+        match self.propose(cmd).await? {
+            CommandResult::Decided(d) => {
+                self.ensure_phase2(txn);
+                Ok(d)
+            }
+            CommandResult::Refused(r) => Err(refusal(r)),
+            other => Err(DriveError::Unavailable(format!("unexpected state machine answer {other:?}"))),
+        }
+    }
+
+    /// Begins a transaction, enlisting `branches` in the same log entry.
+    ///
+    /// # Errors
+    /// `NotLeader`, `Unavailable` (no quorum, cluster still initialising), `Invalid`.
+    pub async fn begin(
+        &self,
+        timeout: Duration,
+        labels: BTreeMap<String, String>,
+        branches: Vec<BranchSpec>,
+    ) -> Result<Begun, DriveError> {
+        self.ensure_leader()?;
+        let cmd = Command::Begin {
+            now_ms: now_ms(),
+            timeout_ms: timeout.as_millis() as u64,
+            labels,
+            branches,
+        };
+        match self.propose(cmd).await? {
+            CommandResult::Begun {
+                txn,
+                deadline_ms,
+                branches,
+            } => Ok(Begun {
+                gtrid: self.gtrid(txn),
+                deadline_ms,
+                branches,
+            }),
+            CommandResult::Refused(Refusal::NoClusterId) => Err(DriveError::Unavailable(
+                "the cluster is still initialising; retry".into(),
+            )),
+            CommandResult::Refused(r) => Err(refusal(r)),
+            other => Err(DriveError::Unavailable(format!("unexpected state machine answer {other:?}"))),
+        }
+    }
+
+    /// Enlists a branch in an ACTIVE transaction (idempotent per endpoint + resource).
+    ///
+    /// # Errors
+    /// `Precondition` once commit has started or the transaction is decided.
+    pub async fn enlist(&self, gtrid: Gtrid, branch: BranchSpec) -> Result<BranchRecord, DriveError> {
+        self.ensure_leader()?;
+        if lock(&self.inner.inflight).contains_key(&gtrid.index) {
+            return Err(DriveError::Precondition(format!(
+                "transaction {gtrid} is committing; it takes no more branches"
+            )));
+        }
+        match self.propose(Command::Enlist { txn: gtrid.index, branch }).await? {
+            CommandResult::Enlisted(b) => Ok(b),
+            CommandResult::Refused(r) => Err(refusal(r)),
+            other => Err(DriveError::Unavailable(format!("unexpected state machine answer {other:?}"))),
+        }
+    }
+
+    /// Commits: runs prepare on every branch, logs the decision, starts phase 2 and
+    /// returns the decision. Idempotent: a decided transaction returns its decision.
+    ///
+    /// # Errors
+    /// `NotLeader`, `NotFound`, `Unavailable`; never for a domain abort.
+    pub async fn commit(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
+        self.ensure_leader()?;
+        let txn = gtrid.index;
+        let branches = match self.decided_or_live(txn)? {
+            Ok(d) => return Ok(d),
+            Err(branches) => branches,
+        };
+        // One driver per transaction on this node: later callers wait for the first.
+        let (tx, slot) = {
+            let mut inflight = lock(&self.inner.inflight);
+            match inflight.get(&txn) {
+                Some(slot) => (None, slot.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(txn, rx.clone());
+                    (Some(tx), rx)
+                }
+            }
+        };
+        let Some(tx) = tx else {
+            return wait_slot(slot).await;
+        };
+        let result = self
+            .drive_commit(txn, branches)
+            .instrument(tracing::info_span!("commit", gtrid = %gtrid))
+            .await;
+        let _ = tx.send(Some(result.clone()));
+        lock(&self.inner.inflight).remove(&txn);
+        result
+    }
+
+    /// The recorded decision, or the branches of an undecided live transaction.
+    fn decided_or_live(&self, txn: u64) -> Result<Result<Decision, Vec<BranchRecord>>, DriveError> {
+        let sm = self.inner.sm.read();
+        match sm.table.lookup(txn) {
+            Lookup::Live(rec) => match &rec.decision {
+                Some(d) => {
+                    let d = d.clone();
+                    drop(sm);
+                    self.ensure_phase2(txn);
+                    Ok(Ok(d))
+                }
+                None => Ok(Err(rec.branches.clone())),
+            },
+            Lookup::Finished(f) => Ok(Ok(f.decision.clone())),
+            Lookup::Forgotten => Err(DriveError::NotFound(format!(
+                "transaction {} completed long ago and its outcome was forgotten",
+                self.gtrid(txn)
+            ))),
+            Lookup::Unknown => Err(DriveError::NotFound(format!("no transaction {}", self.gtrid(txn)))),
+        }
+    }
+
+    async fn drive_commit(&self, txn: u64, branches: Vec<BranchRecord>) -> Result<Decision, DriveError> {
+        let n = branches.len() as u32;
+        if branches.is_empty() {
+            return self.decide(txn, decision(true, Reason::ClientCommit, String::new()), Some(0), vec![]).await;
+        }
+        if branches.len() == 1 && self.inner.config.one_phase {
+            return self.one_phase(txn, &branches[0]).await;
+        }
+        let gtrid = self.gtrid(txn);
+        let timeout = self.inner.config.prepare_timeout;
+        let mut votes: FuturesUnordered<_> = branches
+            .iter()
+            .map(|b| {
+                let xid = xid_pb(gtrid, b.bqual);
+                async move {
+                    let vote = self.inner.pool.prepare(&b.spec.endpoint, &b.spec.resource, xid, timeout).await;
+                    (b.bqual, vote)
+                }
+            })
+            .collect();
+        let mut read_only = Vec::new();
+        let mut failure = None;
+        while let Some((bqual, vote)) = votes.next().await {
+            tracing::debug!(bqual, ?vote, "vote");
+            match vote {
+                PrepareOutcome::Yes => {}
+                PrepareOutcome::ReadOnly => read_only.push(bqual),
+                // The first NO decides: the rest cannot change the outcome, and a
+                // late prepare is fenced by the participant's tombstone.
+                PrepareOutcome::No(d) => {
+                    failure = Some((Reason::VotedNo, d));
+                    break;
+                }
+                PrepareOutcome::Unreachable(d) => {
+                    failure = Some((Reason::ParticipantUnreachable, d));
+                    break;
+                }
+                PrepareOutcome::Garbage(d) => {
+                    failure = Some((Reason::ProtocolError, d));
+                    break;
+                }
+            }
+        }
+        drop(votes);
+        if let Some((reason, detail)) = failure {
+            tracing::info!(?reason, %detail, "aborting");
+            return self.decide(txn, decision(false, reason, detail), None, read_only).await;
+        }
+        match self.decide(txn, decision(true, Reason::ClientCommit, String::new()), Some(n), read_only.clone()).await {
+            Err(DriveError::Precondition(detail)) => {
+                // A branch was enlisted while we prepared: it was never prepared, so
+                // the commit cannot stand. Abort (the branch set is now fixed).
+                self.decide(txn, decision(false, Reason::ProtocolError, detail), None, read_only).await
+            }
+            other => other,
+        }
+    }
+
+    /// One-phase commit of a single-branch transaction: the participant decides.
+    async fn one_phase(&self, txn: u64, branch: &BranchRecord) -> Result<Decision, DriveError> {
+        let xid = xid_pb(self.gtrid(txn), branch.bqual);
+        let deadline = tokio::time::Instant::now() + self.inner.config.prepare_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = self
+                .inner
+                .pool
+                .commit(&branch.spec.endpoint, &branch.spec.resource, xid.clone(), true, remaining.max(Duration::from_millis(50)))
+                .await;
+            let (commit, reason, detail) = match answer {
+                Phase2Outcome::Committed => (true, Reason::OnePhase, String::new()),
+                Phase2Outcome::RolledBack => (false, Reason::OnePhaseRefused, String::new()),
+                Phase2Outcome::Retry(d) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(detail = %d, "one-phase commit retry");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                // Unreachable throughout: abort. If the branch did commit after all,
+                // the rollback reports it (heuristic) and the log says ABORTED.
+                Phase2Outcome::Retry(d) => (false, Reason::ParticipantUnreachable, d),
+            };
+            let skip = if commit || reason == Reason::OnePhaseRefused { vec![branch.bqual] } else { vec![] };
+            return self.decide(txn, decision(commit, reason, detail), commit.then_some(1), skip).await;
+        }
+    }
+
+    /// Aborts unless already decided; returns the decision in force.
+    ///
+    /// # Errors
+    /// `NotLeader`, `NotFound`, `Unavailable`.
+    pub async fn rollback(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
+        self.ensure_leader()?;
+        match self.decided_or_live(gtrid.index)? {
+            Ok(d) => Ok(d),
+            Err(_) => {
+                self.decide(gtrid.index, decision(false, Reason::ClientRollback, String::new()), None, vec![])
+                    .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
+                    .await
+            }
+        }
+    }
+
+    /// Answers a participant's "what happened to T?". When nothing is decided and the
+    /// transaction cannot still commit, logs ABORT first (DESIGN §4.3): the read is
+    /// linearizable, so no decision from an earlier term can still appear.
+    ///
+    /// # Errors
+    /// `NotLeader`, `NotFound` (a gtrid this cluster never issued), `Unavailable`.
+    pub async fn query(&self, gtrid: Gtrid) -> Result<QueryAnswer, DriveError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(crate::types::typ::CheckIsLeaderError::ForwardToLeader(f))) => {
+                return Err(DriveError::NotLeader(f.leader_node));
+            }
+            Err(e) => return Err(DriveError::Unavailable(e.to_string())),
+        }
+        let txn = gtrid.index;
+        let may_still_commit = {
+            let sm = self.inner.sm.read();
+            match sm.table.lookup(txn) {
+                Lookup::Live(rec) => match &rec.decision {
+                    Some(d) => return Ok(QueryAnswer::Decided(d.clone())),
+                    None => lock(&self.inner.inflight).contains_key(&txn) || now_ms() < rec.deadline_ms,
+                },
+                Lookup::Finished(f) => return Ok(QueryAnswer::Decided(f.decision.clone())),
+                Lookup::Forgotten => return Ok(QueryAnswer::Forgotten),
+                Lookup::Unknown => {
+                    let applied = sm.last_applied.map_or(0, |l| l.index);
+                    if txn > applied {
+                        return Err(DriveError::NotFound(format!("no transaction {gtrid} was ever begun")));
+                    }
+                    false
+                }
+            }
+        };
+        if may_still_commit {
+            return Ok(QueryAnswer::InProgress);
+        }
+        let d = self
+            .decide(txn, decision(false, Reason::ParticipantInquiry, "no decision was recorded".into()), None, vec![])
+            .instrument(tracing::info_span!("presumed_abort", gtrid = %gtrid))
+            .await?;
+        Ok(QueryAnswer::Decided(d))
+    }
+
+    /// Is a commit of `txn` being driven on this node right now?
+    pub fn is_preparing(&self, txn: u64) -> bool {
+        lock(&self.inner.inflight).contains_key(&txn)
+    }
+}
+
+async fn wait_slot(mut slot: CommitSlot) -> Result<Decision, DriveError> {
+    loop {
+        if let Some(r) = slot.borrow().clone() {
+            return r;
+        }
+        if slot.changed().await.is_err() {
+            return slot.borrow().clone().unwrap_or_else(|| {
+                Err(DriveError::Unavailable("the commit run was interrupted; retry".into()))
+            });
+        }
+    }
+}
+
+fn decision(commit: bool, reason: Reason, detail: String) -> Decision {
+    Decision {
+        commit,
+        reason,
+        detail,
+        decided_ms: now_ms(),
+    }
+}
+
+/// The protobuf xid of a branch.
+pub fn xid_pb(gtrid: Gtrid, bqual: u32) -> pb::Xid {
+    pb::Xid {
+        format_id: ratify_proto::XID_FORMAT_ID,
+        gtrid: gtrid.to_string(),
+        bqual: bqual.to_string(),
+    }
+}
+
+fn refusal(r: Refusal) -> DriveError {
+    match r {
+        Refusal::NotFound => DriveError::NotFound("no such transaction".into()),
+        Refusal::NoClusterId => DriveError::Unavailable(r.to_string()),
+        Refusal::AlreadyDecided(_) | Refusal::TooManyBranches | Refusal::BranchSetChanged { .. } => {
+            DriveError::Precondition(r.to_string())
+        }
+    }
+}

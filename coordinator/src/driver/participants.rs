@@ -1,0 +1,175 @@
+//! Calls to participants: one lazily connected channel per endpoint, and the mapping of
+//! their answers (including garbage) onto protocol outcomes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ratify_proto::pb;
+use ratify_proto::pb::participant_client::ParticipantClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Normalises a participant endpoint into a URI (`host:port` gets `http://`).
+pub fn endpoint_uri(endpoint: &str) -> String {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// A participant's answer to prepare, as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareOutcome {
+    /// Prepared durably.
+    Yes,
+    /// Nothing to commit.
+    ReadOnly,
+    /// Rolled back locally; detail says why.
+    No(String),
+    /// No answer in time, or a transport failure.
+    Unreachable(String),
+    /// An answer outside the protocol.
+    Garbage(String),
+}
+
+/// A participant's answer to a phase-2 or one-phase call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase2Outcome {
+    /// The branch is committed.
+    Committed,
+    /// The branch is rolled back.
+    RolledBack,
+    /// Retry later (transport failure, timeout, garbage, unknown resource).
+    Retry(String),
+}
+
+/// Cached gRPC channels to participants.
+#[derive(Debug, Default)]
+pub struct ParticipantPool {
+    /// Channel per endpoint string; a tonic channel reconnects by itself.
+    clients: Mutex<HashMap<String, ParticipantClient<Channel>>>,
+}
+
+impl ParticipantPool {
+    fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(endpoint_uri(endpoint))
+            .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let client = ParticipantClient::new(ep.connect_lazy());
+        clients.insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Phase 1 on one branch, bounded by `timeout`.
+    pub async fn prepare(
+        &self,
+        endpoint: &str,
+        resource: &str,
+        xid: pb::Xid,
+        timeout: Duration,
+    ) -> PrepareOutcome {
+        let mut client = match self.client(endpoint) {
+            Ok(c) => c,
+            Err(e) => return PrepareOutcome::Unreachable(e),
+        };
+        let mut req = tonic::Request::new(pb::PrepareRequest {
+            resource: resource.to_string(),
+            xid: Some(xid),
+        });
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.prepare(req)).await {
+            Err(_) => PrepareOutcome::Unreachable(format!("{endpoint}: no answer within {timeout:?}")),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                PrepareOutcome::No(format!("{endpoint}: {}", status.message()))
+            }
+            Ok(Err(status)) => PrepareOutcome::Unreachable(format!("{endpoint}: {status}")),
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                match pb::Vote::try_from(resp.vote) {
+                    Ok(pb::Vote::Yes) => PrepareOutcome::Yes,
+                    Ok(pb::Vote::ReadOnly) => PrepareOutcome::ReadOnly,
+                    Ok(pb::Vote::No) => PrepareOutcome::No(format!("{endpoint}/{resource}: {}", resp.detail)),
+                    Ok(pb::Vote::Unspecified) | Err(_) => {
+                        PrepareOutcome::Garbage(format!("{endpoint}/{resource}: vote {} is not a vote", resp.vote))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commit (two-phase or one-phase) on one branch, bounded by `timeout`.
+    pub async fn commit(
+        &self,
+        endpoint: &str,
+        resource: &str,
+        xid: pb::Xid,
+        one_phase: bool,
+        timeout: Duration,
+    ) -> Phase2Outcome {
+        let mut client = match self.client(endpoint) {
+            Ok(c) => c,
+            Err(e) => return Phase2Outcome::Retry(e),
+        };
+        let mut req = tonic::Request::new(pb::BranchCommitRequest {
+            resource: resource.to_string(),
+            xid: Some(xid),
+            one_phase,
+        });
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.commit(req)).await {
+            Err(_) => Phase2Outcome::Retry(format!("{endpoint}: no answer within {timeout:?}")),
+            Ok(Err(status)) => Phase2Outcome::Retry(format!("{endpoint}: {status}")),
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                match pb::BranchCommitResult::try_from(resp.result) {
+                    Ok(pb::BranchCommitResult::Committed) => Phase2Outcome::Committed,
+                    Ok(pb::BranchCommitResult::RolledBack) => Phase2Outcome::RolledBack,
+                    _ => Phase2Outcome::Retry(format!(
+                        "{endpoint}/{resource}: commit result {} is not a result",
+                        resp.result
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Rollback on one branch, bounded by `timeout`.
+    pub async fn rollback(
+        &self,
+        endpoint: &str,
+        resource: &str,
+        xid: pb::Xid,
+        timeout: Duration,
+    ) -> Phase2Outcome {
+        let mut client = match self.client(endpoint) {
+            Ok(c) => c,
+            Err(e) => return Phase2Outcome::Retry(e),
+        };
+        let mut req = tonic::Request::new(pb::BranchRollbackRequest {
+            resource: resource.to_string(),
+            xid: Some(xid),
+        });
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.rollback(req)).await {
+            Err(_) => Phase2Outcome::Retry(format!("{endpoint}: no answer within {timeout:?}")),
+            Ok(Err(status)) => Phase2Outcome::Retry(format!("{endpoint}: {status}")),
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                match pb::BranchRollbackResult::try_from(resp.result) {
+                    Ok(pb::BranchRollbackResult::RolledBack) => Phase2Outcome::RolledBack,
+                    Ok(pb::BranchRollbackResult::AlreadyCommitted) => Phase2Outcome::Committed,
+                    _ => Phase2Outcome::Retry(format!(
+                        "{endpoint}/{resource}: rollback result {} is not a result",
+                        resp.result
+                    )),
+                }
+            }
+        }
+    }
+}

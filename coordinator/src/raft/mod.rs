@@ -1,0 +1,81 @@
+//! Where bytes hit disk and cross between nodes: the sled log store, the state
+//! machine and its snapshots, the Raft network, and their encoding.
+//!
+//! # Layout
+//! - [`codec`]: the versioned binary encoding of log entries, snapshots and RPCs.
+//! - [`log_store`]: the Raft log on sled with a real fdatasync before acknowledging.
+//! - [`state_machine`]: the transaction table in memory, snapshots on sled.
+//! - [`network`]: openraft RPCs over the internal gRPC `Raft` service.
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ratify_participant_sdk::durable::DurableSled;
+
+use crate::types::typ::{Raft, StorageError};
+use crate::types::NodeId;
+
+pub use log_store::LogStore;
+pub use network::Network;
+pub use state_machine::{SharedSm, SmData, StateMachineStore};
+
+/// Why the stores could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The sled folder (missing permissions, or held by another process).
+    #[error(transparent)]
+    Durable(#[from] ratify_participant_sdk::durable::DurableError),
+    /// Reading what was stored.
+    #[error("storage: {0}")]
+    Storage(StorageError),
+}
+
+/// Opens the node's stores in `dir` (one sled database holds the log, the vote and
+/// the snapshots).
+///
+/// # Errors
+/// When the folder cannot be opened (for example another process holds it).
+pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let durable = DurableSled::open(dir)?;
+    let log = LogStore::open(durable.clone()).map_err(OpenError::Storage)?;
+    let sm = StateMachineStore::open(durable).map_err(OpenError::Storage)?;
+    Ok((log, sm))
+}
+
+/// The Raft configuration Ratify runs with: short elections so a leader kill stalls
+/// clients well under two seconds, and snapshots often enough to bound replay.
+///
+/// # Errors
+/// Never for these constants; openraft validates them anyway.
+pub fn raft_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let config = openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        install_snapshot_timeout: 2_000,
+        max_payload_entries: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 2_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// Creates the Raft node over the given stores.
+///
+/// # Errors
+/// When openraft refuses the configuration or the stores.
+pub async fn new_raft(
+    id: NodeId,
+    config: Arc<openraft::Config>,
+    log: LogStore,
+    sm: StateMachineStore,
+) -> Result<Raft, openraft::error::Fatal<NodeId>> {
+    Raft::new(id, config, Network, log, sm).await
+}

@@ -1,0 +1,131 @@
+//! The Raft network: openraft RPCs carried over the internal `ratify.v1.raft.Raft`
+//! gRPC service, one lazily connected channel per peer.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use ratify_proto::raft_pb::raft_client::RaftClient;
+use ratify_proto::raft_pb::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::codec::{decode, encode};
+use crate::types::typ::{RaftError, RpcError};
+use crate::types::{NodeId, NodeInfo, TypeConfig};
+
+/// Builds one [`PeerConnection`] per target node.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerConnection {
+            target,
+            addr: node.raft_addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// A connection to one peer's Raft service.
+#[derive(Debug)]
+pub struct PeerConnection {
+    /// The peer's id, for error reports.
+    target: NodeId,
+    /// The peer's Raft address.
+    addr: String,
+    /// Created on first use so that a dead peer costs nothing until contacted.
+    client: Option<RaftClient<Channel>>,
+}
+
+/// Which RPC of the Raft service to call.
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerConnection {
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = encode(req).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client().map_err(RpcError::Unreachable)?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = match reply {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                // Connection refused or reset: let openraft back off instead of spinning.
+                return Err(RpcError::Unreachable(Unreachable::new(&status)));
+            }
+            Err(status) => return Err(RpcError::Network(NetworkError::new(&status))),
+        };
+        let result: Result<Resp, RaftError<E>> =
+            decode(&payload.data).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,182 @@
+//! Wires one coordinator node: stores, Raft, driver, and the two gRPC servers (the
+//! client/admin API and, on its own port, the internal Raft service).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ratify_proto::pb::admin_server::AdminServer;
+use ratify_proto::pb::coordinator_server::CoordinatorServer;
+use ratify_proto::raft_pb::raft_server::RaftServer as RaftGrpcServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::driver::{Driver, DriverConfig};
+use crate::raft::{new_raft, open_stores, raft_config, OpenError};
+use crate::service::coordinator::CoordinatorService;
+use crate::service::raft::RaftServer;
+use crate::types::{NodeId, NodeInfo};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id (non-zero).
+    pub id: NodeId,
+    /// Where to listen for peers' Raft traffic (`host:port`).
+    pub raft_addr: String,
+    /// Where to listen for clients (`host:port`).
+    pub api_addr: String,
+    /// Where the node keeps its log and snapshots. One node per folder.
+    pub data_dir: PathBuf,
+    /// The initial members (including this node), used when `init` is set.
+    pub peers: BTreeMap<NodeId, NodeInfo>,
+    /// Initialise the cluster with `peers` if it has never been initialised.
+    pub init: bool,
+    /// Driver tunables.
+    pub driver: DriverConfig,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The data folder belongs to another node.
+    #[error("data dir {dir} belongs to node {found}, not node {wanted}; refusing to start")]
+    WrongNode {
+        /// The folder.
+        dir: PathBuf,
+        /// The id recorded in it.
+        found: NodeId,
+        /// This node's id.
+        wanted: NodeId,
+    },
+    /// Filesystem trouble.
+    #[error("data dir {0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The stores could not be opened.
+    #[error("cannot open the stores: {0}")]
+    Stores(#[from] OpenError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, #[source] std::io::Error),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Records the node id in the data dir on first start and refuses a different one later.
+fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), StartError> {
+    let io = |e| StartError::Io(dir.to_path_buf(), e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let marker = dir.join("NODE_ID");
+    match std::fs::read_to_string(&marker) {
+        Ok(s) => {
+            let found: NodeId = s
+                .trim()
+                .parse()
+                .map_err(|_| StartError::Config(format!("{} is corrupt: {s:?}", marker.display())))?;
+            if found != id {
+                return Err(StartError::WrongNode {
+                    dir: dir.to_path_buf(),
+                    found,
+                    wanted: id,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&marker, format!("{id}\n")).map_err(io),
+        Err(e) => Err(io(e)),
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| StartError::Config(format!("listen address {addr:?} is not ip:port")))?;
+    TcpListener::bind(sa).await.map_err(|e| StartError::Bind(addr.to_string(), e))
+}
+
+/// Runs a node until `shutdown` resolves.
+///
+/// # Errors
+/// [`StartError`] when the node cannot start (bad config, data dir of another node,
+/// address in use) or a server fails.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    if config.id == 0 {
+        return Err(StartError::Config("node id must be non-zero".into()));
+    }
+    if config.init && !config.peers.contains_key(&config.id) {
+        return Err(StartError::Config(format!("--init needs this node ({}) among the peers", config.id)));
+    }
+    claim_data_dir(&config.data_dir, config.id)?;
+    let (log, sm) = open_stores(&config.data_dir.join("raft"))?;
+    let shared = sm.shared();
+    let raft_listener = bind(&config.raft_addr).await?;
+    let api_listener = bind(&config.api_addr).await?;
+    let raft = new_raft(
+        config.id,
+        raft_config("ratify").map_err(|e| StartError::Raft(e.to_string()))?,
+        log.clone(),
+        sm,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let driver = Driver::start(config.id, raft.clone(), shared, config.driver.clone(), stop_rx.clone());
+    let service = CoordinatorService::new(driver, log);
+
+    let raft_server = tonic::transport::Server::builder()
+        .add_service(
+            RaftGrpcServer::new(RaftServer::new(raft.clone()))
+                .max_decoding_message_size(256 * 1024 * 1024)
+                .max_encoding_message_size(256 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), wait_stop(stop_rx.clone()));
+    let api_server = tonic::transport::Server::builder()
+        .add_service(CoordinatorServer::new(service.clone()).max_decoding_message_size(1024 * 1024))
+        .add_service(AdminServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), wait_stop(stop_rx));
+    let raft_task = tokio::spawn(raft_server);
+    let api_task = tokio::spawn(api_server);
+
+    if config.init {
+        match raft.is_initialized().await {
+            Ok(false) => {
+                tracing::info!(members = config.peers.len(), "initialising the cluster");
+                if let Err(e) = raft.initialize(config.peers.clone()).await {
+                    tracing::warn!(error = %e, "initialise refused (already initialised elsewhere?)");
+                }
+            }
+            Ok(true) => tracing::info!("cluster already initialised"),
+            Err(e) => return Err(StartError::Raft(e.to_string())),
+        }
+    }
+    tracing::info!(id = config.id, raft = %config.raft_addr, api = %config.api_addr, "node running");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    for task in [raft_task, api_task] {
+        if let Ok(Err(e)) = task.await {
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The public `Coordinator` and `Admin` gRPC services: input validation, then the
+//! driver. Bad input is refused here, before anything reaches the log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ratify_proto::pb;
+use ratify_proto::pb::admin_server::Admin;
+use ratify_proto::pb::coordinator_server::Coordinator;
+use tonic::{Request, Response, Status};
+
+use super::to_status;
+use crate::driver::participants::endpoint_uri;
+use crate::driver::{xid_pb, DriveError, Driver, QueryAnswer};
+use crate::raft::log_store::LogStore;
+use crate::txn::{
+    BranchRecord, BranchSpec, Decision, Lookup, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES, MAX_LABELS,
+    MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
+};
+use crate::types::Gtrid;
+
+/// Serves the client API and the admin API of one node.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    /// The engine behind every call.
+    driver: Driver,
+    /// For the sync counter in cluster status.
+    log: LogStore,
+}
+
+impl CoordinatorService {
+    /// Creates the service.
+    pub fn new(driver: Driver, log: LogStore) -> Self {
+        Self { driver, log }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    to_status(DriveError::Invalid(msg.into()))
+}
+
+fn validate_branch(b: pb::BranchSpec) -> Result<BranchSpec, Status> {
+    if b.endpoint.is_empty() || b.endpoint.len() > MAX_ENDPOINT_BYTES {
+        return Err(invalid(format!(
+            "participant endpoint must be 1 to {MAX_ENDPOINT_BYTES} bytes"
+        )));
+    }
+    if tonic::transport::Endpoint::from_shared(endpoint_uri(&b.endpoint)).is_err()
+        || b.endpoint.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(format!("participant endpoint {:?} is not host:port or a URI", b.endpoint)));
+    }
+    if b.resource.is_empty()
+        || b.resource.len() > MAX_RESOURCE_BYTES
+        || !b.resource.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    {
+        return Err(invalid(format!(
+            "resource name {:?} must be 1 to {MAX_RESOURCE_BYTES} characters of [A-Za-z0-9_.-]",
+            b.resource.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(BranchSpec {
+        endpoint: b.endpoint,
+        resource: b.resource,
+    })
+}
+
+fn validate_labels(labels: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Status> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(format!("at most {MAX_LABELS} labels")));
+    }
+    for (k, v) in &labels {
+        if k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES {
+            return Err(invalid(format!(
+                "label keys must be 1 to {MAX_LABEL_BYTES} bytes and values at most {MAX_LABEL_BYTES}"
+            )));
+        }
+    }
+    Ok(labels.into_iter().collect())
+}
+
+fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
+    pb::Branch {
+        xid: Some(xid_pb(gtrid, b.bqual)),
+        endpoint: b.spec.endpoint.clone(),
+        resource: b.spec.resource.clone(),
+    }
+}
+
+fn decision_fields(d: &Decision) -> (i32, i32, String) {
+    (d.outcome() as i32, pb::Reason::from(d.reason) as i32, d.detail.clone())
+}
+
+impl CoordinatorService {
+    fn gtrid(&self, s: &str) -> Result<Gtrid, Status> {
+        self.driver.resolve(s).map_err(to_status)
+    }
+
+    fn live_pb(&self, gtrid: Gtrid, rec: &TxnRecord) -> pb::Transaction {
+        let (state, outcome, reason, detail, decided) = match &rec.decision {
+            Some(d) => {
+                let (o, r, det) = decision_fields(d);
+                let state = if d.commit { pb::TxnState::Committed } else { pb::TxnState::Aborted };
+                (state, o, r, det, d.decided_ms)
+            }
+            None => {
+                let state = if self.driver.is_preparing(gtrid.index) {
+                    pb::TxnState::Preparing
+                } else {
+                    pb::TxnState::Active
+                };
+                (state, pb::Outcome::InProgress as i32, 0, String::new(), 0)
+            }
+        };
+        pb::Transaction {
+            gtrid: gtrid.to_string(),
+            state: state as i32,
+            outcome,
+            reason,
+            detail,
+            branches: rec.branches.iter().map(|b| branch_pb(gtrid, b)).collect(),
+            labels: rec.labels.clone().into_iter().collect(),
+            created_unix_ms: rec.created_ms,
+            deadline_unix_ms: rec.deadline_ms,
+            decided_unix_ms: decided,
+        }
+    }
+
+    fn leader_only(&self) -> Result<(), Status> {
+        // Reads are served by the leader so that clients see one history.
+        let m = self.driver.raft().metrics();
+        let m = m.borrow();
+        if m.state.is_leader() {
+            return Ok(());
+        }
+        let hint = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        Err(to_status(DriveError::NotLeader(hint)))
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn begin(&self, req: Request<pb::BeginRequest>) -> Result<Response<pb::BeginResponse>, Status> {
+        let req = req.into_inner();
+        let timeout = match u64::from(req.timeout_ms) {
+            0 => self.driver.default_txn_timeout(),
+            ms if ms > MAX_TIMEOUT_MS => {
+                return Err(invalid(format!("timeout_ms {ms} is over the maximum of {MAX_TIMEOUT_MS}")))
+            }
+            ms => Duration::from_millis(ms),
+        };
+        if req.branches.len() > MAX_BRANCHES {
+            return Err(invalid(format!("at most {MAX_BRANCHES} branches per transaction")));
+        }
+        let labels = validate_labels(req.labels)?;
+        let branches = req.branches.into_iter().map(validate_branch).collect::<Result<Vec<_>, _>>()?;
+        let begun = self.driver.begin(timeout, labels, branches).await.map_err(to_status)?;
+        tracing::debug!(gtrid = %begun.gtrid, "begun");
+        Ok(Response::new(pb::BeginResponse {
+            gtrid: begun.gtrid.to_string(),
+            branches: begun.branches.iter().map(|b| branch_pb(begun.gtrid, b)).collect(),
+            deadline_unix_ms: begun.deadline_ms,
+        }))
+    }
+
+    async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Result<Response<pb::EnlistResponse>, Status> {
+        let req = req.into_inner();
+        let gtrid = self.gtrid(&req.gtrid)?;
+        let spec = validate_branch(req.branch.ok_or_else(|| invalid("branch is required"))?)?;
+        let b = self.driver.enlist(gtrid, spec).await.map_err(to_status)?;
+        Ok(Response::new(pb::EnlistResponse {
+            branch: Some(branch_pb(gtrid, &b)),
+        }))
+    }
+
+    async fn commit(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+        let gtrid = self.gtrid(&req.into_inner().gtrid)?;
+        let d = self.driver.commit(gtrid).await.map_err(to_status)?;
+        let (outcome, reason, detail) = decision_fields(&d);
+        Ok(Response::new(pb::CommitResponse { outcome, reason, detail }))
+    }
+
+    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
+        let gtrid = self.gtrid(&req.into_inner().gtrid)?;
+        let d = self.driver.rollback(gtrid).await.map_err(to_status)?;
+        let (outcome, reason, detail) = decision_fields(&d);
+        Ok(Response::new(pb::RollbackResponse { outcome, reason, detail }))
+    }
+
+    async fn get_transaction(
+        &self,
+        req: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        self.leader_only()?;
+        let gtrid = self.gtrid(&req.into_inner().gtrid)?;
+        let sm = self.driver.sm().read();
+        let txn = match sm.table.lookup(gtrid.index) {
+            Lookup::Live(rec) => self.live_pb(gtrid, rec),
+            Lookup::Finished(f) => {
+                let (outcome, reason, detail) = decision_fields(&f.decision);
+                pb::Transaction {
+                    gtrid: gtrid.to_string(),
+                    state: pb::TxnState::Completed as i32,
+                    outcome,
+                    reason,
+                    detail,
+                    decided_unix_ms: f.decision.decided_ms,
+                    ..Default::default()
+                }
+            }
+            Lookup::Forgotten => {
+                return Err(to_status(DriveError::NotFound(format!(
+                    "transaction {gtrid} completed long ago and was forgotten"
+                ))))
+            }
+            Lookup::Unknown => return Err(to_status(DriveError::NotFound(format!("no transaction {gtrid}")))),
+        };
+        Ok(Response::new(pb::GetTransactionResponse { transaction: Some(txn) }))
+    }
+
+    async fn list_transactions(
+        &self,
+        req: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        self.leader_only()?;
+        let req = req.into_inner();
+        let want = pb::TxnState::try_from(req.state).map_err(|_| invalid(format!("unknown state {}", req.state)))?;
+        let page_size = match req.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let after = if req.page_token.is_empty() { None } else { Some(self.gtrid(&req.page_token)?.index) };
+        let sm = self.driver.sm().read();
+        let cluster = sm.table.cluster_id;
+        let range = match after {
+            Some(a) => sm.table.live.range(a.saturating_add(1)..),
+            None => sm.table.live.range(..),
+        };
+        let mut transactions = Vec::new();
+        let mut next_page_token = String::new();
+        for (&index, rec) in range {
+            let t = self.live_pb(Gtrid { cluster, index }, rec);
+            if want != pb::TxnState::Unspecified && t.state != want as i32 {
+                continue;
+            }
+            if transactions.len() == page_size {
+                next_page_token = transactions.last().map(|t: &pb::Transaction| t.gtrid.clone()).unwrap_or_default();
+                break;
+            }
+            transactions.push(t);
+        }
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions,
+            next_page_token,
+        }))
+    }
+
+    async fn query_outcome(
+        &self,
+        req: Request<pb::QueryOutcomeRequest>,
+    ) -> Result<Response<pb::QueryOutcomeResponse>, Status> {
+        let xid = req.into_inner().xid.ok_or_else(|| invalid("xid is required"))?;
+        if xid.format_id != ratify_proto::XID_FORMAT_ID {
+            return Err(invalid(format!("xid format id {:#x} is not Ratify's", xid.format_id)));
+        }
+        if xid.bqual.is_empty() || xid.bqual.len() > 8 || !xid.bqual.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("xid bqual must be 1 to 8 decimal digits"));
+        }
+        let gtrid = self.gtrid(&xid.gtrid)?;
+        let answer = self.driver.query(gtrid).await.map_err(to_status)?;
+        let (outcome, reason) = match answer {
+            QueryAnswer::Decided(d) => (d.outcome() as i32, pb::Reason::from(d.reason) as i32),
+            QueryAnswer::InProgress => (pb::Outcome::InProgress as i32, 0),
+            QueryAnswer::Forgotten => (pb::Outcome::Forgotten as i32, 0),
+        };
+        Ok(Response::new(pb::QueryOutcomeResponse { outcome, reason }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for CoordinatorService {
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let m = self.driver.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                raft_addr: n.raft_addr.clone(),
+                api_addr: n.api_addr.clone(),
+                voter: membership.voter_ids().any(|v| v == *id),
+            })
+            .collect();
+        let leader_api_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
+            .unwrap_or_default();
+        let (live, cluster) = {
+            let sm = self.driver.sm().read();
+            (sm.table.live.len() as u64, sm.table.cluster_id)
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: m.id,
+            role: format!("{:?}", m.state),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_api_addr,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            members,
+            live_transactions: live,
+            log_syncs: self.log.sync_count(),
+            cluster_id: format!("{cluster:016x}"),
+        }))
+    }
+}

@@ -1,0 +1,35 @@
+//! The gRPC services. This folder is the only place errors become `tonic::Status`.
+//!
+//! # Layout
+//! - this file: [`to_status`], the single mapping from driver errors to status codes.
+//! - [`coordinator`]: the public `Coordinator` and `Admin` services.
+//! - [`raft`]: the internal `Raft` service (served on its own port).
+
+pub mod coordinator;
+pub mod raft;
+
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::driver::DriveError;
+
+/// Maps a driver error to a gRPC status; a not-the-leader answer carries the
+/// leader's client address in the `ratify-leader` metadata key.
+pub fn to_status(e: DriveError) -> Status {
+    match e {
+        DriveError::NotLeader(leader) => {
+            let mut status = Status::unavailable(match &leader {
+                Some(l) => format!("not the leader; the leader is at {}", l.api_addr),
+                None => "not the leader, and no leader is known yet; retry".to_string(),
+            });
+            if let Some(value) = leader.and_then(|l| MetadataValue::try_from(l.api_addr.as_str()).ok()) {
+                status.metadata_mut().insert(ratify_proto::LEADER_METADATA_KEY, value);
+            }
+            status
+        }
+        DriveError::Invalid(m) => Status::invalid_argument(m),
+        DriveError::NotFound(m) => Status::not_found(m),
+        DriveError::Precondition(m) => Status::failed_precondition(m),
+        DriveError::Unavailable(m) => Status::unavailable(m),
+    }
+}

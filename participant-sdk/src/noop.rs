@@ -1,0 +1,225 @@
+//! A resource that does nothing but prepare durably: the "no-op durable participant"
+//! of the benchmarks. Each prepare costs one (group-committed) fdatasync, which is
+//! the floor any real participant pays.
+//!
+//! Storage (sled trees): `noop.prepared` (rendered xid → empty) and `noop.outcomes`
+//! (rendered xid → `C` committed / `R` rolled back, the tombstone).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use sled::transaction::Transactional;
+
+use crate::branch_log::{self, Finished};
+use crate::durable::{DurableError, DurableSled};
+use crate::resource::{CommitResult, Resource, ResourceError, RollbackResult, Vote};
+use crate::xid::Xid;
+
+/// A durable do-nothing resource.
+#[derive(Debug)]
+pub struct NoopResource {
+    /// The database and its group-committed fsync.
+    durable: DurableSled,
+    /// xid → nothing: the branches held prepared.
+    prepared: sled::Tree,
+    /// xid → outcome / tombstone.
+    outcomes: sled::Tree,
+    /// Test switch: vote NO on every prepare (and refuse one-phase commits).
+    vote_no_for_all: bool,
+    /// Serialises check-then-write per call so a prepare racing a rollback of the
+    /// same xid cannot leave the branch prepared after its tombstone. Never held
+    /// across `.await`.
+    guard: Mutex<()>,
+}
+
+impl NoopResource {
+    /// Opens (or creates) the resource's database in folder `path`.
+    ///
+    /// # Errors
+    /// [`DurableError`] when the database cannot be opened.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DurableError> {
+        let durable = DurableSled::open(path.as_ref())?;
+        let open_tree = |name: &str| {
+            durable.db().open_tree(name).map_err(|source| DurableError::Open {
+                path: path.as_ref().to_path_buf(),
+                source,
+            })
+        };
+        Ok(Self {
+            prepared: open_tree("noop.prepared")?,
+            outcomes: open_tree("noop.outcomes")?,
+            durable,
+            vote_no_for_all: false,
+            guard: Mutex::new(()),
+        })
+    }
+
+    /// Makes every prepare vote NO (and every one-phase commit roll back), to test
+    /// abort paths.
+    #[must_use]
+    pub fn vote_no_for_all(mut self, yes: bool) -> Self {
+        self.vote_no_for_all = yes;
+        self
+    }
+
+    /// Completed flush + fdatasync rounds since open (observability, tests).
+    pub fn sync_count(&self) -> u64 {
+        self.durable.sync_count()
+    }
+
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        self.guard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves `xid` from prepared to finished `how`, in one sled transaction.
+    fn finish(&self, xid: &Xid, how: Finished) -> Result<(), ResourceError> {
+        let key = xid.render();
+        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(|(prepared, outcomes)| {
+            prepared.remove(key.as_bytes())?;
+            outcomes.insert(key.as_bytes(), how.encode())?;
+            Ok(())
+        }))
+    }
+
+    fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {
+        let _guard = self.guard();
+        match branch_log::read_outcome(&self.outcomes, xid)? {
+            Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
+            // Only committing is consistent with what happened; YES leads there.
+            Some(Finished::Committed) => return Ok(Vote::Yes),
+            None => {}
+        }
+        if self.vote_no_for_all {
+            branch_log::write_outcome(&self.outcomes, xid, Finished::RolledBack)?;
+            return Ok(Vote::No("configured to vote no".into()));
+        }
+        self.prepared
+            .insert(xid.render(), &[][..])
+            .map_err(branch_log::unavailable)?;
+        Ok(Vote::Yes)
+    }
+
+    fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
+        let _guard = self.guard();
+        match branch_log::read_outcome(&self.outcomes, xid)? {
+            Some(Finished::Committed) => Ok(CommitResult::Committed),
+            Some(Finished::RolledBack) if one_phase => Ok(CommitResult::RolledBack),
+            Some(Finished::RolledBack) => Err(ResourceError::Failed(format!(
+                "{xid} was rolled back and cannot be committed"
+            ))),
+            None if one_phase && self.vote_no_for_all => {
+                self.finish(xid, Finished::RolledBack)?;
+                Ok(CommitResult::RolledBack)
+            }
+            None => {
+                self.finish(xid, Finished::Committed)?;
+                Ok(CommitResult::Committed)
+            }
+        }
+    }
+
+    fn rollback_locked(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
+        let _guard = self.guard();
+        match branch_log::read_outcome(&self.outcomes, xid)? {
+            Some(Finished::Committed) => Ok(RollbackResult::AlreadyCommitted),
+            Some(Finished::RolledBack) => Ok(RollbackResult::RolledBack),
+            None => {
+                self.finish(xid, Finished::RolledBack)?;
+                Ok(RollbackResult::RolledBack)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Resource for NoopResource {
+    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
+    async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
+        let vote = self.prepare_locked(xid)?;
+        // Also for a repeated prepare: the first one's sync may have failed.
+        if vote == Vote::Yes {
+            branch_log::sync(&self.durable).await?;
+        }
+        Ok(vote)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
+    async fn commit(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
+        let result = self.commit_locked(xid, one_phase)?;
+        // Acknowledge only a durable commit: the coordinator may forget the
+        // transaction once told, and a lost commit would bring back a prepared
+        // branch nobody can resolve. Group commit keeps this cheap.
+        branch_log::sync(&self.durable).await?;
+        Ok(result)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
+    async fn rollback(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
+        let result = self.rollback_locked(xid)?;
+        branch_log::sync(&self.durable).await?;
+        Ok(result)
+    }
+
+    async fn recover(&self) -> Result<Vec<Xid>, ResourceError> {
+        branch_log::list_prepared(&self.prepared)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
+    async fn forget(&self, xid: &Xid) -> Result<(), ResourceError> {
+        self.outcomes
+            .remove(xid.render())
+            .map(drop)
+            .map_err(branch_log::unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xid(n: u32) -> anyhow::Result<Xid> {
+        Ok(Xid::new(format!("{n:032x}"), "1")?)
+    }
+
+    #[tokio::test]
+    async fn prepare_syncs_and_survives_reopen() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let x = xid(1)?;
+        {
+            let r = NoopResource::open(dir.path())?;
+            let before = r.sync_count();
+            assert_eq!(r.prepare(&x).await?, Vote::Yes);
+            assert!(r.sync_count() > before, "YES before a sync");
+        }
+        let r = NoopResource::open(dir.path())?;
+        assert_eq!(r.recover().await?, vec![x.clone()]);
+        assert_eq!(r.commit(&x, false).await?, CommitResult::Committed);
+        assert_eq!(r.commit(&x, false).await?, CommitResult::Committed);
+        assert_eq!(r.rollback(&x).await?, RollbackResult::AlreadyCommitted);
+        assert!(r.recover().await?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn rollback_fences_a_late_prepare() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = NoopResource::open(dir.path())?;
+        let x = xid(1)?;
+        assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+        assert!(matches!(r.prepare(&x).await?, Vote::No(_)));
+        assert!(r.recover().await?.is_empty());
+        assert!(r.commit(&x, false).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn vote_no_for_all_refuses() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = NoopResource::open(dir.path())?.vote_no_for_all(true);
+        assert!(matches!(r.prepare(&xid(1)?).await?, Vote::No(_)));
+        assert_eq!(r.commit(&xid(2)?, true).await?, CommitResult::RolledBack);
+        assert!(r.recover().await?.is_empty());
+        Ok(())
+    }
+}

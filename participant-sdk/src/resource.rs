@@ -1,0 +1,132 @@
+//! The XA-style [`Resource`] trait every participant resource implements.
+//!
+//! The coordinator drives a resource through [`crate::server::ParticipantServer`]; the
+//! recovery loop ([`crate::recovery`]) drives it after crashes. Both rely on the
+//! contract below, which is what makes two-phase commit correct (DESIGN §4 rules 4-6).
+
+use async_trait::async_trait;
+
+use crate::xid::Xid;
+
+/// Longest resource (and account) name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// True for a valid resource name: 1 to 64 characters of `[A-Za-z0-9_.-]`. The same
+/// alphabet is used for account names in [`crate::accounts`].
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A resource's phase-1 answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    /// Prepared and durable (fsynced): the branch will commit or roll back as told.
+    Yes,
+    /// Rolled back locally, with a human-readable reason; the transaction must abort.
+    No(String),
+    /// Nothing to commit: the coordinator skips phase 2 for this branch.
+    ReadOnly,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitResult {
+    /// The branch is committed, now or earlier.
+    Committed,
+    /// One-phase commit only: the resource could not commit and rolled back instead.
+    RolledBack,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackResult {
+    /// Rolled back now, earlier, or never existed (a tombstone now refuses prepare).
+    RolledBack,
+    /// Heuristic: the branch had already committed (one-phase) and cannot be undone.
+    AlreadyCommitted,
+}
+
+/// Why a resource call failed. Domain answers (NO votes, one-phase refusals) are not
+/// errors; these are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceError {
+    /// Temporarily unable to answer (storage busy or failing, database unreachable):
+    /// the caller should retry later. Phase-2 calls are retried until they succeed.
+    #[error("resource unavailable: {0}")]
+    Unavailable(String),
+    /// The resource gave up on this call (corrupt state, protocol violation); retrying
+    /// the same call will not help and an operator may be needed.
+    #[error("resource failed: {0}")]
+    Failed(String),
+}
+
+impl ResourceError {
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// An XA-style transactional resource.
+///
+/// # Contract
+/// Every implementation must keep these rules; the coordinator's correctness depends
+/// on them.
+/// - **Durable YES** (rule 6): [`prepare`](Resource::prepare) returns [`Vote::Yes`]
+///   only once the branch's prepared state is on disk (fsynced), including when the
+///   branch was already prepared by an earlier call.
+/// - **No work, no YES**: preparing an xid for which no work was registered votes
+///   [`Vote::No`] (the work was lost, for example in a restart).
+/// - **Idempotent phase 2** (rule 4): committing an already committed branch returns
+///   [`CommitResult::Committed`]; committing an unknown branch also does (it was
+///   committed and forgotten). Rolling back an unknown branch returns
+///   [`RollbackResult::RolledBack`].
+/// - **Fencing** (rule 5): a rollback, and a NO vote, leave a tombstone so a later
+///   (delayed) prepare of the same xid votes NO.
+/// - [`CommitResult::RolledBack`] is only legal when `one_phase` is true.
+/// - Answers are given only once the state they report is durable.
+///
+/// Calls for different xids may run concurrently; calls for the same xid may too
+/// (retries), and must stay correct.
+#[async_trait]
+pub trait Resource: Send + Sync + 'static {
+    /// Phase 1: make the branch's work durable and vote.
+    ///
+    /// # Errors
+    /// [`ResourceError::Unavailable`] when the vote cannot be given now (the
+    /// coordinator treats it as unreachable), [`ResourceError::Failed`] otherwise.
+    async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError>;
+
+    /// Phase 2 commit of a prepared branch, or (`one_phase`) commit-or-rollback of a
+    /// branch that was never prepared.
+    ///
+    /// # Errors
+    /// [`ResourceError::Unavailable`] to be retried later; [`ResourceError::Failed`]
+    /// when the branch cannot be committed (for example it was rolled back).
+    async fn commit(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError>;
+
+    /// Phase 2 rollback (or rollback of a branch that was never prepared).
+    ///
+    /// # Errors
+    /// [`ResourceError::Unavailable`] to be retried later, [`ResourceError::Failed`]
+    /// when the resource gave up.
+    async fn rollback(&self, xid: &Xid) -> Result<RollbackResult, ResourceError>;
+
+    /// Lists the branches this resource holds prepared (in doubt).
+    ///
+    /// # Errors
+    /// [`ResourceError::Unavailable`] or [`ResourceError::Failed`] when they cannot be
+    /// listed.
+    async fn recover(&self) -> Result<Vec<Xid>, ResourceError>;
+
+    /// Forgets what the resource remembers about a finished branch (its outcome or
+    /// tombstone), once nobody can ask about it again.
+    ///
+    /// # Errors
+    /// [`ResourceError::Unavailable`] or [`ResourceError::Failed`].
+    async fn forget(&self, xid: &Xid) -> Result<(), ResourceError>;
+}

@@ -1,0 +1,462 @@
+//! The participant gRPC server that hosts resources for the coordinator.
+//!
+//! [`ParticipantServer`] implements `ratify.v1.Participant` over a set of named
+//! [`Resource`]s. Votes and phase-2 results travel in responses; gRPC status codes
+//! only say that a call could not be answered, and [`status_of`] is the one place
+//! that decides which code.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use ratify_proto::pb;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::resource::{is_valid_name, CommitResult, Resource, ResourceError, RollbackResult, Vote};
+use crate::xid::{Xid, XidError};
+
+/// Errors building or running a [`ParticipantServer`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A resource name is not 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    #[error("invalid resource name {0:?}: use 1 to 64 characters of [A-Za-z0-9_.-]")]
+    InvalidResourceName(String),
+    /// Two resources were registered under one name.
+    #[error("resource {0:?} is registered twice")]
+    DuplicateResource(String),
+    /// The gRPC server failed.
+    #[error("participant server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServerError {
+    /// True when running the server again may work (a transport failure); building
+    /// errors are fixed in code.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transport(_))
+    }
+}
+
+/// Why one participant call could not be answered. Turned into a gRPC status only by
+/// [`status_of`].
+#[derive(Debug)]
+enum CallError {
+    /// The request names a resource with characters outside the alphabet.
+    BadResourceName,
+    /// No resource of that name is hosted here.
+    UnknownResource(String),
+    /// The request has no xid.
+    MissingXid,
+    /// The xid is malformed.
+    BadXid(XidError),
+    /// The resource failed.
+    Resource(ResourceError),
+    /// The task running the resource call panicked or was cancelled.
+    Crashed(String),
+}
+
+/// The only place a participant-side failure becomes a gRPC status.
+fn status_of(e: CallError) -> Status {
+    match e {
+        CallError::BadResourceName => {
+            Status::invalid_argument("resource must be 1 to 64 characters of [A-Za-z0-9_.-]")
+        }
+        // The coordinator treats NOT_FOUND as a NO vote at prepare.
+        CallError::UnknownResource(name) => {
+            Status::not_found(format!("no resource named {name:?} is hosted here"))
+        }
+        CallError::MissingXid => Status::invalid_argument("xid is required"),
+        CallError::BadXid(e) => Status::invalid_argument(e.to_string()),
+        CallError::Resource(ResourceError::Unavailable(m)) => Status::unavailable(m),
+        CallError::Resource(ResourceError::Failed(m)) => Status::internal(m),
+        CallError::Crashed(m) => Status::internal(format!("resource call crashed: {m}")),
+    }
+}
+
+/// Hosts named [`Resource`]s and serves the `ratify.v1.Participant` gRPC service.
+#[derive(Clone, Default)]
+pub struct ParticipantServer {
+    /// Resources by name, as the coordinator addresses them in requests.
+    resources: HashMap<String, Arc<dyn Resource>>,
+}
+
+impl std::fmt::Debug for ParticipantServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.resources.keys().collect();
+        names.sort();
+        f.debug_struct("ParticipantServer")
+            .field("resources", &names)
+            .finish()
+    }
+}
+
+impl ParticipantServer {
+    /// A server hosting no resources yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Hosts `resource` under `name` (the name branches are enlisted with).
+    ///
+    /// # Errors
+    /// [`ServerError::InvalidResourceName`], [`ServerError::DuplicateResource`].
+    pub fn with_resource(
+        mut self,
+        name: impl Into<String>,
+        resource: Arc<dyn Resource>,
+    ) -> Result<Self, ServerError> {
+        let name = name.into();
+        if !is_valid_name(&name) {
+            return Err(ServerError::InvalidResourceName(name));
+        }
+        if self.resources.contains_key(&name) {
+            return Err(ServerError::DuplicateResource(name));
+        }
+        self.resources.insert(name, resource);
+        Ok(self)
+    }
+
+    /// The tonic service, to embed in a server that hosts other services too.
+    pub fn into_service(self) -> pb::participant_server::ParticipantServer<Self> {
+        pb::participant_server::ParticipantServer::new(self)
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets in-flight calls
+    /// finish.
+    ///
+    /// # Errors
+    /// [`ServerError::Transport`] when the server fails.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, resources = ?self, "participant server listening");
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn resource(&self, name: &str) -> Result<Arc<dyn Resource>, CallError> {
+        if !is_valid_name(name) {
+            return Err(CallError::BadResourceName);
+        }
+        self.resources
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CallError::UnknownResource(name.to_owned()))
+    }
+
+    /// Resolves the resource and xid of a request and runs `call` on them in its own
+    /// task, inside a span that names both.
+    ///
+    /// The task is spawned so that a coordinator giving up on the RPC (which drops
+    /// this future) cannot cancel a resource halfway through a prepare or commit.
+    async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        resource: &str,
+        xid: Option<&pb::Xid>,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Resource>, Xid) -> Fut,
+        Fut: Future<Output = Result<T, ResourceError>> + Send + 'static,
+    {
+        let span = tracing::info_span!("participant", op, resource, xid = tracing::field::Empty);
+        let prepared = (|| {
+            let r = self.resource(resource)?;
+            let xid = Xid::from_pb(xid.ok_or(CallError::MissingXid)?).map_err(CallError::BadXid)?;
+            Ok((r, xid))
+        })();
+        let outcome = match prepared {
+            Ok((r, xid)) => {
+                span.record("xid", tracing::field::display(&xid));
+                match tokio::spawn(call(r, xid).instrument(span.clone())).await {
+                    Ok(result) => result.map_err(CallError::Resource),
+                    Err(e) => Err(CallError::Crashed(e.to_string())),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let _entered = span.enter();
+        outcome.map_err(|e| {
+            tracing::warn!(error = ?e, "participant call failed");
+            status_of(e)
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::participant_server::Participant for ParticipantServer {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let req = request.into_inner();
+        let vote = self
+            .run("prepare", &req.resource, req.xid.as_ref(), |r, xid| async move {
+                r.prepare(&xid).await
+            })
+            .await?;
+        tracing::debug!(?vote, resource = %req.resource, "voted");
+        let (vote, detail) = match vote {
+            Vote::Yes => (pb::Vote::Yes, String::new()),
+            Vote::No(reason) => (pb::Vote::No, reason),
+            Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+        };
+        Ok(Response::new(pb::PrepareResponse {
+            vote: vote.into(),
+            detail,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::BranchCommitRequest>,
+    ) -> Result<Response<pb::BranchCommitResponse>, Status> {
+        let req = request.into_inner();
+        let one_phase = req.one_phase;
+        let result = self
+            .run("commit", &req.resource, req.xid.as_ref(), move |r, xid| async move {
+                r.commit(&xid, one_phase).await
+            })
+            .await?;
+        let result = match result {
+            CommitResult::Committed => pb::BranchCommitResult::Committed,
+            // Two-phase commits must not roll back; saying so plainly lets the
+            // coordinator flag a broken resource instead of trusting the answer.
+            CommitResult::RolledBack if !one_phase => {
+                return Err(status_of(CallError::Resource(ResourceError::Failed(
+                    "resource rolled back a prepared branch on a two-phase commit".into(),
+                ))))
+            }
+            CommitResult::RolledBack => pb::BranchCommitResult::RolledBack,
+        };
+        Ok(Response::new(pb::BranchCommitResponse {
+            result: result.into(),
+            detail: String::new(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::BranchRollbackRequest>,
+    ) -> Result<Response<pb::BranchRollbackResponse>, Status> {
+        let req = request.into_inner();
+        let result = self
+            .run("rollback", &req.resource, req.xid.as_ref(), |r, xid| async move {
+                r.rollback(&xid).await
+            })
+            .await?;
+        let result = match result {
+            RollbackResult::RolledBack => pb::BranchRollbackResult::RolledBack,
+            RollbackResult::AlreadyCommitted => pb::BranchRollbackResult::AlreadyCommitted,
+        };
+        Ok(Response::new(pb::BranchRollbackResponse {
+            result: result.into(),
+            detail: String::new(),
+        }))
+    }
+
+    async fn recover(
+        &self,
+        request: Request<pb::RecoverRequest>,
+    ) -> Result<Response<pb::RecoverResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("participant", op = "recover", resource = %req.resource);
+        let r = self.resource(&req.resource).map_err(status_of)?;
+        let xids = tokio::spawn(async move { r.recover().await }.instrument(span))
+            .await
+            .map_err(|e| CallError::Crashed(e.to_string()))
+            .and_then(|r| r.map_err(CallError::Resource))
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RecoverResponse {
+            xids: xids.iter().map(Xid::to_pb).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::AccountStore;
+    use pb::participant_client::ParticipantClient;
+    use tonic::transport::Channel;
+
+    struct Fixture {
+        client: ParticipantClient<Channel>,
+        store: Arc<AccountStore>,
+        _stop: tokio::sync::oneshot::Sender<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start() -> anyhow::Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        let store = AccountStore::open(dir.path())?;
+        store.open_accounts(["a", "b"], 100).await?;
+        let server = ParticipantServer::new().with_resource("accounts", store.clone())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = ParticipantClient::connect(format!("http://{addr}")).await?;
+        Ok(Fixture {
+            client,
+            store,
+            _stop: stop,
+            _dir: dir,
+        })
+    }
+
+    fn xid(n: u32) -> anyhow::Result<Xid> {
+        Ok(Xid::new(format!("{n:032x}"), "1")?)
+    }
+
+    fn prepare_req(resource: &str, xid: pb::Xid) -> pb::PrepareRequest {
+        pb::PrepareRequest {
+            resource: resource.into(),
+            xid: Some(xid),
+        }
+    }
+
+    #[tokio::test]
+    async fn prepare_commit_rollback_recover_over_grpc() -> anyhow::Result<()> {
+        let mut f = start().await?;
+        let (x, y) = (xid(1)?, xid(2)?);
+        for x in [&x, &y] {
+            let b = f.store.branch(x)?;
+            b.debit("a", 10)?;
+            b.credit("b", 10)?;
+        }
+        let vote = f.client.prepare(prepare_req("accounts", x.to_pb())).await?.into_inner();
+        assert_eq!(vote.vote(), pb::Vote::Yes);
+        let recovered = f
+            .client
+            .recover(pb::RecoverRequest {
+                resource: "accounts".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(recovered.xids, vec![x.to_pb()]);
+        let committed = f
+            .client
+            .commit(pb::BranchCommitRequest {
+                resource: "accounts".into(),
+                xid: Some(x.to_pb()),
+                one_phase: false,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(committed.result(), pb::BranchCommitResult::Committed);
+        assert_eq!(f.store.balance("a")?, 90);
+
+        // y conflicts with nothing but is rolled back instead; a late prepare is refused.
+        let rolled = f
+            .client
+            .rollback(pb::BranchRollbackRequest {
+                resource: "accounts".into(),
+                xid: Some(y.to_pb()),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(rolled.result(), pb::BranchRollbackResult::RolledBack);
+        let late = f.client.prepare(prepare_req("accounts", y.to_pb())).await?.into_inner();
+        assert_eq!(late.vote(), pb::Vote::No);
+        assert!(!late.detail.is_empty(), "a NO vote should say why");
+        assert_eq!(f.store.total()?, 200);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unknown_resource_is_not_found() -> anyhow::Result<()> {
+        let mut f = start().await?;
+        let err = f
+            .client
+            .prepare(prepare_req("ledger", xid(1)?.to_pb()))
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(err, Some(tonic::Code::NotFound));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_invalid_argument() -> anyhow::Result<()> {
+        let mut f = start().await?;
+        let good = xid(1)?.to_pb();
+        let bad_xids = [
+            pb::Xid {
+                gtrid: "'; DROP TABLE t; --".into(),
+                ..good.clone()
+            },
+            pb::Xid {
+                bqual: "01".into(),
+                ..good.clone()
+            },
+            pb::Xid {
+                format_id: 7,
+                ..good.clone()
+            },
+        ];
+        for bad in bad_xids {
+            let code = f.client.prepare(prepare_req("accounts", bad)).await.err().map(|s| s.code());
+            assert_eq!(code, Some(tonic::Code::InvalidArgument));
+        }
+        let missing = f
+            .client
+            .prepare(pb::PrepareRequest {
+                resource: "accounts".into(),
+                xid: None,
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(missing, Some(tonic::Code::InvalidArgument));
+        let bad_name = f
+            .client
+            .prepare(prepare_req("accounts/../x", good))
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(bad_name, Some(tonic::Code::InvalidArgument));
+        assert_eq!(f.store.prepared_count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn resource_names_are_validated() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r: Arc<dyn Resource> = Arc::new(crate::noop::NoopResource::open(dir.path())?);
+        assert!(matches!(
+            ParticipantServer::new().with_resource("bad name", r.clone()),
+            Err(ServerError::InvalidResourceName(_))
+        ));
+        assert!(matches!(
+            ParticipantServer::new()
+                .with_resource("a", r.clone())?
+                .with_resource("a", r),
+            Err(ServerError::DuplicateResource(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn resource_errors_map_to_retry_or_give_up_codes() {
+        let unavailable = status_of(CallError::Resource(ResourceError::Unavailable("x".into())));
+        assert_eq!(unavailable.code(), tonic::Code::Unavailable);
+        let failed = status_of(CallError::Resource(ResourceError::Failed("x".into())));
+        assert_eq!(failed.code(), tonic::Code::Internal);
+    }
+}
