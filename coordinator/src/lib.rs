@@ -13,6 +13,7 @@
 //! - [`server`]: [`server::run`] wires a node together.
 
 pub mod driver;
+pub mod local;
 pub mod raft;
 pub mod server;
 pub mod service;

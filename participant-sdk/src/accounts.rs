@@ -6,7 +6,7 @@
 //!
 //! # Storage (sled trees)
 //! - `accounts.balances`: account name → balance, `i64` big-endian.
-//! - `accounts.prepared`: rendered xid → [`PreparedRecord`] (JSON, versioned): the net
+//! - `accounts.prepared`: rendered xid → prepared record (JSON, versioned): the net
 //!   change per account and when it was prepared.
 //! - `accounts.outcomes`: rendered xid → `C` (committed) or `R` (rolled back, also the
 //!   tombstone that refuses a late prepare).
@@ -56,9 +56,9 @@ pub enum AccountsError {
     /// sled failed; possibly transient.
     #[error("account storage failed: {0}")]
     Storage(#[from] sled::Error),
-    /// Making writes durable failed; possibly transient.
-    #[error("account storage sync failed: {0}")]
-    Sync(String),
+    /// Storage could not read, write or sync right now; possibly transient.
+    #[error("account storage unavailable: {0}")]
+    Unavailable(String),
     /// Stored data could not be decoded; needs an operator.
     #[error("corrupt account store: {0}")]
     Corrupt(String),
@@ -85,14 +85,14 @@ pub enum AccountsError {
 impl AccountsError {
     /// True when the same call may succeed later (storage trouble).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Storage(_) | Self::Sync(_))
+        matches!(self, Self::Storage(_) | Self::Unavailable(_))
     }
 }
 
 impl From<ResourceError> for AccountsError {
     fn from(e: ResourceError) -> Self {
         match e {
-            ResourceError::Unavailable(m) => Self::Sync(m),
+            ResourceError::Unavailable(m) => Self::Unavailable(m),
             other => Self::Corrupt(other.to_string()),
         }
     }
@@ -130,7 +130,8 @@ impl State {
         for account in deltas.keys() {
             self.locks.insert(account.clone(), xid.clone());
         }
-        self.prepared.insert(xid.clone(), deltas.keys().cloned().collect());
+        self.prepared
+            .insert(xid.clone(), deltas.keys().cloned().collect());
     }
 
     fn unlock_accounts(&mut self, xid: &Xid) {
@@ -250,7 +251,11 @@ impl AccountStore {
     /// # Errors
     /// [`AccountsError::InvalidAccountName`], [`AccountsError::InvalidAmount`] for a
     /// negative balance (nothing is created then), or storage errors.
-    pub async fn open_accounts<I, S>(&self, names: I, initial_balance: i64) -> Result<usize, AccountsError>
+    pub async fn open_accounts<I, S>(
+        &self,
+        names: I,
+        initial_balance: i64,
+    ) -> Result<usize, AccountsError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -354,7 +359,9 @@ impl AccountStore {
     /// (or fenced by a rollback), storage errors.
     pub fn branch(self: &Arc<Self>, xid: &Xid) -> Result<AccountBranch, AccountsError> {
         let mut state = self.state();
-        if state.prepared.contains_key(xid) || branch_log::read_outcome(&self.outcomes, xid)?.is_some() {
+        if state.prepared.contains_key(xid)
+            || branch_log::read_outcome(&self.outcomes, xid)?.is_some()
+        {
             return Err(AccountsError::BranchClosed(xid.clone()));
         }
         state.pending.entry(xid.clone()).or_default();
@@ -388,14 +395,23 @@ impl AccountStore {
 
     /// Why `deltas` cannot be applied now, if they cannot: an account is unknown,
     /// locked by another prepared branch, or would go negative.
-    fn refusal(&self, state: &State, xid: &Xid, deltas: &Deltas) -> Result<Option<String>, ResourceError> {
+    fn refusal(
+        &self,
+        state: &State,
+        xid: &Xid,
+        deltas: &Deltas,
+    ) -> Result<Option<String>, ResourceError> {
         for (account, delta) in deltas {
             if let Some(holder) = state.locks.get(account).filter(|h| *h != xid) {
                 return Ok(Some(format!(
                     "account {account} is locked by prepared branch {holder}"
                 )));
             }
-            let Some(bytes) = self.balances.get(account).map_err(branch_log::unavailable)? else {
+            let Some(bytes) = self
+                .balances
+                .get(account)
+                .map_err(branch_log::unavailable)?
+            else {
                 return Ok(Some(format!("unknown account {account}")));
             };
             let balance = decode_balance(account, &bytes)?;
@@ -413,39 +429,49 @@ impl AccountStore {
 
     /// Applies `deltas` and records `xid` as committed in one sled transaction,
     /// removing its prepared record when `was_prepared`.
-    fn apply_committed(&self, xid: &Xid, deltas: &Deltas, was_prepared: bool) -> Result<(), ResourceError> {
+    fn apply_committed(
+        &self,
+        xid: &Xid,
+        deltas: &Deltas,
+        was_prepared: bool,
+    ) -> Result<(), ResourceError> {
         let key = xid.render();
         let abort = |m: String| ConflictableTransactionError::Abort(ResourceError::Failed(m));
-        branch_log::tx_result((&self.balances, &self.prepared, &self.outcomes).transaction(
-            |(balances, prepared, outcomes)| {
-                for (account, delta) in deltas {
-                    let bytes = balances
-                        .get(account.as_bytes())?
-                        .ok_or_else(|| abort(format!("{xid} touches unknown account {account}")))?;
-                    let balance = decode_balance(account, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                    let new = balance
-                        .checked_add(*delta)
-                        .ok_or_else(|| abort(format!("{xid} overflows account {account}")))?;
-                    balances.insert(account.as_bytes(), &new.to_be_bytes()[..])?;
-                }
-                if was_prepared {
-                    prepared.remove(key.as_bytes())?;
-                }
-                outcomes.insert(key.as_bytes(), Finished::Committed.encode())?;
-                Ok(())
-            },
-        ))
+        branch_log::tx_result(
+            (&self.balances, &self.prepared, &self.outcomes).transaction(
+                |(balances, prepared, outcomes)| {
+                    for (account, delta) in deltas {
+                        let bytes = balances.get(account.as_bytes())?.ok_or_else(|| {
+                            abort(format!("{xid} touches unknown account {account}"))
+                        })?;
+                        let balance = decode_balance(account, &bytes)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        let new = balance
+                            .checked_add(*delta)
+                            .ok_or_else(|| abort(format!("{xid} overflows account {account}")))?;
+                        balances.insert(account.as_bytes(), &new.to_be_bytes()[..])?;
+                    }
+                    if was_prepared {
+                        prepared.remove(key.as_bytes())?;
+                    }
+                    outcomes.insert(key.as_bytes(), Finished::Committed.encode())?;
+                    Ok(())
+                },
+            ),
+        )
     }
 
     /// Records a rollback tombstone for `xid`, removing its prepared record if any, in
     /// one sled transaction.
     fn record_rolled_back(&self, xid: &Xid) -> Result<(), ResourceError> {
         let key = xid.render();
-        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(|(prepared, outcomes)| {
-            prepared.remove(key.as_bytes())?;
-            outcomes.insert(key.as_bytes(), Finished::RolledBack.encode())?;
-            Ok(())
-        }))
+        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(
+            |(prepared, outcomes)| {
+                prepared.remove(key.as_bytes())?;
+                outcomes.insert(key.as_bytes(), Finished::RolledBack.encode())?;
+                Ok(())
+            },
+        ))
     }
 
     /// The prepared record of `xid`, which the in-memory state says exists.
@@ -489,7 +515,8 @@ impl AccountStore {
             prepared_unix_ms: now_unix_ms(),
             deltas,
         };
-        let bytes = serde_json::to_vec(&record).map_err(|e| ResourceError::Failed(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&record).map_err(|e| ResourceError::Failed(e.to_string()))?;
         self.prepared
             .insert(xid.render(), bytes)
             .map_err(branch_log::unavailable)?;
@@ -625,7 +652,9 @@ impl AccountBranch {
     /// branch is prepared or finished, [`AccountsError::Overflow`],
     /// [`AccountsError::TooManyAccounts`].
     pub fn debit(&self, account: &str, amount: i64) -> Result<(), AccountsError> {
-        let delta = positive(amount)?.checked_neg().ok_or(AccountsError::Overflow)?;
+        let delta = positive(amount)?
+            .checked_neg()
+            .ok_or(AccountsError::Overflow)?;
         self.store.add_work(&self.xid, account, delta)
     }
 
@@ -654,13 +683,25 @@ mod tests {
         Ok(Xid::new(format!("{n:032x}"), "1")?)
     }
 
-    async fn store_with(dir: &Path, accounts: &[&str], balance: i64) -> anyhow::Result<Arc<AccountStore>> {
+    async fn store_with(
+        dir: &Path,
+        accounts: &[&str],
+        balance: i64,
+    ) -> anyhow::Result<Arc<AccountStore>> {
         let store = AccountStore::open(dir)?;
-        store.open_accounts(accounts.iter().copied(), balance).await?;
+        store
+            .open_accounts(accounts.iter().copied(), balance)
+            .await?;
         Ok(store)
     }
 
-    fn transfer(store: &Arc<AccountStore>, xid: &Xid, from: &str, to: &str, amount: i64) -> anyhow::Result<()> {
+    fn transfer(
+        store: &Arc<AccountStore>,
+        xid: &Xid,
+        from: &str,
+        to: &str,
+        amount: i64,
+    ) -> anyhow::Result<()> {
         let b = store.branch(xid)?;
         b.debit(from, amount)?;
         b.credit(to, amount)?;
@@ -675,9 +716,16 @@ mod tests {
         transfer(&store, &x, "a", "b", 30)?;
         let syncs = store.sync_count();
         assert_eq!(store.prepare(&x).await?, Vote::Yes);
-        assert!(store.sync_count() > syncs, "YES before the prepared state was synced");
+        assert!(
+            store.sync_count() > syncs,
+            "YES before the prepared state was synced"
+        );
         assert_eq!(store.prepared_count(), 1);
-        assert_eq!(store.balance("a")?, 100, "prepare must not apply the change");
+        assert_eq!(
+            store.balance("a")?,
+            100,
+            "prepare must not apply the change"
+        );
         assert_eq!(store.commit(&x, false).await?, CommitResult::Committed);
         assert_eq!(store.balance("a")?, 70);
         assert_eq!(store.balance("b")?, 130);
@@ -723,12 +771,15 @@ mod tests {
 
         assert_eq!(store.commit(&x1, false).await?, CommitResult::Committed);
         assert_eq!(store.rollback(&x2).await?, RollbackResult::RolledBack);
-        assert_eq!(store.accounts()?, vec![
-            ("a".into(), 30),
-            ("b".into(), 70),
-            ("c".into(), 50),
-            ("d".into(), 50)
-        ]);
+        assert_eq!(
+            store.accounts()?,
+            vec![
+                ("a".into(), 30),
+                ("b".into(), 70),
+                ("c".into(), 50),
+                ("d".into(), 50)
+            ]
+        );
         assert_eq!(store.prepared_count(), 0);
         Ok(())
     }
@@ -741,8 +792,14 @@ mod tests {
         let branch = store.branch(&x)?;
         branch.debit("a", 1)?;
         assert_eq!(store.rollback(&x).await?, RollbackResult::RolledBack);
-        assert!(matches!(branch.credit("b", 1), Err(AccountsError::BranchClosed(_))));
-        assert!(matches!(store.branch(&x), Err(AccountsError::BranchClosed(_))));
+        assert!(matches!(
+            branch.credit("b", 1),
+            Err(AccountsError::BranchClosed(_))
+        ));
+        assert!(matches!(
+            store.branch(&x),
+            Err(AccountsError::BranchClosed(_))
+        ));
         assert!(matches!(store.prepare(&x).await?, Vote::No(_)));
 
         // Rollback of a never-seen xid also fences it.
@@ -760,7 +817,11 @@ mod tests {
         let (x, y) = (xid(1)?, xid(2)?);
         transfer(&store, &x, "a", "b", 5)?;
         assert_eq!(store.prepare(&x).await?, Vote::Yes);
-        assert_eq!(store.prepare(&x).await?, Vote::Yes, "re-prepare must vote YES again");
+        assert_eq!(
+            store.prepare(&x).await?,
+            Vote::Yes,
+            "re-prepare must vote YES again"
+        );
         assert_eq!(store.commit(&x, false).await?, CommitResult::Committed);
         assert_eq!(store.commit(&x, false).await?, CommitResult::Committed);
         assert_eq!(store.rollback(&x).await?, RollbackResult::AlreadyCommitted);
@@ -770,7 +831,10 @@ mod tests {
         assert_eq!(store.prepare(&y).await?, Vote::Yes);
         assert_eq!(store.rollback(&y).await?, RollbackResult::RolledBack);
         assert_eq!(store.rollback(&y).await?, RollbackResult::RolledBack);
-        assert!(store.commit(&y, false).await.is_err(), "commit after rollback must fail");
+        assert!(
+            store.commit(&y, false).await.is_err(),
+            "commit after rollback must fail"
+        );
 
         // Committed and forgotten: still success.
         store.forget(&x).await?;
@@ -816,8 +880,14 @@ mod tests {
         assert_eq!(store.commit(&ok, true).await?, CommitResult::Committed);
         assert_eq!(store.commit(&ok, true).await?, CommitResult::Committed);
         transfer(&store, &too_much, "a", "b", 1)?;
-        assert_eq!(store.commit(&too_much, true).await?, CommitResult::RolledBack);
-        assert_eq!(store.commit(&too_much, true).await?, CommitResult::RolledBack);
+        assert_eq!(
+            store.commit(&too_much, true).await?,
+            CommitResult::RolledBack
+        );
+        assert_eq!(
+            store.commit(&too_much, true).await?,
+            CommitResult::RolledBack
+        );
         assert_eq!(store.commit(&none, true).await?, CommitResult::RolledBack);
         assert_eq!((store.balance("a")?, store.balance("b")?), (0, 20));
         Ok(())
@@ -828,17 +898,33 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = store_with(dir.path(), &["a"], 10).await?;
         let b = store.branch(&xid(1)?)?;
-        assert!(matches!(b.debit("a", 0), Err(AccountsError::InvalidAmount(0))));
-        assert!(matches!(b.credit("a", -5), Err(AccountsError::InvalidAmount(-5))));
-        assert!(matches!(b.debit("nope", 1), Err(AccountsError::UnknownAccount(_))));
-        assert!(matches!(b.debit("'; --", 1), Err(AccountsError::InvalidAccountName(_))));
+        assert!(matches!(
+            b.debit("a", 0),
+            Err(AccountsError::InvalidAmount(0))
+        ));
+        assert!(matches!(
+            b.credit("a", -5),
+            Err(AccountsError::InvalidAmount(-5))
+        ));
+        assert!(matches!(
+            b.debit("nope", 1),
+            Err(AccountsError::UnknownAccount(_))
+        ));
+        assert!(matches!(
+            b.debit("'; --", 1),
+            Err(AccountsError::InvalidAccountName(_))
+        ));
         b.credit("a", i64::MAX)?;
         assert!(matches!(b.credit("a", 1), Err(AccountsError::Overflow)));
         assert!(matches!(
             store.open_accounts(["x"], -1).await,
             Err(AccountsError::InvalidAmount(-1))
         ));
-        assert_eq!(store.open_accounts(["a", "z"], 99).await?, 1, "open_accounts must be idempotent");
+        assert_eq!(
+            store.open_accounts(["a", "z"], 99).await?,
+            1,
+            "open_accounts must be idempotent"
+        );
         assert_eq!(store.balance("a")?, 10);
         Ok(())
     }

@@ -43,7 +43,10 @@ pub(crate) fn unavailable(e: impl Display) -> ResourceError {
 }
 
 /// Reads how `xid` finished, if it did.
-pub(crate) fn read_outcome(tree: &sled::Tree, xid: &Xid) -> Result<Option<Finished>, ResourceError> {
+pub(crate) fn read_outcome(
+    tree: &sled::Tree,
+    xid: &Xid,
+) -> Result<Option<Finished>, ResourceError> {
     match tree.get(xid.render()).map_err(unavailable)? {
         None => Ok(None),
         Some(v) => Finished::decode(&v)
@@ -53,7 +56,11 @@ pub(crate) fn read_outcome(tree: &sled::Tree, xid: &Xid) -> Result<Option<Finish
 }
 
 /// Records how `xid` finished (outside a multi-tree transaction).
-pub(crate) fn write_outcome(tree: &sled::Tree, xid: &Xid, how: Finished) -> Result<(), ResourceError> {
+pub(crate) fn write_outcome(
+    tree: &sled::Tree,
+    xid: &Xid,
+    how: Finished,
+) -> Result<(), ResourceError> {
     tree.insert(xid.render(), how.encode())
         .map(drop)
         .map_err(unavailable)
@@ -69,7 +76,10 @@ pub(crate) fn list_prepared(tree: &sled::Tree) -> Result<Vec<Xid>, ResourceError
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| {
-                    ResourceError::Failed(format!("corrupt prepared key {:?}", String::from_utf8_lossy(&k)))
+                    ResourceError::Failed(format!(
+                        "corrupt prepared key {:?}",
+                        String::from_utf8_lossy(&k)
+                    ))
                 })
         })
         .collect()
@@ -82,7 +92,9 @@ pub(crate) async fn sync(durable: &DurableSled) -> Result<(), ResourceError> {
 
 /// Maps the result of a multi-tree sled transaction whose aborts carry a
 /// [`ResourceError`].
-pub(crate) fn tx_result<T>(r: sled::transaction::TransactionResult<T, ResourceError>) -> Result<T, ResourceError> {
+pub(crate) fn tx_result<T>(
+    r: sled::transaction::TransactionResult<T, ResourceError>,
+) -> Result<T, ResourceError> {
     r.map_err(|e| match e {
         sled::transaction::TransactionError::Abort(e) => e,
         sled::transaction::TransactionError::Storage(e) => unavailable(e),

@@ -10,9 +10,12 @@
 //! - [`accounts`]: an embedded, durable account-balance store for demos and tests.
 //! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
 
-pub mod durable;
 pub mod accounts;
 mod branch_log;
+pub mod client;
+pub mod durable;
 pub mod noop;
+pub mod recovery;
 pub mod resource;
+pub mod server;
 pub mod xid;

@@ -41,10 +41,13 @@ impl NoopResource {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DurableError> {
         let durable = DurableSled::open(path.as_ref())?;
         let open_tree = |name: &str| {
-            durable.db().open_tree(name).map_err(|source| DurableError::Open {
-                path: path.as_ref().to_path_buf(),
-                source,
-            })
+            durable
+                .db()
+                .open_tree(name)
+                .map_err(|source| DurableError::Open {
+                    path: path.as_ref().to_path_buf(),
+                    source,
+                })
         };
         Ok(Self {
             prepared: open_tree("noop.prepared")?,
@@ -75,11 +78,13 @@ impl NoopResource {
     /// Moves `xid` from prepared to finished `how`, in one sled transaction.
     fn finish(&self, xid: &Xid, how: Finished) -> Result<(), ResourceError> {
         let key = xid.render();
-        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(|(prepared, outcomes)| {
-            prepared.remove(key.as_bytes())?;
-            outcomes.insert(key.as_bytes(), how.encode())?;
-            Ok(())
-        }))
+        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(
+            |(prepared, outcomes)| {
+                prepared.remove(key.as_bytes())?;
+                outcomes.insert(key.as_bytes(), how.encode())?;
+                Ok(())
+            },
+        ))
     }
 
     fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {

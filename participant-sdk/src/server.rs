@@ -2,7 +2,7 @@
 //!
 //! [`ParticipantServer`] implements `ratify.v1.Participant` over a set of named
 //! [`Resource`]s. Votes and phase-2 results travel in responses; gRPC status codes
-//! only say that a call could not be answered, and [`status_of`] is the one place
+//! only say that a call could not be answered, and `status_of` is the one place
 //! that decides which code.
 
 use std::collections::HashMap;
@@ -204,9 +204,12 @@ impl pb::participant_server::Participant for ParticipantServer {
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let req = request.into_inner();
         let vote = self
-            .run("prepare", &req.resource, req.xid.as_ref(), |r, xid| async move {
-                r.prepare(&xid).await
-            })
+            .run(
+                "prepare",
+                &req.resource,
+                req.xid.as_ref(),
+                |r, xid| async move { r.prepare(&xid).await },
+            )
             .await?;
         tracing::debug!(?vote, resource = %req.resource, "voted");
         let (vote, detail) = match vote {
@@ -227,9 +230,12 @@ impl pb::participant_server::Participant for ParticipantServer {
         let req = request.into_inner();
         let one_phase = req.one_phase;
         let result = self
-            .run("commit", &req.resource, req.xid.as_ref(), move |r, xid| async move {
-                r.commit(&xid, one_phase).await
-            })
+            .run(
+                "commit",
+                &req.resource,
+                req.xid.as_ref(),
+                move |r, xid| async move { r.commit(&xid, one_phase).await },
+            )
             .await?;
         let result = match result {
             CommitResult::Committed => pb::BranchCommitResult::Committed,
@@ -254,9 +260,12 @@ impl pb::participant_server::Participant for ParticipantServer {
     ) -> Result<Response<pb::BranchRollbackResponse>, Status> {
         let req = request.into_inner();
         let result = self
-            .run("rollback", &req.resource, req.xid.as_ref(), |r, xid| async move {
-                r.rollback(&xid).await
-            })
+            .run(
+                "rollback",
+                &req.resource,
+                req.xid.as_ref(),
+                |r, xid| async move { r.rollback(&xid).await },
+            )
             .await?;
         let result = match result {
             RollbackResult::RolledBack => pb::BranchRollbackResult::RolledBack,
@@ -340,7 +349,11 @@ mod tests {
             b.debit("a", 10)?;
             b.credit("b", 10)?;
         }
-        let vote = f.client.prepare(prepare_req("accounts", x.to_pb())).await?.into_inner();
+        let vote = f
+            .client
+            .prepare(prepare_req("accounts", x.to_pb()))
+            .await?
+            .into_inner();
         assert_eq!(vote.vote(), pb::Vote::Yes);
         let recovered = f
             .client
@@ -372,7 +385,11 @@ mod tests {
             .await?
             .into_inner();
         assert_eq!(rolled.result(), pb::BranchRollbackResult::RolledBack);
-        let late = f.client.prepare(prepare_req("accounts", y.to_pb())).await?.into_inner();
+        let late = f
+            .client
+            .prepare(prepare_req("accounts", y.to_pb()))
+            .await?
+            .into_inner();
         assert_eq!(late.vote(), pb::Vote::No);
         assert!(!late.detail.is_empty(), "a NO vote should say why");
         assert_eq!(f.store.total()?, 200);
@@ -411,7 +428,12 @@ mod tests {
             },
         ];
         for bad in bad_xids {
-            let code = f.client.prepare(prepare_req("accounts", bad)).await.err().map(|s| s.code());
+            let code = f
+                .client
+                .prepare(prepare_req("accounts", bad))
+                .await
+                .err()
+                .map(|s| s.code());
             assert_eq!(code, Some(tonic::Code::InvalidArgument));
         }
         let missing = f

@@ -90,7 +90,9 @@ fn validate_bqual(bqual: &str) -> Result<(), XidError> {
 /// qualifier. Only valid values can be constructed.
 ///
 /// Serialized (serde) as its rendered string, so stored and logged forms agree.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Xid {
     /// 32 lowercase hex digits, validated.
@@ -240,7 +242,7 @@ mod tests {
             "0123456789abcdeg0000000000000001",  // not hex
             "'; DROP TABLE accounts; --000000",
             "0123456789abcdef000000000000000'",
-            "0123456789abcdef00000000000000é",   // 32 bytes, unicode
+            "0123456789abcdef00000000000000é",  // 32 bytes, unicode
             "０123456789abcdef000000000000001", // full-width digit
             " 0123456789abcdef000000000000001",
             "0123456789abcdef.000000000000001",
@@ -258,7 +260,18 @@ mod tests {
     #[test]
     fn hostile_bquals_are_refused() {
         for b in [
-            "", "0", "01", "123456789", "-1", "+1", "1a", "1 ", "1'", "١", "1.2", "ff",
+            "",
+            "0",
+            "01",
+            "123456789",
+            "-1",
+            "+1",
+            "1a",
+            "1 ",
+            "1'",
+            "١",
+            "1.2",
+            "ff",
         ] {
             assert!(
                 matches!(Xid::new(GTRID, b), Err(XidError::Bqual(_))),

@@ -12,6 +12,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
@@ -34,6 +36,9 @@ pub struct LogStore {
     log: sled::Tree,
     /// Vote, committed id and purge point.
     meta: sled::Tree,
+    /// Highest log index covered by a completed flush + fdatasync round. Raised
+    /// before openraft is told, so anything acknowledged is at or below it.
+    durable_upto: Arc<AtomicU64>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -52,7 +57,17 @@ impl LogStore {
     pub fn open(durable: DurableSled) -> Result<Self, StorageError> {
         let log = durable.db().open_tree("raft_log").map_err(write_err)?;
         let meta = durable.db().open_tree("raft_meta").map_err(write_err)?;
-        Ok(Self { durable, log, meta })
+        Ok(Self {
+            durable,
+            log,
+            meta,
+            durable_upto: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Highest log index known to be fdatasynced (0 before the first append).
+    pub fn durable_upto(&self) -> u64 {
+        self.durable_upto.load(Ordering::Acquire)
     }
 
     /// Flush + fdatasync rounds completed by this node's database.
@@ -155,14 +170,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut last = 0;
         for entry in entries {
             let bytes = encode(&entry).map_err(write_err)?;
             batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+            last = entry.log_id.index;
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         // Reported flushed only once a flush + fdatasync round covers these entries.
-        self.durable
-            .request_sync(Box::new(move |res| callback.log_io_completed(res)));
+        let durable_upto = Arc::clone(&self.durable_upto);
+        self.durable.request_sync(Box::new(move |res| {
+            if res.is_ok() {
+                durable_upto.fetch_max(last, Ordering::AcqRel);
+            }
+            callback.log_io_completed(res)
+        }));
         Ok(())
     }
 

@@ -79,3 +79,6 @@ pub async fn new_raft(
 ) -> Result<Raft, openraft::error::Fatal<NodeId>> {
     Raft::new(id, config, Network, log, sm).await
 }
+
+#[cfg(test)]
+mod tests;

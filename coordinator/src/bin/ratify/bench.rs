@@ -1,0 +1,157 @@
+//! `ratify bench`: global transactions per second and commit latency on a 3-node
+//! cluster with two no-op durable participants, at several client counts, next to a
+//! baseline measured in the same run (one lone fdatasync on the same disk).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ratify_participant_sdk::client::{BeginOptions, ClientConfig, CoordinatorClient, Outcome};
+use ratify_participant_sdk::durable::DurableSled;
+use ratify_participant_sdk::noop::NoopResource;
+use ratify_participant_sdk::resource::Resource;
+
+use crate::workload::{EmbeddedParticipant, Latencies};
+
+/// Flags of `ratify bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients for each round (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// Median latency of a lone small write + fdatasync on the data disk.
+async fn fsync_baseline(dir: &std::path::Path) -> anyhow::Result<f64> {
+    let d = DurableSled::open(dir.join("fsync-baseline"))?;
+    let mut l = Latencies::default();
+    for i in 0..200u32 {
+        d.db().insert(i.to_be_bytes(), vec![0u8; 64])?;
+        let t = Instant::now();
+        d.sync().await?;
+        l.record(t.elapsed());
+    }
+    Ok(l.percentile_ms(50.0))
+}
+
+/// Runs the benchmark and prints a table.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; run `cargo run --release -p ratify-coordinator -- bench` for real figures");
+    }
+    let tmp = tempfile::tempdir()?;
+    let fsync_ms = fsync_baseline(tmp.path()).await?;
+    println!("baseline: lone fdatasync p50 = {fsync_ms:.3} ms");
+    let cluster = crate::start_cluster(&tmp.path().join("cluster"), 3, vec![]).await?;
+    let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
+    let p1: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p1"))?);
+    let p2: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p2"))?);
+    let part1 = EmbeddedParticipant::start("noop", p1, client.clone()).await?;
+    let part2 = EmbeddedParticipant::start("noop", p2, client.clone()).await?;
+    let branches = vec![(part1.endpoint.clone(), "noop".to_string()), (part2.endpoint.clone(), "noop".to_string())];
+
+    // Warm-up: connections, first elections, caches.
+    run_round(&client, &branches, 4, Duration::from_secs(1)).await?;
+
+    println!();
+    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | aborted |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for &c in &a.clients {
+        let mut r = run_round(&client, &branches, c, Duration::from_secs(a.duration)).await?;
+        let row = serde_json::json!({
+            "clients": c,
+            "txn_per_s": r.committed as f64 / r.elapsed.as_secs_f64(),
+            "commit_p50_ms": r.commit.percentile_ms(50.0),
+            "commit_p99_ms": r.commit.percentile_ms(99.0),
+            "total_p50_ms": r.total.percentile_ms(50.0),
+            "total_p99_ms": r.total.percentile_ms(99.0),
+            "aborted": r.aborted,
+            "fsync_p50_ms": fsync_ms,
+        });
+        println!(
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} |",
+            row["txn_per_s"].as_f64().unwrap_or(0.0),
+            row["commit_p50_ms"].as_f64().unwrap_or(0.0),
+            row["commit_p99_ms"].as_f64().unwrap_or(0.0),
+            row["total_p50_ms"].as_f64().unwrap_or(0.0),
+            row["total_p99_ms"].as_f64().unwrap_or(0.0),
+            row["commit_p50_ms"].as_f64().unwrap_or(0.0) / fsync_ms.max(1e-6),
+            r.aborted
+        );
+        rows.push(row);
+    }
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    drop((part1, part2, cluster));
+    Ok(())
+}
+
+struct Round {
+    committed: u64,
+    aborted: u64,
+    elapsed: Duration,
+    commit: Latencies,
+    total: Latencies,
+}
+
+async fn run_round(
+    client: &CoordinatorClient,
+    branches: &[(String, String)],
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Round> {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = client.clone();
+        let branches = branches.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let (mut committed, mut aborted) = (0u64, 0u64);
+            let (mut commit, mut total) = (Latencies::default(), Latencies::default());
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                let begun = client
+                    .begin(BeginOptions {
+                        branches: branches.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                let t1 = Instant::now();
+                let d = client.commit(&begun.gtrid).await?;
+                commit.record(t1.elapsed());
+                total.record(t0.elapsed());
+                if d.outcome == Outcome::Committed {
+                    committed += 1;
+                } else {
+                    aborted += 1;
+                }
+            }
+            anyhow::Ok((committed, aborted, commit, total))
+        }));
+    }
+    let mut round = Round {
+        committed: 0,
+        aborted: 0,
+        elapsed: Duration::ZERO,
+        commit: Latencies::default(),
+        total: Latencies::default(),
+    };
+    for t in tasks {
+        let (c, ab, cl, tl) = t.await??;
+        round.committed += c;
+        round.aborted += ab;
+        round.commit.extend(cl);
+        round.total.extend(tl);
+    }
+    round.elapsed = start.elapsed();
+    Ok(round)
+}

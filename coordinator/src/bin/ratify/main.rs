@@ -1,0 +1,404 @@
+//! `ratify`: run a coordinator node, a local dev cluster, the demo, the benchmark, an
+//! embedded participant, and inspect transactions and cluster health.
+//!
+//! This binary only parses flags, sets up logging and calls the libraries.
+
+mod bench;
+mod demo;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ratify_coordinator::driver::DriverConfig;
+use ratify_coordinator::local::LocalCluster;
+use ratify_coordinator::server::{run, NodeConfig};
+use ratify_coordinator::types::{NodeId, NodeInfo};
+use ratify_participant_sdk::accounts::AccountStore;
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
+use ratify_participant_sdk::recovery::RecoveryLoop;
+use ratify_participant_sdk::resource::Resource;
+use ratify_participant_sdk::server::ParticipantServer;
+use ratify_proto::pb;
+use serde::Deserialize;
+
+/// Ratify: a two-phase-commit transaction coordinator on a Raft-replicated log.
+#[derive(Parser, Debug)]
+#[command(name = "ratify", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one coordinator node (flags override the optional --config file).
+    Node(NodeArgs),
+    /// Start a local 3-node cluster on loopback (data in a temp dir) until Ctrl-C.
+    Dev(DevArgs),
+    /// End-to-end demo on embedded defaults: a 3-node cluster, two account
+    /// participants, a transfer workload, a leader SIGKILL, and a summary.
+    Demo(demo::DemoArgs),
+    /// Benchmark: global txn/s and commit latency with two no-op durable
+    /// participants on a 3-node cluster (build with --release).
+    Bench(bench::BenchArgs),
+    /// Host the embedded account store as a participant (with its recovery loop).
+    Participant(ParticipantArgs),
+    /// Inspect transactions.
+    #[command(subcommand)]
+    Txn(TxnCmd),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// TOML file with any of: id, raft_addr, api_addr, data_dir, init, peers
+    /// (["1=127.0.0.1:7001,127.0.0.1:7101", ...]), prepare_timeout_ms,
+    /// default_txn_timeout_ms, one_phase.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id (non-zero, unique in the cluster).
+    #[arg(long)]
+    id: Option<NodeId>,
+    /// Listen address for Raft traffic from the other nodes (ip:port).
+    #[arg(long)]
+    raft_addr: Option<String>,
+    /// Listen address for clients and participants (ip:port).
+    #[arg(long)]
+    api_addr: Option<String>,
+    /// Folder for this node's log and snapshots (one node per folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A cluster member as ID=RAFT_ADDR,API_ADDR; repeat for each (this node included).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Initialise the cluster with the peers if it never was (run on one node only).
+    #[arg(long)]
+    init: bool,
+    /// How long a participant may take to vote before it counts as unreachable.
+    #[arg(long)]
+    prepare_timeout_ms: Option<u64>,
+    /// Timeout of transactions whose client sets none.
+    #[arg(long)]
+    default_txn_timeout_ms: Option<u64>,
+    /// Disable the one-phase optimisation for single-branch transactions.
+    #[arg(long)]
+    no_one_phase: bool,
+}
+
+/// The node config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    id: Option<NodeId>,
+    raft_addr: Option<String>,
+    api_addr: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default)]
+    init: bool,
+    prepare_timeout_ms: Option<u64>,
+    default_txn_timeout_ms: Option<u64>,
+    one_phase: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Keep data here instead of a temp dir.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ParticipantArgs {
+    /// Listen address (ip:port).
+    #[arg(long)]
+    listen: String,
+    /// Folder of the account store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Coordinator client address; repeat for each node.
+    #[arg(long = "coordinator", required = true)]
+    coordinators: Vec<String>,
+    /// Resource name.
+    #[arg(long, default_value = "accounts")]
+    resource: String,
+    /// Accounts to create (acct0..acctN-1) if missing.
+    #[arg(long, default_value_t = 100)]
+    accounts: usize,
+    /// Opening balance of new accounts.
+    #[arg(long, default_value_t = 1000)]
+    initial_balance: i64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// Coordinator client address; repeat for each node.
+    #[arg(long = "coordinator", default_value = "127.0.0.1:7101")]
+    coordinators: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TxnCmd {
+    /// List live (not yet completed) transactions.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only this state: active, preparing, committed, aborted.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one transaction.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Its gtrid.
+        gtrid: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Role, term, leader, log position and members of every reachable node.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,ratify=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Node(a) => node(a).await,
+            Cmd::Dev(a) => dev(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Participant(a) => participant(a).await,
+            Cmd::Txn(c) => txn(c).await,
+            Cmd::Cluster(ClusterCmd::Status { target }) => cluster_status(target).await,
+        }
+    })
+}
+
+fn parse_peer(s: &str) -> anyhow::Result<(NodeId, NodeInfo)> {
+    let (id, addrs) = s
+        .split_once('=')
+        .with_context(|| format!("peer {s:?} is not ID=RAFT_ADDR,API_ADDR"))?;
+    let (raft_addr, api_addr) = addrs
+        .split_once(',')
+        .with_context(|| format!("peer {s:?} is not ID=RAFT_ADDR,API_ADDR"))?;
+    let id: NodeId = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
+    Ok((
+        id,
+        NodeInfo {
+            raft_addr: raft_addr.to_string(),
+            api_addr: api_addr.to_string(),
+        },
+    ))
+}
+
+async fn node(a: NodeArgs) -> anyhow::Result<()> {
+    let file: NodeFile = match &a.config {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?,
+        None => NodeFile::default(),
+    };
+    let id = a.id.or(file.id).context("--id (or id in --config) is required")?;
+    let raft_addr = a.raft_addr.or(file.raft_addr).context("--raft-addr is required")?;
+    let api_addr = a.api_addr.or(file.api_addr).context("--api-addr is required")?;
+    let data_dir = a.data_dir.or(file.data_dir).context("--data-dir is required")?;
+    let peer_specs = if a.peers.is_empty() { file.peers } else { a.peers };
+    let mut peers = BTreeMap::new();
+    for p in &peer_specs {
+        let (pid, info) = parse_peer(p)?;
+        if peers.insert(pid, info).is_some() {
+            bail!("peer {pid} given twice");
+        }
+    }
+    let mut driver = DriverConfig::default();
+    if let Some(ms) = a.prepare_timeout_ms.or(file.prepare_timeout_ms) {
+        driver.prepare_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = a.default_txn_timeout_ms.or(file.default_txn_timeout_ms) {
+        driver.default_txn_timeout = Duration::from_millis(ms);
+    }
+    driver.one_phase = !a.no_one_phase && file.one_phase.unwrap_or(true);
+    let config = NodeConfig {
+        id,
+        raft_addr,
+        api_addr,
+        data_dir,
+        peers,
+        init: a.init || file.init,
+        driver,
+    };
+    run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The path of this very binary, used to spawn node processes.
+fn self_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot locate the ratify binary")
+}
+
+/// Starts a local cluster in `dir` and waits for its leader.
+async fn start_cluster(dir: &Path, nodes: u64, extra: Vec<String>) -> anyhow::Result<LocalCluster> {
+    let cluster = LocalCluster::start(&self_binary()?, dir, nodes, extra)?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    Ok(cluster)
+}
+
+async fn dev(a: DevArgs) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match a.dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let cluster = start_cluster(&dir, a.nodes, vec![]).await?;
+    println!("ratify dev cluster is up ({} nodes, data in {})", a.nodes, dir.display());
+    for id in cluster.ids() {
+        println!("  node {id}: api {}", cluster.api_addr(id)?);
+    }
+    println!("try: ratify cluster status --coordinator {}", cluster.api_endpoints().join(" --coordinator "));
+    println!("Ctrl-C stops it.");
+    shutdown_signal().await;
+    Ok(())
+}
+
+async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
+    let store = AccountStore::open(&a.data_dir)?;
+    store.open_numbered_accounts("acct", a.accounts, a.initial_balance).await?;
+    let client = CoordinatorClient::new(a.coordinators, ClientConfig::default())?;
+    let resource: Arc<dyn Resource> = store;
+    let recovery = RecoveryLoop::new(vec![(a.resource.clone(), Arc::clone(&resource))], client)
+        .spawn(Duration::from_secs(1), shutdown_signal());
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    println!("participant serving resource {:?} on {}", a.resource, a.listen);
+    ParticipantServer::new()
+        .with_resource(a.resource, resource)?
+        .serve(listener, shutdown_signal())
+        .await?;
+    let _ = recovery.await;
+    Ok(())
+}
+
+fn client_for(t: &Target) -> anyhow::Result<CoordinatorClient> {
+    let config = ClientConfig {
+        deadline: Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    Ok(CoordinatorClient::new(t.coordinators.clone(), config)?)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::TxnState::try_from(s) {
+        Ok(pb::TxnState::Active) => "ACTIVE",
+        Ok(pb::TxnState::Preparing) => "PREPARING",
+        Ok(pb::TxnState::Committed) => "COMMITTED",
+        Ok(pb::TxnState::Aborted) => "ABORTED",
+        Ok(pb::TxnState::Completed) => "COMPLETED",
+        _ => "?",
+    }
+}
+
+fn reason_name(r: i32) -> String {
+    pb::Reason::try_from(r).map_or_else(|_| format!("reason {r}"), |r| r.as_str_name().to_string())
+}
+
+async fn txn(c: TxnCmd) -> anyhow::Result<()> {
+    match c {
+        TxnCmd::List { target, state, limit } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some(s) => Some(
+                    pb::TxnState::from_str_name(&format!("TXN_STATE_{}", s.to_uppercase()))
+                        .with_context(|| format!("unknown state {s:?}: use active, preparing, committed or aborted"))?,
+                ),
+            };
+            let page = client_for(&target)?.list(state, limit, "").await?;
+            println!("{:<34} {:<10} {:>8} {:<28}", "GTRID", "STATE", "BRANCHES", "REASON");
+            for t in &page.transactions {
+                println!(
+                    "{:<34} {:<10} {:>8} {:<28}",
+                    t.gtrid,
+                    state_name(t.state),
+                    t.branches.len(),
+                    if t.reason == 0 { String::new() } else { reason_name(t.reason) }
+                );
+            }
+            println!("{} transaction(s)", page.transactions.len());
+        }
+        TxnCmd::Show { target, gtrid } => {
+            let t = client_for(&target)?.get(&gtrid).await?;
+            println!("gtrid     {}", t.gtrid);
+            println!("state     {}", state_name(t.state));
+            if t.reason != 0 {
+                println!("reason    {} {}", reason_name(t.reason), t.detail);
+            }
+            println!("created   {} ms, deadline {} ms", t.created_unix_ms, t.deadline_unix_ms);
+            for b in &t.branches {
+                let bq = b.xid.as_ref().map(|x| x.bqual.clone()).unwrap_or_default();
+                println!("branch {bq:<3} {} / {}", b.endpoint, b.resource);
+            }
+            for (k, v) in &t.labels {
+                println!("label     {k}={v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_status(t: Target) -> anyhow::Result<()> {
+    let client = client_for(&t)?;
+    println!("{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}", "NODE", "ID", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "LIVE_TXN");
+    for ep in &t.coordinators {
+        match client.cluster_status(Some(ep)).await {
+            Ok(s) => println!(
+                "{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
+                ep, s.node_id, s.role, s.term, s.leader_id, s.last_log_index, s.last_applied, s.live_transactions
+            ),
+            Err(e) => println!("{ep:<22} unreachable: {e}"),
+        }
+    }
+    Ok(())
+}

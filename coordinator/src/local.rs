@@ -1,0 +1,248 @@
+//! A local multi-process cluster on loopback: each node is a separate `ratify node`
+//! process with its own data folder, so it can be SIGKILLed and restarted for real.
+//! Used by `ratify dev`, `ratify demo`, `ratify bench` and the integration tests.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ratify_proto::pb;
+use ratify_proto::pb::admin_client::AdminClient;
+
+use crate::types::{NodeId, NodeInfo};
+
+/// Errors managing a local cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// Spawning or signalling a process, or preparing its folder.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// No leader emerged in time.
+    #[error("no leader elected within {0:?}")]
+    NoLeader(Duration),
+    /// Unknown node id.
+    #[error("no node {0} in this cluster")]
+    NoSuchNode(NodeId),
+}
+
+/// One node process.
+#[derive(Debug)]
+struct LocalNode {
+    /// Its addresses.
+    info: NodeInfo,
+    /// The running process, if any.
+    child: Option<Child>,
+}
+
+/// A cluster of `ratify node` processes on 127.0.0.1.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The `ratify` binary.
+    binary: PathBuf,
+    /// Parent of the nodes' data folders and log files.
+    dir: PathBuf,
+    /// Nodes by id.
+    nodes: BTreeMap<NodeId, LocalNode>,
+    /// Extra flags passed to every node (driver tunables in tests).
+    extra_args: Vec<String>,
+}
+
+/// Reserves a free loopback port (the OS picks it; it is released at once).
+///
+/// # Errors
+/// When no socket can be bound.
+pub fn free_port() -> Result<u16, LocalError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| LocalError::Io("bind 127.0.0.1:0".into(), e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LocalError::Io("local_addr".into(), e))
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes (ids 1..=n) with data under `dir`; node 1 initialises the
+    /// cluster. Returns once the processes are spawned (see [`Self::wait_for_leader`]).
+    ///
+    /// # Errors
+    /// When a port cannot be reserved or a process cannot be spawned.
+    pub fn start(binary: &Path, dir: &Path, n: u64, extra_args: Vec<String>) -> Result<Self, LocalError> {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let info = NodeInfo {
+                raft_addr: format!("127.0.0.1:{}", free_port()?),
+                api_addr: format!("127.0.0.1:{}", free_port()?),
+            };
+            nodes.insert(id, LocalNode { info, child: None });
+        }
+        let mut cluster = Self {
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+            nodes,
+            extra_args,
+        };
+        let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Client API addresses of every node.
+    pub fn api_endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.info.api_addr.clone()).collect()
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The client address of node `id`.
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`].
+    pub fn api_addr(&self, id: NodeId) -> Result<String, LocalError> {
+        Ok(self.node(id)?.info.api_addr.clone())
+    }
+
+    /// The data folder of node `id`.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.join(format!("node{id}"))
+    }
+
+    fn node(&self, id: NodeId) -> Result<&LocalNode, LocalError> {
+        self.nodes.get(&id).ok_or(LocalError::NoSuchNode(id))
+    }
+
+    fn spawn(&mut self, id: NodeId) -> Result<(), LocalError> {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(pid, n)| format!("{pid}={},{}", n.info.raft_addr, n.info.api_addr))
+            .collect();
+        let data_dir = self.data_dir(id);
+        std::fs::create_dir_all(&data_dir).map_err(|e| LocalError::Io(data_dir.display().to_string(), e))?;
+        let log_path = self.dir.join(format!("node{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| LocalError::Io(log_path.display().to_string(), e))?;
+        let log2 = log.try_clone().map_err(|e| LocalError::Io(log_path.display().to_string(), e))?;
+        let node = self.node(id)?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("node")
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--raft-addr")
+            .arg(&node.info.raft_addr)
+            .arg("--api-addr")
+            .arg(&node.info.api_addr)
+            .arg("--data-dir")
+            .arg(&data_dir);
+        for p in &peers {
+            cmd.arg("--peer").arg(p);
+        }
+        if id == 1 {
+            cmd.arg("--init");
+        }
+        cmd.args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| LocalError::Io(format!("spawn {}", self.binary.display()), e))?;
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.child = Some(child);
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs node `id` (no clean shutdown) and reaps it. Killing a dead node is a no-op.
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`], or when the signal cannot be sent.
+    pub fn kill(&mut self, id: NodeId) -> Result<(), LocalError> {
+        let node = self.nodes.get_mut(&id).ok_or(LocalError::NoSuchNode(id))?;
+        if let Some(mut child) = node.child.take() {
+            // std's Child::kill sends SIGKILL on Unix.
+            child.kill().map_err(|e| LocalError::Io(format!("kill node {id}"), e))?;
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts node `id` again on the same addresses and data folder (after [`Self::kill`]).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn restart(&mut self, id: NodeId) -> Result<(), LocalError> {
+        self.kill(id)?;
+        self.spawn(id)
+    }
+
+    /// Is node `id`'s process running?
+    pub fn is_running(&mut self, id: NodeId) -> bool {
+        match self.nodes.get_mut(&id).and_then(|n| n.child.as_mut()) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGKILLs every node.
+    pub fn kill_all(&mut self) {
+        for id in self.ids() {
+            let _ = self.kill(id);
+        }
+    }
+
+    /// Asks one node for its status.
+    ///
+    /// # Errors
+    /// Transport failures and statuses, as `tonic::Status`.
+    pub async fn status(&self, id: NodeId) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+        let addr = self.api_addr(id).map_err(|e| tonic::Status::not_found(e.to_string()))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(AdminClient::new(channel)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until a running node reports itself leader with the cluster named, and
+    /// returns its id.
+    ///
+    /// # Errors
+    /// [`LocalError::NoLeader`] after `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, LocalError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            for id in self.ids() {
+                if let Ok(s) = self.status(id).await {
+                    if s.role == "Leader" && s.leader_id == id && s.cluster_id != "0000000000000000" {
+                        return Ok(id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(LocalError::NoLeader(timeout))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
