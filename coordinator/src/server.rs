@@ -11,7 +11,6 @@ use ratify_proto::pb::coordinator_server::CoordinatorServer;
 use ratify_proto::raft_pb::raft_server::RaftServer as RaftGrpcServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::driver::{Driver, DriverConfig};
 use crate::raft::{new_raft, open_stores, raft_config, OpenError};
@@ -139,11 +138,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), wait_stop(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(raft_listener), wait_stop(stop_rx.clone()));
     let api_server = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(service.clone()).max_decoding_message_size(1024 * 1024))
         .add_service(AdminServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), wait_stop(stop_rx));
+        .serve_with_incoming_shutdown(nodelay(api_listener), wait_stop(stop_rx));
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
 
@@ -179,4 +178,9 @@ async fn wait_stop(mut rx: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// An incoming stream with Nagle off: small RPCs must not wait for delayed ACKs.
+fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

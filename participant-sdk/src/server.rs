@@ -138,7 +138,8 @@ impl ParticipantServer {
         tonic::transport::Server::builder()
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Nagle off: small RPCs must not wait for delayed ACKs.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await?;

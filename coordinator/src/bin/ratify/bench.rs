@@ -15,7 +15,7 @@ use crate::workload::{EmbeddedParticipant, Latencies};
 
 /// Flags of `ratify bench`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Concurrent clients for each round (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
@@ -41,7 +41,7 @@ async fn fsync_baseline(dir: &std::path::Path) -> anyhow::Result<f64> {
 }
 
 /// Runs the benchmark and prints a table.
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; run `cargo run --release -p ratify-coordinator -- bench` for real figures");
     }

@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use rand::Rng;
 use ratify_participant_sdk::accounts::AccountStore;
@@ -15,7 +14,7 @@ use crate::workload::EmbeddedParticipant;
 
 /// Flags of `ratify demo`.
 #[derive(Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How long the transfer workload runs, in seconds.
     #[arg(long, default_value_t = 15)]
     duration: u64,
@@ -44,7 +43,7 @@ struct Counters {
 }
 
 /// Runs the demo; exits non-zero (an error) if an invariant is broken.
-pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     println!("== Ratify demo: 3 coordinator processes, 2 account participants, {} clients, {} s", a.clients, a.duration);

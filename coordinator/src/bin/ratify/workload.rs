@@ -12,9 +12,9 @@ use ratify_participant_sdk::server::ParticipantServer;
 use tokio::sync::watch;
 
 /// A participant served in this process on a loopback port, with its recovery loop.
-pub struct EmbeddedParticipant {
+pub(crate) struct EmbeddedParticipant {
     /// `host:port` to enlist.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Stops the server and the recovery loop when set.
     stop: watch::Sender<bool>,
 }
@@ -29,7 +29,7 @@ async fn wait(mut rx: watch::Receiver<bool>) {
 
 impl EmbeddedParticipant {
     /// Serves `resource` under `name` and resolves its in-doubt branches every second.
-    pub async fn start(name: &str, resource: Arc<dyn Resource>, client: CoordinatorClient) -> anyhow::Result<Self> {
+    pub(crate) async fn start(name: &str, resource: Arc<dyn Resource>, client: CoordinatorClient) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind participant")?;
         let endpoint = listener.local_addr()?.to_string();
         let (stop, rx) = watch::channel(false);
@@ -48,21 +48,21 @@ impl Drop for EmbeddedParticipant {
 
 /// Latency samples in microseconds.
 #[derive(Default, Debug, Clone)]
-pub struct Latencies(pub Vec<u64>);
+pub(crate) struct Latencies(pub Vec<u64>);
 
 impl Latencies {
     /// Records one sample.
-    pub fn record(&mut self, d: Duration) {
+    pub(crate) fn record(&mut self, d: Duration) {
         self.0.push(d.as_micros() as u64);
     }
 
     /// Merges another set of samples.
-    pub fn extend(&mut self, other: Latencies) {
+    pub(crate) fn extend(&mut self, other: Latencies) {
         self.0.extend(other.0);
     }
 
     /// The `p`-th percentile (0..=100), in milliseconds.
-    pub fn percentile_ms(&mut self, p: f64) -> f64 {
+    pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;
         }
