@@ -1,1 +1,251 @@
+//! Shared fixtures for Ratify's multi-process integration tests: a 3-node cluster of
+//! real `ratify node` processes on loopback (SIGKILL-able), in-process account
+//! participants served over real gRPC, and assertion helpers.
+//!
+//! # Layout
+//! - [`ratify_binary`]: locates the `ratify` binary built by `cargo build`.
+//! - [`TestCluster`]: the cluster, its client and its temp folder.
+//! - [`Bank`]: two account-store participants with recovery loops.
+//! - [`must_commit`], [`must_abort`]: assertions on decisions.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ratify_coordinator::local::LocalCluster;
+use ratify_participant_sdk::accounts::AccountStore;
+use ratify_participant_sdk::client::{BeginOptions, Begun, ClientConfig, CoordinatorClient, Decision, Outcome};
+use ratify_participant_sdk::recovery::RecoveryLoop;
+use ratify_participant_sdk::resource::Resource;
+use ratify_participant_sdk::server::ParticipantServer;
+use ratify_proto::pb;
+use tokio::sync::watch;
+
+/// Opening balance of every test account.
+pub const INITIAL: i64 = 1_000;
+/// Accounts per bank.
+pub const ACCOUNTS: usize = 20;
+
+/// Sends logs to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// The `ratify` binary next to this test executable (`target/<profile>/ratify`).
+///
+/// # Errors
+/// When it has not been built: run `cargo build -p ratify-coordinator --bin ratify`
+/// (the README's test command does).
+pub fn ratify_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RATIFY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("unexpected test executable location")?;
+    let bin = profile_dir.join("ratify");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ratify-coordinator --bin ratify` first (the README's test command does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A 3-node cluster of real processes, with a client and a temp folder.
+pub struct TestCluster {
+    /// The processes.
+    pub nodes: LocalCluster,
+    /// A client that knows every node.
+    pub client: CoordinatorClient,
+    /// Holds every file of the test.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts 3 nodes with the given extra node flags and waits for a leader.
+    ///
+    /// # Errors
+    /// When the binary is missing or no leader is elected in 20 s.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        init_logging();
+        let dir = tempfile::tempdir()?;
+        let nodes = LocalCluster::start(
+            &ratify_binary()?,
+            &dir.path().join("cluster"),
+            3,
+            extra.iter().map(|s| s.to_string()).collect(),
+        )?;
+        nodes.wait_for_leader(Duration::from_secs(20)).await?;
+        let client = CoordinatorClient::new(nodes.api_endpoints(), ClientConfig::default())?;
+        Ok(Self { nodes, client, dir })
+    }
+
+    /// The current leader's id.
+    ///
+    /// # Errors
+    /// When none is elected within 10 s.
+    pub async fn leader(&self) -> anyhow::Result<u64> {
+        Ok(self.nodes.wait_for_leader(Duration::from_secs(10)).await?)
+    }
+
+    /// Waits until the leader's live table is empty (every transaction completed).
+    ///
+    /// # Errors
+    /// When transactions are still live after `timeout`.
+    pub async fn wait_all_completed(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let leader = self.leader().await?;
+            if let Ok(s) = self.nodes.status(leader).await {
+                if s.live_transactions == 0 {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(start.elapsed() < timeout, "transactions still live after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A participant served in this process on a loopback port, with its recovery loop.
+pub struct Served {
+    /// `host:port` to enlist.
+    pub endpoint: String,
+    /// Stops the server and the recovery loop.
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `resource` as `name` on 127.0.0.1 and runs its recovery loop.
+///
+/// # Errors
+/// When the port cannot be bound.
+pub async fn serve(name: &str, resource: Arc<dyn Resource>, client: CoordinatorClient) -> anyhow::Result<Served> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = listener.local_addr()?.to_string();
+    let (stop, rx) = watch::channel(false);
+    let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
+    tokio::spawn(server.serve(listener, stopped(rx.clone())));
+    RecoveryLoop::new(vec![(name.to_string(), resource)], client).spawn(Duration::from_millis(500), stopped(rx));
+    Ok(Served { endpoint, stop })
+}
+
+/// Two account stores ("bank A" and "bank B"), each its own participant.
+pub struct Bank {
+    /// Bank A's store.
+    pub a: Arc<AccountStore>,
+    /// Bank B's store.
+    pub b: Arc<AccountStore>,
+    /// Bank A's server.
+    pub a_srv: Served,
+    /// Bank B's server.
+    pub b_srv: Served,
+}
+
+impl Bank {
+    /// Opens both banks under the cluster's folder with [`ACCOUNTS`] accounts each.
+    ///
+    /// # Errors
+    /// Storage or bind failures.
+    pub async fn open(c: &TestCluster) -> anyhow::Result<Self> {
+        let a = AccountStore::open(c.dir.path().join("bank-a"))?;
+        let b = AccountStore::open(c.dir.path().join("bank-b"))?;
+        a.open_numbered_accounts("acct", ACCOUNTS, INITIAL).await?;
+        b.open_numbered_accounts("acct", ACCOUNTS, INITIAL).await?;
+        let ra: Arc<dyn Resource> = a.clone();
+        let rb: Arc<dyn Resource> = b.clone();
+        let a_srv = serve("accounts", ra, c.client.clone()).await?;
+        let b_srv = serve("accounts", rb, c.client.clone()).await?;
+        Ok(Self { a, b, a_srv, b_srv })
+    }
+
+    /// Both banks as branch specs, A first.
+    pub fn branches(&self) -> Vec<(String, String)> {
+        vec![
+            (self.a_srv.endpoint.clone(), "accounts".into()),
+            (self.b_srv.endpoint.clone(), "accounts".into()),
+        ]
+    }
+
+    /// Begins a transfer of `amount` from A's `acct{from}` to B's `acct{to}` and does
+    /// the work on both branches; the caller commits.
+    ///
+    /// # Errors
+    /// Client or store errors.
+    pub async fn transfer(&self, client: &CoordinatorClient, from: usize, to: usize, amount: i64) -> anyhow::Result<Begun> {
+        let begun = client
+            .begin(BeginOptions {
+                timeout: Duration::from_secs(10),
+                branches: self.branches(),
+                ..Default::default()
+            })
+            .await?;
+        let (xa, xb) = (&begun.branches[0].xid, &begun.branches[1].xid);
+        self.a.branch(xa)?.debit(&format!("acct{from}"), amount)?;
+        self.b.branch(xb)?.credit(&format!("acct{to}"), amount)?;
+        Ok(begun)
+    }
+
+    /// Sum over both banks.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn total(&self) -> anyhow::Result<i64> {
+        Ok(self.a.total()? + self.b.total()?)
+    }
+
+    /// Waits until neither bank holds a prepared branch.
+    ///
+    /// # Errors
+    /// When branches are still prepared after `timeout`.
+    pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        while self.a.prepared_count() + self.b.prepared_count() > 0 {
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "{} + {} branches still prepared after {timeout:?}",
+                self.a.prepared_count(),
+                self.b.prepared_count()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Asserts the decision is COMMITTED.
+///
+/// # Panics
+/// When it is not.
+pub fn must_commit(d: &Decision) {
+    assert_eq!(d.outcome, Outcome::Committed, "expected COMMITTED, got {d:?}");
+}
+
+/// Asserts the decision is ABORTED for `reason`.
+///
+/// # Panics
+/// When it is not.
+pub fn must_abort(d: &Decision, reason: pb::Reason) {
+    assert_eq!(d.outcome, Outcome::Aborted, "expected ABORTED, got {d:?}");
+    assert_eq!(d.reason, reason, "aborted for the wrong reason: {d:?}");
+}
