@@ -51,7 +51,7 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// First backoff between attempts on different nodes. Default 20 ms.
     pub backoff_initial: Duration,
-    /// Largest backoff (it doubles each time up to this). Default 500 ms.
+    /// Largest backoff (it doubles each time up to this). Default 250 ms.
     pub backoff_max: Duration,
 }
 
@@ -62,7 +62,7 @@ impl Default for ClientConfig {
             deadline: Duration::from_secs(15),
             connect_timeout: Duration::from_millis(500),
             backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(250),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! their deadline and re-driving every decided but uncompleted one (DESIGN §4.7).
 //! When it stops being leader, everything it drives stops at the next step.
 
+use std::time::Duration;
+
 use openraft::ServerState;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -14,21 +16,25 @@ use crate::types::now_ms;
 impl Driver {
     pub(super) async fn run_leadership(self, mut shutdown: watch::Receiver<bool>) {
         let mut metrics = self.inner.raft.metrics();
+        // The term whose `lead` task was started, so metrics churn starts only one.
+        let mut started: Option<u64> = None;
         loop {
             let (leading, term) = {
                 let m = metrics.borrow_and_update();
                 (m.state == ServerState::Leader && m.current_leader == Some(self.inner.id), m.current_term)
             };
             let current = *self.inner.leader_term.borrow();
-            if leading && current != Some(term) {
+            if leading && started != Some(term) {
+                started = Some(term);
                 // Not yet "ready": phase 2 and scans start once the term has caught up.
                 self.inner.leader_term.send_replace(None);
                 let driver = self.clone();
                 tokio::spawn(
                     async move { driver.lead(term).await }.instrument(tracing::info_span!("leader", term)),
                 );
-            } else if !leading && current.is_some() {
+            } else if !leading && (current.is_some() || started.is_some()) {
                 tracing::info!(term = ?current, "no longer leader; stopping the driver");
+                started = None;
                 self.inner.leader_term.send_replace(None);
             }
             tokio::select! {
@@ -59,16 +65,30 @@ impl Driver {
             }
             tokio::time::sleep(self.inner.config.scan_interval).await;
         }
-        if self.inner.sm.read().table.cluster_id == 0 {
-            let cluster_id = loop {
-                let id: u64 = rand::random();
-                if id != 0 {
-                    break id;
-                }
-            };
-            if let Err(e) = self.propose(Command::SetClusterId { cluster_id }).await {
-                tracing::warn!(error = %e, "could not name the cluster; will retry on next term");
+        // A node restarted with a committed vote for itself resumes leadership in
+        // the same term without an election, and its remembered commit index may lag
+        // entries a quorum had already accepted. Everything in its log at this point
+        // must be applied before the table is complete (a leader's log holds every
+        // committed entry).
+        let last_log = self.inner.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        loop {
+            if !self.is_current_term(term) {
                 return;
+            }
+            let applied = self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            if applied >= last_log {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while self.inner.sm.read().table.cluster_id == 0 {
+            if !self.is_current_term(term) {
+                return;
+            }
+            let cluster_id = rand::random::<u64>().max(1);
+            if let Err(e) = self.propose(Command::SetClusterId { cluster_id }).await {
+                tracing::warn!(error = %e, "could not name the cluster yet; retrying");
+                tokio::time::sleep(self.inner.config.scan_interval).await;
             }
         }
         if !self.is_current_term(term) {

@@ -186,17 +186,29 @@ impl Driver {
         self.inner.config.default_txn_timeout
     }
 
-    /// Errs with the leader hint unless this node is the leader.
-    fn ensure_leader(&self) -> Result<(), DriveError> {
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        if m.current_leader == Some(self.inner.id) && m.state.is_leader() {
-            return Ok(());
+    /// Errs with the leader hint unless this node is the leader and has applied every
+    /// entry of earlier terms (so the table it reads is complete). A fresh leader is
+    /// given a moment to catch up before the caller is told to retry.
+    ///
+    /// # Errors
+    /// `NotLeader` with the hint, or `Unavailable` while still catching up.
+    pub async fn ensure_leader(&self) -> Result<(), DriveError> {
+        {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            if m.current_leader != Some(self.inner.id) || !m.state.is_leader() {
+                let hint = m
+                    .current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+                return Err(DriveError::NotLeader(hint));
+            }
         }
-        let hint = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        Err(DriveError::NotLeader(hint))
+        let mut ready = self.inner.leader_term.subscribe();
+        let caught_up = tokio::time::timeout(Duration::from_secs(2), ready.wait_for(|t| t.is_some())).await;
+        match caught_up {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(DriveError::Unavailable("the new leader is still catching up; retry".into())),
+        }
     }
 
     /// Parses a gtrid and checks that it belongs to this cluster.
@@ -265,7 +277,7 @@ impl Driver {
         labels: BTreeMap<String, String>,
         branches: Vec<BranchSpec>,
     ) -> Result<Begun, DriveError> {
-        self.ensure_leader()?;
+        self.ensure_leader().await?;
         let cmd = Command::Begin {
             now_ms: now_ms(),
             timeout_ms: timeout.as_millis() as u64,
@@ -295,7 +307,7 @@ impl Driver {
     /// # Errors
     /// `Precondition` once commit has started or the transaction is decided.
     pub async fn enlist(&self, gtrid: Gtrid, branch: BranchSpec) -> Result<BranchRecord, DriveError> {
-        self.ensure_leader()?;
+        self.ensure_leader().await?;
         if lock(&self.inner.inflight).contains_key(&gtrid.index) {
             return Err(DriveError::Precondition(format!(
                 "transaction {gtrid} is committing; it takes no more branches"
@@ -314,7 +326,7 @@ impl Driver {
     /// # Errors
     /// `NotLeader`, `NotFound`, `Unavailable`; never for a domain abort.
     pub async fn commit(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
-        self.ensure_leader()?;
+        self.ensure_leader().await?;
         let txn = gtrid.index;
         let branches = match self.decided_or_live(txn)? {
             Ok(d) => return Ok(d),
@@ -459,7 +471,7 @@ impl Driver {
     /// # Errors
     /// `NotLeader`, `NotFound`, `Unavailable`.
     pub async fn rollback(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
-        self.ensure_leader()?;
+        self.ensure_leader().await?;
         match self.decided_or_live(gtrid.index)? {
             Ok(d) => Ok(d),
             Err(_) => {

@@ -56,8 +56,8 @@ pub fn raft_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         install_snapshot_timeout: 2_000,
         max_payload_entries: 1_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),

@@ -126,17 +126,9 @@ impl CoordinatorService {
         }
     }
 
-    fn leader_only(&self) -> Result<(), Status> {
-        // Reads are served by the leader so that clients see one history.
-        let m = self.driver.raft().metrics();
-        let m = m.borrow();
-        if m.state.is_leader() {
-            return Ok(());
-        }
-        let hint = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        Err(to_status(DriveError::NotLeader(hint)))
+    /// Reads are served by a caught-up leader so that clients see one history.
+    async fn leader_only(&self) -> Result<(), Status> {
+        self.driver.ensure_leader().await.map_err(to_status)
     }
 }
 
@@ -193,7 +185,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
-        self.leader_only()?;
+        self.leader_only().await?;
         let gtrid = self.gtrid(&req.into_inner().gtrid)?;
         let sm = self.driver.sm().read();
         let txn = match sm.table.lookup(gtrid.index) {
@@ -224,7 +216,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        self.leader_only()?;
+        self.leader_only().await?;
         let req = req.into_inner();
         let want = pb::TxnState::try_from(req.state).map_err(|_| invalid(format!("unknown state {}", req.state)))?;
         let page_size = match req.page_size {
