@@ -12,6 +12,10 @@
 //! - [`service`]: the gRPC services; the only place errors become `Status`.
 //! - [`server`]: [`server::run`] wires a node together.
 
+// openraft's StorageError and ConfigError are large by design, and the storage traits
+// must return them as they are.
+#![allow(clippy::result_large_err)]
+
 pub mod driver;
 pub mod local;
 pub mod raft;

@@ -54,7 +54,8 @@ pub struct LocalCluster {
 /// # Errors
 /// When no socket can be bound.
 pub fn free_port() -> Result<u16, LocalError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| LocalError::Io("bind 127.0.0.1:0".into(), e))?;
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| LocalError::Io("bind 127.0.0.1:0".into(), e))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| LocalError::Io("local_addr".into(), e))
@@ -66,7 +67,12 @@ impl LocalCluster {
     ///
     /// # Errors
     /// When a port cannot be reserved or a process cannot be spawned.
-    pub fn start(binary: &Path, dir: &Path, n: u64, extra_args: Vec<String>) -> Result<Self, LocalError> {
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+    ) -> Result<Self, LocalError> {
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let info = NodeInfo {
@@ -90,7 +96,10 @@ impl LocalCluster {
 
     /// Client API addresses of every node.
     pub fn api_endpoints(&self) -> Vec<String> {
-        self.nodes.values().map(|n| n.info.api_addr.clone()).collect()
+        self.nodes
+            .values()
+            .map(|n| n.info.api_addr.clone())
+            .collect()
     }
 
     /// Node ids.
@@ -122,14 +131,17 @@ impl LocalCluster {
             .map(|(pid, n)| format!("{pid}={},{}", n.info.raft_addr, n.info.api_addr))
             .collect();
         let data_dir = self.data_dir(id);
-        std::fs::create_dir_all(&data_dir).map_err(|e| LocalError::Io(data_dir.display().to_string(), e))?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| LocalError::Io(data_dir.display().to_string(), e))?;
         let log_path = self.dir.join(format!("node{id}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(|e| LocalError::Io(log_path.display().to_string(), e))?;
-        let log2 = log.try_clone().map_err(|e| LocalError::Io(log_path.display().to_string(), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| LocalError::Io(log_path.display().to_string(), e))?;
         let node = self.node(id)?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("node")
@@ -171,7 +183,9 @@ impl LocalCluster {
         let node = self.nodes.get_mut(&id).ok_or(LocalError::NoSuchNode(id))?;
         if let Some(mut child) = node.child.take() {
             // std's Child::kill sends SIGKILL on Unix.
-            child.kill().map_err(|e| LocalError::Io(format!("kill node {id}"), e))?;
+            child
+                .kill()
+                .map_err(|e| LocalError::Io(format!("kill node {id}"), e))?;
             let _ = child.wait();
         }
         Ok(())
@@ -206,7 +220,9 @@ impl LocalCluster {
     /// # Errors
     /// Transport failures and statuses, as `tonic::Status`.
     pub async fn status(&self, id: NodeId) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-        let addr = self.api_addr(id).map_err(|e| tonic::Status::not_found(e.to_string()))?;
+        let addr = self
+            .api_addr(id)
+            .map_err(|e| tonic::Status::not_found(e.to_string()))?;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
             .connect_timeout(Duration::from_millis(300))
@@ -230,7 +246,8 @@ impl LocalCluster {
         while start.elapsed() < timeout {
             for id in self.ids() {
                 if let Ok(s) = self.status(id).await {
-                    if s.role == "Leader" && s.leader_id == id && s.cluster_id != "0000000000000000" {
+                    if s.role == "Leader" && s.leader_id == id && s.cluster_id != "0000000000000000"
+                    {
                         return Ok(id);
                     }
                 }

@@ -77,10 +77,9 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), StartError> {
     let marker = dir.join("NODE_ID");
     match std::fs::read_to_string(&marker) {
         Ok(s) => {
-            let found: NodeId = s
-                .trim()
-                .parse()
-                .map_err(|_| StartError::Config(format!("{} is corrupt: {s:?}", marker.display())))?;
+            let found: NodeId = s.trim().parse().map_err(|_| {
+                StartError::Config(format!("{} is corrupt: {s:?}", marker.display()))
+            })?;
             if found != id {
                 return Err(StartError::WrongNode {
                     dir: dir.to_path_buf(),
@@ -90,7 +89,9 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), StartError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&marker, format!("{id}\n")).map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&marker, format!("{id}\n")).map_err(io)
+        }
         Err(e) => Err(io(e)),
     }
 }
@@ -99,7 +100,9 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
     let sa: SocketAddr = addr
         .parse()
         .map_err(|_| StartError::Config(format!("listen address {addr:?} is not ip:port")))?;
-    TcpListener::bind(sa).await.map_err(|e| StartError::Bind(addr.to_string(), e))
+    TcpListener::bind(sa)
+        .await
+        .map_err(|e| StartError::Bind(addr.to_string(), e))
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -107,12 +110,18 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
 /// # Errors
 /// [`StartError`] when the node cannot start (bad config, data dir of another node,
 /// address in use) or a server fails.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     if config.id == 0 {
         return Err(StartError::Config("node id must be non-zero".into()));
     }
     if config.init && !config.peers.contains_key(&config.id) {
-        return Err(StartError::Config(format!("--init needs this node ({}) among the peers", config.id)));
+        return Err(StartError::Config(format!(
+            "--init needs this node ({}) among the peers",
+            config.id
+        )));
     }
     claim_data_dir(&config.data_dir, config.id)?;
     let (log, sm) = open_stores(&config.data_dir.join("raft"))?;
@@ -129,7 +138,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     .map_err(|e| StartError::Raft(e.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let driver = Driver::start(config.id, raft.clone(), shared, config.driver.clone(), stop_rx.clone());
+    let driver = Driver::start(
+        config.id,
+        raft.clone(),
+        shared,
+        config.driver.clone(),
+        stop_rx.clone(),
+    );
     let service = CoordinatorService::new(driver, log);
 
     let raft_server = tonic::transport::Server::builder()

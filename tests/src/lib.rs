@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::Context;
 use ratify_coordinator::local::LocalCluster;
 use ratify_participant_sdk::accounts::AccountStore;
-use ratify_participant_sdk::client::{BeginOptions, Begun, ClientConfig, CoordinatorClient, Decision, Outcome};
+use ratify_participant_sdk::client::{
+    BeginOptions, Begun, ClientConfig, CoordinatorClient, Decision, Outcome,
+};
 use ratify_participant_sdk::recovery::RecoveryLoop;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::ParticipantServer;
@@ -30,7 +32,9 @@ pub const ACCOUNTS: usize = 20;
 /// Sends logs to the test output when `RUST_LOG` is set.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -108,7 +112,10 @@ impl TestCluster {
                     return Ok(());
                 }
             }
-            anyhow::ensure!(start.elapsed() < timeout, "transactions still live after {timeout:?}");
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "transactions still live after {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -140,13 +147,18 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 ///
 /// # Errors
 /// When the port cannot be bound.
-pub async fn serve(name: &str, resource: Arc<dyn Resource>, client: CoordinatorClient) -> anyhow::Result<Served> {
+pub async fn serve(
+    name: &str,
+    resource: Arc<dyn Resource>,
+    client: CoordinatorClient,
+) -> anyhow::Result<Served> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = listener.local_addr()?.to_string();
     let (stop, rx) = watch::channel(false);
     let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
     tokio::spawn(server.serve(listener, stopped(rx.clone())));
-    RecoveryLoop::new(vec![(name.to_string(), resource)], client).spawn(Duration::from_millis(500), stopped(rx));
+    RecoveryLoop::new(vec![(name.to_string(), resource)], client)
+        .spawn(Duration::from_millis(500), stopped(rx));
     Ok(Served { endpoint, stop })
 }
 
@@ -192,7 +204,13 @@ impl Bank {
     ///
     /// # Errors
     /// Client or store errors.
-    pub async fn transfer(&self, client: &CoordinatorClient, from: usize, to: usize, amount: i64) -> anyhow::Result<Begun> {
+    pub async fn transfer(
+        &self,
+        client: &CoordinatorClient,
+        from: usize,
+        to: usize,
+        amount: i64,
+    ) -> anyhow::Result<Begun> {
         let begun = client
             .begin(BeginOptions {
                 timeout: Duration::from_secs(10),
@@ -238,7 +256,11 @@ impl Bank {
 /// # Panics
 /// When it is not.
 pub fn must_commit(d: &Decision) {
-    assert_eq!(d.outcome, Outcome::Committed, "expected COMMITTED, got {d:?}");
+    assert_eq!(
+        d.outcome,
+        Outcome::Committed,
+        "expected COMMITTED, got {d:?}"
+    );
 }
 
 /// Asserts the decision is ABORTED for `reason`.

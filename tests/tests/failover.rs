@@ -20,7 +20,12 @@ struct Seen {
 }
 
 /// Runs transfers from `clients` tasks until `stop` is set; returns every outcome.
-async fn workload(client: CoordinatorClient, bank: Arc<Bank>, clients: usize, stop: Arc<AtomicBool>) -> Vec<Seen> {
+async fn workload(
+    client: CoordinatorClient,
+    bank: Arc<Bank>,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<Seen> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..clients {
@@ -30,7 +35,10 @@ async fn workload(client: CoordinatorClient, bank: Arc<Bank>, clients: usize, st
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let begun_at = Instant::now();
-                let Ok(t) = bank.transfer(&client, (w + i) % ACCOUNTS, (w * 7 + i) % ACCOUNTS, 1).await else {
+                let Ok(t) = bank
+                    .transfer(&client, (w + i) % ACCOUNTS, (w * 7 + i) % ACCOUNTS, 1)
+                    .await
+                else {
                     continue;
                 };
                 let outcome = match client.commit(&t.gtrid).await {
@@ -60,12 +68,19 @@ async fn workload(client: CoordinatorClient, bank: Arc<Bank>, clients: usize, st
 async fn check_atomicity(c: &TestCluster, bank: &Bank, seen: &[Seen]) -> anyhow::Result<()> {
     bank.wait_settled(Duration::from_secs(30)).await?;
     c.wait_all_completed(Duration::from_secs(30)).await?;
-    assert_eq!(bank.total()?, 2 * ACCOUNTS as i64 * INITIAL, "a transfer committed on one bank only");
+    assert_eq!(
+        bank.total()?,
+        2 * ACCOUNTS as i64 * INITIAL,
+        "a transfer committed on one bank only"
+    );
     for s in seen {
         let Some(told) = s.outcome else { continue };
         let t = c.client.get(&s.gtrid).await?;
         let recorded = t.outcome == pb::Outcome::Committed as i32;
-        assert_eq!(told, recorded, "client was told {told} but the log says {t:?}");
+        assert_eq!(
+            told, recorded,
+            "client was told {told} but the log says {t:?}"
+        );
     }
     Ok(())
 }
@@ -93,9 +108,13 @@ async fn leader_kill_mid_workload_keeps_atomicity_and_recovers_fast() -> anyhow:
         .filter(|s| s.begun_at >= killed_at && s.outcome == Some(true))
         .map(|s| s.done_at.duration_since(killed_at))
         .min();
-    let first_new_commit = first_new_commit.ok_or_else(|| anyhow::anyhow!("no commit after the leader kill"))?;
+    let first_new_commit =
+        first_new_commit.ok_or_else(|| anyhow::anyhow!("no commit after the leader kill"))?;
     println!("first transaction begun after the kill committed {first_new_commit:?} after it");
-    assert!(first_new_commit < Duration::from_secs(2), "took {first_new_commit:?}");
+    assert!(
+        first_new_commit < Duration::from_secs(2),
+        "took {first_new_commit:?}"
+    );
     assert!(seen.iter().filter(|s| s.outcome == Some(true)).count() > 10);
     check_atomicity(&c, &bank, &seen).await
 }
@@ -106,7 +125,12 @@ async fn follower_kill_does_not_interrupt_commits() -> anyhow::Result<()> {
     let mut c = TestCluster::start(&[]).await?;
     let bank = Arc::new(Bank::open(&c).await?);
     let leader = c.leader().await?;
-    let follower = c.nodes.ids().into_iter().find(|&id| id != leader).ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let follower = c
+        .nodes
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let run = tokio::spawn(workload(c.client.clone(), bank.clone(), 4, stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -114,11 +138,25 @@ async fn follower_kill_does_not_interrupt_commits() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let seen = run.await?;
-    assert!(seen.iter().all(|s| s.outcome.is_some()), "a commit failed while only a follower was down");
-    let slowest = seen.iter().map(|s| s.done_at - s.begun_at).max().unwrap_or_default();
+    assert!(
+        seen.iter().all(|s| s.outcome.is_some()),
+        "a commit failed while only a follower was down"
+    );
+    let slowest = seen
+        .iter()
+        .map(|s| s.done_at - s.begun_at)
+        .max()
+        .unwrap_or_default();
     println!("slowest transaction with a follower killed: {slowest:?}");
-    assert!(slowest < Duration::from_secs(1), "a transaction stalled for {slowest:?}");
-    assert_eq!(c.leader().await?, leader, "killing a follower must not change the leader");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a transaction stalled for {slowest:?}"
+    );
+    assert_eq!(
+        c.leader().await?,
+        leader,
+        "killing a follower must not change the leader"
+    );
     c.nodes.restart(follower)?;
     check_atomicity(&c, &bank, &seen).await
 }
@@ -131,7 +169,9 @@ async fn whole_cluster_restart_loses_nothing() -> anyhow::Result<()> {
     let bank = Bank::open(&c).await?;
     let mut committed = Vec::new();
     for i in 0..20 {
-        let t = bank.transfer(&c.client, i % ACCOUNTS, (i + 1) % ACCOUNTS, 5).await?;
+        let t = bank
+            .transfer(&c.client, i % ACCOUNTS, (i + 1) % ACCOUNTS, 5)
+            .await?;
         must_commit(&c.client.commit(&t.gtrid).await?);
         committed.push(t.gtrid);
     }

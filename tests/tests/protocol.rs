@@ -36,7 +36,11 @@ async fn a_no_vote_rolls_back_every_branch() -> anyhow::Result<()> {
     must_abort(&c.client.commit(&t.gtrid).await?, pb::Reason::VotedNo);
     bank.wait_settled(Duration::from_secs(10)).await?;
     assert_eq!(bank.a.balance("acct3")?, INITIAL);
-    assert_eq!(bank.b.balance("acct4")?, INITIAL, "the YES branch must be rolled back");
+    assert_eq!(
+        bank.b.balance("acct4")?,
+        INITIAL,
+        "the YES branch must be rolled back"
+    );
     c.wait_all_completed(Duration::from_secs(10)).await?;
     Ok(())
 }
@@ -56,7 +60,10 @@ async fn an_unreachable_participant_aborts() -> anyhow::Result<()> {
         })
         .await?;
     bank.a.branch(&t.branches[0].xid)?.debit("acct5", 10)?;
-    must_abort(&c.client.commit(&t.gtrid).await?, pb::Reason::ParticipantUnreachable);
+    must_abort(
+        &c.client.commit(&t.gtrid).await?,
+        pb::Reason::ParticipantUnreachable,
+    );
     bank.wait_settled(Duration::from_secs(10)).await?;
     assert_eq!(bank.a.balance("acct5")?, INITIAL);
     Ok(())
@@ -109,12 +116,22 @@ async fn retried_commit_and_rollback_return_the_recorded_outcome() -> anyhow::Re
     let t = bank.transfer(&c.client, 8, 8, 1).await?;
     let first = c.client.commit(&t.gtrid).await?;
     must_commit(&first);
-    assert_eq!(c.client.commit(&t.gtrid).await?, first, "double commit must return the same outcome");
+    assert_eq!(
+        c.client.commit(&t.gtrid).await?,
+        first,
+        "double commit must return the same outcome"
+    );
     must_commit(&c.client.rollback(&t.gtrid).await?);
 
     let r = bank.transfer(&c.client, 9, 9, 1).await?;
-    must_abort(&c.client.rollback(&r.gtrid).await?, pb::Reason::ClientRollback);
-    must_abort(&c.client.commit(&r.gtrid).await?, pb::Reason::ClientRollback);
+    must_abort(
+        &c.client.rollback(&r.gtrid).await?,
+        pb::Reason::ClientRollback,
+    );
+    must_abort(
+        &c.client.commit(&r.gtrid).await?,
+        pb::Reason::ClientRollback,
+    );
     bank.wait_settled(Duration::from_secs(10)).await?;
     assert_eq!(bank.total()?, 2 * ratify_tests::ACCOUNTS as i64 * INITIAL);
     Ok(())
@@ -150,7 +167,9 @@ async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
 
     // Oversized or malformed Begin input.
     let too_many = BeginOptions {
-        branches: (0..65).map(|i| (format!("127.0.0.1:{}", 1000 + i), "r".to_string())).collect(),
+        branches: (0..65)
+            .map(|i| (format!("127.0.0.1:{}", 1000 + i), "r".to_string()))
+            .collect(),
         ..Default::default()
     };
     let bad_resource = BeginOptions {
@@ -178,7 +197,11 @@ async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     // Enlist after commit started (here: after it finished) is refused.
     let t = bank.transfer(&c.client, 10, 10, 1).await?;
     must_commit(&c.client.commit(&t.gtrid).await?);
-    let e = c.client.enlist(&t.gtrid, "127.0.0.1:1", "accounts").await.expect_err("late enlist");
+    let e = c
+        .client
+        .enlist(&t.gtrid, "127.0.0.1:1", "accounts")
+        .await
+        .expect_err("late enlist");
     assert!(rejected(&e, tonic::Code::FailedPrecondition), "{e:?}");
     Ok(())
 }
@@ -195,7 +218,9 @@ async fn a_participant_answering_garbage_aborts_the_transaction() -> anyhow::Res
     let garbage_ep = garbage.local_addr()?.to_string();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = garbage.accept().await {
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nthis is not grpc\xff\xfe").await;
+            let _ = s
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\nthis is not grpc\xff\xfe")
+                .await;
         }
     });
     // Valid gRPC, invalid vote.
@@ -219,7 +244,12 @@ async fn a_participant_answering_garbage_aborts_the_transaction() -> anyhow::Res
         let d = c.client.commit(&t.gtrid).await?;
         assert_eq!(d.outcome, Outcome::Aborted, "{d:?}");
         assert!(
-            matches!(d.reason, pb::Reason::ProtocolError | pb::Reason::ParticipantUnreachable | pb::Reason::VotedNo),
+            matches!(
+                d.reason,
+                pb::Reason::ProtocolError
+                    | pb::Reason::ParticipantUnreachable
+                    | pb::Reason::VotedNo
+            ),
             "{d:?}"
         );
     }
@@ -234,16 +264,37 @@ struct LyingVoter;
 
 #[tonic::async_trait]
 impl pb::participant_server::Participant for LyingVoter {
-    async fn prepare(&self, _r: tonic::Request<pb::PrepareRequest>) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
-        Ok(tonic::Response::new(pb::PrepareResponse { vote: 17, detail: "?".into() }))
+    async fn prepare(
+        &self,
+        _r: tonic::Request<pb::PrepareRequest>,
+    ) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::PrepareResponse {
+            vote: 17,
+            detail: "?".into(),
+        }))
     }
-    async fn commit(&self, _r: tonic::Request<pb::BranchCommitRequest>) -> Result<tonic::Response<pb::BranchCommitResponse>, tonic::Status> {
-        Ok(tonic::Response::new(pb::BranchCommitResponse { result: 42, detail: String::new() }))
+    async fn commit(
+        &self,
+        _r: tonic::Request<pb::BranchCommitRequest>,
+    ) -> Result<tonic::Response<pb::BranchCommitResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::BranchCommitResponse {
+            result: 42,
+            detail: String::new(),
+        }))
     }
-    async fn rollback(&self, _r: tonic::Request<pb::BranchRollbackRequest>) -> Result<tonic::Response<pb::BranchRollbackResponse>, tonic::Status> {
-        Ok(tonic::Response::new(pb::BranchRollbackResponse { result: pb::BranchRollbackResult::RolledBack as i32, detail: String::new() }))
+    async fn rollback(
+        &self,
+        _r: tonic::Request<pb::BranchRollbackRequest>,
+    ) -> Result<tonic::Response<pb::BranchRollbackResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::BranchRollbackResponse {
+            result: pb::BranchRollbackResult::RolledBack as i32,
+            detail: String::new(),
+        }))
     }
-    async fn recover(&self, _r: tonic::Request<pb::RecoverRequest>) -> Result<tonic::Response<pb::RecoverResponse>, tonic::Status> {
+    async fn recover(
+        &self,
+        _r: tonic::Request<pb::RecoverRequest>,
+    ) -> Result<tonic::Response<pb::RecoverResponse>, tonic::Status> {
         Ok(tonic::Response::new(pb::RecoverResponse::default()))
     }
 }
@@ -254,7 +305,16 @@ async fn a_node_refuses_another_nodes_data_dir() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("NODE_ID"), "1\n")?;
     let out = std::process::Command::new(ratify_tests::ratify_binary()?)
-        .args(["node", "--id", "2", "--raft-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "node",
+            "--id",
+            "2",
+            "--raft-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()?;
     assert!(!out.status.success());

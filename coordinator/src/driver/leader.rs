@@ -21,7 +21,10 @@ impl Driver {
         loop {
             let (leading, term) = {
                 let m = metrics.borrow_and_update();
-                (m.state == ServerState::Leader && m.current_leader == Some(self.inner.id), m.current_term)
+                (
+                    m.state == ServerState::Leader && m.current_leader == Some(self.inner.id),
+                    m.current_term,
+                )
             };
             let current = *self.inner.leader_term.borrow();
             if leading && started != Some(term) {
@@ -30,7 +33,8 @@ impl Driver {
                 self.inner.leader_term.send_replace(None);
                 let driver = self.clone();
                 tokio::spawn(
-                    async move { driver.lead(term).await }.instrument(tracing::info_span!("leader", term)),
+                    async move { driver.lead(term).await }
+                        .instrument(tracing::info_span!("leader", term)),
                 );
             } else if !leading && (current.is_some() || started.is_some()) {
                 tracing::info!(term = ?current, "no longer leader; stopping the driver");
@@ -70,12 +74,24 @@ impl Driver {
         // entries a quorum had already accepted. Everything in its log at this point
         // must be applied before the table is complete (a leader's log holds every
         // committed entry).
-        let last_log = self.inner.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let last_log = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
         loop {
             if !self.is_current_term(term) {
                 return;
             }
-            let applied = self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            let applied = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
             if applied >= last_log {
                 break;
             }
@@ -125,7 +141,11 @@ impl Driver {
             self.ensure_phase2(txn);
         }
         for txn in expired {
-            let d = decision(false, Reason::Timeout, "transaction outlived its timeout".into());
+            let d = decision(
+                false,
+                Reason::Timeout,
+                "transaction outlived its timeout".into(),
+            );
             let span = tracing::info_span!("timeout_abort", gtrid = %self.gtrid(txn));
             if let Err(e) = self.decide(txn, d, None, vec![]).instrument(span).await {
                 tracing::debug!(error = %e, "timeout abort not logged");

@@ -166,7 +166,11 @@ impl Driver {
                 leader_term,
             }),
         };
-        tokio::spawn(driver.clone().run_completer(completions_rx, shutdown.clone()));
+        tokio::spawn(
+            driver
+                .clone()
+                .run_completer(completions_rx, shutdown.clone()),
+        );
         tokio::spawn(driver.clone().run_leadership(shutdown));
         driver
     }
@@ -204,10 +208,13 @@ impl Driver {
             }
         }
         let mut ready = self.inner.leader_term.subscribe();
-        let caught_up = tokio::time::timeout(Duration::from_secs(2), ready.wait_for(|t| t.is_some())).await;
+        let caught_up =
+            tokio::time::timeout(Duration::from_secs(2), ready.wait_for(|t| t.is_some())).await;
         match caught_up {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(DriveError::Unavailable("the new leader is still catching up; retry".into())),
+            _ => Err(DriveError::Unavailable(
+                "the new leader is still catching up; retry".into(),
+            )),
         }
     }
 
@@ -216,7 +223,9 @@ impl Driver {
     /// # Errors
     /// `Invalid` when malformed, `NotFound` when it names another cluster.
     pub fn resolve(&self, gtrid: &str) -> Result<Gtrid, DriveError> {
-        let g: Gtrid = gtrid.parse().map_err(|e: crate::types::MalformedGtrid| DriveError::Invalid(e.to_string()))?;
+        let g: Gtrid = gtrid
+            .parse()
+            .map_err(|e: crate::types::MalformedGtrid| DriveError::Invalid(e.to_string()))?;
         let cluster = self.inner.sm.read().table.cluster_id;
         if g.cluster != cluster {
             return Err(DriveError::NotFound(format!(
@@ -249,7 +258,13 @@ impl Driver {
     }
 
     /// Records a decision (or learns the one that won) and starts phase 2 if needed.
-    async fn decide(&self, txn: u64, decision: Decision, prepared: Option<u32>, skip: Vec<u32>) -> Result<Decision, DriveError> {
+    async fn decide(
+        &self,
+        txn: u64,
+        decision: Decision,
+        prepared: Option<u32>,
+        skip: Vec<u32>,
+    ) -> Result<Decision, DriveError> {
         let cmd = Command::Decide {
             txn,
             decision,
@@ -263,7 +278,9 @@ impl Driver {
                 Ok(d)
             }
             CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(DriveError::Unavailable(format!("unexpected state machine answer {other:?}"))),
+            other => Err(DriveError::Unavailable(format!(
+                "unexpected state machine answer {other:?}"
+            ))),
         }
     }
 
@@ -298,7 +315,9 @@ impl Driver {
                 "the cluster is still initialising; retry".into(),
             )),
             CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(DriveError::Unavailable(format!("unexpected state machine answer {other:?}"))),
+            other => Err(DriveError::Unavailable(format!(
+                "unexpected state machine answer {other:?}"
+            ))),
         }
     }
 
@@ -306,17 +325,29 @@ impl Driver {
     ///
     /// # Errors
     /// `Precondition` once commit has started or the transaction is decided.
-    pub async fn enlist(&self, gtrid: Gtrid, branch: BranchSpec) -> Result<BranchRecord, DriveError> {
+    pub async fn enlist(
+        &self,
+        gtrid: Gtrid,
+        branch: BranchSpec,
+    ) -> Result<BranchRecord, DriveError> {
         self.ensure_leader().await?;
         if lock(&self.inner.inflight).contains_key(&gtrid.index) {
             return Err(DriveError::Precondition(format!(
                 "transaction {gtrid} is committing; it takes no more branches"
             )));
         }
-        match self.propose(Command::Enlist { txn: gtrid.index, branch }).await? {
+        match self
+            .propose(Command::Enlist {
+                txn: gtrid.index,
+                branch,
+            })
+            .await?
+        {
             CommandResult::Enlisted(b) => Ok(b),
             CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(DriveError::Unavailable(format!("unexpected state machine answer {other:?}"))),
+            other => Err(DriveError::Unavailable(format!(
+                "unexpected state machine answer {other:?}"
+            ))),
         }
     }
 
@@ -374,14 +405,28 @@ impl Driver {
                 "transaction {} completed long ago and its outcome was forgotten",
                 self.gtrid(txn)
             ))),
-            Lookup::Unknown => Err(DriveError::NotFound(format!("no transaction {}", self.gtrid(txn)))),
+            Lookup::Unknown => Err(DriveError::NotFound(format!(
+                "no transaction {}",
+                self.gtrid(txn)
+            ))),
         }
     }
 
-    async fn drive_commit(&self, txn: u64, branches: Vec<BranchRecord>) -> Result<Decision, DriveError> {
+    async fn drive_commit(
+        &self,
+        txn: u64,
+        branches: Vec<BranchRecord>,
+    ) -> Result<Decision, DriveError> {
         let n = branches.len() as u32;
         if branches.is_empty() {
-            return self.decide(txn, decision(true, Reason::ClientCommit, String::new()), Some(0), vec![]).await;
+            return self
+                .decide(
+                    txn,
+                    decision(true, Reason::ClientCommit, String::new()),
+                    Some(0),
+                    vec![],
+                )
+                .await;
         }
         if branches.len() == 1 && self.inner.config.one_phase {
             return self.one_phase(txn, &branches[0]).await;
@@ -393,7 +438,11 @@ impl Driver {
             .map(|b| {
                 let xid = xid_pb(gtrid, b.bqual);
                 async move {
-                    let vote = self.inner.pool.prepare(&b.spec.endpoint, &b.spec.resource, xid, timeout).await;
+                    let vote = self
+                        .inner
+                        .pool
+                        .prepare(&b.spec.endpoint, &b.spec.resource, xid, timeout)
+                        .await;
                     (b.bqual, vote)
                 }
             })
@@ -424,13 +473,29 @@ impl Driver {
         drop(votes);
         if let Some((reason, detail)) = failure {
             tracing::info!(?reason, %detail, "aborting");
-            return self.decide(txn, decision(false, reason, detail), None, read_only).await;
+            return self
+                .decide(txn, decision(false, reason, detail), None, read_only)
+                .await;
         }
-        match self.decide(txn, decision(true, Reason::ClientCommit, String::new()), Some(n), read_only.clone()).await {
+        match self
+            .decide(
+                txn,
+                decision(true, Reason::ClientCommit, String::new()),
+                Some(n),
+                read_only.clone(),
+            )
+            .await
+        {
             Err(DriveError::Precondition(detail)) => {
                 // A branch was enlisted while we prepared: it was never prepared, so
                 // the commit cannot stand. Abort (the branch set is now fixed).
-                self.decide(txn, decision(false, Reason::ProtocolError, detail), None, read_only).await
+                self.decide(
+                    txn,
+                    decision(false, Reason::ProtocolError, detail),
+                    None,
+                    read_only,
+                )
+                .await
             }
             other => other,
         }
@@ -446,7 +511,13 @@ impl Driver {
             let answer = self
                 .inner
                 .pool
-                .commit(&branch.spec.endpoint, &branch.spec.resource, xid.clone(), true, remaining.max(Duration::from_millis(50)))
+                .commit(
+                    &branch.spec.endpoint,
+                    &branch.spec.resource,
+                    xid.clone(),
+                    true,
+                    remaining.max(Duration::from_millis(50)),
+                )
                 .await;
             let (commit, reason, detail) = match answer {
                 Phase2Outcome::Committed => (true, Reason::OnePhase, String::new()),
@@ -461,8 +532,19 @@ impl Driver {
                 // the rollback reports it (heuristic) and the log says ABORTED.
                 Phase2Outcome::Retry(d) => (false, Reason::ParticipantUnreachable, d),
             };
-            let skip = if commit || reason == Reason::OnePhaseRefused { vec![branch.bqual] } else { vec![] };
-            return self.decide(txn, decision(commit, reason, detail), commit.then_some(1), skip).await;
+            let skip = if commit || reason == Reason::OnePhaseRefused {
+                vec![branch.bqual]
+            } else {
+                vec![]
+            };
+            return self
+                .decide(
+                    txn,
+                    decision(commit, reason, detail),
+                    commit.then_some(1),
+                    skip,
+                )
+                .await;
         }
     }
 
@@ -475,9 +557,14 @@ impl Driver {
         match self.decided_or_live(gtrid.index)? {
             Ok(d) => Ok(d),
             Err(_) => {
-                self.decide(gtrid.index, decision(false, Reason::ClientRollback, String::new()), None, vec![])
-                    .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
-                    .await
+                self.decide(
+                    gtrid.index,
+                    decision(false, Reason::ClientRollback, String::new()),
+                    None,
+                    vec![],
+                )
+                .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
+                .await
             }
         }
     }
@@ -502,14 +589,18 @@ impl Driver {
             match sm.table.lookup(txn) {
                 Lookup::Live(rec) => match &rec.decision {
                     Some(d) => return Ok(QueryAnswer::Decided(d.clone())),
-                    None => lock(&self.inner.inflight).contains_key(&txn) || now_ms() < rec.deadline_ms,
+                    None => {
+                        lock(&self.inner.inflight).contains_key(&txn) || now_ms() < rec.deadline_ms
+                    }
                 },
                 Lookup::Finished(f) => return Ok(QueryAnswer::Decided(f.decision.clone())),
                 Lookup::Forgotten => return Ok(QueryAnswer::Forgotten),
                 Lookup::Unknown => {
                     let applied = sm.last_applied.map_or(0, |l| l.index);
                     if txn > applied {
-                        return Err(DriveError::NotFound(format!("no transaction {gtrid} was ever begun")));
+                        return Err(DriveError::NotFound(format!(
+                            "no transaction {gtrid} was ever begun"
+                        )));
                     }
                     false
                 }
@@ -519,7 +610,16 @@ impl Driver {
             return Ok(QueryAnswer::InProgress);
         }
         let d = self
-            .decide(txn, decision(false, Reason::ParticipantInquiry, "no decision was recorded".into()), None, vec![])
+            .decide(
+                txn,
+                decision(
+                    false,
+                    Reason::ParticipantInquiry,
+                    "no decision was recorded".into(),
+                ),
+                None,
+                vec![],
+            )
             .instrument(tracing::info_span!("presumed_abort", gtrid = %gtrid))
             .await?;
         Ok(QueryAnswer::Decided(d))
@@ -538,7 +638,9 @@ async fn wait_slot(mut slot: CommitSlot) -> Result<Decision, DriveError> {
         }
         if slot.changed().await.is_err() {
             return slot.borrow().clone().unwrap_or_else(|| {
-                Err(DriveError::Unavailable("the commit run was interrupted; retry".into()))
+                Err(DriveError::Unavailable(
+                    "the commit run was interrupted; retry".into(),
+                ))
             });
         }
     }
@@ -566,8 +668,8 @@ fn refusal(r: Refusal) -> DriveError {
     match r {
         Refusal::NotFound => DriveError::NotFound("no such transaction".into()),
         Refusal::NoClusterId => DriveError::Unavailable(r.to_string()),
-        Refusal::AlreadyDecided(_) | Refusal::TooManyBranches | Refusal::BranchSetChanged { .. } => {
-            DriveError::Precondition(r.to_string())
-        }
+        Refusal::AlreadyDecided(_)
+        | Refusal::TooManyBranches
+        | Refusal::BranchSetChanged { .. } => DriveError::Precondition(r.to_string()),
     }
 }

@@ -84,7 +84,9 @@ impl ParticipantPool {
         });
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.prepare(req)).await {
-            Err(_) => PrepareOutcome::Unreachable(format!("{endpoint}: no answer within {timeout:?}")),
+            Err(_) => {
+                PrepareOutcome::Unreachable(format!("{endpoint}: no answer within {timeout:?}"))
+            }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
                 PrepareOutcome::No(format!("{endpoint}: {}", status.message()))
             }
@@ -94,10 +96,13 @@ impl ParticipantPool {
                 match pb::Vote::try_from(resp.vote) {
                     Ok(pb::Vote::Yes) => PrepareOutcome::Yes,
                     Ok(pb::Vote::ReadOnly) => PrepareOutcome::ReadOnly,
-                    Ok(pb::Vote::No) => PrepareOutcome::No(format!("{endpoint}/{resource}: {}", resp.detail)),
-                    Ok(pb::Vote::Unspecified) | Err(_) => {
-                        PrepareOutcome::Garbage(format!("{endpoint}/{resource}: vote {} is not a vote", resp.vote))
+                    Ok(pb::Vote::No) => {
+                        PrepareOutcome::No(format!("{endpoint}/{resource}: {}", resp.detail))
                     }
+                    Ok(pb::Vote::Unspecified) | Err(_) => PrepareOutcome::Garbage(format!(
+                        "{endpoint}/{resource}: vote {} is not a vote",
+                        resp.vote
+                    )),
                 }
             }
         }

@@ -66,9 +66,17 @@ impl Driver {
                     let timeout = driver.inner.config.phase2_timeout;
                     let pool = &driver.inner.pool;
                     let answer = if commit {
-                        pool.commit(&b.spec.endpoint, &b.spec.resource, xid.clone(), false, timeout).await
+                        pool.commit(
+                            &b.spec.endpoint,
+                            &b.spec.resource,
+                            xid.clone(),
+                            false,
+                            timeout,
+                        )
+                        .await
                     } else {
-                        pool.rollback(&b.spec.endpoint, &b.spec.resource, xid.clone(), timeout).await
+                        pool.rollback(&b.spec.endpoint, &b.spec.resource, xid.clone(), timeout)
+                            .await
                     };
                     match answer {
                         Phase2Outcome::Committed if commit => return true,

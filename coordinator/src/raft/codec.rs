@@ -52,9 +52,15 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() {
         let bytes = encode(&(1u64, "x".to_string())).expect("encode");
-        assert_eq!(decode::<(u64, String)>(&bytes).expect("decode"), (1, "x".into()));
+        assert_eq!(
+            decode::<(u64, String)>(&bytes).expect("decode"),
+            (1, "x".into())
+        );
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<u64>(&[9, 0]), Err(CodecError::Version(9))));
+        assert!(matches!(
+            decode::<u64>(&[9, 0]),
+            Err(CodecError::Version(9))
+        ));
         assert!(decode::<(u64, String)>(&[VERSION, 1]).is_err());
     }
 }

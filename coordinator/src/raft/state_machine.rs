@@ -105,7 +105,9 @@ impl StateMachineStore {
 
     async fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let bytes = encode(snap).map_err(snap_err)?;
-        self.snapshots.insert(KEY_SNAPSHOT, bytes).map_err(snap_err)?;
+        self.snapshots
+            .insert(KEY_SNAPSHOT, bytes)
+            .map_err(snap_err)?;
         self.durable.sync().await.map_err(snap_err)
     }
 }

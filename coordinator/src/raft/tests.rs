@@ -15,8 +15,10 @@ struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
-        let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-        let (log, sm) = open_stores(dir.path()).map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+        let (log, sm) = open_stores(dir.path())
+            .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
         Ok((dir, log, sm))
     }
 }
@@ -48,7 +50,9 @@ async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Resul
         let raft = raft.clone();
         let log = log.clone();
         writes.push(tokio::spawn(async move {
-            let resp = raft.client_write(Command::SetClusterId { cluster_id: i + 1 }).await?;
+            let resp = raft
+                .client_write(Command::SetClusterId { cluster_id: i + 1 })
+                .await?;
             assert!(matches!(resp.data, CommandResult::ClusterId(_)));
             let durable = log.durable_upto();
             anyhow::ensure!(

@@ -14,8 +14,8 @@ use crate::driver::participants::endpoint_uri;
 use crate::driver::{xid_pb, DriveError, Driver, QueryAnswer};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
-    BranchRecord, BranchSpec, Decision, Lookup, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES, MAX_LABELS,
-    MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
+    BranchRecord, BranchSpec, Decision, Lookup, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES,
+    MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::types::Gtrid;
 
@@ -46,13 +46,21 @@ fn validate_branch(b: pb::BranchSpec) -> Result<BranchSpec, Status> {
         )));
     }
     if tonic::transport::Endpoint::from_shared(endpoint_uri(&b.endpoint)).is_err()
-        || b.endpoint.chars().any(|c| c.is_whitespace() || c.is_control())
+        || b.endpoint
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(invalid(format!("participant endpoint {:?} is not host:port or a URI", b.endpoint)));
+        return Err(invalid(format!(
+            "participant endpoint {:?} is not host:port or a URI",
+            b.endpoint
+        )));
     }
     if b.resource.is_empty()
         || b.resource.len() > MAX_RESOURCE_BYTES
-        || !b.resource.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        || !b
+            .resource
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
     {
         return Err(invalid(format!(
             "resource name {:?} must be 1 to {MAX_RESOURCE_BYTES} characters of [A-Za-z0-9_.-]",
@@ -65,7 +73,9 @@ fn validate_branch(b: pb::BranchSpec) -> Result<BranchSpec, Status> {
     })
 }
 
-fn validate_labels(labels: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Status> {
+fn validate_labels(
+    labels: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, Status> {
     if labels.len() > MAX_LABELS {
         return Err(invalid(format!("at most {MAX_LABELS} labels")));
     }
@@ -88,7 +98,11 @@ fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
 }
 
 fn decision_fields(d: &Decision) -> (i32, i32, String) {
-    (d.outcome() as i32, pb::Reason::from(d.reason) as i32, d.detail.clone())
+    (
+        d.outcome() as i32,
+        pb::Reason::from(d.reason) as i32,
+        d.detail.clone(),
+    )
 }
 
 impl CoordinatorService {
@@ -100,7 +114,11 @@ impl CoordinatorService {
         let (state, outcome, reason, detail, decided) = match &rec.decision {
             Some(d) => {
                 let (o, r, det) = decision_fields(d);
-                let state = if d.commit { pb::TxnState::Committed } else { pb::TxnState::Aborted };
+                let state = if d.commit {
+                    pb::TxnState::Committed
+                } else {
+                    pb::TxnState::Aborted
+                };
                 (state, o, r, det, d.decided_ms)
             }
             None => {
@@ -134,30 +152,52 @@ impl CoordinatorService {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn begin(&self, req: Request<pb::BeginRequest>) -> Result<Response<pb::BeginResponse>, Status> {
+    async fn begin(
+        &self,
+        req: Request<pb::BeginRequest>,
+    ) -> Result<Response<pb::BeginResponse>, Status> {
         let req = req.into_inner();
         let timeout = match u64::from(req.timeout_ms) {
             0 => self.driver.default_txn_timeout(),
             ms if ms > MAX_TIMEOUT_MS => {
-                return Err(invalid(format!("timeout_ms {ms} is over the maximum of {MAX_TIMEOUT_MS}")))
+                return Err(invalid(format!(
+                    "timeout_ms {ms} is over the maximum of {MAX_TIMEOUT_MS}"
+                )))
             }
             ms => Duration::from_millis(ms),
         };
         if req.branches.len() > MAX_BRANCHES {
-            return Err(invalid(format!("at most {MAX_BRANCHES} branches per transaction")));
+            return Err(invalid(format!(
+                "at most {MAX_BRANCHES} branches per transaction"
+            )));
         }
         let labels = validate_labels(req.labels)?;
-        let branches = req.branches.into_iter().map(validate_branch).collect::<Result<Vec<_>, _>>()?;
-        let begun = self.driver.begin(timeout, labels, branches).await.map_err(to_status)?;
+        let branches = req
+            .branches
+            .into_iter()
+            .map(validate_branch)
+            .collect::<Result<Vec<_>, _>>()?;
+        let begun = self
+            .driver
+            .begin(timeout, labels, branches)
+            .await
+            .map_err(to_status)?;
         tracing::debug!(gtrid = %begun.gtrid, "begun");
         Ok(Response::new(pb::BeginResponse {
             gtrid: begun.gtrid.to_string(),
-            branches: begun.branches.iter().map(|b| branch_pb(begun.gtrid, b)).collect(),
+            branches: begun
+                .branches
+                .iter()
+                .map(|b| branch_pb(begun.gtrid, b))
+                .collect(),
             deadline_unix_ms: begun.deadline_ms,
         }))
     }
 
-    async fn enlist(&self, req: Request<pb::EnlistRequest>) -> Result<Response<pb::EnlistResponse>, Status> {
+    async fn enlist(
+        &self,
+        req: Request<pb::EnlistRequest>,
+    ) -> Result<Response<pb::EnlistResponse>, Status> {
         let req = req.into_inner();
         let gtrid = self.gtrid(&req.gtrid)?;
         let spec = validate_branch(req.branch.ok_or_else(|| invalid("branch is required"))?)?;
@@ -167,18 +207,32 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn commit(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
         let gtrid = self.gtrid(&req.into_inner().gtrid)?;
         let d = self.driver.commit(gtrid).await.map_err(to_status)?;
         let (outcome, reason, detail) = decision_fields(&d);
-        Ok(Response::new(pb::CommitResponse { outcome, reason, detail }))
+        Ok(Response::new(pb::CommitResponse {
+            outcome,
+            reason,
+            detail,
+        }))
     }
 
-    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
         let gtrid = self.gtrid(&req.into_inner().gtrid)?;
         let d = self.driver.rollback(gtrid).await.map_err(to_status)?;
         let (outcome, reason, detail) = decision_fields(&d);
-        Ok(Response::new(pb::RollbackResponse { outcome, reason, detail }))
+        Ok(Response::new(pb::RollbackResponse {
+            outcome,
+            reason,
+            detail,
+        }))
     }
 
     async fn get_transaction(
@@ -207,9 +261,15 @@ impl Coordinator for CoordinatorService {
                     "transaction {gtrid} completed long ago and was forgotten"
                 ))))
             }
-            Lookup::Unknown => return Err(to_status(DriveError::NotFound(format!("no transaction {gtrid}")))),
+            Lookup::Unknown => {
+                return Err(to_status(DriveError::NotFound(format!(
+                    "no transaction {gtrid}"
+                ))))
+            }
         };
-        Ok(Response::new(pb::GetTransactionResponse { transaction: Some(txn) }))
+        Ok(Response::new(pb::GetTransactionResponse {
+            transaction: Some(txn),
+        }))
     }
 
     async fn list_transactions(
@@ -218,12 +278,17 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
         self.leader_only().await?;
         let req = req.into_inner();
-        let want = pb::TxnState::try_from(req.state).map_err(|_| invalid(format!("unknown state {}", req.state)))?;
+        let want = pb::TxnState::try_from(req.state)
+            .map_err(|_| invalid(format!("unknown state {}", req.state)))?;
         let page_size = match req.page_size {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let after = if req.page_token.is_empty() { None } else { Some(self.gtrid(&req.page_token)?.index) };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(self.gtrid(&req.page_token)?.index)
+        };
         let sm = self.driver.sm().read();
         let cluster = sm.table.cluster_id;
         let range = match after {
@@ -238,7 +303,10 @@ impl Coordinator for CoordinatorService {
                 continue;
             }
             if transactions.len() == page_size {
-                next_page_token = transactions.last().map(|t: &pb::Transaction| t.gtrid.clone()).unwrap_or_default();
+                next_page_token = transactions
+                    .last()
+                    .map(|t: &pb::Transaction| t.gtrid.clone())
+                    .unwrap_or_default();
                 break;
             }
             transactions.push(t);
@@ -253,11 +321,20 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::QueryOutcomeRequest>,
     ) -> Result<Response<pb::QueryOutcomeResponse>, Status> {
-        let xid = req.into_inner().xid.ok_or_else(|| invalid("xid is required"))?;
+        let xid = req
+            .into_inner()
+            .xid
+            .ok_or_else(|| invalid("xid is required"))?;
         if xid.format_id != ratify_proto::XID_FORMAT_ID {
-            return Err(invalid(format!("xid format id {:#x} is not Ratify's", xid.format_id)));
+            return Err(invalid(format!(
+                "xid format id {:#x} is not Ratify's",
+                xid.format_id
+            )));
         }
-        if xid.bqual.is_empty() || xid.bqual.len() > 8 || !xid.bqual.bytes().all(|b| b.is_ascii_digit()) {
+        if xid.bqual.is_empty()
+            || xid.bqual.len() > 8
+            || !xid.bqual.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(invalid("xid bqual must be 1 to 8 decimal digits"));
         }
         let gtrid = self.gtrid(&xid.gtrid)?;

@@ -22,8 +22,12 @@ pub fn to_status(e: DriveError) -> Status {
                 Some(l) => format!("not the leader; the leader is at {}", l.api_addr),
                 None => "not the leader, and no leader is known yet; retry".to_string(),
             });
-            if let Some(value) = leader.and_then(|l| MetadataValue::try_from(l.api_addr.as_str()).ok()) {
-                status.metadata_mut().insert(ratify_proto::LEADER_METADATA_KEY, value);
+            if let Some(value) =
+                leader.and_then(|l| MetadataValue::try_from(l.api_addr.as_str()).ok())
+            {
+                status
+                    .metadata_mut()
+                    .insert(ratify_proto::LEADER_METADATA_KEY, value);
             }
             status
         }

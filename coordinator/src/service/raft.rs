@@ -29,12 +29,16 @@ fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 fn request<T: serde::de::DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable Raft payload: {e}")))
+    decode(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft payload: {e}")))
 }
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         payload(&self.raft.append_entries(request(req)?).await)
     }
 
@@ -42,7 +46,10 @@ impl RaftService for RaftServer {
         payload(&self.raft.vote(request(req)?).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         payload(&self.raft.install_snapshot(request(req)?).await)
     }
 }

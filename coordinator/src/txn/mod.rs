@@ -218,9 +218,10 @@ pub enum Refusal {
 }
 
 /// The state machine's answer to a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// Membership and blank entries.
+    #[default]
     None,
     /// The cluster id now in force (the first one proposed).
     ClusterId(u64),
@@ -243,8 +244,3 @@ pub enum CommandResult {
     Refused(Refusal),
 }
 
-impl Default for CommandResult {
-    fn default() -> Self {
-        Self::None
-    }
-}

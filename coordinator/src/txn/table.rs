@@ -264,7 +264,8 @@ mod tests {
             Command::Decide {
                 txn,
                 decision: decision(commit, reason),
-                prepared_branches: commit.then(|| t.live.get(&txn).map_or(0, |r| r.branches.len() as u32)),
+                prepared_branches: commit
+                    .then(|| t.live.get(&txn).map_or(0, |r| r.branches.len() as u32)),
                 skip_phase2: vec![],
                 complete: false,
             },
@@ -302,28 +303,61 @@ mod tests {
         let first = decide(&mut t, txn, false, Reason::Timeout);
         let second = decide(&mut t, txn, true, Reason::ClientCommit);
         assert_eq!(first, second);
-        assert!(matches!(second, CommandResult::Decided(d) if !d.commit && d.reason == Reason::Timeout));
+        assert!(
+            matches!(second, CommandResult::Decided(d) if !d.commit && d.reason == Reason::Timeout)
+        );
     }
 
     #[test]
     fn enlist_is_idempotent_and_refused_after_decision() {
         let mut t = table();
         let txn = begun(&mut t, 5, 1);
-        let again = t.apply(6, Command::Enlist { txn, branch: spec(0) });
+        let again = t.apply(
+            6,
+            Command::Enlist {
+                txn,
+                branch: spec(0),
+            },
+        );
         assert!(matches!(again, CommandResult::Enlisted(b) if b.bqual == 1));
-        let new = t.apply(7, Command::Enlist { txn, branch: spec(1) });
+        let new = t.apply(
+            7,
+            Command::Enlist {
+                txn,
+                branch: spec(1),
+            },
+        );
         assert!(matches!(new, CommandResult::Enlisted(b) if b.bqual == 2));
         decide(&mut t, txn, true, Reason::ClientCommit);
-        let late = t.apply(8, Command::Enlist { txn, branch: spec(2) });
-        assert!(matches!(late, CommandResult::Refused(Refusal::AlreadyDecided(_))));
-        assert_eq!(t.live[&txn].branches.len(), 2, "a refused enlist must change nothing");
+        let late = t.apply(
+            8,
+            Command::Enlist {
+                txn,
+                branch: spec(2),
+            },
+        );
+        assert!(matches!(
+            late,
+            CommandResult::Refused(Refusal::AlreadyDecided(_))
+        ));
+        assert_eq!(
+            t.live[&txn].branches.len(),
+            2,
+            "a refused enlist must change nothing"
+        );
     }
 
     #[test]
     fn commit_is_refused_when_a_branch_sneaked_in_during_prepare() {
         let mut t = table();
         let txn = begun(&mut t, 5, 1);
-        t.apply(6, Command::Enlist { txn, branch: spec(9) });
+        t.apply(
+            6,
+            Command::Enlist {
+                txn,
+                branch: spec(9),
+            },
+        );
         let r = t.apply(
             7,
             Command::Decide {
@@ -334,18 +368,29 @@ mod tests {
                 complete: false,
             },
         );
-        assert!(matches!(r, CommandResult::Refused(Refusal::BranchSetChanged { .. })));
+        assert!(matches!(
+            r,
+            CommandResult::Refused(Refusal::BranchSetChanged { .. })
+        ));
         assert!(t.live[&txn].decision.is_none());
     }
 
     #[test]
     fn abort_of_an_unknown_transaction_is_recorded_and_commit_is_refused() {
         let mut t = table();
-        assert!(matches!(decide(&mut t, 42, true, Reason::ClientCommit), CommandResult::Refused(Refusal::NotFound)));
-        assert!(matches!(decide(&mut t, 42, false, Reason::ParticipantInquiry), CommandResult::Decided(_)));
+        assert!(matches!(
+            decide(&mut t, 42, true, Reason::ClientCommit),
+            CommandResult::Refused(Refusal::NotFound)
+        ));
+        assert!(matches!(
+            decide(&mut t, 42, false, Reason::ParticipantInquiry),
+            CommandResult::Decided(_)
+        ));
         assert!(matches!(t.lookup(42), Lookup::Finished(f) if !f.decision.commit));
         // A later commit gets the recorded abort back.
-        assert!(matches!(decide(&mut t, 42, true, Reason::ClientCommit), CommandResult::Decided(d) if !d.commit));
+        assert!(
+            matches!(decide(&mut t, 42, true, Reason::ClientCommit), CommandResult::Decided(d) if !d.commit)
+        );
     }
 
     #[test]
@@ -354,9 +399,18 @@ mod tests {
         let a = begun(&mut t, 5, 2);
         let b = begun(&mut t, 6, 2);
         decide(&mut t, a, true, Reason::ClientCommit);
-        t.apply(10, Command::Complete { txns: vec![a, b], now_ms: 3_000 });
+        t.apply(
+            10,
+            Command::Complete {
+                txns: vec![a, b],
+                now_ms: 3_000,
+            },
+        );
         assert!(matches!(t.lookup(a), Lookup::Finished(f) if f.decision.commit));
-        assert!(matches!(t.lookup(b), Lookup::Live(_)), "undecided must not complete");
+        assert!(
+            matches!(t.lookup(b), Lookup::Live(_)),
+            "undecided must not complete"
+        );
     }
 
     #[test]
@@ -383,15 +437,18 @@ mod tests {
     fn old_outcomes_are_forgotten_not_presumed_aborted() {
         let mut t = table();
         for i in 0..(FINISHED_RETENTION as u64 + 3) {
-            t.finish(
-                10 + i,
-                decision(true, Reason::ClientCommit),
-                0,
-            );
+            t.finish(10 + i, decision(true, Reason::ClientCommit), 0);
         }
         assert_eq!(t.finished.len(), FINISHED_RETENTION);
         assert_eq!(t.lookup(10), Lookup::Forgotten);
-        assert!(matches!(decide(&mut t, 10, false, Reason::ParticipantInquiry), CommandResult::Refused(Refusal::NotFound)));
-        assert_eq!(t.lookup(10), Lookup::Forgotten, "a forgotten commit must not turn into an abort");
+        assert!(matches!(
+            decide(&mut t, 10, false, Reason::ParticipantInquiry),
+            CommandResult::Refused(Refusal::NotFound)
+        ));
+        assert_eq!(
+            t.lookup(10),
+            Lookup::Forgotten,
+            "a forgotten commit must not turn into an abort"
+        );
     }
 }

@@ -54,7 +54,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let p2: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p2"))?);
     let part1 = EmbeddedParticipant::start("noop", p1, client.clone()).await?;
     let part2 = EmbeddedParticipant::start("noop", p2, client.clone()).await?;
-    let branches = vec![(part1.endpoint.clone(), "noop".to_string()), (part2.endpoint.clone(), "noop".to_string())];
+    let branches = vec![
+        (part1.endpoint.clone(), "noop".to_string()),
+        (part2.endpoint.clone(), "noop".to_string()),
+    ];
 
     // Warm-up: connections, first elections, caches.
     run_round(&client, &branches, 4, Duration::from_secs(1)).await?;

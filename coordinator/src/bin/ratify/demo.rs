@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rand::Rng;
 use ratify_participant_sdk::accounts::AccountStore;
-use ratify_participant_sdk::client::{BeginOptions, ClientConfig, ClientError, CoordinatorClient, Outcome};
+use ratify_participant_sdk::client::{
+    BeginOptions, ClientConfig, ClientError, CoordinatorClient, Outcome,
+};
 use ratify_participant_sdk::resource::Resource;
 
 use crate::workload::EmbeddedParticipant;
@@ -46,7 +48,10 @@ struct Counters {
 pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    println!("== Ratify demo: 3 coordinator processes, 2 account participants, {} clients, {} s", a.clients, a.duration);
+    println!(
+        "== Ratify demo: 3 coordinator processes, 2 account participants, {} clients, {} s",
+        a.clients, a.duration
+    );
     println!("   data and node logs in {}", dir.display());
     let mut cluster = crate::start_cluster(&dir.join("cluster"), 3, vec![]).await?;
     let endpoints = cluster.api_endpoints();
@@ -54,8 +59,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let bank_a = AccountStore::open(dir.join("bank-a"))?;
     let bank_b = AccountStore::open(dir.join("bank-b"))?;
-    bank_a.open_numbered_accounts("acct", a.accounts, INITIAL).await?;
-    bank_b.open_numbered_accounts("acct", a.accounts, INITIAL).await?;
+    bank_a
+        .open_numbered_accounts("acct", a.accounts, INITIAL)
+        .await?;
+    bank_b
+        .open_numbered_accounts("acct", a.accounts, INITIAL)
+        .await?;
     let expected_total = bank_a.total()? + bank_b.total()?;
     let res_a: Arc<dyn Resource> = bank_a.clone();
     let res_b: Arc<dyn Resource> = bank_b.clone();
@@ -81,11 +90,19 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             while Instant::now() < end {
                 let (from_a, acct_a, acct_b, amount) = {
                     let mut rng = rand::thread_rng();
-                    (rng.gen_bool(0.5), rng.gen_range(0..accounts), rng.gen_range(0..accounts), rng.gen_range(1..=400))
+                    (
+                        rng.gen_bool(0.5),
+                        rng.gen_range(0..accounts),
+                        rng.gen_range(0..accounts),
+                        rng.gen_range(1..=400),
+                    )
                 };
                 let opts = BeginOptions {
                     timeout: Duration::from_secs(10),
-                    branches: vec![(ep_a.clone(), "accounts".into()), (ep_b.clone(), "accounts".into())],
+                    branches: vec![
+                        (ep_a.clone(), "accounts".into()),
+                        (ep_b.clone(), "accounts".into()),
+                    ],
                     ..Default::default()
                 };
                 let begun = match client.begin(opts).await {
@@ -156,7 +173,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             last = secs;
             let c = counters.committed.load(Ordering::Relaxed);
             let ab = counters.aborted.load(Ordering::Relaxed);
-            println!("   [{secs:>3}s] committed {c:>7}  aborted {ab:>5}  ({:.0} txn/s)", c as f64 / start.elapsed().as_secs_f64());
+            println!(
+                "   [{secs:>3}s] committed {c:>7}  aborted {ab:>5}  ({:.0} txn/s)",
+                c as f64 / start.elapsed().as_secs_f64()
+            );
         }
     }
     for t in tasks {
@@ -169,7 +189,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut settled = false;
     while settle.elapsed() < Duration::from_secs(30) {
         let live = match cluster.wait_for_leader(Duration::from_secs(5)).await {
-            Ok(l) => cluster.status(l).await.map(|s| s.live_transactions).unwrap_or(u64::MAX),
+            Ok(l) => cluster
+                .status(l)
+                .await
+                .map(|s| s.live_transactions)
+                .unwrap_or(u64::MAX),
             Err(_) => u64::MAX,
         };
         if live == 0 && bank_a.prepared_count() == 0 && bank_b.prepared_count() == 0 {
@@ -182,7 +206,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let failover = killed_at.map(|(at, _)| {
         let times = commit_times.lock().map(|t| t.clone()).unwrap_or_default();
-        let before = times.iter().filter(|t| **t <= at).max().copied().unwrap_or(at);
+        let before = times
+            .iter()
+            .filter(|t| **t <= at)
+            .max()
+            .copied()
+            .unwrap_or(at);
         let after = times.iter().filter(|t| **t > at).min().copied();
         after.map(|a| a.duration_since(before))
     });
@@ -190,20 +219,53 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("== Summary");
     println!("   committed            {c}");
-    println!("   aborted              {}  (insufficient funds, lock conflicts, timeouts)", counters.aborted.load(Ordering::Relaxed));
-    println!("   outcome unknown      {}  (client deadline expired; resolved by the cluster)", counters.unknown.load(Ordering::Relaxed));
-    println!("   begin failed         {}", counters.begin_failed.load(Ordering::Relaxed));
-    println!("   throughput           {:.0} committed txn/s over {:.1} s", c as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
+    println!(
+        "   aborted              {}  (insufficient funds, lock conflicts, timeouts)",
+        counters.aborted.load(Ordering::Relaxed)
+    );
+    println!(
+        "   outcome unknown      {}  (client deadline expired; resolved by the cluster)",
+        counters.unknown.load(Ordering::Relaxed)
+    );
+    println!(
+        "   begin failed         {}",
+        counters.begin_failed.load(Ordering::Relaxed)
+    );
+    println!(
+        "   throughput           {:.0} committed txn/s over {:.1} s",
+        c as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
     match failover {
-        Some(Some(d)) => println!("   failover             {:.0} ms without a commit after the leader kill", d.as_secs_f64() * 1000.0),
+        Some(Some(d)) => println!(
+            "   failover             {:.0} ms without a commit after the leader kill",
+            d.as_secs_f64() * 1000.0
+        ),
         Some(None) => println!("   failover             no commit after the leader kill!"),
         None => println!("   failover             (no leader kill)"),
     }
-    println!("   in-doubt left        {}", if settled { "none" } else { "SOME (not settled in 30 s)" });
-    println!("   total balance        {total} (expected {expected_total}) {}", if total == expected_total { "conserved" } else { "BROKEN" });
+    println!(
+        "   in-doubt left        {}",
+        if settled {
+            "none"
+        } else {
+            "SOME (not settled in 30 s)"
+        }
+    );
+    println!(
+        "   total balance        {total} (expected {expected_total}) {}",
+        if total == expected_total {
+            "conserved"
+        } else {
+            "BROKEN"
+        }
+    );
     drop((part_a, part_b));
     cluster.kill_all();
-    anyhow::ensure!(total == expected_total, "atomicity violated: total balance changed");
+    anyhow::ensure!(
+        total == expected_total,
+        "atomicity violated: total balance changed"
+    );
     anyhow::ensure!(settled, "branches still in doubt after 30 s");
     anyhow::ensure!(c > 0, "nothing committed");
     if let Some(None) = failover {

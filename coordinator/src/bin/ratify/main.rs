@@ -187,7 +187,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Cmd::Node(a) => node(a).await,
@@ -208,7 +210,9 @@ fn parse_peer(s: &str) -> anyhow::Result<(NodeId, NodeInfo)> {
     let (raft_addr, api_addr) = addrs
         .split_once(',')
         .with_context(|| format!("peer {s:?} is not ID=RAFT_ADDR,API_ADDR"))?;
-    let id: NodeId = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
+    let id: NodeId = id
+        .parse()
+        .with_context(|| format!("peer id {id:?} is not a number"))?;
     Ok((
         id,
         NodeInfo {
@@ -220,15 +224,32 @@ fn parse_peer(s: &str) -> anyhow::Result<(NodeId, NodeInfo)> {
 
 async fn node(a: NodeArgs) -> anyhow::Result<()> {
     let file: NodeFile = match &a.config {
-        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("parsing {}", p.display()))?,
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
         None => NodeFile::default(),
     };
-    let id = a.id.or(file.id).context("--id (or id in --config) is required")?;
-    let raft_addr = a.raft_addr.or(file.raft_addr).context("--raft-addr is required")?;
-    let api_addr = a.api_addr.or(file.api_addr).context("--api-addr is required")?;
-    let data_dir = a.data_dir.or(file.data_dir).context("--data-dir is required")?;
-    let peer_specs = if a.peers.is_empty() { file.peers } else { a.peers };
+    let id =
+        a.id.or(file.id)
+            .context("--id (or id in --config) is required")?;
+    let raft_addr = a
+        .raft_addr
+        .or(file.raft_addr)
+        .context("--raft-addr is required")?;
+    let api_addr = a
+        .api_addr
+        .or(file.api_addr)
+        .context("--api-addr is required")?;
+    let data_dir = a
+        .data_dir
+        .or(file.data_dir)
+        .context("--data-dir is required")?;
+    let peer_specs = if a.peers.is_empty() {
+        file.peers
+    } else {
+        a.peers
+    };
     let mut peers = BTreeMap::new();
     for p in &peer_specs {
         let (pid, info) = parse_peer(p)?;
@@ -293,11 +314,18 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         }
     };
     let cluster = start_cluster(&dir, a.nodes, vec![]).await?;
-    println!("ratify dev cluster is up ({} nodes, data in {})", a.nodes, dir.display());
+    println!(
+        "ratify dev cluster is up ({} nodes, data in {})",
+        a.nodes,
+        dir.display()
+    );
     for id in cluster.ids() {
         println!("  node {id}: api {}", cluster.api_addr(id)?);
     }
-    println!("try: ratify cluster status --coordinator {}", cluster.api_endpoints().join(" --coordinator "));
+    println!(
+        "try: ratify cluster status --coordinator {}",
+        cluster.api_endpoints().join(" --coordinator ")
+    );
     println!("Ctrl-C stops it.");
     shutdown_signal().await;
     Ok(())
@@ -305,7 +333,9 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
 
 async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
     let store = AccountStore::open(&a.data_dir)?;
-    store.open_numbered_accounts("acct", a.accounts, a.initial_balance).await?;
+    store
+        .open_numbered_accounts("acct", a.accounts, a.initial_balance)
+        .await?;
     let client = CoordinatorClient::new(a.coordinators, ClientConfig::default())?;
     let resource: Arc<dyn Resource> = store;
     let recovery = RecoveryLoop::new(vec![(a.resource.clone(), Arc::clone(&resource))], client)
@@ -313,7 +343,10 @@ async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
-    println!("participant serving resource {:?} on {}", a.resource, a.listen);
+    println!(
+        "participant serving resource {:?} on {}",
+        a.resource, a.listen
+    );
     ParticipantServer::new()
         .with_resource(a.resource, resource)?
         .serve(listener, shutdown_signal())
@@ -347,23 +380,38 @@ fn reason_name(r: i32) -> String {
 
 async fn txn(c: TxnCmd) -> anyhow::Result<()> {
     match c {
-        TxnCmd::List { target, state, limit } => {
+        TxnCmd::List {
+            target,
+            state,
+            limit,
+        } => {
             let state = match state.as_deref() {
                 None => None,
                 Some(s) => Some(
                     pb::TxnState::from_str_name(&format!("TXN_STATE_{}", s.to_uppercase()))
-                        .with_context(|| format!("unknown state {s:?}: use active, preparing, committed or aborted"))?,
+                        .with_context(|| {
+                            format!(
+                                "unknown state {s:?}: use active, preparing, committed or aborted"
+                            )
+                        })?,
                 ),
             };
             let page = client_for(&target)?.list(state, limit, "").await?;
-            println!("{:<34} {:<10} {:>8} {:<28}", "GTRID", "STATE", "BRANCHES", "REASON");
+            println!(
+                "{:<34} {:<10} {:>8} {:<28}",
+                "GTRID", "STATE", "BRANCHES", "REASON"
+            );
             for t in &page.transactions {
                 println!(
                     "{:<34} {:<10} {:>8} {:<28}",
                     t.gtrid,
                     state_name(t.state),
                     t.branches.len(),
-                    if t.reason == 0 { String::new() } else { reason_name(t.reason) }
+                    if t.reason == 0 {
+                        String::new()
+                    } else {
+                        reason_name(t.reason)
+                    }
                 );
             }
             println!("{} transaction(s)", page.transactions.len());
@@ -375,7 +423,10 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
             if t.reason != 0 {
                 println!("reason    {} {}", reason_name(t.reason), t.detail);
             }
-            println!("created   {} ms, deadline {} ms", t.created_unix_ms, t.deadline_unix_ms);
+            println!(
+                "created   {} ms, deadline {} ms",
+                t.created_unix_ms, t.deadline_unix_ms
+            );
             for b in &t.branches {
                 let bq = b.xid.as_ref().map(|x| x.bqual.clone()).unwrap_or_default();
                 println!("branch {bq:<3} {} / {}", b.endpoint, b.resource);
@@ -390,12 +441,22 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
 
 async fn cluster_status(t: Target) -> anyhow::Result<()> {
     let client = client_for(&t)?;
-    println!("{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}", "NODE", "ID", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "LIVE_TXN");
+    println!(
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
+        "NODE", "ID", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "LIVE_TXN"
+    );
     for ep in &t.coordinators {
         match client.cluster_status(Some(ep)).await {
             Ok(s) => println!(
                 "{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
-                ep, s.node_id, s.role, s.term, s.leader_id, s.last_log_index, s.last_applied, s.live_transactions
+                ep,
+                s.node_id,
+                s.role,
+                s.term,
+                s.leader_id,
+                s.last_log_index,
+                s.last_applied,
+                s.live_transactions
             ),
             Err(e) => println!("{ep:<22} unreachable: {e}"),
         }

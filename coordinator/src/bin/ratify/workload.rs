@@ -29,13 +29,20 @@ async fn wait(mut rx: watch::Receiver<bool>) {
 
 impl EmbeddedParticipant {
     /// Serves `resource` under `name` and resolves its in-doubt branches every second.
-    pub(crate) async fn start(name: &str, resource: Arc<dyn Resource>, client: CoordinatorClient) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind participant")?;
+    pub(crate) async fn start(
+        name: &str,
+        resource: Arc<dyn Resource>,
+        client: CoordinatorClient,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind participant")?;
         let endpoint = listener.local_addr()?.to_string();
         let (stop, rx) = watch::channel(false);
         let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
         tokio::spawn(server.serve(listener, wait(rx.clone())));
-        RecoveryLoop::new(vec![(name.to_string(), resource)], client).spawn(Duration::from_secs(1), wait(rx));
+        RecoveryLoop::new(vec![(name.to_string(), resource)], client)
+            .spawn(Duration::from_secs(1), wait(rx));
         Ok(Self { endpoint, stop })
     }
 }
