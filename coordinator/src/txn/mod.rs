@@ -243,4 +243,3 @@ pub enum CommandResult {
     /// Refused; nothing changed.
     Refused(Refusal),
 }
-
