@@ -29,13 +29,16 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("participant server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// No listening socket could be set up.
+    #[error("cannot listen: {0}")]
+    Bind(#[source] std::io::Error),
 }
 
 impl ServerError {
     /// True when running the server again may work (a transport failure); building
     /// errors are fixed in code.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transport(_))
+        matches!(self, Self::Transport(_) | Self::Bind(_))
     }
 }
 
@@ -293,6 +296,66 @@ impl pb::participant_server::Participant for ParticipantServer {
         Ok(Response::new(pb::RecoverResponse {
             xids: xids.iter().map(Xid::to_pb).collect(),
         }))
+    }
+}
+
+/// A participant hosted in this process on a loopback port, with its recovery loop:
+/// what demos, benchmarks and tests embed. Dropping it stops both.
+pub struct HostedParticipant {
+    /// `host:port` to enlist.
+    pub endpoint: String,
+    /// Set to stop the server and the recovery loop.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl HostedParticipant {
+    /// Serves `resource` as `name` on `127.0.0.1:<free port>` and resolves its in-doubt
+    /// branches with `client` every `recovery_interval`.
+    ///
+    /// # Errors
+    /// [`ServerError::InvalidResourceName`], or [`ServerError::Bind`] when no port can
+    /// be bound.
+    pub async fn start(
+        name: &str,
+        resource: Arc<dyn Resource>,
+        client: crate::client::CoordinatorClient,
+        recovery_interval: std::time::Duration,
+    ) -> Result<Self, ServerError> {
+        let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(ServerError::Bind)?;
+        let endpoint = listener
+            .local_addr()
+            .map_err(ServerError::Bind)?
+            .to_string();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.serve(listener, stopped(rx.clone())));
+        crate::recovery::RecoveryLoop::new(vec![(name.to_string(), resource)], client)
+            .spawn(recovery_interval, stopped(rx));
+        Ok(Self { endpoint, stop })
+    }
+}
+
+impl Drop for HostedParticipant {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl std::fmt::Debug for HostedParticipant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostedParticipant")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -18,11 +18,9 @@ use ratify_participant_sdk::accounts::AccountStore;
 use ratify_participant_sdk::client::{
     BeginOptions, Begun, ClientConfig, CoordinatorClient, Decision, Outcome,
 };
-use ratify_participant_sdk::recovery::RecoveryLoop;
 use ratify_participant_sdk::resource::Resource;
-use ratify_participant_sdk::server::ParticipantServer;
+use ratify_participant_sdk::server::HostedParticipant;
 use ratify_proto::pb;
-use tokio::sync::watch;
 
 /// Opening balance of every test account.
 pub const INITIAL: i64 = 1_000;
@@ -121,29 +119,7 @@ impl TestCluster {
     }
 }
 
-/// A participant served in this process on a loopback port, with its recovery loop.
-pub struct Served {
-    /// `host:port` to enlist.
-    pub endpoint: String,
-    /// Stops the server and the recovery loop.
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Serves `resource` as `name` on 127.0.0.1 and runs its recovery loop.
+/// Serves `resource` as `name` on 127.0.0.1 with a fast (500 ms) recovery loop.
 ///
 /// # Errors
 /// When the port cannot be bound.
@@ -151,15 +127,8 @@ pub async fn serve(
     name: &str,
     resource: Arc<dyn Resource>,
     client: CoordinatorClient,
-) -> anyhow::Result<Served> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let (stop, rx) = watch::channel(false);
-    let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
-    tokio::spawn(server.serve(listener, stopped(rx.clone())));
-    RecoveryLoop::new(vec![(name.to_string(), resource)], client)
-        .spawn(Duration::from_millis(500), stopped(rx));
-    Ok(Served { endpoint, stop })
+) -> anyhow::Result<HostedParticipant> {
+    Ok(HostedParticipant::start(name, resource, client, Duration::from_millis(500)).await?)
 }
 
 /// Two account stores ("bank A" and "bank B"), each its own participant.
@@ -169,9 +138,9 @@ pub struct Bank {
     /// Bank B's store.
     pub b: Arc<AccountStore>,
     /// Bank A's server.
-    pub a_srv: Served,
+    pub a_srv: HostedParticipant,
     /// Bank B's server.
-    pub b_srv: Served,
+    pub b_srv: HostedParticipant,
 }
 
 impl Bank {

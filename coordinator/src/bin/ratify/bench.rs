@@ -11,7 +11,7 @@ use ratify_participant_sdk::durable::DurableSled;
 use ratify_participant_sdk::noop::NoopResource;
 use ratify_participant_sdk::resource::Resource;
 
-use crate::workload::{EmbeddedParticipant, Latencies};
+use crate::workload::Latencies;
 
 /// Flags of `ratify bench`.
 #[derive(Args, Debug)]
@@ -52,8 +52,8 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
     let p1: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p1"))?);
     let p2: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p2"))?);
-    let part1 = EmbeddedParticipant::start("noop", p1, client.clone()).await?;
-    let part2 = EmbeddedParticipant::start("noop", p2, client.clone()).await?;
+    let part1 = crate::workload::host("noop", p1, client.clone()).await?;
+    let part2 = crate::workload::host("noop", p2, client.clone()).await?;
     let branches = vec![
         (part1.endpoint.clone(), "noop".to_string()),
         (part2.endpoint.clone(), "noop".to_string()),

@@ -12,8 +12,6 @@ use ratify_participant_sdk::client::{
 };
 use ratify_participant_sdk::resource::Resource;
 
-use crate::workload::EmbeddedParticipant;
-
 /// Flags of `ratify demo`.
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -68,8 +66,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let expected_total = bank_a.total()? + bank_b.total()?;
     let res_a: Arc<dyn Resource> = bank_a.clone();
     let res_b: Arc<dyn Resource> = bank_b.clone();
-    let part_a = EmbeddedParticipant::start("accounts", res_a, client.clone()).await?;
-    let part_b = EmbeddedParticipant::start("accounts", res_b, client.clone()).await?;
+    let part_a = crate::workload::host("accounts", res_a, client.clone()).await?;
+    let part_b = crate::workload::host("accounts", res_b, client.clone()).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
     println!("   cluster up, leader is node {leader}; total balance {expected_total}");
 
