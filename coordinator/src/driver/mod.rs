@@ -278,9 +278,7 @@ impl Driver {
                 Ok(d)
             }
             CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(DriveError::Unavailable(format!(
-                "unexpected state machine answer {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -315,9 +313,7 @@ impl Driver {
                 "the cluster is still initialising; retry".into(),
             )),
             CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(DriveError::Unavailable(format!(
-                "unexpected state machine answer {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -345,9 +341,7 @@ impl Driver {
         {
             CommandResult::Enlisted(b) => Ok(b),
             CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(DriveError::Unavailable(format!(
-                "unexpected state machine answer {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -662,6 +656,12 @@ pub fn xid_pb(gtrid: Gtrid, bqual: u32) -> pb::Xid {
         gtrid: gtrid.to_string(),
         bqual: bqual.to_string(),
     }
+}
+
+/// The state machine answered a command with a result of another command: a bug,
+/// reported as retryable rather than crashing the node.
+fn unexpected(answer: CommandResult) -> DriveError {
+    DriveError::Unavailable(format!("unexpected state machine answer {answer:?}"))
 }
 
 fn refusal(r: Refusal) -> DriveError {

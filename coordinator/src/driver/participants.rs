@@ -2,6 +2,7 @@
 //! their answers (including garbage) onto protocol outcomes.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,6 +67,30 @@ impl ParticipantPool {
         Ok(client)
     }
 
+    /// One unary call to a participant, bounded by `timeout`. A failure carries the
+    /// status code (none for a timeout or a bad endpoint) and a detail naming the
+    /// endpoint.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        req: Req,
+        rpc: F,
+    ) -> Result<Resp, (Option<tonic::Code>, String)>
+    where
+        F: FnOnce(ParticipantClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let client = self.client(endpoint).map_err(|e| (None, e))?;
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, rpc(client, req)).await {
+            Err(_) => Err((None, format!("{endpoint}: no answer within {timeout:?}"))),
+            Ok(Err(status)) => Err((Some(status.code()), format!("{endpoint}: {status}"))),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }
+
     /// Phase 1 on one branch, bounded by `timeout`.
     pub async fn prepare(
         &self,
@@ -74,37 +99,30 @@ impl ParticipantPool {
         xid: pb::Xid,
         timeout: Duration,
     ) -> PrepareOutcome {
-        let mut client = match self.client(endpoint) {
-            Ok(c) => c,
-            Err(e) => return PrepareOutcome::Unreachable(e),
-        };
-        let mut req = tonic::Request::new(pb::PrepareRequest {
+        let req = pb::PrepareRequest {
             resource: resource.to_string(),
             xid: Some(xid),
-        });
-        req.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.prepare(req)).await {
-            Err(_) => {
-                PrepareOutcome::Unreachable(format!("{endpoint}: no answer within {timeout:?}"))
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                PrepareOutcome::No(format!("{endpoint}: {}", status.message()))
-            }
-            Ok(Err(status)) => PrepareOutcome::Unreachable(format!("{endpoint}: {status}")),
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                match pb::Vote::try_from(resp.vote) {
-                    Ok(pb::Vote::Yes) => PrepareOutcome::Yes,
-                    Ok(pb::Vote::ReadOnly) => PrepareOutcome::ReadOnly,
-                    Ok(pb::Vote::No) => {
-                        PrepareOutcome::No(format!("{endpoint}/{resource}: {}", resp.detail))
-                    }
-                    Ok(pb::Vote::Unspecified) | Err(_) => PrepareOutcome::Garbage(format!(
-                        "{endpoint}/{resource}: vote {} is not a vote",
-                        resp.vote
-                    )),
+        };
+        let resp = self
+            .call(endpoint, timeout, req, |mut c, r| async move {
+                c.prepare(r).await
+            })
+            .await;
+        match resp {
+            // The participant does not host the resource: it cannot have prepared.
+            Err((Some(tonic::Code::NotFound), detail)) => PrepareOutcome::No(detail),
+            Err((_, detail)) => PrepareOutcome::Unreachable(detail),
+            Ok(resp) => match pb::Vote::try_from(resp.vote) {
+                Ok(pb::Vote::Yes) => PrepareOutcome::Yes,
+                Ok(pb::Vote::ReadOnly) => PrepareOutcome::ReadOnly,
+                Ok(pb::Vote::No) => {
+                    PrepareOutcome::No(format!("{endpoint}/{resource}: {}", resp.detail))
                 }
-            }
+                Ok(pb::Vote::Unspecified) | Err(_) => PrepareOutcome::Garbage(format!(
+                    "{endpoint}/{resource}: vote {} is not a vote",
+                    resp.vote
+                )),
+            },
         }
     }
 
@@ -117,30 +135,26 @@ impl ParticipantPool {
         one_phase: bool,
         timeout: Duration,
     ) -> Phase2Outcome {
-        let mut client = match self.client(endpoint) {
-            Ok(c) => c,
-            Err(e) => return Phase2Outcome::Retry(e),
-        };
-        let mut req = tonic::Request::new(pb::BranchCommitRequest {
+        let req = pb::BranchCommitRequest {
             resource: resource.to_string(),
             xid: Some(xid),
             one_phase,
-        });
-        req.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.commit(req)).await {
-            Err(_) => Phase2Outcome::Retry(format!("{endpoint}: no answer within {timeout:?}")),
-            Ok(Err(status)) => Phase2Outcome::Retry(format!("{endpoint}: {status}")),
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                match pb::BranchCommitResult::try_from(resp.result) {
-                    Ok(pb::BranchCommitResult::Committed) => Phase2Outcome::Committed,
-                    Ok(pb::BranchCommitResult::RolledBack) => Phase2Outcome::RolledBack,
-                    _ => Phase2Outcome::Retry(format!(
-                        "{endpoint}/{resource}: commit result {} is not a result",
-                        resp.result
-                    )),
-                }
-            }
+        };
+        let resp = self
+            .call(endpoint, timeout, req, |mut c, r| async move {
+                c.commit(r).await
+            })
+            .await;
+        match resp {
+            Err((_, detail)) => Phase2Outcome::Retry(detail),
+            Ok(resp) => match pb::BranchCommitResult::try_from(resp.result) {
+                Ok(pb::BranchCommitResult::Committed) => Phase2Outcome::Committed,
+                Ok(pb::BranchCommitResult::RolledBack) => Phase2Outcome::RolledBack,
+                _ => Phase2Outcome::Retry(format!(
+                    "{endpoint}/{resource}: commit result {} is not a result",
+                    resp.result
+                )),
+            },
         }
     }
 
@@ -152,29 +166,25 @@ impl ParticipantPool {
         xid: pb::Xid,
         timeout: Duration,
     ) -> Phase2Outcome {
-        let mut client = match self.client(endpoint) {
-            Ok(c) => c,
-            Err(e) => return Phase2Outcome::Retry(e),
-        };
-        let mut req = tonic::Request::new(pb::BranchRollbackRequest {
+        let req = pb::BranchRollbackRequest {
             resource: resource.to_string(),
             xid: Some(xid),
-        });
-        req.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.rollback(req)).await {
-            Err(_) => Phase2Outcome::Retry(format!("{endpoint}: no answer within {timeout:?}")),
-            Ok(Err(status)) => Phase2Outcome::Retry(format!("{endpoint}: {status}")),
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                match pb::BranchRollbackResult::try_from(resp.result) {
-                    Ok(pb::BranchRollbackResult::RolledBack) => Phase2Outcome::RolledBack,
-                    Ok(pb::BranchRollbackResult::AlreadyCommitted) => Phase2Outcome::Committed,
-                    _ => Phase2Outcome::Retry(format!(
-                        "{endpoint}/{resource}: rollback result {} is not a result",
-                        resp.result
-                    )),
-                }
-            }
+        };
+        let resp = self
+            .call(endpoint, timeout, req, |mut c, r| async move {
+                c.rollback(r).await
+            })
+            .await;
+        match resp {
+            Err((_, detail)) => Phase2Outcome::Retry(detail),
+            Ok(resp) => match pb::BranchRollbackResult::try_from(resp.result) {
+                Ok(pb::BranchRollbackResult::RolledBack) => Phase2Outcome::RolledBack,
+                Ok(pb::BranchRollbackResult::AlreadyCommitted) => Phase2Outcome::Committed,
+                _ => Phase2Outcome::Retry(format!(
+                    "{endpoint}/{resource}: rollback result {} is not a result",
+                    resp.result
+                )),
+            },
         }
     }
 }

@@ -34,23 +34,13 @@ impl Driver {
     }
 
     async fn run_phase2(self, txn: u64, term: u64) {
-        let (decision, branches) = {
-            let sm = self.inner.sm.read();
-            match sm.table.lookup(txn) {
-                Lookup::Live(rec) => match &rec.decision {
-                    Some(d) => (d.clone(), rec.branches.clone()),
-                    None => {
-                        drop(sm);
-                        lock(&self.inner.phase2).remove(&txn);
-                        return;
-                    }
-                },
-                _ => {
-                    drop(sm);
-                    lock(&self.inner.phase2).remove(&txn);
-                    return;
-                }
-            }
+        let found = match self.inner.sm.read().table.lookup(txn) {
+            Lookup::Live(rec) => rec.decision.clone().map(|d| (d, rec.branches.clone())),
+            _ => None,
+        };
+        let Some((decision, branches)) = found else {
+            lock(&self.inner.phase2).remove(&txn);
+            return;
         };
         let gtrid = self.gtrid(txn);
         let acks = join_all(branches.iter().filter(|b| !b.skip_phase2).map(|b| {
