@@ -7,6 +7,7 @@
 //! - [`recovery`]: the participant-side loop that resolves in-doubt branches.
 //! - [`client`]: the coordinator client (leader discovery, retries, deadlines).
 //! - [`durable`]: sled with a real, group-committed fdatasync.
+//! - [`failpoint`]: crash points for tests, chosen through `RATIFY_FAILPOINTS`.
 //! - [`accounts`]: an embedded, durable account-balance store for demos and tests.
 //! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
 
@@ -14,6 +15,7 @@ pub mod accounts;
 mod branch_log;
 pub mod client;
 pub mod durable;
+pub mod failpoint;
 pub mod noop;
 pub mod recovery;
 pub mod resource;
