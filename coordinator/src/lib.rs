@@ -9,7 +9,9 @@
 //!   fdatasync, state machine snapshots, Raft network).
 //! - [`driver`]: leader-only 2PC engine (prepare fan-out, decisions, phase 2,
 //!   timeouts, failover recovery).
-//! - [`service`]: the gRPC services; the only place errors become `Status`.
+//! - [`service`]: the gRPC services; the only place errors become `Status`. Also the
+//!   Prometheus endpoint.
+//! - [`metrics`]: the node's counters and their Prometheus text rendering.
 //! - [`server`]: [`server::run`] wires a node together.
 
 // openraft's StorageError and ConfigError are large by design, and the storage traits
@@ -18,6 +20,7 @@
 
 pub mod driver;
 pub mod local;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod service;

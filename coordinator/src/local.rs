@@ -32,6 +32,8 @@ pub enum LocalError {
 struct LocalNode {
     /// Its addresses.
     info: NodeInfo,
+    /// Where it serves Prometheus metrics.
+    metrics_addr: String,
     /// The running process, if any.
     child: Option<Child>,
 }
@@ -79,7 +81,15 @@ impl LocalCluster {
                 raft_addr: format!("127.0.0.1:{}", free_port()?),
                 api_addr: format!("127.0.0.1:{}", free_port()?),
             };
-            nodes.insert(id, LocalNode { info, child: None });
+            let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+            nodes.insert(
+                id,
+                LocalNode {
+                    info,
+                    metrics_addr,
+                    child: None,
+                },
+            );
         }
         let mut cluster = Self {
             binary: binary.to_path_buf(),
@@ -113,6 +123,25 @@ impl LocalCluster {
     /// [`LocalError::NoSuchNode`].
     pub fn api_addr(&self, id: NodeId) -> Result<String, LocalError> {
         Ok(self.node(id)?.info.api_addr.clone())
+    }
+
+    /// Where node `id` serves Prometheus metrics (`http://ADDR/metrics`).
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`].
+    pub fn metrics_addr(&self, id: NodeId) -> Result<String, LocalError> {
+        Ok(self.node(id)?.metrics_addr.clone())
+    }
+
+    /// Scrapes node `id`'s Prometheus metrics (`name{labels}` → value).
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`], or [`LocalError::Io`] when the node does not answer.
+    pub async fn metrics(&self, id: NodeId) -> Result<BTreeMap<String, f64>, LocalError> {
+        let addr = self.metrics_addr(id)?;
+        crate::metrics::scrape(&addr)
+            .await
+            .map_err(|e| LocalError::Io(format!("metrics of node {id} at {addr}"), e))
     }
 
     /// The data folder of node `id`.
@@ -151,6 +180,8 @@ impl LocalCluster {
             .arg(&node.info.raft_addr)
             .arg("--api-addr")
             .arg(&node.info.api_addr)
+            .arg("--metrics-addr")
+            .arg(&node.metrics_addr)
             .arg("--data-dir")
             .arg(&data_dir);
         for p in &peers {

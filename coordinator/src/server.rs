@@ -27,6 +27,8 @@ pub struct NodeConfig {
     pub raft_addr: String,
     /// Where to listen for clients (`host:port`).
     pub api_addr: String,
+    /// Where to serve Prometheus metrics over HTTP (`host:port`), if anywhere.
+    pub metrics_addr: Option<String>,
     /// Where the node keeps its log and snapshots. One node per folder.
     pub data_dir: PathBuf,
     /// The initial members (including this node), used when `init` is set.
@@ -68,6 +70,9 @@ pub enum StartError {
     /// A server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The metrics server failed.
+    #[error("metrics server: {0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Records the node id in the data dir on first start and refuses a different one later.
@@ -128,6 +133,10 @@ pub async fn run(
     let shared = sm.shared();
     let raft_listener = bind(&config.raft_addr).await?;
     let api_listener = bind(&config.api_addr).await?;
+    let metrics_listener = match &config.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let raft = new_raft(
         config.id,
         raft_config("ratify").map_err(|e| StartError::Raft(e.to_string()))?,
@@ -145,6 +154,13 @@ pub async fn run(
         config.driver.clone(),
         stop_rx.clone(),
     );
+    let metrics_task = metrics_listener.map(|l| {
+        tokio::spawn(crate::service::metrics::serve(
+            l,
+            driver.clone(),
+            wait_stop(stop_rx.clone()),
+        ))
+    });
     let service = CoordinatorService::new(driver, log);
 
     let raft_server = tonic::transport::Server::builder()
@@ -173,7 +189,13 @@ pub async fn run(
             Err(e) => return Err(StartError::Raft(e.to_string())),
         }
     }
-    tracing::info!(id = config.id, raft = %config.raft_addr, api = %config.api_addr, "node running");
+    tracing::info!(
+        id = config.id,
+        raft = %config.raft_addr,
+        api = %config.api_addr,
+        metrics = config.metrics_addr.as_deref().unwrap_or("off"),
+        "node running"
+    );
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -182,6 +204,11 @@ pub async fn run(
     for task in [raft_task, api_task] {
         if let Ok(Err(e)) = task.await {
             return Err(e.into());
+        }
+    }
+    if let Some(task) = metrics_task {
+        if let Ok(Err(e)) = task.await {
+            return Err(StartError::Metrics(e));
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::txn::{Command, CommandResult};
+use crate::txn::{CommandResult, Proposal};
 
 /// A coordinator node's Raft id.
 pub type NodeId = u64;
@@ -31,8 +31,8 @@ impl fmt::Display for NodeInfo {
 openraft::declare_raft_types!(
     /// Ratify's openraft type configuration.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Proposal,
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
@@ -73,15 +73,16 @@ pub mod typ {
     pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;
 }
 
-/// A global transaction id: the cluster id and the Raft log index of the Begin entry.
+/// A global transaction id: the cluster id and the transaction's number, which the
+/// replicated table assigns to each Begin in log order (dense, never reused).
 ///
-/// Rendered as 32 lowercase hex digits (16 for the cluster, 16 for the index), so it is
+/// Rendered as 32 lowercase hex digits (16 for the cluster, 16 for the number), so it is
 /// unique forever across leader changes and across clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Gtrid {
     /// Random id chosen once when the cluster was created.
     pub cluster: u64,
-    /// Log index of the Begin entry.
+    /// The transaction's number (from 1).
     pub index: u64,
 }
 

@@ -322,3 +322,59 @@ async fn a_node_refuses_another_nodes_data_dir() -> anyhow::Result<()> {
     assert!(stderr.contains("belongs to node 1"), "{stderr}");
     Ok(())
 }
+
+/// The leader's Prometheus endpoint reports the work it did: transactions begun,
+/// decisions by outcome, participant calls, and Raft entries carrying the commands.
+/// Followers report the same transaction counts from their copy of the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_reports_the_work_done() -> anyhow::Result<()> {
+    let c = TestCluster::start(&[]).await?;
+    let bank = Bank::open(&c).await?;
+    let commits = 5;
+    for i in 0..commits {
+        let t = bank.transfer(&c.client, 1 + i, 2 + i, 1).await?;
+        must_commit(&c.client.commit(&t.gtrid).await?);
+    }
+    let t = bank.transfer(&c.client, 1, 2, INITIAL + 1).await?;
+    must_abort(&c.client.commit(&t.gtrid).await?, pb::Reason::VotedNo);
+    c.wait_all_completed(Duration::from_secs(10)).await?;
+
+    let leader = c.leader().await?;
+    let m = c.nodes.metrics(leader).await?;
+    let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    assert_eq!(get("ratify_node_is_leader"), 1.0);
+    assert_eq!(get("ratify_transactions_begun_total"), commits as f64 + 1.0);
+    assert_eq!(
+        get("ratify_decisions_total{outcome=\"commit\"}"),
+        commits as f64
+    );
+    assert_eq!(get("ratify_decisions_total{outcome=\"abort\"}"), 1.0);
+    assert_eq!(get("ratify_transactions{state=\"live\"}"), 0.0);
+    assert!(get("ratify_participant_calls_total{phase=\"prepare\"}") >= 2.0 * commits as f64);
+    // Begin + Decide per transaction, plus completions: every command rode in an entry.
+    assert!(get("ratify_proposed_commands_total") >= 2.0 * (commits as f64 + 1.0));
+    assert!(get("ratify_proposals_total") >= 1.0);
+    assert!(get("ratify_proposals_total") <= get("ratify_proposed_commands_total"));
+
+    for id in c.nodes.ids() {
+        if id == leader {
+            continue;
+        }
+        // A follower learns the commit index with the next heartbeat.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let f = c.nodes.metrics(id).await?;
+            assert_eq!(f.get("ratify_node_is_leader"), Some(&0.0));
+            if f.get("ratify_transactions_begun_total") == Some(&(commits as f64 + 1.0)) {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "follower {id} reports {:?} transactions begun",
+                f.get("ratify_transactions_begun_total")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}

@@ -165,15 +165,36 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
     let q = c.client.query_outcome(xid).await?;
     assert_eq!(q.outcome, pb::Outcome::InProgress as i32, "{q:?}");
 
-    // An index below the applied one that is not a Begin: no transaction, no decision.
-    let never = Xid::new(format!("{}{:016x}", &live.gtrid[..16], 2u64), "1")?;
-    let q = c.client.query_outcome(&never).await?;
+    // Begun, never committed, past its timeout: the answer is ABORTED, logged first
+    // (by the inquiry, or by the timeout scanner if it got there first).
+    let stale = c
+        .client
+        .begin(BeginOptions {
+            timeout: Duration::from_millis(300),
+            branches: bank.branches(),
+            ..Default::default()
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let never = &stale.branches[0].xid;
+    let q = c.client.query_outcome(never).await?;
     assert_eq!(q.outcome, pb::Outcome::Aborted as i32, "{q:?}");
-    assert_eq!(q.reason, pb::Reason::ParticipantInquiry as i32, "{q:?}");
+    assert!(
+        [
+            pb::Reason::ParticipantInquiry as i32,
+            pb::Reason::Timeout as i32
+        ]
+        .contains(&q.reason),
+        "{q:?}"
+    );
 
-    // Never issued by this cluster (beyond the log): refused, nothing recorded.
-    let future = Xid::new(format!("{}{:016x}", &live.gtrid[..16], u64::MAX / 2), "1")?;
-    assert!(c.client.query_outcome(&future).await.is_err());
+    // Never issued by this cluster: refused, nothing recorded — the next number as well
+    // as one far beyond the log.
+    let stale_index = u64::from_str_radix(&stale.gtrid[16..], 16)?;
+    for index in [stale_index + 1, u64::MAX / 2] {
+        let future = Xid::new(format!("{}{index:016x}", &live.gtrid[..16]), "1")?;
+        assert!(c.client.query_outcome(&future).await.is_err());
+    }
 
     // The presumed abort survives a leader change.
     let leader = c.leader().await?;

@@ -14,6 +14,7 @@
 //! run (`inflight`), and every write is a Raft proposal, so a deposed leader's late
 //! decisions cannot commit (DESIGN §4.8).
 
+mod batcher;
 mod leader;
 pub mod participants;
 mod phase2;
@@ -27,11 +28,12 @@ use ratify_proto::pb;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::metrics::Counters;
 use crate::raft::SharedSm;
 use crate::txn::{
     BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal,
 };
-use crate::types::typ::{ClientWriteError, Raft, RaftError};
+use crate::types::typ::{Raft, RaftError};
 use crate::types::{now_ms, Gtrid, NodeId, NodeInfo};
 use participants::{ParticipantPool, Phase2Outcome, PrepareOutcome};
 
@@ -48,6 +50,11 @@ pub struct DriverConfig {
     pub one_phase: bool,
     /// How long a proposal may wait for the log before the caller is told to retry.
     pub propose_timeout: Duration,
+    /// Raft entries the leader keeps in flight at once; commands arriving meanwhile
+    /// share the next entry (see `driver/batcher.rs`).
+    pub propose_pipeline: usize,
+    /// Most commands one Raft entry carries.
+    pub max_batch: usize,
     /// How often the leader scans for timed-out and undriven transactions.
     pub scan_interval: Duration,
 }
@@ -60,6 +67,8 @@ impl Default for DriverConfig {
             default_txn_timeout: Duration::from_secs(30),
             one_phase: true,
             propose_timeout: Duration::from_secs(5),
+            propose_pipeline: 2,
+            max_batch: 512,
             scan_interval: Duration::from_millis(200),
         }
     }
@@ -119,8 +128,12 @@ pub struct Driver {
 struct Inner {
     /// This node.
     id: NodeId,
-    /// The Raft handle: the only way to change a transaction.
+    /// The Raft handle.
     raft: Raft,
+    /// The only way to change a transaction: proposals, batched into Raft entries.
+    batcher: batcher::Batcher,
+    /// What this node did, for the metrics endpoint.
+    counters: Arc<Counters>,
     /// Read access to the applied table.
     sm: SharedSm,
     /// Tunables.
@@ -153,10 +166,19 @@ impl Driver {
     ) -> Self {
         let (completions, completions_rx) = mpsc::unbounded_channel();
         let (leader_term, _) = watch::channel(None);
+        let counters = Arc::new(Counters::default());
+        let batcher = batcher::Batcher::start(
+            raft.clone(),
+            config.propose_pipeline,
+            config.max_batch,
+            counters.clone(),
+        );
         let driver = Self {
             inner: Arc::new(Inner {
                 id,
                 raft,
+                batcher,
+                counters,
                 sm,
                 config,
                 pool: ParticipantPool::default(),
@@ -183,6 +205,11 @@ impl Driver {
     /// The applied state.
     pub fn sm(&self) -> &SharedSm {
         &self.inner.sm
+    }
+
+    /// What this node did since it started.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// The default transaction timeout.
@@ -244,17 +271,14 @@ impl Driver {
 
     /// Proposes a command and returns what the state machine answered.
     async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
-        let write = self.inner.raft.client_write(cmd);
-        match tokio::time::timeout(self.inner.config.propose_timeout, write).await {
-            Err(_) => Err(DriveError::Unavailable(
-                "the log did not commit the request in time (no quorum?); retry".into(),
-            )),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(DriveError::NotLeader(f.leader_node))
-            }
-            Ok(Err(e)) => Err(DriveError::Unavailable(e.to_string())),
-        }
+        let write = self.inner.batcher.propose(cmd);
+        tokio::time::timeout(self.inner.config.propose_timeout, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DriveError::Unavailable(
+                    "the log did not commit the request in time (no quorum?); retry".into(),
+                ))
+            })
     }
 
     /// Records a decision (or learns the one that won) and starts phase 2 if needed.
@@ -265,6 +289,7 @@ impl Driver {
         prepared: Option<u32>,
         skip: Vec<u32>,
     ) -> Result<Decision, DriveError> {
+        let proposed = decision.clone();
         let cmd = Command::Decide {
             txn,
             decision,
@@ -274,6 +299,14 @@ impl Driver {
         };
         match self.propose(cmd).await? {
             CommandResult::Decided(d) => {
+                if d == proposed {
+                    let c = &self.inner.counters;
+                    Counters::inc(if d.commit {
+                        &c.decisions_commit
+                    } else {
+                        &c.decisions_abort
+                    });
+                }
                 self.ensure_phase2(txn);
                 Ok(d)
             }
@@ -443,8 +476,15 @@ impl Driver {
             .collect();
         let mut read_only = Vec::new();
         let mut failure = None;
+        Counters::add(&self.inner.counters.prepare_calls, branches.len() as u64);
         while let Some((bqual, vote)) = votes.next().await {
             tracing::debug!(bqual, ?vote, "vote");
+            if matches!(
+                vote,
+                PrepareOutcome::Unreachable(_) | PrepareOutcome::Garbage(_)
+            ) {
+                Counters::inc(&self.inner.counters.prepare_failures);
+            }
             match vote {
                 PrepareOutcome::Yes => {}
                 PrepareOutcome::ReadOnly => read_only.push(bqual),
@@ -590,13 +630,9 @@ impl Driver {
                 Lookup::Finished(f) => return Ok(QueryAnswer::Decided(f.decision.clone())),
                 Lookup::Forgotten => return Ok(QueryAnswer::Forgotten),
                 Lookup::Unknown => {
-                    let applied = sm.last_applied.map_or(0, |l| l.index);
-                    if txn > applied {
-                        return Err(DriveError::NotFound(format!(
-                            "no transaction {gtrid} was ever begun"
-                        )));
-                    }
-                    false
+                    return Err(DriveError::NotFound(format!(
+                        "no transaction {gtrid} was ever begun"
+                    )));
                 }
             }
         };

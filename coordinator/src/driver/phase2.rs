@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::participants::Phase2Outcome;
 use super::{lock, xid_pb, Driver};
+use crate::metrics::Counters;
 use crate::txn::{Command, Lookup};
 use crate::types::now_ms;
 
@@ -54,6 +55,7 @@ impl Driver {
                         return false;
                     }
                     let timeout = driver.inner.config.phase2_timeout;
+                    Counters::inc(&driver.inner.counters.phase2_calls);
                     let pool = &driver.inner.pool;
                     let answer = if commit {
                         pool.commit(
@@ -74,6 +76,7 @@ impl Driver {
                         Phase2Outcome::Committed | Phase2Outcome::RolledBack => {
                             // The branch decided on its own against the log: a heuristic
                             // outcome. Nothing more can be done by retrying.
+                            Counters::inc(&driver.inner.counters.heuristic_outcomes);
                             tracing::error!(
                                 bqual = b.bqual,
                                 decision = if commit { "commit" } else { "abort" },
@@ -84,6 +87,7 @@ impl Driver {
                         }
                         Phase2Outcome::Retry(detail) => {
                             tracing::debug!(bqual = b.bqual, %detail, "phase 2 retry");
+                            Counters::inc(&driver.inner.counters.phase2_retries);
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(2));
                         }

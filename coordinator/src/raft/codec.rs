@@ -6,8 +6,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The current encoding version.
-const VERSION: u8 = 1;
+/// The current encoding version. 2: log entries carry a batch of commands; transactions are numbered by the table.
+const VERSION: u8 = 2;
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]

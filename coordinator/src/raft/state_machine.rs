@@ -144,7 +144,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((d.last_applied, d.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -154,14 +154,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             d.last_applied = Some(entry.log_id);
             let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(cmd) => {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(proposal) => {
                     let _span = tracing::trace_span!("apply", index = entry.log_id.index).entered();
-                    d.table.apply(entry.log_id.index, cmd)
+                    proposal
+                        .commands
+                        .into_iter()
+                        .map(|cmd| d.table.apply(cmd))
+                        .collect()
                 }
                 EntryPayload::Membership(m) => {
                     d.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    CommandResult::None
+                    Vec::new()
                 }
             };
             results.push(result);

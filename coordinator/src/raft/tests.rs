@@ -51,9 +51,9 @@ async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Resul
         let log = log.clone();
         writes.push(tokio::spawn(async move {
             let resp = raft
-                .client_write(Command::SetClusterId { cluster_id: i + 1 })
+                .client_write(Command::SetClusterId { cluster_id: i + 1 }.into())
                 .await?;
-            assert!(matches!(resp.data, CommandResult::ClusterId(_)));
+            assert!(matches!(resp.data[..], [CommandResult::ClusterId(_)]));
             let durable = log.durable_upto();
             anyhow::ensure!(
                 durable >= resp.log_id.index,

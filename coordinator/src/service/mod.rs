@@ -4,8 +4,10 @@
 //! - this file: [`to_status`], the single mapping from driver errors to status codes.
 //! - [`coordinator`]: the public `Coordinator` and `Admin` services.
 //! - [`raft`]: the internal `Raft` service (served on its own port).
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (plain HTTP, its own port).
 
 pub mod coordinator;
+pub mod metrics;
 pub mod raft;
 
 use tonic::metadata::MetadataValue;

@@ -151,7 +151,7 @@ pub enum Command {
         /// Random 64-bit id.
         cluster_id: u64,
     },
-    /// Starts a transaction; its gtrid is the index of this entry.
+    /// Starts a transaction; it gets the table's next transaction number.
     Begin {
         /// Proposer's clock, Unix ms.
         now_ms: u64,
@@ -164,7 +164,7 @@ pub enum Command {
     },
     /// Enlists one branch in an undecided transaction.
     Enlist {
-        /// Target transaction (log index of its Begin).
+        /// Target transaction (its number).
         txn: u64,
         /// The branch.
         branch: BranchSpec,
@@ -190,6 +190,24 @@ pub enum Command {
         /// Proposer's clock, Unix ms.
         now_ms: u64,
     },
+}
+
+/// What one Raft log entry carries: commands proposed together, applied in order.
+///
+/// The leader batches concurrent requests into one entry, so one append and one
+/// fsync on each node serve many transactions (group commit at the Raft layer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The commands, in the order they are applied.
+    pub commands: Vec<Command>,
+}
+
+impl From<Command> for Proposal {
+    fn from(cmd: Command) -> Self {
+        Self {
+            commands: vec![cmd],
+        }
+    }
 }
 
 /// Why the state machine refused a command. Nothing changed.

@@ -18,14 +18,14 @@ pub const FINISHED_RETENTION: usize = 200_000;
 pub struct TxnTable {
     /// Prefix of every gtrid; 0 until the first `SetClusterId` is applied.
     pub cluster_id: u64,
-    /// Transactions not yet COMPLETED, by Begin index.
+    /// The number the next Begin gets (from 1). Numbers are dense and never reused, so
+    /// a number at or above this one was never issued, and one below it was issued.
+    pub next_txn: u64,
+    /// Transactions not yet COMPLETED, by number.
     pub live: BTreeMap<u64, TxnRecord>,
-    /// Decisions of COMPLETED transactions, by Begin index, bounded by
+    /// Decisions of COMPLETED transactions, by number, bounded by
     /// [`FINISHED_RETENTION`].
     pub finished: BTreeMap<u64, FinishedRecord>,
-    /// Every completed transaction at or below this index whose record is gone was
-    /// forgotten: its outcome is unknown, not presumed aborted.
-    pub forgotten_upto: u64,
 }
 
 /// Where a transaction stands, as found in the table.
@@ -37,7 +37,7 @@ pub enum Lookup<'a> {
     Finished(&'a FinishedRecord),
     /// Completed long ago and forgotten.
     Forgotten,
-    /// Never begun (as far as this table, which has applied up to its last index, knows).
+    /// Never issued (as far as this table, which has applied up to its last entry, knows).
     Unknown,
 }
 
@@ -48,16 +48,19 @@ impl TxnTable {
             Lookup::Live(r)
         } else if let Some(f) = self.finished.get(&txn) {
             Lookup::Finished(f)
-        } else if txn <= self.forgotten_upto {
-            Lookup::Forgotten
-        } else {
+        } else if txn == 0 || txn >= self.next_txn {
             Lookup::Unknown
+        } else {
+            // Issued, not live, not kept: completed and dropped from the bounded
+            // outcome list. Its outcome is unknown, never presumed aborted.
+            Lookup::Forgotten
         }
     }
 
-    /// Applies one command found at log `index`. Deterministic: depends only on the
-    /// table and the command, never on the local clock.
-    pub fn apply(&mut self, index: u64, cmd: Command) -> CommandResult {
+    /// Applies one command. Deterministic: depends only on the table and the command,
+    /// never on the local clock or on where the command sits in the log (a log entry
+    /// carries a batch of commands).
+    pub fn apply(&mut self, cmd: Command) -> CommandResult {
         match cmd {
             Command::SetClusterId { cluster_id } => {
                 if self.cluster_id == 0 {
@@ -86,12 +89,14 @@ impl TxnTable {
                         return CommandResult::Refused(refusal);
                     }
                 }
+                let txn = self.next_txn.max(1);
+                self.next_txn = txn + 1;
                 let result = CommandResult::Begun {
-                    txn: index,
+                    txn,
                     deadline_ms: rec.deadline_ms,
                     branches: rec.branches.clone(),
                 };
-                self.live.insert(index, rec);
+                self.live.insert(txn, rec);
                 result
             }
             Command::Enlist { txn, branch } => match self.live.get_mut(&txn) {
@@ -137,17 +142,12 @@ impl TxnTable {
         complete: bool,
     ) -> CommandResult {
         let Some(rec) = self.live.get_mut(&txn) else {
+            // Not live: either completed (the recorded decision answers) or never
+            // issued / forgotten. Recording an abort for a number never issued would
+            // collide with the Begin that later takes it, so that is refused; presumed
+            // abort applies to issued, undecided transactions, which are live.
             return match self.lookup(txn) {
                 Lookup::Finished(f) => CommandResult::Decided(f.decision.clone()),
-                Lookup::Forgotten => CommandResult::Refused(Refusal::NotFound),
-                // Presumed abort made durable: an abort of a transaction this table
-                // never saw leaves a completed ABORT record, so a late prepare or a
-                // repeated question gets the same answer.
-                _ if !decision.commit => {
-                    let now = decision.decided_ms;
-                    self.finish(txn, decision.clone(), now);
-                    CommandResult::Decided(decision)
-                }
                 _ => CommandResult::Refused(Refusal::NotFound),
             };
         };
@@ -188,9 +188,7 @@ impl TxnTable {
             },
         );
         while self.finished.len() > FINISHED_RETENTION {
-            if let Some((oldest, _)) = self.finished.pop_first() {
-                self.forgotten_upto = self.forgotten_upto.max(oldest);
-            }
+            self.finished.pop_first();
         }
     }
 }
@@ -235,18 +233,16 @@ mod tests {
         }
     }
 
-    fn begun(t: &mut TxnTable, index: u64, branches: u32) -> u64 {
-        let r = t.apply(
-            index,
-            Command::Begin {
-                now_ms: 1_000,
-                timeout_ms: 500,
-                labels: BTreeMap::new(),
-                branches: (0..branches).map(spec).collect(),
-            },
-        );
-        assert!(matches!(r, CommandResult::Begun { txn, .. } if txn == index));
-        index
+    fn begun(t: &mut TxnTable, branches: u32) -> u64 {
+        let expected = t.next_txn.max(1);
+        let r = t.apply(Command::Begin {
+            now_ms: 1_000,
+            timeout_ms: 500,
+            labels: BTreeMap::new(),
+            branches: (0..branches).map(spec).collect(),
+        });
+        assert!(matches!(r, CommandResult::Begun { txn, .. } if txn == expected));
+        expected
     }
 
     fn decision(commit: bool, reason: Reason) -> Decision {
@@ -259,47 +255,41 @@ mod tests {
     }
 
     fn decide(t: &mut TxnTable, txn: u64, commit: bool, reason: Reason) -> CommandResult {
-        t.apply(
-            999,
-            Command::Decide {
-                txn,
-                decision: decision(commit, reason),
-                prepared_branches: commit
-                    .then(|| t.live.get(&txn).map_or(0, |r| r.branches.len() as u32)),
-                skip_phase2: vec![],
-                complete: false,
-            },
-        )
+        t.apply(Command::Decide {
+            txn,
+            decision: decision(commit, reason),
+            prepared_branches: commit
+                .then(|| t.live.get(&txn).map_or(0, |r| r.branches.len() as u32)),
+            skip_phase2: vec![],
+            complete: false,
+        })
     }
 
     fn table() -> TxnTable {
         let mut t = TxnTable::default();
-        t.apply(1, Command::SetClusterId { cluster_id: 7 });
+        t.apply(Command::SetClusterId { cluster_id: 7 });
         t
     }
 
     #[test]
     fn begin_is_refused_until_the_cluster_has_an_id() {
         let mut t = TxnTable::default();
-        let r = t.apply(
-            1,
-            Command::Begin {
-                now_ms: 0,
-                timeout_ms: 1,
-                labels: BTreeMap::new(),
-                branches: vec![],
-            },
-        );
+        let r = t.apply(Command::Begin {
+            now_ms: 0,
+            timeout_ms: 1,
+            labels: BTreeMap::new(),
+            branches: vec![],
+        });
         assert_eq!(r, CommandResult::Refused(Refusal::NoClusterId));
-        t.apply(2, Command::SetClusterId { cluster_id: 9 });
-        t.apply(3, Command::SetClusterId { cluster_id: 10 });
+        t.apply(Command::SetClusterId { cluster_id: 9 });
+        t.apply(Command::SetClusterId { cluster_id: 10 });
         assert_eq!(t.cluster_id, 9, "the first cluster id must win");
     }
 
     #[test]
     fn first_decision_wins() {
         let mut t = table();
-        let txn = begun(&mut t, 5, 2);
+        let txn = begun(&mut t, 2);
         let first = decide(&mut t, txn, false, Reason::Timeout);
         let second = decide(&mut t, txn, true, Reason::ClientCommit);
         assert_eq!(first, second);
@@ -311,31 +301,22 @@ mod tests {
     #[test]
     fn enlist_is_idempotent_and_refused_after_decision() {
         let mut t = table();
-        let txn = begun(&mut t, 5, 1);
-        let again = t.apply(
-            6,
-            Command::Enlist {
-                txn,
-                branch: spec(0),
-            },
-        );
+        let txn = begun(&mut t, 1);
+        let again = t.apply(Command::Enlist {
+            txn,
+            branch: spec(0),
+        });
         assert!(matches!(again, CommandResult::Enlisted(b) if b.bqual == 1));
-        let new = t.apply(
-            7,
-            Command::Enlist {
-                txn,
-                branch: spec(1),
-            },
-        );
+        let new = t.apply(Command::Enlist {
+            txn,
+            branch: spec(1),
+        });
         assert!(matches!(new, CommandResult::Enlisted(b) if b.bqual == 2));
         decide(&mut t, txn, true, Reason::ClientCommit);
-        let late = t.apply(
-            8,
-            Command::Enlist {
-                txn,
-                branch: spec(2),
-            },
-        );
+        let late = t.apply(Command::Enlist {
+            txn,
+            branch: spec(2),
+        });
         assert!(matches!(
             late,
             CommandResult::Refused(Refusal::AlreadyDecided(_))
@@ -350,24 +331,18 @@ mod tests {
     #[test]
     fn commit_is_refused_when_a_branch_sneaked_in_during_prepare() {
         let mut t = table();
-        let txn = begun(&mut t, 5, 1);
-        t.apply(
-            6,
-            Command::Enlist {
-                txn,
-                branch: spec(9),
-            },
-        );
-        let r = t.apply(
-            7,
-            Command::Decide {
-                txn,
-                decision: decision(true, Reason::ClientCommit),
-                prepared_branches: Some(1),
-                skip_phase2: vec![],
-                complete: false,
-            },
-        );
+        let txn = begun(&mut t, 1);
+        t.apply(Command::Enlist {
+            txn,
+            branch: spec(9),
+        });
+        let r = t.apply(Command::Decide {
+            txn,
+            decision: decision(true, Reason::ClientCommit),
+            prepared_branches: Some(1),
+            skip_phase2: vec![],
+            complete: false,
+        });
         assert!(matches!(
             r,
             CommandResult::Refused(Refusal::BranchSetChanged { .. })
@@ -376,36 +351,46 @@ mod tests {
     }
 
     #[test]
-    fn abort_of_an_unknown_transaction_is_recorded_and_commit_is_refused() {
+    fn decisions_for_numbers_never_issued_are_refused() {
         let mut t = table();
+        let issued = begun(&mut t, 1);
+        for commit in [true, false] {
+            assert!(matches!(
+                decide(&mut t, issued + 1, commit, Reason::ParticipantInquiry),
+                CommandResult::Refused(Refusal::NotFound)
+            ));
+        }
+        // The next Begin takes that number as a fresh, undecided transaction.
+        let next = begun(&mut t, 1);
+        assert_eq!(next, issued + 1);
+        assert!(matches!(t.lookup(next), Lookup::Live(r) if r.decision.is_none()));
+        assert_eq!(t.lookup(0), Lookup::Unknown);
+    }
+
+    #[test]
+    fn presumed_abort_of_a_live_transaction_is_recorded() {
+        let mut t = table();
+        let txn = begun(&mut t, 2);
         assert!(matches!(
-            decide(&mut t, 42, true, Reason::ClientCommit),
-            CommandResult::Refused(Refusal::NotFound)
+            decide(&mut t, txn, false, Reason::ParticipantInquiry),
+            CommandResult::Decided(d) if !d.commit
         ));
-        assert!(matches!(
-            decide(&mut t, 42, false, Reason::ParticipantInquiry),
-            CommandResult::Decided(_)
-        ));
-        assert!(matches!(t.lookup(42), Lookup::Finished(f) if !f.decision.commit));
         // A later commit gets the recorded abort back.
         assert!(
-            matches!(decide(&mut t, 42, true, Reason::ClientCommit), CommandResult::Decided(d) if !d.commit)
+            matches!(decide(&mut t, txn, true, Reason::ClientCommit), CommandResult::Decided(d) if !d.commit)
         );
     }
 
     #[test]
     fn complete_moves_decided_transactions_out_of_the_live_table() {
         let mut t = table();
-        let a = begun(&mut t, 5, 2);
-        let b = begun(&mut t, 6, 2);
+        let a = begun(&mut t, 2);
+        let b = begun(&mut t, 2);
         decide(&mut t, a, true, Reason::ClientCommit);
-        t.apply(
-            10,
-            Command::Complete {
-                txns: vec![a, b],
-                now_ms: 3_000,
-            },
-        );
+        t.apply(Command::Complete {
+            txns: vec![a, b],
+            now_ms: 3_000,
+        });
         assert!(matches!(t.lookup(a), Lookup::Finished(f) if f.decision.commit));
         assert!(
             matches!(t.lookup(b), Lookup::Live(_)),
@@ -416,19 +401,16 @@ mod tests {
     #[test]
     fn read_only_and_empty_transactions_complete_at_decision() {
         let mut t = table();
-        let a = begun(&mut t, 5, 2);
-        t.apply(
-            6,
-            Command::Decide {
-                txn: a,
-                decision: decision(true, Reason::ClientCommit),
-                prepared_branches: Some(2),
-                skip_phase2: vec![1, 2],
-                complete: false,
-            },
-        );
+        let a = begun(&mut t, 2);
+        t.apply(Command::Decide {
+            txn: a,
+            decision: decision(true, Reason::ClientCommit),
+            prepared_branches: Some(2),
+            skip_phase2: vec![1, 2],
+            complete: false,
+        });
         assert!(matches!(t.lookup(a), Lookup::Finished(_)));
-        let b = begun(&mut t, 7, 0);
+        let b = begun(&mut t, 0);
         decide(&mut t, b, true, Reason::ClientCommit);
         assert!(matches!(t.lookup(b), Lookup::Finished(_)));
     }
@@ -436,6 +418,7 @@ mod tests {
     #[test]
     fn old_outcomes_are_forgotten_not_presumed_aborted() {
         let mut t = table();
+        t.next_txn = 10 + FINISHED_RETENTION as u64 + 3;
         for i in 0..(FINISHED_RETENTION as u64 + 3) {
             t.finish(10 + i, decision(true, Reason::ClientCommit), 0);
         }

@@ -25,6 +25,9 @@ pub(crate) struct BenchArgs {
     /// Write the figures as JSON here too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Extra flag for every node, e.g. `--node-arg=--propose-pipeline=1` (repeatable).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 }
 
 /// Median latency of a lone small write + fdatasync on the data disk.
@@ -48,7 +51,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let fsync_ms = fsync_baseline(tmp.path()).await?;
     println!("baseline: lone fdatasync p50 = {fsync_ms:.3} ms");
-    let cluster = crate::start_cluster(&tmp.path().join("cluster"), 3, vec![]).await?;
+    let cluster = crate::start_cluster(&tmp.path().join("cluster"), 3, a.node_args.clone()).await?;
     let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
     let p1: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p1"))?);
     let p2: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p2"))?);
@@ -63,11 +66,17 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     run_round(&client, &branches, 4, Duration::from_secs(1)).await?;
 
     println!();
-    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | aborted |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | commands / Raft entry | aborted |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for &c in &a.clients {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        let before = cluster.metrics(leader).await?;
         let mut r = run_round(&client, &branches, c, Duration::from_secs(a.duration)).await?;
+        let after = cluster.metrics(leader).await?;
+        let delta = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
+        let per_entry =
+            delta("ratify_proposed_commands_total") / delta("ratify_proposals_total").max(1.0);
         let row = serde_json::json!({
             "clients": c,
             "txn_per_s": r.committed as f64 / r.elapsed.as_secs_f64(),
@@ -77,9 +86,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             "total_p99_ms": r.total.percentile_ms(99.0),
             "aborted": r.aborted,
             "fsync_p50_ms": fsync_ms,
+            "commands_per_raft_entry": per_entry,
         });
         println!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} |",
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {per_entry:.1} | {} |",
             row["txn_per_s"].as_f64().unwrap_or(0.0),
             row["commit_p50_ms"].as_f64().unwrap_or(0.0),
             row["commit_p99_ms"].as_f64().unwrap_or(0.0),

@@ -58,9 +58,9 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// TOML file with any of: id, raft_addr, api_addr, data_dir, init, peers
+    /// TOML file with any of: id, raft_addr, api_addr, metrics_addr, data_dir, init, peers
     /// (["1=127.0.0.1:7001,127.0.0.1:7101", ...]), prepare_timeout_ms,
-    /// default_txn_timeout_ms, one_phase.
+    /// default_txn_timeout_ms, one_phase, propose_pipeline.
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's id (non-zero, unique in the cluster).
@@ -72,6 +72,9 @@ struct NodeArgs {
     /// Listen address for clients and participants (ip:port).
     #[arg(long)]
     api_addr: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (ip:port; off when unset).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Folder for this node's log and snapshots (one node per folder).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -90,6 +93,10 @@ struct NodeArgs {
     /// Disable the one-phase optimisation for single-branch transactions.
     #[arg(long)]
     no_one_phase: bool,
+    /// Raft entries the leader keeps in flight; requests arriving meanwhile share the
+    /// next entry (default 2).
+    #[arg(long)]
+    propose_pipeline: Option<usize>,
 }
 
 /// The node config file.
@@ -99,6 +106,7 @@ struct NodeFile {
     id: Option<NodeId>,
     raft_addr: Option<String>,
     api_addr: Option<String>,
+    metrics_addr: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     peers: Vec<String>,
@@ -107,6 +115,7 @@ struct NodeFile {
     prepare_timeout_ms: Option<u64>,
     default_txn_timeout_ms: Option<u64>,
     one_phase: Option<bool>,
+    propose_pipeline: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -265,10 +274,17 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         driver.default_txn_timeout = Duration::from_millis(ms);
     }
     driver.one_phase = !a.no_one_phase && file.one_phase.unwrap_or(true);
+    if let Some(n) = a.propose_pipeline.or(file.propose_pipeline) {
+        if n == 0 {
+            bail!("--propose-pipeline must be at least 1");
+        }
+        driver.propose_pipeline = n;
+    }
     let config = NodeConfig {
         id,
         raft_addr,
         api_addr,
+        metrics_addr: a.metrics_addr.or(file.metrics_addr),
         data_dir,
         peers,
         init: a.init || file.init,

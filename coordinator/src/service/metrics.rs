@@ -1,0 +1,34 @@
+//! The Prometheus endpoint: `GET /metrics` over plain HTTP on its own port.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::driver::Driver;
+use crate::metrics::render;
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// When the HTTP server fails.
+pub async fn serve(
+    listener: TcpListener,
+    driver: Driver,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(driver);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(driver): State<Driver>) -> impl IntoResponse {
+    let raft = driver.raft().metrics().borrow().clone();
+    let body = render(driver.counters(), driver.sm(), &raft);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
