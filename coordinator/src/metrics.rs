@@ -21,6 +21,8 @@ pub struct Counters {
     pub proposed_commands: AtomicU64,
     /// Proposals that failed (lost leadership, no quorum).
     pub proposal_failures: AtomicU64,
+    /// Time from proposing an entry until it was committed and applied, summed, µs.
+    pub proposal_micros: AtomicU64,
     /// Commit decisions this node logged.
     pub decisions_commit: AtomicU64,
     /// Abort decisions this node logged.
@@ -78,6 +80,12 @@ pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String 
         "ratify_proposed_commands_total",
         "Commands carried by the proposed entries (batching: commands per entry).",
         get(&c.proposed_commands),
+    );
+    counter(
+        &mut out,
+        "ratify_proposal_seconds_total",
+        "Time entries took from proposal to applied, summed (divide by proposals for the mean).",
+        get(&c.proposal_micros) / 1e6,
     );
     counter(
         &mut out,

@@ -95,8 +95,13 @@ async fn run(
             let n = commands.len();
             Counters::inc(&counters.proposals);
             Counters::add(&counters.proposed_commands, n as u64);
+            let started = std::time::Instant::now();
             let result = raft.client_write(Proposal { commands }).await;
             drop(slot);
+            Counters::add(
+                &counters.proposal_micros,
+                started.elapsed().as_micros() as u64,
+            );
             let answers = match result {
                 Ok(resp) if resp.data.len() == n => Ok(resp.data),
                 Ok(resp) => Err(DriveError::Unavailable(format!(

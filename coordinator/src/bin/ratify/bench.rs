@@ -66,8 +66,8 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     run_round(&client, &branches, 4, Duration::from_secs(1)).await?;
 
     println!();
-    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | commands / Raft entry | aborted |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | commands / Raft entry | Raft entry ms | aborted |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for &c in &a.clients {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
@@ -75,8 +75,9 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let mut r = run_round(&client, &branches, c, Duration::from_secs(a.duration)).await?;
         let after = cluster.metrics(leader).await?;
         let delta = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
-        let per_entry =
-            delta("ratify_proposed_commands_total") / delta("ratify_proposals_total").max(1.0);
+        let entries = delta("ratify_proposals_total").max(1.0);
+        let per_entry = delta("ratify_proposed_commands_total") / entries;
+        let entry_ms = delta("ratify_proposal_seconds_total") * 1e3 / entries;
         let row = serde_json::json!({
             "clients": c,
             "txn_per_s": r.committed as f64 / r.elapsed.as_secs_f64(),
@@ -87,9 +88,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             "aborted": r.aborted,
             "fsync_p50_ms": fsync_ms,
             "commands_per_raft_entry": per_entry,
+            "raft_entry_ms": entry_ms,
         });
         println!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {per_entry:.1} | {} |",
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {per_entry:.1} | {entry_ms:.2} | {} |",
             row["txn_per_s"].as_f64().unwrap_or(0.0),
             row["commit_p50_ms"].as_f64().unwrap_or(0.0),
             row["commit_p99_ms"].as_f64().unwrap_or(0.0),
