@@ -13,6 +13,17 @@
 //! `@p` (0 < p ≤ 1) fires the action on that fraction of hits, at random; without it
 //! every hit fires. Example: `RATIFY_FAILPOINTS="pg.before_commit_prepared=kill"`.
 //!
+//! # Fail points of the SDK and the coordinator
+//! - `participant.after_prepare`: the resource voted (YES is durable), the vote is not sent;
+//! - `participant.before_commit`, `participant.after_commit` (committed, not acknowledged);
+//! - `participant.before_rollback`; `participant.recovery_resolve` (recovery is about to
+//!   apply an outcome);
+//! - coordinator: `coord.before_prepare`, `coord.after_votes` (no decision yet),
+//!   `coord.after_decision` (logged, no phase 2 yet), `coord.after_phase2_ack` (one
+//!   branch acknowledged), `coord.before_complete`, `coord.recovery` (a new leader is
+//!   about to re-drive);
+//! - adapters add their own (`pg.*`, `kafka.*`), documented in their modules.
+//!
 //! Each hit that fires is logged on stderr as `ratify failpoint <name>: <action>` before
 //! it acts, so a test can tell a planned crash from a real one.
 

@@ -164,6 +164,7 @@ async fn resolve(
     outcome: pb::Outcome,
     report: &mut RecoveryReport,
 ) {
+    crate::failpoint::hit("participant.recovery_resolve").await;
     match action_for(outcome) {
         Action::Commit => match resource.commit(xid, false).await {
             Ok(_) => {

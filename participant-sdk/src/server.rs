@@ -215,6 +215,8 @@ impl pb::participant_server::Participant for ParticipantServer {
                 |r, xid| async move { r.prepare(&xid).await },
             )
             .await?;
+        // The vote is decided (and, for YES, durable) but not yet sent.
+        crate::failpoint::hit("participant.after_prepare").await;
         tracing::debug!(?vote, resource = %req.resource, "voted");
         let (vote, detail) = match vote {
             Vote::Yes => (pb::Vote::Yes, String::new()),
@@ -233,6 +235,7 @@ impl pb::participant_server::Participant for ParticipantServer {
     ) -> Result<Response<pb::BranchCommitResponse>, Status> {
         let req = request.into_inner();
         let one_phase = req.one_phase;
+        crate::failpoint::hit("participant.before_commit").await;
         let result = self
             .run(
                 "commit",
@@ -241,6 +244,8 @@ impl pb::participant_server::Participant for ParticipantServer {
                 move |r, xid| async move { r.commit(&xid, one_phase).await },
             )
             .await?;
+        // Committed locally, not yet acknowledged.
+        crate::failpoint::hit("participant.after_commit").await;
         let result = match result {
             CommitResult::Committed => pb::BranchCommitResult::Committed,
             // Two-phase commits must not roll back; saying so plainly lets the
@@ -263,6 +268,7 @@ impl pb::participant_server::Participant for ParticipantServer {
         request: Request<pb::BranchRollbackRequest>,
     ) -> Result<Response<pb::BranchRollbackResponse>, Status> {
         let req = request.into_inner();
+        crate::failpoint::hit("participant.before_rollback").await;
         let result = self
             .run(
                 "rollback",

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use openraft::ServerState;
+use ratify_participant_sdk::failpoint;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -110,6 +111,7 @@ impl Driver {
         if !self.is_current_term(term) {
             return;
         }
+        failpoint::hit("coord.recovery").await;
         self.inner.leader_term.send_replace(Some(term));
         tracing::info!("leading; re-driving undecided and uncompleted transactions");
         let mut tick = tokio::time::interval(self.inner.config.scan_interval);

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use ratify_participant_sdk::failpoint;
 use ratify_proto::pb;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -307,6 +308,7 @@ impl Driver {
                         &c.decisions_abort
                     });
                 }
+                failpoint::hit("coord.after_decision").await;
                 self.ensure_phase2(txn);
                 Ok(d)
             }
@@ -460,6 +462,7 @@ impl Driver {
         }
         let gtrid = self.gtrid(txn);
         let timeout = self.inner.config.prepare_timeout;
+        failpoint::hit("coord.before_prepare").await;
         let mut votes: FuturesUnordered<_> = branches
             .iter()
             .map(|b| {
@@ -505,6 +508,7 @@ impl Driver {
             }
         }
         drop(votes);
+        failpoint::hit("coord.after_votes").await;
         if let Some((reason, detail)) = failure {
             tracing::info!(?reason, %detail, "aborting");
             return self

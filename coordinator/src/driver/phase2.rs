@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use ratify_participant_sdk::failpoint;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -71,8 +72,14 @@ impl Driver {
                             .await
                     };
                     match answer {
-                        Phase2Outcome::Committed if commit => return true,
-                        Phase2Outcome::RolledBack if !commit => return true,
+                        Phase2Outcome::Committed if commit => {
+                            failpoint::hit("coord.after_phase2_ack").await;
+                            return true;
+                        }
+                        Phase2Outcome::RolledBack if !commit => {
+                            failpoint::hit("coord.after_phase2_ack").await;
+                            return true;
+                        }
                         Phase2Outcome::Committed | Phase2Outcome::RolledBack => {
                             // The branch decided on its own against the log: a heuristic
                             // outcome. Nothing more can be done by retrying.
@@ -125,6 +132,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
+            failpoint::hit("coord.before_complete").await;
             let cmd = Command::Complete {
                 txns: txns.clone(),
                 now_ms: now_ms(),
