@@ -12,6 +12,8 @@
 //! - [`service`]: the gRPC services; the only place errors become `Status`. Also the
 //!   Prometheus endpoint.
 //! - [`metrics`]: the node's counters and their Prometheus text rendering.
+//! - [`local`], [`netfault`]: local clusters of node processes, and a fault-injecting
+//!   proxy to cut nodes off (benchmarks, demos, tests, chaos).
 //! - [`server`]: [`server::run`] wires a node together.
 
 // openraft's StorageError and ConfigError are large by design, and the storage traits
@@ -21,6 +23,7 @@
 pub mod driver;
 pub mod local;
 pub mod metrics;
+pub mod netfault;
 pub mod raft;
 pub mod server;
 pub mod service;

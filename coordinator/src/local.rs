@@ -3,7 +3,7 @@
 //! Used by `ratify dev`, `ratify demo`, `ratify bench` and the integration tests.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ratify_proto::pb;
 use ratify_proto::pb::admin_client::AdminClient;
 
+use crate::netfault::FaultProxy;
 use crate::types::{NodeId, NodeInfo};
 
 /// Errors managing a local cluster.
@@ -25,13 +26,21 @@ pub enum LocalError {
     /// Unknown node id.
     #[error("no node {0} in this cluster")]
     NoSuchNode(NodeId),
+    /// The cluster was not started with fault proxies.
+    #[error("this cluster has no fault proxies (use start_partitionable)")]
+    NotPartitionable,
 }
 
 /// One node process.
 #[derive(Debug)]
 struct LocalNode {
-    /// Its addresses.
+    /// Its addresses as the other nodes and clients know them.
     info: NodeInfo,
+    /// Where it listens for Raft traffic: `info.raft_addr` itself, or the target of
+    /// the fault proxy that `info.raft_addr` then names.
+    raft_listen: String,
+    /// Source IP of its Raft connections, when the cluster can be partitioned.
+    source_ip: Option<IpAddr>,
     /// Where it serves Prometheus metrics.
     metrics_addr: String,
     /// The running process, if any.
@@ -49,6 +58,8 @@ pub struct LocalCluster {
     nodes: BTreeMap<NodeId, LocalNode>,
     /// Extra flags passed to every node (driver tunables in tests).
     extra_args: Vec<String>,
+    /// Fault proxies in front of each node's Raft port (partitionable clusters only).
+    proxies: BTreeMap<NodeId, FaultProxy>,
 }
 
 /// Reserves a free loopback port (the OS picks it; it is released at once).
@@ -63,6 +74,12 @@ pub fn free_port() -> Result<u16, LocalError> {
         .map_err(|e| LocalError::Io("local_addr".into(), e))
 }
 
+/// The loopback address node `id`'s Raft connections leave from in a partitionable
+/// cluster.
+fn source_ip(id: NodeId) -> IpAddr {
+    IpAddr::from([127, 0, 0, 10u8.saturating_add(id.min(200) as u8)])
+}
+
 impl LocalCluster {
     /// Starts `n` nodes (ids 1..=n) with data under `dir`; node 1 initialises the
     /// cluster. Returns once the processes are spawned (see [`Self::wait_for_leader`]).
@@ -75,10 +92,55 @@ impl LocalCluster {
         n: u64,
         extra_args: Vec<String>,
     ) -> Result<Self, LocalError> {
+        Self::launch(binary, dir, n, extra_args, BTreeMap::new())
+    }
+
+    /// Like [`Self::start`], with a [`FaultProxy`] in front of every node's Raft port
+    /// and each node's Raft connections leaving from its own loopback address
+    /// (127.0.0.(10+id)), so [`Self::isolate`] can cut any node off. Needs a tokio
+    /// runtime (the proxies run on it).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_partitionable(
+        binary: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+    ) -> Result<Self, LocalError> {
+        let mut proxies = BTreeMap::new();
+        for id in 1..=n {
+            let listen: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let proxy = FaultProxy::start(listen)
+                .await
+                .map_err(|e| LocalError::Io("start fault proxy".into(), e))?;
+            proxies.insert(id, proxy);
+        }
+        Self::launch(binary, dir, n, extra_args, proxies)
+    }
+
+    fn launch(
+        binary: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+        proxies: BTreeMap<NodeId, FaultProxy>,
+    ) -> Result<Self, LocalError> {
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
+            let (raft_addr, raft_listen, source_ip) = match proxies.get(&id) {
+                Some(p) => (
+                    p.addr().to_string(),
+                    p.target().to_string(),
+                    Some(source_ip(id)),
+                ),
+                None => {
+                    let a = format!("127.0.0.1:{}", free_port()?);
+                    (a.clone(), a, None)
+                }
+            };
             let info = NodeInfo {
-                raft_addr: format!("127.0.0.1:{}", free_port()?),
+                raft_addr,
                 api_addr: format!("127.0.0.1:{}", free_port()?),
             };
             let metrics_addr = format!("127.0.0.1:{}", free_port()?);
@@ -86,6 +148,8 @@ impl LocalCluster {
                 id,
                 LocalNode {
                     info,
+                    raft_listen,
+                    source_ip,
                     metrics_addr,
                     child: None,
                 },
@@ -96,6 +160,7 @@ impl LocalCluster {
             dir: dir.to_path_buf(),
             nodes,
             extra_args,
+            proxies,
         };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
         for id in ids {
@@ -149,6 +214,33 @@ impl LocalCluster {
         self.dir.join(format!("node{id}"))
     }
 
+    /// Cuts node `id` off from every other node, both ways (its clients and
+    /// participants still reach it). Needs [`Self::start_partitionable`].
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`], or [`LocalError::NotPartitionable`].
+    pub fn isolate(&self, id: NodeId) -> Result<(), LocalError> {
+        let ip = self
+            .node(id)?
+            .source_ip
+            .ok_or(LocalError::NotPartitionable)?;
+        for (&other, proxy) in &self.proxies {
+            if other == id {
+                proxy.block_all();
+            } else {
+                proxy.block_sources([ip]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every [`Self::isolate`].
+    pub fn heal(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
+    }
+
     fn node(&self, id: NodeId) -> Result<&LocalNode, LocalError> {
         self.nodes.get(&id).ok_or(LocalError::NoSuchNode(id))
     }
@@ -177,7 +269,7 @@ impl LocalCluster {
             .arg("--id")
             .arg(id.to_string())
             .arg("--raft-addr")
-            .arg(&node.info.raft_addr)
+            .arg(&node.raft_listen)
             .arg("--api-addr")
             .arg(&node.info.api_addr)
             .arg("--metrics-addr")
@@ -189,6 +281,9 @@ impl LocalCluster {
         }
         if id == 1 {
             cmd.arg("--init");
+        }
+        if let Some(ip) = node.source_ip {
+            cmd.arg("--raft-source-ip").arg(ip.to_string());
         }
         cmd.args(&self.extra_args)
             .stdin(Stdio::null())

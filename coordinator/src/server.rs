@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::driver::{Driver, DriverConfig};
-use crate::raft::{new_raft, open_stores, raft_config, OpenError};
+use crate::raft::{new_raft, open_stores, raft_config, Network, OpenError};
 use crate::service::coordinator::CoordinatorService;
 use crate::service::raft::RaftServer;
 use crate::types::{NodeId, NodeInfo};
@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub api_addr: String,
     /// Where to serve Prometheus metrics over HTTP (`host:port`), if anywhere.
     pub metrics_addr: Option<String>,
+    /// Source address for Raft connections to peers (tests that cut a node off).
+    pub raft_source_ip: Option<std::net::IpAddr>,
     /// Where the node keeps its log and snapshots. One node per folder.
     pub data_dir: PathBuf,
     /// The initial members (including this node), used when `init` is set.
@@ -140,6 +142,9 @@ pub async fn run(
     let raft = new_raft(
         config.id,
         raft_config("ratify").map_err(|e| StartError::Raft(e.to_string()))?,
+        Network {
+            source_ip: config.raft_source_ip,
+        },
         log.clone(),
         sm,
     )

@@ -76,14 +76,28 @@ impl TestCluster {
     /// # Errors
     /// When the binary is missing or no leader is elected in 20 s.
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(extra, false).await
+    }
+
+    /// Like [`Self::start`], with fault proxies on the Raft ports so a node can be
+    /// cut off from the others (`nodes.isolate(id)`, `nodes.heal()`).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_partitionable(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(extra, true).await
+    }
+
+    async fn launch(extra: &[&str], partitionable: bool) -> anyhow::Result<Self> {
         init_logging();
         let dir = tempfile::tempdir()?;
-        let nodes = LocalCluster::start(
-            &ratify_binary()?,
-            &dir.path().join("cluster"),
-            3,
-            extra.iter().map(|s| s.to_string()).collect(),
-        )?;
+        let (binary, data) = (ratify_binary()?, dir.path().join("cluster"));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let nodes = if partitionable {
+            LocalCluster::start_partitionable(&binary, &data, 3, extra).await?
+        } else {
+            LocalCluster::start(&binary, &data, 3, extra)?
+        };
         nodes.wait_for_leader(Duration::from_secs(20)).await?;
         let client = CoordinatorClient::new(nodes.api_endpoints(), ClientConfig::default())?;
         Ok(Self { nodes, client, dir })

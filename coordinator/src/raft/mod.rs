@@ -67,17 +67,18 @@ pub fn raft_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft
     Ok(Arc::new(config.validate()?))
 }
 
-/// Creates the Raft node over the given stores.
+/// Creates the Raft node over the given stores and network.
 ///
 /// # Errors
 /// When openraft refuses the configuration or the stores.
 pub async fn new_raft(
     id: NodeId,
     config: Arc<openraft::Config>,
+    network: Network,
     log: LogStore,
     sm: StateMachineStore,
 ) -> Result<Raft, openraft::error::Fatal<NodeId>> {
-    Raft::new(id, config, Network, log, sm).await
+    Raft::new(id, config, network, log, sm).await
 }
 
 #[cfg(test)]

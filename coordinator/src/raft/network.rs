@@ -1,6 +1,7 @@
 //! The Raft network: openraft RPCs carried over the internal `ratify.v1.raft.Raft`
 //! gRPC service, one lazily connected channel per peer.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
@@ -21,7 +22,11 @@ use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// Builds one [`PeerConnection`] per target node.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// Source address for connections to peers (`None`: the OS picks). Lets a test
+    /// proxy tell nodes apart on loopback, to cut one node off (see `netfault`).
+    pub source_ip: Option<IpAddr>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
@@ -30,6 +35,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             addr: node.raft_addr.clone(),
+            source_ip: self.source_ip,
             client: None,
         }
     }
@@ -42,6 +48,8 @@ pub struct PeerConnection {
     target: NodeId,
     /// The peer's Raft address.
     addr: String,
+    /// Source address of the connection, if fixed.
+    source_ip: Option<IpAddr>,
     /// Created on first use so that a dead peer costs nothing until contacted.
     client: Option<RaftClient<Channel>>,
 }
@@ -62,7 +70,8 @@ impl PeerConnection {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .local_address(self.source_ip);
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);

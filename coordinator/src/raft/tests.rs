@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
-use super::{new_raft, open_stores, raft_config, LogStore, StateMachineStore};
+use super::{new_raft, open_stores, raft_config, LogStore, Network, StateMachineStore};
 use crate::txn::{Command, CommandResult};
 use crate::types::typ::StorageError;
 use crate::types::{NodeInfo, TypeConfig};
@@ -35,7 +35,7 @@ fn openraft_storage_suite_passes() -> Result<(), StorageError> {
 async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (log, sm) = open_stores(dir.path())?;
-    let raft = new_raft(1, raft_config("test")?, log.clone(), sm).await?;
+    let raft = new_raft(1, raft_config("test")?, Network::default(), log.clone(), sm).await?;
     let node = NodeInfo {
         raft_addr: "127.0.0.1:1".into(),
         api_addr: "127.0.0.1:2".into(),

@@ -75,6 +75,10 @@ struct NodeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (ip:port; off when unset).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Source IP for Raft connections to peers (fault-injection tests tell nodes apart
+    /// by it on loopback).
+    #[arg(long)]
+    raft_source_ip: Option<std::net::IpAddr>,
     /// Folder for this node's log and snapshots (one node per folder).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -285,6 +289,7 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         raft_addr,
         api_addr,
         metrics_addr: a.metrics_addr.or(file.metrics_addr),
+        raft_source_ip: a.raft_source_ip,
         data_dir,
         peers,
         init: a.init || file.init,
