@@ -115,9 +115,24 @@ pub async fn group_offsets(group: &str) -> anyhow::Result<BTreeMap<String, i64>>
     Ok(serde_json::from_str(&out).with_context(|| format!("checker output: {out}"))?)
 }
 
-/// Path of the `kafka_participant` binary, built by cargo with the tests.
-pub fn participant_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kafka_participant"))
+/// Path of the `kafka_participant` binary, which cargo builds next to the test
+/// executables (`target/<profile>/`) for this crate's integration tests.
+///
+/// # Errors
+/// When it is missing.
+pub fn participant_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("unexpected test executable location")?
+        .join("kafka_participant");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p ratify-tests --bin kafka_participant`",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// A `kafka_participant` process: fixed port, stage folder and `transactional.id`, so
@@ -176,7 +191,7 @@ impl KafkaParticipant {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(participant_binary());
+        let mut cmd = Command::new(participant_binary()?);
         cmd.arg("--listen")
             .arg(&self.endpoint)
             .arg("--data-dir")
