@@ -198,7 +198,10 @@ async fn killed_at_each_step_publishes_exactly_once() -> anyhow::Result<()> {
         f.kafka.restart("").await?;
         if point == "kafka.after_kafka_commit" {
             f.kafka
-                .wait_log("ledger: published before the restart", Duration::from_secs(10))
+                .wait_log(
+                    "ledger: published before the restart",
+                    Duration::from_secs(10),
+                )
                 .await?;
         }
         let decision = commit.await??;
