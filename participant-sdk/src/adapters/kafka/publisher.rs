@@ -357,9 +357,8 @@ impl Publisher {
             producer
                 .send_offsets_to_transaction(&tpl, cgm, timeout)
                 .map_err(|e| classify(producer, &e, false, timeout))
-                .map_err(|f| {
+                .inspect_err(|_| {
                     tracing::warn!(group, "send_offsets_to_transaction failed");
-                    f
                 })?;
         }
         // DESIGN §6: commit_transaction flushes, and a flush with anything in flight
