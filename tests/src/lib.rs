@@ -7,6 +7,10 @@
 //! - [`TestCluster`]: the cluster, its client and its temp folder.
 //! - [`Bank`]: two account-store participants with recovery loops.
 //! - [`must_commit`], [`must_abort`]: assertions on decisions.
+//! - [`kafka`]: the test broker, the independent Java checker and the Kafka
+//!   participant process.
+
+pub mod kafka;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +38,16 @@ pub fn init_logging() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
         .with_test_writer()
+        .try_init();
+}
+
+/// Sends logs to stderr when `RUST_LOG` is set (for helper processes of the tests).
+pub fn init_logging_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
         .try_init();
 }
 

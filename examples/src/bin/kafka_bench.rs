@@ -1,0 +1,326 @@
+//! Kafka transactions through Ratify next to Kafka-only transactions, in one run.
+//!
+//! ```sh
+//! eval "$(tests/infra/kafka.sh start .tmp/bench-kafka)"      # Apache Kafka on loopback
+//! cargo build --release -p ratify-coordinator --bin ratify
+//! cargo run --release -p ratify-examples --bin kafka_bench -- --clients 1,16 --duration 5
+//! tests/infra/kafka.sh stop .tmp/bench-kafka
+//! ```
+//!
+//! Every scenario publishes `--batch` records per transaction from each of
+//! `--clients` concurrent clients for `--duration` seconds; the table gives
+//! transactions per second and the latency of one transaction (p50, p99).
+//! Scenarios (one row each per client count):
+//! - `ratify 2pc: kafka + noop`: Begin with a Kafka branch and a no-op durable branch,
+//!   stage the records, Commit (prepare fsyncs the stage, commit publishes it in a
+//!   Kafka transaction with the ledger marker). Latency = Begin to Commit answer.
+//! - `kafka only`: one transactional producer per client, begin, send, wait for the
+//!   deliveries, commit — what the adapter does at commit, without Ratify.
+//!
+//! A new row is one more [`Scenario`] variant and its `run_one` arm.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use ratify_coordinator::local::LocalCluster;
+use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
+use ratify_participant_sdk::client::{BeginOptions, ClientConfig, CoordinatorClient, Outcome};
+use ratify_participant_sdk::noop::NoopResource;
+use ratify_participant_sdk::resource::Resource;
+use ratify_participant_sdk::server::HostedParticipant;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+#[derive(Parser, Debug)]
+#[command(about = "Kafka transactions via Ratify vs Kafka-only transactions")]
+struct Args {
+    /// Kafka bootstrap servers (tests/infra/kafka.sh exports RATIFY_TEST_KAFKA).
+    #[arg(long, env = "RATIFY_TEST_KAFKA")]
+    bootstrap: String,
+    /// Client counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    clients: Vec<usize>,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Records per transaction.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// The `ratify` binary (default: next to this one).
+    #[arg(long)]
+    ratify_bin: Option<std::path::PathBuf>,
+}
+
+/// One way of doing "a transaction that publishes `batch` records".
+enum Scenario {
+    /// Through Ratify: a Kafka branch and a no-op durable branch, two-phase.
+    Ratify {
+        client: CoordinatorClient,
+        kafka: Arc<KafkaResource>,
+        branches: Vec<(String, String)>,
+    },
+    /// Kafka's own transactions, one transactional producer per client.
+    KafkaOnly { producers: Vec<FutureProducer> },
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Ratify { .. } => "ratify 2pc: kafka + noop",
+            Self::KafkaOnly { .. } => "kafka only",
+        }
+    }
+
+    async fn run_one(
+        &self,
+        client_idx: usize,
+        topic: &str,
+        value: &[u8],
+        batch: usize,
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Ratify {
+                client,
+                kafka,
+                branches,
+            } => {
+                let t = client
+                    .begin(BeginOptions {
+                        branches: branches.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                let b = kafka.branch(&t.branches[0].xid)?;
+                for i in 0..batch {
+                    b.send(KafkaRecord::new(
+                        topic,
+                        format!("{client_idx}-{i}"),
+                        value.to_vec(),
+                    ))?;
+                }
+                let d = client.commit(&t.gtrid).await?;
+                anyhow::ensure!(d.outcome == Outcome::Committed, "not committed: {d:?}");
+                Ok(())
+            }
+            Self::KafkaOnly { producers } => {
+                let p = producers
+                    .get(client_idx)
+                    .context("no producer for this client")?
+                    .clone();
+                let (topic, value) = (topic.to_string(), value.to_vec());
+                tokio::task::spawn_blocking(move || {
+                    kafka_only_txn(&p, &topic, &value, client_idx, batch)
+                })
+                .await?
+            }
+        }
+    }
+}
+
+/// One Kafka transaction: deliveries drained before commit (DESIGN §6 pitfall).
+fn kafka_only_txn(
+    p: &FutureProducer,
+    topic: &str,
+    value: &[u8],
+    client_idx: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    p.begin_transaction()?;
+    let mut deliveries = Vec::with_capacity(batch);
+    for i in 0..batch {
+        let key = format!("{client_idx}-{i}");
+        let rec: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).key(key.as_str()).payload(value);
+        deliveries.push(p.send_result(rec).map_err(|(e, _)| e)?);
+    }
+    for d in deliveries {
+        futures::executor::block_on(d)
+            .map_err(|_| anyhow::anyhow!("delivery cancelled"))?
+            .map_err(|(e, _)| e)?;
+    }
+    p.commit_transaction(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Result of one round.
+struct Row {
+    scenario: &'static str,
+    clients: usize,
+    txns: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+async fn round(s: Arc<Scenario>, clients: usize, args: &Args, topic: &str) -> anyhow::Result<Row> {
+    let value = vec![b'x'; args.value_bytes];
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (s, topic, value, batch) =
+            (Arc::clone(&s), topic.to_string(), value.clone(), args.batch);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                s.run_one(c, &topic, &value, batch).await?;
+                lat.push(t0.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    Ok(Row {
+        scenario: s.name(),
+        clients,
+        txns: all.len(),
+        secs,
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+    })
+}
+
+fn ratify_binary(arg: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    let bin = match arg {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent folder")?
+            .join("ratify"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p ratify-coordinator --bin ratify",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn transactional_producer(bootstrap: &str, id: &str) -> anyhow::Result<FutureProducer> {
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", id)
+        .set("linger.ms", "1")
+        .create()?;
+    p.init_transactions(Duration::from_secs(30))?;
+    Ok(p)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ratify_examples::init_tracing();
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let run = format!("{:x}", rand_id());
+    let topic = format!("ratify-bench-{run}");
+    create_topic(&args.bootstrap, &topic).await?;
+
+    eprintln!("starting a 3-node coordinator cluster");
+    let nodes = LocalCluster::start(
+        &ratify_binary(args.ratify_bin.as_deref())?,
+        &dir.path().join("cluster"),
+        3,
+        Vec::new(),
+    )?;
+    nodes.wait_for_leader(Duration::from_secs(30)).await?;
+    let client = CoordinatorClient::new(nodes.api_endpoints(), ClientConfig::default())?;
+    let kafka = KafkaResource::open(
+        dir.path().join("kafka-stage"),
+        KafkaConfig::new(&args.bootstrap, format!("bench-{run}")),
+    )
+    .await?;
+    let noop: Arc<dyn Resource> = Arc::new(NoopResource::open(dir.path().join("noop"))?);
+    let kafka_res: Arc<dyn Resource> = kafka.clone();
+    let interval = Duration::from_secs(1);
+    let kafka_srv = HostedParticipant::start("kafka", kafka_res, client.clone(), interval).await?;
+    let noop_srv = HostedParticipant::start("noop", noop, client.clone(), interval).await?;
+    let max_clients = args.clients.iter().copied().max().unwrap_or(1);
+    let mut producers = Vec::new();
+    for c in 0..max_clients {
+        producers.push(transactional_producer(
+            &args.bootstrap,
+            &format!("bench-{run}-direct-{c}"),
+        )?);
+    }
+    let scenarios = [
+        Arc::new(Scenario::Ratify {
+            client,
+            kafka,
+            branches: vec![
+                (kafka_srv.endpoint.clone(), "kafka".into()),
+                (noop_srv.endpoint.clone(), "noop".into()),
+            ],
+        }),
+        Arc::new(Scenario::KafkaOnly { producers }),
+    ];
+    let mut rows = Vec::new();
+    for s in &scenarios {
+        for &clients in &args.clients {
+            eprintln!(
+                "{} with {clients} clients for {} s",
+                s.name(),
+                args.duration
+            );
+            rows.push(round(Arc::clone(s), clients, &args, &topic).await?);
+        }
+    }
+    println!(
+        "\n{} records of {} bytes per transaction, {} s per round\n",
+        args.batch, args.value_bytes, args.duration
+    );
+    println!("| scenario | clients | txn/s | records/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let tps = r.txns as f64 / r.secs;
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            r.scenario,
+            r.clients,
+            tps,
+            tps * args.batch as f64,
+            r.p50_ms,
+            r.p99_ms
+        );
+    }
+    drop(nodes);
+    Ok(())
+}
+
+fn rand_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+        ^ u64::from(std::process::id())
+}
+
+async fn create_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let t = NewTopic::new(topic, 4, TopicReplication::Fixed(-1));
+    for r in admin.create_topics([&t], &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create {t}: {e}"))?;
+    }
+    Ok(())
+}

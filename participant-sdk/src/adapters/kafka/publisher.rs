@@ -1,0 +1,615 @@
+//! The publisher: one thread that owns the transactional producer and turns commit
+//! requests into Kafka transactions.
+//!
+//! Each Kafka transaction carries the records of one or more branches (requests that
+//! queued up while the previous transaction was running are batched), their consumer
+//! offsets (`send_offsets_to_transaction`) and one ledger marker naming the branches'
+//! xids. Only after the commit is the outcome recorded locally (fsynced) and the
+//! requests answered.
+//!
+//! # Why the ledger makes it exactly once
+//! Markers are numbered; before the next Kafka transaction starts, the xids of the
+//! previous one are durably recorded as published (`kafka.outcomes`, plus the marker's
+//! sequence in `kafka.meta`). So at any time at most the markers after the recorded
+//! sequence can be unknown locally. Whenever the producer is (re)started, which is
+//! also the only time the adapter can be unsure whether a commit happened,
+//! `init_transactions` first fences older producers with this `transactional.id` and
+//! finishes or aborts their open transaction; then the ledger is read
+//! `read_committed` to its end and every marker after the recorded sequence is
+//! recorded. A branch is therefore published only while its outcome says it was not,
+//! and that is never true after a marker naming it committed.
+//!
+//! A producer that is fenced (a newer instance called `init_transactions` with the same
+//! `transactional.id`) stops for good: it answers every request with a failure and
+//! never re-initialises, which would fence the newer instance back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use super::stage::{Marker, Staged, Store, MARKER_VERSION};
+use super::{KafkaConfig, KafkaError as AdapterError};
+use crate::branch_log::{self, Finished};
+use crate::failpoint;
+use crate::resource::ResourceError;
+use crate::xid::Xid;
+
+/// A branch to publish, and where to send the answer.
+pub(crate) struct PublishRequest {
+    /// The branch.
+    pub(crate) xid: Xid,
+    /// Its work when it was never staged (one-phase commit); `None`: read the stage.
+    pub(crate) work: Option<Staged>,
+    /// `Ok` once the branch is published and that is recorded durably.
+    pub(crate) reply: oneshot::Sender<Result<(), ResourceError>>,
+}
+
+/// Why a Kafka transaction did not (certainly) commit.
+#[derive(Debug)]
+enum TxnFailure {
+    /// Certainly not committed (aborted, or failed before the commit was sent).
+    NotCommitted(String),
+    /// Maybe committed: the producer must be re-initialised and the ledger read.
+    Unsure(String),
+    /// A newer instance took over this `transactional.id`.
+    Fenced(String),
+}
+
+/// The publisher thread's state.
+pub(crate) struct Publisher {
+    /// Settings.
+    config: Arc<KafkaConfig>,
+    /// The adapter's trees.
+    store: Store,
+    /// The transactional producer, `None` until (re)initialised.
+    producer: Option<FutureProducer>,
+    /// One idle consumer per group, only for its group metadata (see `group_metadata`).
+    groups: HashMap<String, BaseConsumer>,
+    /// Set once fenced: the reason every later request fails with.
+    fenced: Option<String>,
+    /// Sequence of the next marker.
+    next_seq: u64,
+}
+
+impl Publisher {
+    pub(crate) fn new(config: Arc<KafkaConfig>, store: Store) -> Self {
+        Self {
+            config,
+            store,
+            producer: None,
+            groups: HashMap::new(),
+            fenced: None,
+            next_seq: 1,
+        }
+    }
+
+    /// Starts the thread. It first creates the ledger topic if needed, initialises the
+    /// producer and reads the ledger, reporting the result on `ready`; then serves
+    /// requests until every sender is dropped.
+    pub(crate) fn spawn(
+        mut self,
+        mut requests: mpsc::Receiver<PublishRequest>,
+        ready: oneshot::Sender<Result<(), AdapterError>>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("ratify-kafka-publisher".into())
+            .spawn(move || {
+                let started = ensure_ledger_topic(&self.config).and_then(|()| {
+                    self.ensure_producer()
+                        .map_err(|e| AdapterError::Kafka(e.to_string()))
+                });
+                let failed = started.is_err();
+                let _ = ready.send(started);
+                if failed {
+                    return;
+                }
+                while let Some(first) = requests.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < self.config.max_batch {
+                        match requests.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle(batch);
+                }
+                tracing::debug!("kafka publisher stopped");
+            })
+    }
+
+    /// Creates the producer, fences older instances and catches up with the ledger.
+    fn ensure_producer(&mut self) -> Result<(), ResourceError> {
+        if let Some(why) = &self.fenced {
+            return Err(ResourceError::Failed(why.clone()));
+        }
+        if self.producer.is_some() {
+            return Ok(());
+        }
+        let producer: FutureProducer = self
+            .config
+            .client_config()
+            .set("transactional.id", &self.config.transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                self.config.transaction_timeout.as_millis().to_string(),
+            )
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .create()
+            .map_err(kafka_unavailable)?;
+        producer
+            .init_transactions(self.config.request_timeout)
+            .map_err(|e| {
+                if is_fenced(&producer) {
+                    ResourceError::Failed(format!("fenced: {e}"))
+                } else {
+                    kafka_unavailable(e)
+                }
+            })?;
+        self.catch_up()?;
+        tracing::info!(
+            transactional_id = %self.config.transactional_id,
+            next_seq = self.next_seq,
+            "kafka producer initialised, ledger read"
+        );
+        self.producer = Some(producer);
+        Ok(())
+    }
+
+    /// Records the xids of every ledger marker after the recorded sequence.
+    fn catch_up(&mut self) -> Result<(), ResourceError> {
+        let markers = read_ledger(&self.config)?;
+        let recorded = self.store.recorded_seq()?;
+        let mut last = recorded;
+        for m in markers.into_values().filter(|m| m.seq > recorded) {
+            tracing::info!(seq = m.seq, xids = ?m.xids, "ledger: published before the restart, recording");
+            for xid in &m.xids {
+                if branch_log::read_outcome(&self.store.outcomes, xid)?
+                    == Some(Finished::RolledBack)
+                {
+                    // Kafka's answer wins: the records are out. This means the
+                    // protocol was broken elsewhere, so say it loudly.
+                    tracing::error!(%xid, "ledger says published but the branch was rolled back");
+                }
+            }
+            self.store.record_published(&m.xids, m.seq)?;
+            last = m.seq;
+        }
+        sync_blocking(&self.store)?;
+        self.next_seq = last + 1;
+        Ok(())
+    }
+
+    /// Publishes a batch of requests in one Kafka transaction and answers them.
+    fn handle(&mut self, batch: Vec<PublishRequest>) {
+        let mut replies: HashMap<Xid, Vec<oneshot::Sender<Result<(), ResourceError>>>> =
+            HashMap::new();
+        let mut work: BTreeMap<Xid, Staged> = BTreeMap::new();
+        for req in batch {
+            match self.resolve(&req) {
+                Ok(Some(w)) => {
+                    work.entry(req.xid.clone()).or_insert(w);
+                    replies.entry(req.xid).or_default().push(req.reply);
+                }
+                Ok(None) => {
+                    let _ = req.reply.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = req.reply.send(Err(e));
+                }
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        let result = self.publish_and_record(&work);
+        for (xid, senders) in replies {
+            if let Err(e) = &result {
+                tracing::warn!(%xid, error = %e, "publication failed");
+            }
+            for s in senders {
+                let _ = s.send(result.clone());
+            }
+        }
+    }
+
+    /// What `req` still needs published: `None` when it already is.
+    fn resolve(&self, req: &PublishRequest) -> Result<Option<Staged>, ResourceError> {
+        match branch_log::read_outcome(&self.store.outcomes, &req.xid)? {
+            Some(Finished::Committed) => return Ok(None),
+            Some(Finished::RolledBack) => {
+                return Err(ResourceError::Failed(format!(
+                    "{} was rolled back and cannot be published",
+                    req.xid
+                )))
+            }
+            None => {}
+        }
+        match &req.work {
+            Some(w) => Ok(Some(w.clone())),
+            None => self.store.read_staged(&req.xid)?.map(Some).ok_or_else(|| {
+                ResourceError::Failed(format!("{} has no stage to publish", req.xid))
+            }),
+        }
+    }
+
+    fn publish_and_record(&mut self, work: &BTreeMap<Xid, Staged>) -> Result<(), ResourceError> {
+        self.ensure_producer()?;
+        let seq = self.next_seq;
+        let xids: Vec<Xid> = work.keys().cloned().collect();
+        let span = tracing::info_span!("kafka_txn", seq, xids = ?xids);
+        let _entered = span.enter();
+        match self.publish(work, seq) {
+            Ok(()) => {}
+            Err(TxnFailure::NotCommitted(m)) => {
+                return Err(ResourceError::Unavailable(format!(
+                    "kafka transaction aborted: {m}"
+                )))
+            }
+            Err(TxnFailure::Unsure(m)) => {
+                // Only the ledger can say whether it committed: read it on restart.
+                self.producer = None;
+                return Err(ResourceError::Unavailable(format!(
+                    "kafka transaction outcome unknown, producer will be re-initialised: {m}"
+                )));
+            }
+            Err(TxnFailure::Fenced(m)) => {
+                let why = format!(
+                    "fenced: another instance uses transactional.id {:?} ({m})",
+                    self.config.transactional_id
+                );
+                tracing::error!("{why}");
+                self.fenced = Some(why.clone());
+                self.producer = None;
+                return Err(ResourceError::Failed(why));
+            }
+        }
+        failpoint::hit_blocking("kafka.after_kafka_commit");
+        self.next_seq = seq + 1;
+        let recorded = self
+            .store
+            .record_published(&xids, seq)
+            .and_then(|()| sync_blocking(&self.store));
+        if let Err(e) = recorded {
+            // Published but not recorded: the next marker must not be written before
+            // this one is recorded, so re-initialise (which reads the ledger) first.
+            self.producer = None;
+            return Err(e);
+        }
+        tracing::debug!("kafka transaction committed and recorded");
+        Ok(())
+    }
+
+    /// One Kafka transaction: records, marker, offsets; deliveries drained; commit.
+    fn publish(&mut self, work: &BTreeMap<Xid, Staged>, seq: u64) -> Result<(), TxnFailure> {
+        let marker = Marker {
+            v: MARKER_VERSION,
+            seq,
+            xids: work.keys().cloned().collect(),
+        };
+        let marker = serde_json::to_vec(&marker)
+            .map_err(|e| TxnFailure::NotCommitted(format!("cannot encode marker: {e}")))?;
+        let mut offsets: BTreeMap<&str, BTreeMap<(&str, i32), i64>> = BTreeMap::new();
+        for o in work.values().flat_map(|w| &w.offsets) {
+            // Two branches of one batch may move the same partition: keep the furthest.
+            let at = offsets
+                .entry(o.group.as_str())
+                .or_default()
+                .entry((o.topic.as_str(), o.partition))
+                .or_insert(o.offset);
+            *at = (*at).max(o.offset);
+        }
+        let mut metadata = Vec::new();
+        for group in offsets.keys() {
+            metadata.push(
+                self.group_metadata(group)
+                    .map_err(TxnFailure::NotCommitted)?,
+            );
+        }
+        let Some(producer) = self.producer.as_ref() else {
+            return Err(TxnFailure::Unsure("producer not initialised".into()));
+        };
+        let timeout = self.config.request_timeout;
+        producer
+            .begin_transaction()
+            .map_err(|e| classify(producer, &e, false, timeout))?;
+        let mut deliveries = Vec::new();
+        for r in work.values().flat_map(|w| &w.records) {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                rec = rec.payload(v.as_slice());
+            }
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            deliveries
+                .push(send(producer, rec).map_err(|e| classify(producer, &e, false, timeout))?);
+        }
+        let marker_rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.config.ledger_topic)
+            .key(self.config.transactional_id.as_bytes())
+            .payload(&marker);
+        deliveries
+            .push(send(producer, marker_rec).map_err(|e| classify(producer, &e, false, timeout))?);
+        for ((group, parts), cgm) in offsets.iter().zip(&metadata) {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in parts {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| TxnFailure::NotCommitted(e.to_string()))
+                    .map_err(|f| abort(producer, f, timeout))?;
+            }
+            producer
+                .send_offsets_to_transaction(&tpl, cgm, timeout)
+                .map_err(|e| classify(producer, &e, false, timeout))
+                .inspect_err(|_| {
+                    tracing::warn!(group, "send_offsets_to_transaction failed");
+                })?;
+        }
+        // DESIGN §6: commit_transaction flushes, and a flush with anything in flight
+        // sleeps 100 ms per poll. Waiting for every delivery first makes it free.
+        for d in deliveries {
+            match futures::executor::block_on(d) {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(classify(producer, &e, false, timeout)),
+                Err(_) => {
+                    return Err(abort(
+                        producer,
+                        TxnFailure::NotCommitted("delivery report lost".into()),
+                        timeout,
+                    ))
+                }
+            }
+        }
+        failpoint::hit_blocking("kafka.after_produce");
+        let mut attempts = 0;
+        loop {
+            match producer.commit_transaction(timeout) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(rd)) if rd.is_retriable() && attempts < 3 => {
+                    attempts += 1;
+                    tracing::warn!(error = %rd, attempts, "retrying commit_transaction");
+                }
+                Err(e) => return Err(classify(producer, &e, true, timeout)),
+            }
+        }
+    }
+
+    /// Group metadata for `send_offsets_to_transaction`, from a consumer that never
+    /// joins the group: generation -1 and no member id, so the broker checks the
+    /// group id only. That is what a decided branch needs: its offsets were chosen at
+    /// prepare, and a rebalance since then must not make its commit impossible.
+    fn group_metadata(
+        &mut self,
+        group: &str,
+    ) -> Result<rdkafka::consumer::ConsumerGroupMetadata, String> {
+        if !self.groups.contains_key(group) {
+            let c: BaseConsumer = self
+                .config
+                .client_config()
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| format!("cannot create consumer for group {group}: {e}"))?;
+            self.groups.insert(group.to_owned(), c);
+        }
+        self.groups
+            .get(group)
+            .and_then(Consumer::group_metadata)
+            .ok_or_else(|| format!("no group metadata for {group}"))
+    }
+}
+
+/// Enqueues one record, waiting while the producer's queue is full.
+fn send(
+    producer: &FutureProducer,
+    mut rec: FutureRecord<'_, [u8], [u8]>,
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(rec) {
+            Ok(d) => return Ok(d),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// True when the producer's fatal error says a newer instance took over.
+fn is_fenced(producer: &FutureProducer) -> bool {
+    matches!(
+        producer.client().fatal_error(),
+        Some((
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch,
+            _
+        ))
+    )
+}
+
+/// Sorts a failed transaction step into what the caller must do, aborting the
+/// transaction when that is still possible.
+fn classify(
+    producer: &FutureProducer,
+    e: &KafkaError,
+    committing: bool,
+    timeout: Duration,
+) -> TxnFailure {
+    if is_fenced(producer) {
+        return TxnFailure::Fenced(e.to_string());
+    }
+    if producer.client().fatal_error().is_some() {
+        return TxnFailure::Unsure(e.to_string());
+    }
+    let requires_abort = matches!(e, KafkaError::Transaction(rd) if rd.txn_requires_abort());
+    if committing && !requires_abort {
+        // The commit may have reached the transaction coordinator.
+        return TxnFailure::Unsure(e.to_string());
+    }
+    abort(producer, TxnFailure::NotCommitted(e.to_string()), timeout)
+}
+
+/// Aborts the open transaction; if even that fails, the state is unknown.
+fn abort(producer: &FutureProducer, failure: TxnFailure, timeout: Duration) -> TxnFailure {
+    match producer.abort_transaction(timeout) {
+        Ok(()) => failure,
+        Err(e) if is_fenced(producer) => TxnFailure::Fenced(e.to_string()),
+        Err(e) => TxnFailure::Unsure(format!("{failure:?}; abort failed: {e}")),
+    }
+}
+
+fn kafka_unavailable(e: impl std::fmt::Display) -> ResourceError {
+    ResourceError::Unavailable(format!("kafka: {e}"))
+}
+
+/// Creates the compacted ledger topic unless it exists.
+fn ensure_ledger_topic(config: &KafkaConfig) -> Result<(), AdapterError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(|e| AdapterError::Kafka(e.to_string()))?;
+    let topic = NewTopic::new(
+        &config.ledger_topic,
+        1,
+        TopicReplication::Fixed(config.ledger_replication_factor),
+    )
+    .set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(config.request_timeout));
+    let results = futures::executor::block_on(admin.create_topics([&topic], &opts))
+        .map_err(|e| AdapterError::Kafka(format!("create ledger topic: {e}")))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(AdapterError::Kafka(format!(
+                    "cannot create ledger topic {t}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the ledger `read_committed` to its end and returns this adapter's markers
+/// by sequence.
+///
+/// "Its end" is the high watermark taken first: a `read_committed` consumer stops at
+/// the last stable offset, which another producer's open transaction can hold below
+/// our own committed markers, so this waits until the last stable offset has passed
+/// the high watermark before reading.
+fn read_ledger(config: &KafkaConfig) -> Result<BTreeMap<u64, Marker>, ResourceError> {
+    let deadline = Instant::now() + config.transaction_timeout + config.request_timeout;
+    let topic = config.ledger_topic.as_str();
+    let uncommitted: BaseConsumer = config
+        .client_config()
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .map_err(kafka_unavailable)?;
+    let metadata = uncommitted
+        .fetch_metadata(Some(topic), config.request_timeout)
+        .map_err(kafka_unavailable)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(kafka_unavailable(format!(
+            "ledger topic {topic} has no partitions"
+        )));
+    }
+    let committed: BaseConsumer = config
+        .client_config()
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set(
+            "group.id",
+            format!("ratify-ledger-reader.{}", config.transactional_id),
+        )
+        .create()
+        .map_err(kafka_unavailable)?;
+    for &p in &partitions {
+        let (_, high) = uncommitted
+            .fetch_watermarks(topic, p, config.request_timeout)
+            .map_err(kafka_unavailable)?;
+        loop {
+            let (_, stable) = committed
+                .fetch_watermarks(topic, p, config.request_timeout)
+                .map_err(kafka_unavailable)?;
+            if stable >= high {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(kafka_unavailable(format!(
+                    "ledger partition {p}: last stable offset {stable} stays below {high}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka_unavailable)?;
+    }
+    committed.assign(&tpl).map_err(kafka_unavailable)?;
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut markers = BTreeMap::new();
+    while at_end.len() < partitions.len() {
+        if Instant::now() > deadline {
+            return Err(kafka_unavailable("timed out reading the ledger"));
+        }
+        match committed.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(kafka_unavailable(e)),
+            Some(Ok(m)) => {
+                if m.key() != Some(config.transactional_id.as_bytes()) {
+                    continue;
+                }
+                let Some(payload) = m.payload() else { continue };
+                let marker: Marker = serde_json::from_slice(payload).map_err(|e| {
+                    ResourceError::Failed(format!(
+                        "corrupt ledger marker at {topic}/{}@{}: {e}",
+                        m.partition(),
+                        m.offset()
+                    ))
+                })?;
+                markers.insert(marker.seq, marker);
+            }
+        }
+    }
+    Ok(markers)
+}
+
+/// Waits until everything written to the store so far is durable.
+fn sync_blocking(store: &Store) -> Result<(), ResourceError> {
+    store
+        .durable
+        .sync_blocking()
+        .map_err(branch_log::unavailable)
+}
