@@ -10,8 +10,10 @@
 //! - [`failpoint`]: crash points for tests, chosen through `RATIFY_FAILPOINTS`.
 //! - [`accounts`]: an embedded, durable account-balance store for demos and tests.
 //! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
+//! - [`adapters`]: existing systems as participants (Postgres behind feature `postgres`).
 
 pub mod accounts;
+pub mod adapters;
 mod branch_log;
 pub mod client;
 pub mod durable;
