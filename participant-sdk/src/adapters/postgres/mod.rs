@@ -123,6 +123,11 @@ const FENCE_DDL: &str = "CREATE TABLE IF NOT EXISTS ratify_fence (\
      state \"char\" NOT NULL CHECK (state IN ('b', 'r')), \
      at timestamptz NOT NULL DEFAULT now())";
 
+/// How often, and how long apart, a phase-2 statement on a busy gid is retried.
+const BUSY_RETRIES: u32 = 50;
+/// See [`BUSY_RETRIES`].
+const BUSY_WAIT: Duration = Duration::from_millis(10);
+
 /// Prepared branches older than this are logged as warnings by the stats logger.
 const OLD_PREPARED_WARNING: Duration = Duration::from_secs(60);
 
@@ -553,10 +558,8 @@ impl PgResource {
     async fn commit_prepared(&self, gid: &Gid) -> Result<CommitResult, PgError> {
         failpoint::hit("pg.before_commit_prepared").await;
         let mut c = self.pool.get().await?;
-        let result = c
-            .client()?
-            .batch_execute(&format!("COMMIT PREPARED {}", gid.quoted()))
-            .await;
+        let result =
+            phase2_statement(c.client()?, &format!("COMMIT PREPARED {}", gid.quoted())).await;
         match result {
             Ok(()) => {
                 failpoint::hit("pg.after_commit_prepared").await;
@@ -592,10 +595,7 @@ impl PgResource {
         );
         let mut c = self.pool.get().await?;
         loop {
-            let undone = c
-                .client()?
-                .batch_execute(&format!("ROLLBACK PREPARED {q}"))
-                .await;
+            let undone = phase2_statement(c.client()?, &format!("ROLLBACK PREPARED {q}")).await;
             match undone {
                 Ok(()) => tracing::debug!("prepared branch rolled back"),
                 Err(e) if is(&e, &SqlState::UNDEFINED_OBJECT) => {}
@@ -659,6 +659,25 @@ impl PgResource {
             }
         }
         Ok(xids)
+    }
+}
+
+/// Runs a phase-2 statement, waiting out "prepared transaction is busy" (another
+/// session, e.g. the recovery loop racing the coordinator, is finishing the same gid
+/// right now): once that session is done the gid is gone and the caller's
+/// missing-gid path gives the answer.
+async fn phase2_statement(c: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let mut tries = 0;
+    loop {
+        match c.batch_execute(sql).await {
+            Err(e)
+                if is(&e, &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) && tries < BUSY_RETRIES =>
+            {
+                tries += 1;
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
+            other => return other,
+        }
     }
 }
 
