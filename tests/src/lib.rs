@@ -7,6 +7,10 @@
 //! - [`TestCluster`]: the cluster, its client and its temp folder.
 //! - [`Bank`]: two account-store participants with recovery loops.
 //! - [`must_commit`], [`must_abort`]: assertions on decisions.
+//! - [`pg`]: the Postgres server of `tests/infra/postgres.sh`, the two-database bank
+//!   and killable `pg_bank participant` processes.
+
+pub mod pg;
 
 use std::path::PathBuf;
 use std::sync::Arc;
