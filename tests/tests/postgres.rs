@@ -41,22 +41,19 @@ async fn must_settle(dbs: &BankDbs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spec(
-    env: &PgEnv,
-    c: &TestCluster,
-    dbs: &BankDbs,
-    prefix: &str,
-) -> anyhow::Result<ParticipantSpec> {
+/// How to run a `pg_bank participant` for the banks `dbs` and cluster `c`.
+fn spec(env: &PgEnv, c: &TestCluster, dbs: &BankDbs) -> anyhow::Result<ParticipantSpec> {
+    let db_prefix = dbs
+        .a_name
+        .strip_suffix("_a")
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("unexpected bank name {}", dbs.a_name))?;
     Ok(ParticipantSpec {
         pg_url: env.url.clone(),
-        db_prefix: format!("{prefix}_{}", std::process::id()),
+        db_prefix,
         coordinators: c.nodes.api_endpoints(),
         listen: format!("127.0.0.1:{}", free_port()?),
         dir: c.dir.path().to_path_buf(),
-    })
-    .map(|s| {
-        debug_assert_eq!(format!("{}_a", s.db_prefix), dbs.a_name);
-        s
     })
 }
 
@@ -120,7 +117,7 @@ async fn participant_killed_after_prepare_rolls_back_after_restart() -> anyhow::
     let env = PgEnv::from_env()?;
     let dbs = fresh_bank(&env, "pg_kill_prep").await?;
     let c = TestCluster::start(&["--prepare-timeout-ms", "2000"]).await?;
-    let s = spec(&env, &c, &dbs, "pg_kill_prep")?;
+    let s = spec(&env, &c, &dbs)?;
     let mut p = ParticipantProc::start(&s, 1, "pg.after_prepare=kill", 500).await?;
     let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
     p.wait_exit(Duration::from_secs(20)).await?;
@@ -143,7 +140,7 @@ async fn participant_killed_before_commit_prepared_commits_after_restart() -> an
     let env = PgEnv::from_env()?;
     let dbs = fresh_bank(&env, "pg_kill_commit").await?;
     let c = TestCluster::start(&[]).await?;
-    let s = spec(&env, &c, &dbs, "pg_kill_commit")?;
+    let s = spec(&env, &c, &dbs)?;
     let mut p = ParticipantProc::start(&s, 1, "pg.before_commit_prepared=kill", 500).await?;
     let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
     p.wait_exit(Duration::from_secs(20)).await?;
@@ -164,7 +161,7 @@ async fn postmaster_killed_after_prepare_keeps_and_resolves_branches() -> anyhow
     let env = PgEnv::from_env()?;
     let dbs = fresh_bank(&env, "pg_kill_pm").await?;
     let c = TestCluster::start(&[]).await?;
-    let s = spec(&env, &c, &dbs, "pg_kill_pm")?;
+    let s = spec(&env, &c, &dbs)?;
     let mut p = ParticipantProc::start(&s, 1, "pg.before_commit_prepared=sleep:8000", 500).await?;
     let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
     let before = wait_prepared(&dbs, 2, Duration::from_secs(20)).await?;
@@ -202,7 +199,7 @@ async fn leader_killed_between_decision_and_phase2_new_leader_finishes() -> anyh
     let env = PgEnv::from_env()?;
     let dbs = fresh_bank(&env, "pg_kill_leader").await?;
     let mut c = TestCluster::start(&[]).await?;
-    let s = spec(&env, &c, &dbs, "pg_kill_leader")?;
+    let s = spec(&env, &c, &dbs)?;
     let mut p = ParticipantProc::start(&s, 1, "pg.before_commit_prepared=kill", 0).await?;
     let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
     p.wait_exit(Duration::from_secs(20)).await?;
@@ -227,7 +224,7 @@ async fn late_prepare_after_rollback_is_fenced() -> anyhow::Result<()> {
     let env = PgEnv::from_env()?;
     let dbs = fresh_bank(&env, "pg_fence").await?;
     let c = TestCluster::start(&["--prepare-timeout-ms", "1000"]).await?;
-    let s = spec(&env, &c, &dbs, "pg_fence")?;
+    let s = spec(&env, &c, &dbs)?;
     // No recovery loop: only the fence may keep the late prepare out.
     let mut p = ParticipantProc::start(&s, 1, "pg.before_prepare=sleep:3000", 0).await?;
     let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;

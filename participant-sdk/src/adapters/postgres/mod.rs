@@ -483,6 +483,9 @@ impl PgResource {
             // No statement ran: nothing to prepare or commit.
             return Ok(Vote::ReadOnly);
         }
+        // Here a prepare is "delayed": the branch is owned by this call but nothing
+        // is fenced yet, so a rollback can overtake it (what the fence is for).
+        failpoint::hit("pg.before_prepare").await;
         let q = gid.quoted();
         let sql = format!(
             "INSERT INTO ratify_fence (gid, state) VALUES ({q}, 'b'); PREPARE TRANSACTION {q}"
@@ -766,7 +769,6 @@ async fn check_server(pool: &Pool) -> Result<ServerInfo, PgError> {
 #[async_trait]
 impl Resource for PgResource {
     async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
-        failpoint::hit("pg.before_prepare").await;
         let gid = self.gid(xid);
         let vote = match self.take_slot(xid) {
             Some(slot) => self.prepare_open(&slot, &gid).await?,
