@@ -29,6 +29,9 @@ pub(crate) struct BenchArgs {
     duration: u64,
 }
 
+/// Numbers raw-2PC gids.
+static RAW_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What one round measured.
 #[derive(Default)]
 struct Round {
@@ -104,7 +107,6 @@ async fn client_loop(ctx: Arc<Ctx>, mode: Mode, i: usize, until: Instant) -> any
         pg_bank::connect(&ctx.dbs.a_url).await?,
         pg_bank::connect(&ctx.dbs.b_url).await?,
     );
-    let mut n = 0u64;
     while Instant::now() < until {
         let (from, to, amount) = pick(&ctx, i);
         let t = Instant::now();
@@ -122,25 +124,33 @@ async fn client_loop(ctx: Arc<Ctx>, mode: Mode, i: usize, until: Instant) -> any
                 // The leanest hand-written 2PC: per database one message for
                 // BEGIN + UPDATE + PREPARE, then one for COMMIT PREPARED, both
                 // databases in parallel.
-                n += 1;
-                let gid = format!("rawbench_{i}_{n}");
+                // Gids are unique server-wide, not per database: one per branch, and
+                // unique across rounds.
+                let n = RAW_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (ga, gb) = (format!("rawbench_{n}_a"), format!("rawbench_{n}_b"));
                 let sa = format!(
                     "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
-                     PREPARE TRANSACTION '{gid}'"
+                     PREPARE TRANSACTION '{ga}'"
                 );
                 let sb = format!(
                     "BEGIN; UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; \
-                     PREPARE TRANSACTION '{gid}'"
+                     PREPARE TRANSACTION '{gb}'"
                 );
                 let prepared =
                     futures::try_join!(a.batch_execute(&sa), b.batch_execute(&sb)).is_ok();
-                let sql = if prepared {
-                    format!("COMMIT PREPARED '{gid}'")
-                } else {
-                    format!("ROLLBACK PREPARED '{gid}'")
-                };
-                let _ = futures::join!(a.batch_execute(&sql), b.batch_execute(&sql));
-                prepared
+                let verb = if prepared { "COMMIT" } else { "ROLLBACK" };
+                let (fa, fb) = (
+                    format!("{verb} PREPARED '{ga}'"),
+                    format!("{verb} PREPARED '{gb}'"),
+                );
+                let (ra, rb) = futures::join!(a.batch_execute(&fa), b.batch_execute(&fb));
+                if !prepared {
+                    // A branch that failed to prepare may still be an open, aborted
+                    // transaction on its connection.
+                    let _ =
+                        futures::join!(a.batch_execute("ROLLBACK"), b.batch_execute("ROLLBACK"));
+                }
+                prepared && ra.is_ok() && rb.is_ok()
             }
             Mode::Ratify => {
                 let begun_at = Instant::now();
