@@ -3,6 +3,10 @@
 //!
 //! # Layout
 //! - [`init_tracing`]: logging set up the same way in every example.
+//! - [`pg_bank`]: the two-database Postgres bank of `src/bin/pg_bank.rs`, shared with
+//!   the integration tests.
+
+pub mod pg_bank;
 
 /// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {

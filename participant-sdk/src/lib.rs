@@ -10,7 +10,7 @@
 //! - [`failpoint`]: crash points for tests, chosen through `RATIFY_FAILPOINTS`.
 //! - [`accounts`]: an embedded, durable account-balance store for demos and tests.
 //! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
-//! - [`adapters`]: adapters for external systems, each behind a feature (`kafka`).
+//! - [`adapters`]: existing systems as participants (features `kafka`, `postgres`).
 
 pub mod accounts;
 pub mod adapters;

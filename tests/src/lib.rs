@@ -9,8 +9,11 @@
 //! - [`must_commit`], [`must_abort`]: assertions on decisions.
 //! - [`kafka`]: the test broker, the independent Java checker and the Kafka
 //!   participant process.
+//! - [`pg`]: the Postgres server of `tests/infra/postgres.sh`, the two-database bank
+//!   and killable `pg_bank participant` processes.
 
 pub mod kafka;
+pub mod pg;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,307 @@
+//! `pg_bank bench`: transfers across the two databases through Ratify, next to the
+//! same transfers with raw `PREPARE TRANSACTION` / `COMMIT PREPARED` and no
+//! coordinator, and next to plain single-database commits, at several client counts.
+//!
+//! Each client transfers between accounts of its own partition, so clients never wait
+//! for each other's row locks (a cross-database lock cycle would stall both until the
+//! transaction timeout: that is a workload property, not what is measured here).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rand::Rng;
+use ratify_examples::pg_bank::{self, Bank, BankDbs, Latencies};
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient, Outcome};
+
+use crate::Common;
+
+/// Flags of `pg_bank bench`.
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Concurrent clients for each round (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    clients: Vec<usize>,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+}
+
+/// Numbers raw-2PC gids.
+static RAW_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What one round measured.
+#[derive(Default)]
+struct Round {
+    /// Finished transfers.
+    done: u64,
+    /// Aborted or failed transfers.
+    failed: u64,
+    /// Whole-transfer latency.
+    total: Latencies,
+    /// Ratify only: Begin at the coordinator plus the SQL on both branches.
+    begin: Latencies,
+    /// Ratify only: Commit at the coordinator (prepare, decision, phase 2).
+    commit: Latencies,
+    /// Wall time.
+    elapsed: Duration,
+}
+
+impl Round {
+    fn merge(&mut self, o: Round) {
+        self.done += o.done;
+        self.failed += o.failed;
+        self.total.extend(o.total);
+        self.begin.extend(o.begin);
+        self.commit.extend(o.commit);
+    }
+
+    fn tps(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Plain,
+    Raw2pc,
+    Ratify,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain commit (1 db)",
+            Mode::Raw2pc => "raw 2PC (2 dbs, no coordinator)",
+            Mode::Ratify => "Ratify 2PC (2 dbs, 3-node cluster)",
+        }
+    }
+}
+
+/// Shared by every client of a round.
+struct Ctx {
+    dbs: BankDbs,
+    bank: Bank,
+    client: CoordinatorClient,
+    endpoint: String,
+    /// Accounts per client partition.
+    per_client: i32,
+}
+
+/// Two accounts and an amount from client `i`'s partition.
+fn pick(ctx: &Ctx, i: usize) -> (i32, i32, i64) {
+    let base = i as i32 * ctx.per_client;
+    let mut rng = rand::thread_rng();
+    (
+        base + rng.gen_range(0..ctx.per_client),
+        base + rng.gen_range(0..ctx.per_client),
+        rng.gen_range(1..=10),
+    )
+}
+
+async fn client_loop(ctx: Arc<Ctx>, mode: Mode, i: usize, until: Instant) -> anyhow::Result<Round> {
+    let mut r = Round::default();
+    let (a, b) = (
+        pg_bank::connect(&ctx.dbs.a_url).await?,
+        pg_bank::connect(&ctx.dbs.b_url).await?,
+    );
+    while Instant::now() < until {
+        let (from, to, amount) = pick(&ctx, i);
+        let t = Instant::now();
+        let ok = match mode {
+            Mode::Plain => {
+                // One round trip: the whole transaction in one simple-query message.
+                a.batch_execute(&format!(
+                    "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
+                     UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; COMMIT"
+                ))
+                .await
+                .is_ok()
+            }
+            Mode::Raw2pc => {
+                // The leanest hand-written 2PC: per database one message for
+                // BEGIN + UPDATE + PREPARE, then one for COMMIT PREPARED, both
+                // databases in parallel.
+                // Gids are unique server-wide, not per database: one per branch, and
+                // unique across rounds.
+                let n = RAW_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (ga, gb) = (format!("rawbench_{n}_a"), format!("rawbench_{n}_b"));
+                let sa = format!(
+                    "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
+                     PREPARE TRANSACTION '{ga}'"
+                );
+                let sb = format!(
+                    "BEGIN; UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; \
+                     PREPARE TRANSACTION '{gb}'"
+                );
+                let prepared =
+                    futures::try_join!(a.batch_execute(&sa), b.batch_execute(&sb)).is_ok();
+                let verb = if prepared { "COMMIT" } else { "ROLLBACK" };
+                let (fa, fb) = (
+                    format!("{verb} PREPARED '{ga}'"),
+                    format!("{verb} PREPARED '{gb}'"),
+                );
+                let (ra, rb) = futures::join!(a.batch_execute(&fa), b.batch_execute(&fb));
+                if !prepared {
+                    // A branch that failed to prepare may still be an open, aborted
+                    // transaction on its connection.
+                    let _ =
+                        futures::join!(a.batch_execute("ROLLBACK"), b.batch_execute("ROLLBACK"));
+                }
+                prepared && ra.is_ok() && rb.is_ok()
+            }
+            Mode::Ratify => {
+                let begun_at = Instant::now();
+                match ctx
+                    .bank
+                    .begin_transfer(&ctx.client, &ctx.endpoint, from, to, amount)
+                    .await
+                {
+                    Ok(begun) => {
+                        r.begin.record(begun_at.elapsed());
+                        let c = Instant::now();
+                        let d = ctx.client.commit(&begun.gtrid).await;
+                        r.commit.record(c.elapsed());
+                        matches!(d, Ok(d) if d.outcome == Outcome::Committed)
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        if ok {
+            r.done += 1;
+            r.total.record(t.elapsed());
+        } else {
+            r.failed += 1;
+        }
+    }
+    Ok(r)
+}
+
+async fn round(ctx: &Arc<Ctx>, mode: Mode, clients: usize, secs: u64) -> anyhow::Result<Round> {
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| tokio::spawn(client_loop(Arc::clone(ctx), mode, i, until)))
+        .collect();
+    let mut total = Round::default();
+    for t in tasks {
+        total.merge(t.await??);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// Runs every mode at every client count and prints one table.
+pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: debug build; use `cargo run --release -p ratify-examples --bin pg_bank -- bench` for real figures");
+    }
+    let c = &a.common;
+    let dbs = BankDbs::new(&c.pg_url, &c.db_prefix)?;
+    let max_clients = a.clients.iter().copied().max().unwrap_or(1).max(1);
+    let accounts = c.accounts.max(max_clients as i32 * 10);
+    pg_bank::setup(&c.pg_url, &dbs, accounts, c.balance).await?;
+    let before = pg_bank::total(&dbs.a_url).await? + pg_bank::total(&dbs.b_url).await?;
+    let tmp = tempfile::tempdir()?;
+    let cluster = crate::local_cluster(&tmp.path().join("cluster")).await?;
+    let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
+    let bank = Bank::open(&dbs, max_clients * 2 + 4).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = {
+        let (bank, client) = (bank.clone(), client.clone());
+        tokio::spawn(async move {
+            bank.serve(listener, client, Some(Duration::from_secs(1)), async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let ctx = Arc::new(Ctx {
+        dbs: dbs.clone(),
+        bank,
+        client,
+        endpoint,
+        per_client: accounts / max_clients as i32,
+    });
+
+    // Warm-up: connections, statement caches, the cluster's first entries.
+    for mode in [Mode::Plain, Mode::Raw2pc, Mode::Ratify] {
+        round(&ctx, mode, 4, 1).await?;
+    }
+
+    let mut rows = Vec::new();
+    for &clients in &a.clients {
+        let mut by_mode = Vec::new();
+        for mode in [Mode::Plain, Mode::Raw2pc, Mode::Ratify] {
+            let r = round(&ctx, mode, clients, a.duration).await?;
+            eprintln!("{} x{clients}: {:.0} txn/s", mode.label(), r.tps());
+            by_mode.push((mode, r));
+        }
+        rows.push((clients, by_mode));
+    }
+
+    println!();
+    println!("| clients | mode | txn/s | p50 ms | p99 ms | failed | vs raw 2PC | vs plain |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut breakdown = Vec::new();
+    for (clients, by_mode) in &mut rows {
+        let plain = by_mode[0].1.tps();
+        let raw = by_mode[1].1.tps();
+        for (mode, r) in by_mode.iter_mut() {
+            println!(
+                "| {clients} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                mode.label(),
+                r.tps(),
+                r.total.percentile_ms(50.0),
+                r.total.percentile_ms(99.0),
+                r.failed,
+                r.tps() / raw,
+                r.tps() / plain,
+            );
+            if *mode == Mode::Ratify {
+                breakdown.push(format!(
+                    "| {clients} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    r.begin.percentile_ms(50.0),
+                    r.begin.percentile_ms(99.0),
+                    r.commit.percentile_ms(50.0),
+                    r.commit.percentile_ms(99.0),
+                    r.total.percentile_ms(50.0),
+                ));
+            }
+        }
+    }
+    println!();
+    println!("Where a Ratify transfer's time goes (ms): begin = coordinator Begin (a Raft entry) + SQL on both branches; commit = prepare on both + COMMIT decision (a Raft entry) + phase 2");
+    println!();
+    println!("| clients | begin+SQL p50 | begin+SQL p99 | commit p50 | commit p99 | total p50 |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for line in breakdown {
+        println!("{line}");
+    }
+
+    // Settle and check the invariant, so the benchmark is also a test.
+    let settle = Instant::now();
+    while !(pg_bank::prepared_gids(&dbs.a_url).await?.is_empty()
+        && pg_bank::prepared_gids(&dbs.b_url).await?.is_empty())
+    {
+        anyhow::ensure!(
+            settle.elapsed() < Duration::from_secs(30),
+            "prepared branches left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = pg_bank::total(&dbs.a_url).await? + pg_bank::total(&dbs.b_url).await?;
+    // Plain commits move money inside bank A only, so the sum is conserved too.
+    anyhow::ensure!(before == after, "total changed: {before} -> {after}");
+    println!();
+    println!("total conserved ({after}); no prepared transaction left");
+    let _ = stop.send(());
+    served.await??;
+    drop(cluster);
+    Ok(())
+}

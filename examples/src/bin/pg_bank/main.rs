@@ -1,0 +1,291 @@
+//! `pg_bank`: a bank transfer between two Postgres databases through Ratify.
+//!
+//! ```sh
+//! eval "$(tests/infra/postgres.sh start .tmp/pg)"    # or any server with max_prepared_transactions > 0
+//! cargo build -p ratify-coordinator --bin ratify
+//! cargo run -p ratify-examples --bin pg_bank -- demo --pg-url "$RATIFY_TEST_PG_URL"
+//! ```
+//!
+//! Subcommands: `demo` (starts a local 3-node cluster unless `--coordinator` is given,
+//! runs transfers, checks the total), `participant` (serves both banks and optionally
+//! runs transfers: what the integration tests SIGKILL), `setup` (creates and resets the
+//! databases) and `bench` (Ratify next to raw 2PC and plain commits).
+
+mod bench;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ratify_coordinator::local::LocalCluster;
+use ratify_examples::pg_bank::{self, Bank, BankDbs};
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient, Outcome};
+
+/// A bank transfer between two Postgres databases, made atomic by Ratify.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create (if missing) and reset both bank databases.
+    Setup(Common),
+    /// Run transfers through Ratify and check that money is conserved.
+    Demo(DemoArgs),
+    /// Serve both banks as a participant (and optionally run transfers).
+    Participant(ParticipantArgs),
+    /// Ratify vs raw PREPARE/COMMIT PREPARED vs plain single-database commits.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Postgres URL of any database on the server (the banks are created next to it).
+    #[arg(long, env = "RATIFY_TEST_PG_URL")]
+    pg_url: String,
+    /// The banks are the databases `<prefix>_a` and `<prefix>_b`.
+    #[arg(long, default_value = "ratify_bank")]
+    db_prefix: String,
+    /// Accounts per bank (ids 0..N).
+    #[arg(long, default_value_t = 1000)]
+    accounts: i32,
+    /// Opening balance of every account.
+    #[arg(long, default_value_t = 1000)]
+    balance: i64,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Coordinator API addresses; none starts a local 3-node cluster (needs the
+    /// `ratify` binary: `cargo build -p ratify-coordinator --bin ratify`).
+    #[arg(long = "coordinator")]
+    coordinators: Vec<String>,
+    /// Transfers to run.
+    #[arg(long, default_value_t = 200)]
+    transfers: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: u64,
+}
+
+#[derive(Args, Debug)]
+struct ParticipantArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Coordinator API addresses.
+    #[arg(long = "coordinator", required = true)]
+    coordinators: Vec<String>,
+    /// Address to serve on; keep it across restarts (the coordinator remembers it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Transfers to run once serving (one after another).
+    #[arg(long, default_value_t = 0)]
+    transfers: u64,
+    /// Debit this account of bank A.
+    #[arg(long, default_value_t = 1)]
+    from: i32,
+    /// Credit this account of bank B.
+    #[arg(long, default_value_t = 2)]
+    to: i32,
+    /// Amount of each transfer.
+    #[arg(long, default_value_t = 10)]
+    amount: i64,
+    /// Recovery loop interval; 0 turns the loop off (phase 2 then only comes from the
+    /// coordinator).
+    #[arg(long, default_value_t = 500)]
+    recovery_interval_ms: u64,
+    /// Reset the databases first.
+    #[arg(long)]
+    setup: bool,
+}
+
+/// The `ratify` binary: `$RATIFY_BIN`, or next to this executable.
+pub(crate) fn ratify_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RATIFY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no folder")?;
+    let bin = dir.join("ratify");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p ratify-coordinator --bin ratify` \
+         (add --release for a release pg_bank), or set RATIFY_BIN, or pass --coordinator",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A local 3-node cluster of `ratify node` processes under `dir`, with a leader.
+pub(crate) async fn local_cluster(dir: &std::path::Path) -> anyhow::Result<LocalCluster> {
+    let cluster = LocalCluster::start(&ratify_binary()?, dir, 3, vec![])?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    Ok(cluster)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ratify_examples::init_tracing();
+    match Cli::parse().cmd {
+        Cmd::Setup(c) => {
+            let dbs = BankDbs::new(&c.pg_url, &c.db_prefix)?;
+            pg_bank::setup(&c.pg_url, &dbs, c.accounts, c.balance).await?;
+            println!("created {} and {}", dbs.a_name, dbs.b_name);
+            Ok(())
+        }
+        Cmd::Demo(a) => demo(a).await,
+        Cmd::Participant(a) => participant(a).await,
+        Cmd::Bench(a) => bench::run(a).await,
+    }
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let dbs = BankDbs::new(&c.pg_url, &c.db_prefix)?;
+    pg_bank::setup(&c.pg_url, &dbs, c.accounts, c.balance).await?;
+    let before = pg_bank::total(&dbs.a_url).await? + pg_bank::total(&dbs.b_url).await?;
+    let tmp = tempfile::tempdir()?;
+    let (_cluster, endpoints) = if a.coordinators.is_empty() {
+        println!("starting a local 3-node coordinator cluster");
+        let cluster = local_cluster(&tmp.path().join("cluster")).await?;
+        let eps = cluster.api_endpoints();
+        (Some(cluster), eps)
+    } else {
+        (None, a.coordinators.clone())
+    };
+    let client = CoordinatorClient::new(endpoints, ClientConfig::default())?;
+    let bank = Arc::new(Bank::open(&dbs, 32).await?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = {
+        let (bank, client) = (Arc::clone(&bank), client.clone());
+        tokio::spawn(async move {
+            bank.serve(listener, client, Some(Duration::from_secs(1)), async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+
+    let committed = Arc::new(AtomicU64::new(0));
+    let aborted = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.clients.max(1) {
+        let (bank, client, endpoint) = (Arc::clone(&bank), client.clone(), endpoint.clone());
+        let (committed, aborted, next) = (
+            Arc::clone(&committed),
+            Arc::clone(&aborted),
+            Arc::clone(&next),
+        );
+        let (accounts, transfers) = (c.accounts, a.transfers);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < transfers {
+                let (from, to, amount) = {
+                    use rand::Rng;
+                    let mut rng = rand::thread_rng();
+                    (
+                        rng.gen_range(0..accounts),
+                        rng.gen_range(0..accounts),
+                        rng.gen_range(1..=100),
+                    )
+                };
+                match bank.transfer(&client, &endpoint, from, to, amount).await {
+                    Ok(d) if d.outcome == Outcome::Committed => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(d) => {
+                        tracing::info!(?d, "transfer aborted");
+                        aborted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "transfer failed");
+                        aborted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = start.elapsed();
+    // Phase 2 may still be running: wait for every branch to be finished.
+    let settle = Instant::now();
+    while !(pg_bank::prepared_gids(&dbs.a_url).await?.is_empty()
+        && pg_bank::prepared_gids(&dbs.b_url).await?.is_empty())
+    {
+        anyhow::ensure!(
+            settle.elapsed() < Duration::from_secs(30),
+            "prepared branches left after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = pg_bank::total(&dbs.a_url).await? + pg_bank::total(&dbs.b_url).await?;
+    let _ = stop.send(());
+    served.await??;
+    let (ok, ko) = (
+        committed.load(Ordering::Relaxed),
+        aborted.load(Ordering::Relaxed),
+    );
+    println!(
+        "{ok} committed, {ko} aborted in {:.1} s ({:.0} transfers/s); total before {before}, after {after}; no prepared transaction left",
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64()
+    );
+    anyhow::ensure!(
+        before == after,
+        "money was created or destroyed: {before} != {after}"
+    );
+    Ok(())
+}
+
+async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let dbs = BankDbs::new(&c.pg_url, &c.db_prefix)?;
+    if a.setup {
+        pg_bank::setup(&c.pg_url, &dbs, c.accounts, c.balance).await?;
+    }
+    let client = CoordinatorClient::new(a.coordinators.clone(), ClientConfig::default())?;
+    let bank = Bank::open(&dbs, 16).await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let endpoint = listener.local_addr()?.to_string();
+    let recovery =
+        (a.recovery_interval_ms > 0).then(|| Duration::from_millis(a.recovery_interval_ms));
+    let serving = {
+        let (bank, client) = (bank.clone(), client.clone());
+        tokio::spawn(async move {
+            bank.serve(listener, client, recovery, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        })
+    };
+    println!("ready {endpoint}");
+    for _ in 0..a.transfers {
+        let begun = bank
+            .begin_transfer(&client, &endpoint, a.from, a.to, a.amount)
+            .await?;
+        println!("begun {}", begun.gtrid);
+        let outcome = match client.commit(&begun.gtrid).await {
+            Ok(d) if d.outcome == Outcome::Committed => "committed".to_string(),
+            Ok(d) => format!("aborted {:?}", d.reason),
+            Err(e) => format!("unknown {e}"),
+        };
+        println!("outcome {} {outcome}", begun.gtrid);
+    }
+    serving.await?
+}

@@ -1,0 +1,386 @@
+//! A bank spread over two Postgres databases (`<prefix>_a` and `<prefix>_b`), each an
+//! XA resource hosted by one participant server; a transfer debits an account in A
+//! and credits one in B as one Ratify global transaction.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
+use ratify_participant_sdk::client::{BeginOptions, Begun, CoordinatorClient, Decision};
+use ratify_participant_sdk::recovery::RecoveryLoop;
+use ratify_participant_sdk::resource::Resource;
+use ratify_participant_sdk::server::ParticipantServer;
+use tokio_postgres::{Client, NoTls};
+
+/// Resource name of bank A at the participant.
+pub const RESOURCE_A: &str = "bank_a";
+/// Resource name of bank B at the participant.
+pub const RESOURCE_B: &str = "bank_b";
+
+/// Where the two databases are.
+#[derive(Debug, Clone)]
+pub struct BankDbs {
+    /// Bank A's URL.
+    pub a_url: String,
+    /// Bank B's URL.
+    pub b_url: String,
+    /// Bank A's database name (also its gid tag).
+    pub a_name: String,
+    /// Bank B's database name (also its gid tag).
+    pub b_name: String,
+}
+
+impl BankDbs {
+    /// The databases `<prefix>_a` and `<prefix>_b` on the server of `base_url`.
+    ///
+    /// # Errors
+    /// When `prefix` is not 1 to 30 characters of `[a-z0-9_]` (it becomes database
+    /// names and gid tags).
+    pub fn new(base_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=30).contains(&prefix.len())
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "database prefix must be 1 to 30 characters of [a-z0-9_], got {prefix:?}"
+        );
+        let (a_name, b_name) = (format!("{prefix}_a"), format!("{prefix}_b"));
+        Ok(Self {
+            a_url: with_database(base_url, &a_name),
+            b_url: with_database(base_url, &b_name),
+            a_name,
+            b_name,
+        })
+    }
+}
+
+/// `url` (a `postgres://` URL) pointing at database `db` instead.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match main[after_scheme..].find('/') {
+        Some(i) => &main[..after_scheme + i],
+        None => main,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// A plain connection (setup, checks, the raw baselines of the benchmark).
+///
+/// # Errors
+/// When the server cannot be reached.
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates both databases if missing and (re)sets `accounts` to ids `0..accounts`,
+/// each holding `balance`.
+///
+/// # Errors
+/// Connection or SQL failures (for example prepared transactions still holding rows).
+pub async fn setup(
+    base_url: &str,
+    dbs: &BankDbs,
+    accounts: i32,
+    balance: i64,
+) -> anyhow::Result<()> {
+    let admin = connect(base_url).await?;
+    for (name, url) in [(&dbs.a_name, &dbs.a_url), (&dbs.b_name, &dbs.b_url)] {
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
+            .await?
+            .is_some();
+        if !exists {
+            // The name was validated by BankDbs::new ([a-z0-9_]).
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await?;
+        }
+        let db = connect(url).await?;
+        db.batch_execute(
+            "CREATE TABLE IF NOT EXISTS accounts (\
+                 id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0)); \
+             TRUNCATE accounts",
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO accounts SELECT g, $2 FROM generate_series(0, $1 - 1) g",
+            &[&accounts, &balance],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sum of all balances in the database at `url`.
+///
+/// # Errors
+/// Connection or SQL failures.
+pub async fn total(url: &str) -> anyhow::Result<i64> {
+    let c = connect(url).await?;
+    let row = c
+        .query_one("SELECT coalesce(sum(balance), 0)::int8 FROM accounts", &[])
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Balance of account `id` in the database at `url`.
+///
+/// # Errors
+/// Connection or SQL failures, or no such account.
+pub async fn balance(url: &str, id: i32) -> anyhow::Result<i64> {
+    let c = connect(url).await?;
+    Ok(
+        c.query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+            .await?
+            .try_get(0)?,
+    )
+}
+
+/// Gids prepared in the database at `url`.
+///
+/// # Errors
+/// Connection or SQL failures.
+pub async fn prepared_gids(url: &str) -> anyhow::Result<Vec<String>> {
+    let c = connect(url).await?;
+    let rows = c
+        .query(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The fence row state of `gid` in the database at `url` (`b` committed, `r` rolled back).
+///
+/// # Errors
+/// Connection or SQL failures.
+pub async fn fence_state(url: &str, gid: &str) -> anyhow::Result<Option<String>> {
+    let c = connect(url).await?;
+    let row = c
+        .query_opt(
+            "SELECT state::text FROM ratify_fence WHERE gid = $1",
+            &[&gid],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Both banks as resources.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    /// Bank A.
+    pub a: Arc<PgResource>,
+    /// Bank B.
+    pub b: Arc<PgResource>,
+}
+
+impl Bank {
+    /// Connects both resources (startup checks included), `pool_size` connections each.
+    ///
+    /// # Errors
+    /// The adapter's startup errors.
+    pub async fn open(dbs: &BankDbs, pool_size: usize) -> anyhow::Result<Self> {
+        let cfg = |url: &str, tag: &str| PgConfig {
+            pool_size,
+            ..PgConfig::new(url, tag)
+        };
+        let a = PgResource::connect(cfg(&dbs.a_url, &dbs.a_name)).await?;
+        let b = PgResource::connect(cfg(&dbs.b_url, &dbs.b_name)).await?;
+        Ok(Self { a, b })
+    }
+
+    /// The participant server hosting both banks.
+    ///
+    /// # Errors
+    /// Never in practice (the names are valid and distinct).
+    pub fn server(&self) -> anyhow::Result<ParticipantServer> {
+        let a: Arc<dyn Resource> = self.a.clone();
+        let b: Arc<dyn Resource> = self.b.clone();
+        Ok(ParticipantServer::new()
+            .with_resource(RESOURCE_A, a)?
+            .with_resource(RESOURCE_B, b)?)
+    }
+
+    /// Serves both banks on `listener` and, unless `recovery_interval` is `None`, runs
+    /// their recovery loop and a prepared-transactions logger, until `shutdown`.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        client: CoordinatorClient,
+        recovery_interval: Option<Duration>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(interval) = recovery_interval {
+            let a: Arc<dyn Resource> = self.a.clone();
+            let b: Arc<dyn Resource> = self.b.clone();
+            RecoveryLoop::new(vec![(RESOURCE_A.into(), a), (RESOURCE_B.into(), b)], client)
+                .spawn(interval, stopped(stop_rx.clone()));
+        }
+        self.a
+            .spawn_stats_logger(Duration::from_secs(10), stopped(stop_rx.clone()));
+        self.b
+            .spawn_stats_logger(Duration::from_secs(10), stopped(stop_rx));
+        let served = self.server()?.serve(listener, shutdown).await;
+        let _ = stop_tx.send(true);
+        Ok(served?)
+    }
+
+    /// Begins a transfer of `amount` from A's account `from` to B's account `to` at
+    /// the participant `endpoint` and runs its SQL on both branches (concurrently).
+    /// The caller commits (or rolls back) it through `client`.
+    ///
+    /// # Errors
+    /// Coordinator or SQL failures; after a SQL failure the transaction is rolled back.
+    pub async fn begin_transfer(
+        &self,
+        client: &CoordinatorClient,
+        endpoint: &str,
+        from: i32,
+        to: i32,
+        amount: i64,
+    ) -> anyhow::Result<Begun> {
+        let begun = client
+            .begin(BeginOptions {
+                timeout: Duration::from_secs(10),
+                branches: vec![
+                    (endpoint.to_owned(), RESOURCE_A.to_owned()),
+                    (endpoint.to_owned(), RESOURCE_B.to_owned()),
+                ],
+                ..Default::default()
+            })
+            .await?;
+        let work = async {
+            let (xa, xb) = match begun.branches.as_slice() {
+                [a, b] => (&a.xid, &b.xid),
+                other => anyhow::bail!("coordinator enlisted {} branches, not 2", other.len()),
+            };
+            let (ba, bb) = futures::try_join!(self.a.begin_branch(xa), self.b.begin_branch(xb))?;
+            let (debit, credit) = ([&amount as _, &from as _], [&amount as _, &to as _]);
+            futures::try_join!(
+                ba.execute(
+                    "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+                    &debit
+                ),
+                bb.execute(
+                    "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                    &credit
+                ),
+            )?;
+            Ok(())
+        };
+        if let Err(e) = work.await {
+            // A failed statement makes its branch vote NO anyway; rolling back now
+            // releases the other branch's row lock sooner.
+            let _ = client.rollback(&begun.gtrid).await;
+            return Err(e);
+        }
+        Ok(begun)
+    }
+
+    /// [`Self::begin_transfer`] then commit.
+    ///
+    /// # Errors
+    /// As [`Self::begin_transfer`], and when the commit's outcome is unknown.
+    pub async fn transfer(
+        &self,
+        client: &CoordinatorClient,
+        endpoint: &str,
+        from: i32,
+        to: i32,
+        amount: i64,
+    ) -> anyhow::Result<Decision> {
+        let begun = self
+            .begin_transfer(client, endpoint, from, to, amount)
+            .await?;
+        Ok(client.commit(&begun.gtrid).await?)
+    }
+}
+
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Latency samples.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    /// Records one sample.
+    pub fn record(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+
+    /// Merges another set.
+    pub fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True without samples.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `p`-th percentile (0..=100) in milliseconds; 0 without samples.
+    pub fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        let last = self.0.len() - 1;
+        let rank = ((p / 100.0) * last as f64).round() as usize;
+        self.0[rank.min(last)].as_secs_f64() * 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_point_at_the_named_database() {
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres", "x_a"),
+            "postgres://u@h:5/x_a"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5", "x_a"),
+            "postgres://u@h:5/x_a"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5/db?sslmode=disable", "x_a"),
+            "postgres://u@h:5/x_a?sslmode=disable"
+        );
+        assert!(BankDbs::new("postgres://h/db", "Bad-Prefix").is_err());
+    }
+}

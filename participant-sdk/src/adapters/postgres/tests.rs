@@ -1,0 +1,330 @@
+//! Tests of the adapter against a real server: `RATIFY_TEST_PG_URL` (set by
+//! `tests/infra/postgres.sh`, which the README's test command runs).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+
+/// Where the test server is; fails (never skips) without it.
+fn pg_url() -> String {
+    std::env::var("RATIFY_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "RATIFY_TEST_PG_URL is not set: start Postgres with `tests/infra/postgres.sh start .tmp/infra/postgres` \
+             and eval its output (./tests/run.sh does this; see tests/infra/README.md)"
+        )
+    })
+}
+
+/// `url` with its database replaced by `db`.
+fn with_db(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => format!("{url}/{db}"),
+    }
+}
+
+async fn admin(url: &str) -> anyhow::Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// A fresh database with `accounts(id int, balance bigint)` holding ids 1 and 2 at 100.
+async fn fresh_db(name: &str) -> anyhow::Result<String> {
+    let url = pg_url();
+    let a = admin(&url).await?;
+    let db = format!("sdk_{name}_{}", std::process::id());
+    a.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await?;
+    a.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    let url = with_db(&url, &db);
+    admin(&url)
+        .await?
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
+             INSERT INTO accounts VALUES (1, 100), (2, 100);",
+        )
+        .await?;
+    Ok(url)
+}
+
+fn xid() -> anyhow::Result<Xid> {
+    static N: AtomicU64 = AtomicU64::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    Ok(Xid::new(
+        format!("{:016x}{n:016x}", std::process::id()),
+        "1",
+    )?)
+}
+
+async fn balance(url: &str, id: i32) -> anyhow::Result<i64> {
+    Ok(admin(url)
+        .await?
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+        .await?
+        .try_get(0)?)
+}
+
+async fn prepared_gids(url: &str) -> anyhow::Result<Vec<String>> {
+    Ok(admin(url)
+        .await?
+        .query(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn debit(r: &Arc<PgResource>, x: &Xid, id: i32, amount: i64) -> anyhow::Result<PgBranch> {
+    let b = r.begin_branch(x).await?;
+    let n = b
+        .execute(
+            "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+            &[&amount, &id],
+        )
+        .await?;
+    anyhow::ensure!(n == 1, "account {id} missing");
+    Ok(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_commit_recover_and_idempotent_phase2() -> anyhow::Result<()> {
+    let url = fresh_db("commit").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    assert!(r.server().version.starts_with("15") || r.server().max_prepared_transactions > 0);
+    let x = xid()?;
+    let b = debit(&r, &x, 1, 30).await?;
+    assert_eq!(r.prepare(&x).await?, Vote::Yes);
+    // Closed to further work once prepared.
+    assert!(matches!(
+        b.execute("SELECT 1", &[]).await,
+        Err(PgError::BranchClosed(_))
+    ));
+    assert_eq!(
+        r.prepare(&x).await?,
+        Vote::Yes,
+        "a retried prepare stays YES"
+    );
+    assert_eq!(r.recover().await?, vec![x.clone()]);
+    let stats = r.prepared_stats().await?;
+    assert_eq!(stats.ratify_prepared, 1);
+    assert!(stats.oldest_ratify_age.is_some());
+    assert_eq!(prepared_gids(&url).await?, vec![r.gid(&x).to_string()]);
+    assert_eq!(r.commit(&x, false).await?, CommitResult::Committed);
+    assert_eq!(
+        r.commit(&x, false).await?,
+        CommitResult::Committed,
+        "idempotent"
+    );
+    assert_eq!(balance(&url, 1).await?, 70);
+    assert!(r.recover().await?.is_empty());
+    assert_eq!(r.prepared_stats().await?.ratify_prepared, 0);
+    // A rollback after commit is a heuristic mismatch, reported as such.
+    assert_eq!(r.rollback(&x).await?, RollbackResult::AlreadyCommitted);
+    assert_eq!(balance(&url, 1).await?, 70);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_of_prepared_and_unknown_branches() -> anyhow::Result<()> {
+    let url = fresh_db("rollback").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let x = xid()?;
+    debit(&r, &x, 1, 30).await?;
+    assert_eq!(r.prepare(&x).await?, Vote::Yes);
+    assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+    assert_eq!(
+        r.rollback(&x).await?,
+        RollbackResult::RolledBack,
+        "idempotent"
+    );
+    assert!(prepared_gids(&url).await?.is_empty());
+    assert_eq!(balance(&url, 1).await?, 100);
+    // Committing a rolled-back branch is refused, not reported as committed.
+    assert!(r.commit(&x, false).await.is_err());
+    // Rolling back a branch never seen leaves a tombstone that fences it.
+    let y = xid()?;
+    assert_eq!(r.rollback(&y).await?, RollbackResult::RolledBack);
+    assert!(matches!(r.prepare(&y).await?, Vote::No(_)));
+    Ok(())
+}
+
+/// A rollback that arrives while the branch is open, even mid-statement, rolls it back
+/// at once (no deadlock with the branch) and a later prepare votes NO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_while_open_cancels_and_fences() -> anyhow::Result<()> {
+    let url = fresh_db("open").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let x = xid()?;
+    let b = Arc::new(debit(&r, &x, 1, 30).await?);
+    let b2 = Arc::clone(&b);
+    let slow =
+        tokio::spawn(async move { b2.execute("SELECT pg_sleep(30)", &[]).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "rollback waited for the branch"
+    );
+    assert!(
+        slow.await?.is_err(),
+        "the statement in flight was cancelled"
+    );
+    assert!(matches!(r.prepare(&x).await?, Vote::No(_)));
+    assert!(prepared_gids(&url).await?.is_empty());
+    assert_eq!(balance(&url, 1).await?, 100);
+    Ok(())
+}
+
+/// The database-level fence: a prepare that arrives after the rollback, from a process
+/// that still had the branch open (here a second resource instance with the same tag,
+/// as after a restart, or a delayed prepare), votes NO and leaves nothing prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_prepare_after_rollback_is_fenced() -> anyhow::Result<()> {
+    let url = fresh_db("fence").await?;
+    let old = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let new = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let x = xid()?;
+    debit(&old, &x, 1, 30).await?;
+    assert_eq!(new.rollback(&x).await?, RollbackResult::RolledBack);
+    match old.prepare(&x).await? {
+        Vote::No(why) => assert!(why.contains("fenced"), "{why}"),
+        v => panic!("late prepare voted {v:?}"),
+    }
+    assert!(prepared_gids(&url).await?.is_empty());
+    assert_eq!(balance(&url, 1).await?, 100);
+
+    // The other order: prepared first, then the rollback (from anywhere) undoes it.
+    let y = xid()?;
+    debit(&old, &y, 1, 30).await?;
+    assert_eq!(old.prepare(&y).await?, Vote::Yes);
+    assert_eq!(new.rollback(&y).await?, RollbackResult::RolledBack);
+    assert!(prepared_gids(&url).await?.is_empty());
+    assert_eq!(balance(&url, 1).await?, 100);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_statement_votes_no_and_empty_branch_is_read_only() -> anyhow::Result<()> {
+    let url = fresh_db("votes").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let x = xid()?;
+    let b = r.begin_branch(&x).await?;
+    // Violates the CHECK constraint: the transaction is aborted.
+    assert!(b
+        .execute(
+            "UPDATE accounts SET balance = balance - $1 WHERE id = 1",
+            &[&1000i64]
+        )
+        .await
+        .is_err());
+    assert!(
+        b.execute("SELECT 1", &[]).await.is_err(),
+        "branch is doomed"
+    );
+    assert!(matches!(r.prepare(&x).await?, Vote::No(_)));
+    let y = xid()?;
+    let _b = r.begin_branch(&y).await?;
+    assert!(matches!(
+        r.begin_branch(&y).await,
+        Err(PgError::BranchExists(_))
+    ));
+    assert_eq!(r.prepare(&y).await?, Vote::ReadOnly);
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_phase_commit_and_its_retry() -> anyhow::Result<()> {
+    let url = fresh_db("onephase").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let x = xid()?;
+    debit(&r, &x, 2, 5).await?;
+    assert_eq!(r.commit(&x, true).await?, CommitResult::Committed);
+    assert_eq!(r.commit(&x, true).await?, CommitResult::Committed, "retry");
+    assert_eq!(balance(&url, 2).await?, 95);
+    let y = xid()?;
+    assert_eq!(
+        r.commit(&y, true).await?,
+        CommitResult::RolledBack,
+        "unknown"
+    );
+    Ok(())
+}
+
+/// Other applications' prepared transactions (and other tags') are not recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_lists_only_this_resources_gids() -> anyhow::Result<()> {
+    let url = fresh_db("recover").await?;
+    let r1 = PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    let r2 = PgResource::connect(PgConfig::new(&url, "t2")).await?;
+    let (x, y) = (xid()?, xid()?);
+    debit(&r1, &x, 1, 1).await?;
+    debit(&r2, &y, 2, 1).await?;
+    assert_eq!(r1.prepare(&x).await?, Vote::Yes);
+    assert_eq!(r2.prepare(&y).await?, Vote::Yes);
+    let a = admin(&url).await?;
+    // Gids are unique server-wide: make these unique per test run.
+    let pid = std::process::id();
+    let (malformed, foreign) = (
+        format!("rtfy.t1.not-an-xid-{pid}"),
+        format!("foreign-{pid}"),
+    );
+    a.batch_execute(&format!(
+        "BEGIN; INSERT INTO accounts VALUES (3, 1); PREPARE TRANSACTION '{malformed}'"
+    ))
+    .await?;
+    a.batch_execute(&format!(
+        "BEGIN; INSERT INTO accounts VALUES (4, 1); PREPARE TRANSACTION '{foreign}'"
+    ))
+    .await?;
+    assert_eq!(r1.recover().await?, vec![x.clone()]);
+    assert_eq!(r2.recover().await?, vec![y.clone()]);
+    let s = r1.prepared_stats().await?;
+    // The malformed one carries this resource's prefix, so it is counted as ours.
+    assert_eq!((s.ratify_prepared, s.other_prepared), (2, 2));
+    a.batch_execute(&format!("ROLLBACK PREPARED '{malformed}'"))
+        .await?;
+    a.batch_execute(&format!("ROLLBACK PREPARED '{foreign}'"))
+        .await?;
+    r1.rollback(&x).await?;
+    r2.rollback(&y).await?;
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
+
+/// A role that may not create the fence table gets a clear error at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_reports_missing_permissions() -> anyhow::Result<()> {
+    let url = fresh_db("perm").await?;
+    let a = admin(&url).await?;
+    let role = format!("ratify_noperm_{}", std::process::id());
+    a.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+    ))
+    .await?;
+    let role_url = url.replacen("postgres@", &format!("{role}@"), 1);
+    anyhow::ensure!(
+        role_url != url,
+        "test URL must name the postgres user: {url}"
+    );
+    match PgResource::connect(PgConfig::new(&role_url, "t1")).await {
+        Err(PgError::PermissionDenied(m)) => assert!(m.contains("ratify_fence"), "{m}"),
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    // Table created by someone else but no privileges on it.
+    PgResource::connect(PgConfig::new(&url, "t1")).await?;
+    match PgResource::connect(PgConfig::new(&role_url, "t1")).await {
+        Err(PgError::PermissionDenied(m)) => assert!(m.contains("SELECT, INSERT"), "{m}"),
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    assert!(matches!(
+        PgResource::connect(PgConfig::new(&url, "Bad Tag")).await,
+        Err(PgError::Tag(_))
+    ));
+    Ok(())
+}

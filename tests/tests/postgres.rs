@@ -1,0 +1,335 @@
+//! The Postgres adapter against a real PostgreSQL server (`tests/infra/postgres.sh`)
+//! and a real 3-node coordinator cluster: commit and rollback across two databases,
+//! crashes of the participant, of the postmaster and of the coordinator leader at
+//! exact protocol steps (`RATIFY_FAILPOINTS`), fencing of a late prepare and hostile
+//! xids. After every scenario nothing stays prepared and the bank total is unchanged.
+
+use std::time::Duration;
+
+use ratify_coordinator::local::free_port;
+use ratify_examples::pg_bank::{self, Bank, BankDbs, RESOURCE_A};
+use ratify_proto::pb;
+use ratify_tests::pg::{
+    bank_total, fence_rows, fresh_bank, opening_total, prepared, server_lock, wait_no_prepared,
+    wait_prepared, ParticipantProc, ParticipantSpec, PgEnv, PG_BALANCE,
+};
+use ratify_tests::{must_abort, must_commit, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The coordinator's recorded outcome of `gtrid`.
+async fn outcome(c: &TestCluster, gtrid: &str) -> anyhow::Result<pb::Outcome> {
+    Ok(pb::Outcome::try_from(c.client.get(gtrid).await?.outcome)?)
+}
+
+/// Both banks' balances of the accounts the participant transfers between (A's 1, B's 2).
+async fn moved(dbs: &BankDbs) -> anyhow::Result<(i64, i64)> {
+    Ok((
+        pg_bank::balance(&dbs.a_url, 1).await?,
+        pg_bank::balance(&dbs.b_url, 2).await?,
+    ))
+}
+
+/// Everything settled: nothing prepared, the total unchanged.
+async fn must_settle(dbs: &BankDbs) -> anyhow::Result<()> {
+    wait_no_prepared(dbs, SETTLE).await?;
+    assert_eq!(
+        bank_total(dbs).await?,
+        opening_total(),
+        "money created or lost"
+    );
+    Ok(())
+}
+
+/// How to run a `pg_bank participant` for the banks `dbs` and cluster `c`.
+fn spec(env: &PgEnv, c: &TestCluster, dbs: &BankDbs) -> anyhow::Result<ParticipantSpec> {
+    let db_prefix = dbs
+        .a_name
+        .strip_suffix("_a")
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("unexpected bank name {}", dbs.a_name))?;
+    Ok(ParticipantSpec {
+        pg_url: env.url.clone(),
+        db_prefix,
+        coordinators: c.nodes.api_endpoints(),
+        listen: format!("127.0.0.1:{}", free_port()?),
+        dir: c.dir.path().to_path_buf(),
+    })
+}
+
+/// Serves both banks in this process; returns the endpoint and a stop handle.
+async fn serve_in_process(
+    bank: &Bank,
+    c: &TestCluster,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bank, client) = (bank.clone(), c.client.clone());
+    tokio::spawn(async move {
+        bank.serve(listener, client, Some(Duration::from_millis(500)), async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok((endpoint, stop))
+}
+
+/// A transfer commits on both databases; one rolled back by the client changes
+/// nothing; one that fails its CHECK constraint votes NO and aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_and_rollback_across_two_databases() -> anyhow::Result<()> {
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_commit").await?;
+    let c = TestCluster::start(&[]).await?;
+    let bank = Bank::open(&dbs, 8).await?;
+    let (ep, _stop) = serve_in_process(&bank, &c).await?;
+
+    must_commit(&bank.transfer(&c.client, &ep, 1, 2, 300).await?);
+    wait_no_prepared(&dbs, SETTLE).await?;
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE - 300, PG_BALANCE + 300));
+
+    let t = bank.begin_transfer(&c.client, &ep, 3, 4, 50).await?;
+    must_abort(
+        &c.client.rollback(&t.gtrid).await?,
+        pb::Reason::ClientRollback,
+    );
+    assert_eq!(pg_bank::balance(&dbs.a_url, 3).await?, PG_BALANCE);
+
+    // Overdraft: the CHECK constraint fails the debit, so the work itself errors and
+    // the transaction is rolled back; nothing moves.
+    assert!(bank
+        .transfer(&c.client, &ep, 5, 6, PG_BALANCE + 1)
+        .await
+        .is_err());
+    assert_eq!(pg_bank::balance(&dbs.b_url, 6).await?, PG_BALANCE);
+
+    c.wait_all_completed(SETTLE).await?;
+    must_settle(&dbs).await
+}
+
+/// The participant process is SIGKILLed right after PREPARE (before answering): the
+/// coordinator aborts; restarted, its recovery loop rolls the prepared branch back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_killed_after_prepare_rolls_back_after_restart() -> anyhow::Result<()> {
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_kill_prep").await?;
+    let c = TestCluster::start(&["--prepare-timeout-ms", "2000"]).await?;
+    let s = spec(&env, &c, &dbs)?;
+    let mut p = ParticipantProc::start(&s, 1, "pg.after_prepare=kill", 500).await?;
+    let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
+    p.wait_exit(Duration::from_secs(20)).await?;
+    assert!(
+        !prepared(&dbs).await?.is_empty(),
+        "the kill came after PREPARE"
+    );
+    let _p = ParticipantProc::start(&s, 0, "", 300).await?;
+    must_settle(&dbs).await?;
+    assert_eq!(outcome(&c, &gtrid).await?, pb::Outcome::Aborted);
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE, PG_BALANCE));
+    c.wait_all_completed(SETTLE).await
+}
+
+/// The participant process is SIGKILLed after the COMMIT decision, just before
+/// COMMIT PREPARED: restarted, the branch commits on both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_killed_before_commit_prepared_commits_after_restart() -> anyhow::Result<()> {
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_kill_commit").await?;
+    let c = TestCluster::start(&[]).await?;
+    let s = spec(&env, &c, &dbs)?;
+    let mut p = ParticipantProc::start(&s, 1, "pg.before_commit_prepared=kill", 500).await?;
+    let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
+    p.wait_exit(Duration::from_secs(20)).await?;
+    assert_eq!(prepared(&dbs).await?.len(), 2, "both branches in doubt");
+    assert_eq!(outcome(&c, &gtrid).await?, pb::Outcome::Committed);
+    let _p = ParticipantProc::start(&s, 0, "", 300).await?;
+    must_settle(&dbs).await?;
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE - 10, PG_BALANCE + 10));
+    c.wait_all_completed(SETTLE).await
+}
+
+/// The postmaster is SIGKILLed while both branches are prepared and phase 2 is
+/// stalled (after the COMMIT decision): after a restart the prepared branches are
+/// still there, and they commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postmaster_killed_after_prepare_keeps_and_resolves_branches() -> anyhow::Result<()> {
+    let _exclusive = server_lock().write().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_kill_pm").await?;
+    let c = TestCluster::start(&[]).await?;
+    let s = spec(&env, &c, &dbs)?;
+    let mut p = ParticipantProc::start(&s, 1, "pg.before_commit_prepared=sleep:8000", 500).await?;
+    let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
+    let before = wait_prepared(&dbs, 2, Duration::from_secs(20)).await?;
+    env.kill_postmaster()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restart = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || env.start_postmaster())
+    };
+    restart.await??;
+    let mut after = prepared(&dbs).await?;
+    let mut expected = before.clone();
+    after.sort();
+    expected.sort();
+    assert_eq!(
+        after, expected,
+        "prepared branches survive kill -9 of the postmaster"
+    );
+    assert_eq!(outcome(&c, &gtrid).await?, pb::Outcome::Committed);
+    // The fail point stalls every phase-2 attempt past the coordinator's phase-2
+    // timeout; swap the participant for one without it (same address).
+    p.kill();
+    let _p = ParticipantProc::start(&s, 0, "", 300).await?;
+    must_settle(&dbs).await?;
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE - 10, PG_BALANCE + 10));
+    c.wait_all_completed(SETTLE).await
+}
+
+/// The coordinator leader is SIGKILLed between the COMMIT decision and phase 2 (the
+/// participant dies at COMMIT PREPARED and comes back without a recovery loop): only
+/// the new leader can finish the branches, and it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_between_decision_and_phase2_new_leader_finishes() -> anyhow::Result<()> {
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_kill_leader").await?;
+    let mut c = TestCluster::start(&[]).await?;
+    let s = spec(&env, &c, &dbs)?;
+    let mut p = ParticipantProc::start(&s, 1, "pg.before_commit_prepared=kill", 0).await?;
+    let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
+    p.wait_exit(Duration::from_secs(20)).await?;
+    let old = c.leader().await?;
+    c.nodes.kill(old)?;
+    assert_eq!(prepared(&dbs).await?.len(), 2);
+    let _p = ParticipantProc::start(&s, 0, "", 0).await?;
+    must_settle(&dbs).await?;
+    let new = c.leader().await?;
+    assert_ne!(new, old);
+    assert_eq!(outcome(&c, &gtrid).await?, pb::Outcome::Committed);
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE - 10, PG_BALANCE + 10));
+    c.wait_all_completed(SETTLE).await
+}
+
+/// Fencing: the prepare is held back (fail point) past the coordinator's prepare
+/// timeout, the coordinator aborts and rolls back, and when the delayed prepare
+/// finally reaches Postgres it hits the tombstone: NO vote, nothing prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_prepare_after_rollback_is_fenced() -> anyhow::Result<()> {
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_fence").await?;
+    let c = TestCluster::start(&["--prepare-timeout-ms", "1000"]).await?;
+    let s = spec(&env, &c, &dbs)?;
+    // No recovery loop: only the fence may keep the late prepare out.
+    let mut p = ParticipantProc::start(&s, 1, "pg.before_prepare=sleep:3000", 0).await?;
+    let gtrid = p.wait_line("begun", Duration::from_secs(20)).await?;
+    let line = p.wait_line("outcome", Duration::from_secs(20)).await?;
+    assert!(line.contains("aborted"), "{line}");
+    // Past the delayed prepares (3 s after they started).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        prepared(&dbs).await?.is_empty(),
+        "a late prepare left a branch prepared"
+    );
+    let fences = fence_rows(&dbs, &gtrid).await?;
+    assert_eq!(fences.len(), 2, "{fences:?}");
+    assert!(
+        fences.iter().all(|(_, s)| s == "r"),
+        "tombstones expected: {fences:?}"
+    );
+    assert_eq!(outcome(&c, &gtrid).await?, pb::Outcome::Aborted);
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE, PG_BALANCE));
+    must_settle(&dbs).await
+}
+
+/// Hostile xid text sent to a Postgres participant is refused before any SQL runs:
+/// INVALID_ARGUMENT, nothing prepared, no fence row, tables intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_xids_never_reach_postgres() -> anyhow::Result<()> {
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let dbs = fresh_bank(&env, "pg_hostile").await?;
+    let bank = Bank::open(&dbs, 4).await?;
+    let server = bank.server()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut client =
+        pb::participant_client::ParticipantClient::connect(format!("http://{addr}")).await?;
+    let good = pb::Xid {
+        format_id: ratify_proto::XID_FORMAT_ID,
+        gtrid: "0123456789abcdef0123456789abcdef".into(),
+        bqual: "1".into(),
+    };
+    let hostile = [
+        pb::Xid {
+            gtrid: "'; DROP TABLE accounts; --".into(),
+            ..good.clone()
+        },
+        pb::Xid {
+            gtrid: "0123456789abcdef0123456789abcde'".into(),
+            ..good.clone()
+        },
+        pb::Xid {
+            bqual: "1'; COMMIT PREPARED 'x".into(),
+            ..good.clone()
+        },
+        pb::Xid {
+            bqual: "1; DROP TABLE accounts".into(),
+            ..good.clone()
+        },
+        pb::Xid {
+            gtrid: "x".repeat(300),
+            ..good.clone()
+        },
+        pb::Xid {
+            format_id: 0,
+            ..good.clone()
+        },
+    ];
+    for xid in hostile {
+        let prep = client
+            .prepare(pb::PrepareRequest {
+                resource: RESOURCE_A.into(),
+                xid: Some(xid.clone()),
+            })
+            .await;
+        let commit = client
+            .commit(pb::BranchCommitRequest {
+                resource: RESOURCE_A.into(),
+                xid: Some(xid.clone()),
+                one_phase: false,
+            })
+            .await;
+        let rollback = client
+            .rollback(pb::BranchRollbackRequest {
+                resource: RESOURCE_A.into(),
+                xid: Some(xid.clone()),
+            })
+            .await;
+        for code in [
+            prep.err().map(|s| s.code()),
+            commit.err().map(|s| s.code()),
+            rollback.err().map(|s| s.code()),
+        ] {
+            assert_eq!(code, Some(tonic::Code::InvalidArgument), "{xid:?}");
+        }
+    }
+    let a = pg_bank::connect(&dbs.a_url).await?;
+    let fences: i64 = a
+        .query_one("SELECT count(*) FROM ratify_fence", &[])
+        .await?
+        .get(0);
+    assert_eq!(fences, 0, "a hostile call reached the database");
+    assert!(prepared(&dbs).await?.is_empty());
+    assert_eq!(bank_total(&dbs).await?, opening_total(), "tables intact");
+    Ok(())
+}
