@@ -1,48 +1,100 @@
-//! The Raft log on sled, made durable with a real fdatasync before openraft is told an
-//! entry is flushed (DESIGN §4.6).
+//! The Raft log: entries in memory, every change appended to the checksummed segment
+//! files of [`super::wal`] and fdatasynced before openraft is told it is durable
+//! (DESIGN §4.6).
 //!
-//! Layout in the node's sled database:
-//! - tree `raft_log`: big-endian log index → encoded entry.
-//! - tree `raft_meta`: `vote`, `committed`, `last_purged` → encoded values.
+//! `append` updates memory at once (so replication can read the entries) and hands
+//! the records to the WAL writer with openraft's flush callback; the callback runs only
+//! after a fdatasync round that covers them. Concurrent appends (leader proposals,
+//! follower replication batches) share rounds. Votes and truncations wait for their
+//! own durable round; the committed hint does not.
 //!
-//! `append` inserts the entries and hands the flush callback to the group-commit
-//! syncer ([`DurableSled`]): openraft learns the entries are durable only after a
-//! flush + fdatasync round that started after they were written. Concurrent appends
-//! (leader proposals, follower replication batches) share rounds.
+//! Memory holds the entries not yet purged; the snapshot policy (`raft_config`)
+//! bounds them.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
-use ratify_participant_sdk::durable::DurableSled;
 
-use super::codec::{decode, encode};
+use super::wal::{frame, replay, segment_path, Record, WalError, Writer, SEGMENT_BYTES};
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
-
-/// The sled-backed Raft log store. Cloning shares the same trees.
-#[derive(Clone, Debug)]
-pub struct LogStore {
-    /// The database and its syncer, shared with the state machine store.
-    durable: DurableSled,
-    /// Entries by index.
-    log: sled::Tree,
-    /// Vote, committed id and purge point.
-    meta: sled::Tree,
-    /// Highest log index covered by a completed flush + fdatasync round. Raised
-    /// before openraft is told, so anything acknowledged is at or below it.
-    durable_upto: Arc<AtomicU64>,
+/// The log's state, as replayed from the files and changed since.
+#[derive(Debug, Default)]
+struct State {
+    /// Entries not yet purged, by index.
+    entries: BTreeMap<u64, Entry>,
+    /// The node's vote.
+    vote: Option<Vote>,
+    /// The committed hint.
+    committed: Option<LogId>,
+    /// The last purged log id.
+    last_purged: Option<LogId>,
+    /// The segment being written.
+    segment: u64,
+    /// Bytes in the segment being written.
+    segment_bytes: u64,
+    /// Highest entry index in each segment still on disk (0: none).
+    segment_max: BTreeMap<u64, u64>,
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
+impl State {
+    fn apply(&mut self, seq: u64, record: Record) {
+        match record {
+            Record::Entry(e) => {
+                let max = self.segment_max.entry(seq).or_default();
+                *max = (*max).max(e.log_id.index);
+                self.entries.insert(e.log_id.index, e);
+            }
+            Record::Truncate { since } => {
+                self.entries.split_off(&since);
+            }
+            Record::Purge { upto } => {
+                self.entries = self.entries.split_off(&(upto.index + 1));
+                self.last_purged = Some(upto);
+            }
+            Record::Vote(v) => self.vote = Some(v),
+            Record::Committed(c) => self.committed = c,
+        }
+    }
+
+    /// Records that restate everything a segment may carry besides entries.
+    fn header(&self) -> Result<Vec<u8>, WalError> {
+        let mut out = Vec::new();
+        if let Some(v) = self.vote {
+            out.extend(frame(&Record::Vote(v))?);
+        }
+        if let Some(upto) = self.last_purged {
+            out.extend(frame(&Record::Purge { upto })?);
+        }
+        out.extend(frame(&Record::Committed(self.committed))?);
+        Ok(out)
+    }
+}
+
+/// Shared by the store and its readers.
+#[derive(Debug)]
+struct Inner {
+    /// The state; changed only by openraft's core, read by replication too.
+    state: RwLock<State>,
+    /// The writer thread.
+    writer: Writer,
+    /// Highest log index covered by a completed fdatasync round. Raised before
+    /// openraft is told, so anything acknowledged is at or below it.
+    durable_upto: AtomicU64,
+}
+
+/// The Raft log store. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    /// Shared state and writer.
+    inner: Arc<Inner>,
 }
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -50,67 +102,108 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    /// Opens the log trees in `durable`.
+    /// Opens (replaying) or creates the log in folder `dir`.
     ///
     /// # Errors
-    /// When sled cannot open the trees.
-    pub fn open(durable: DurableSled) -> Result<Self, StorageError> {
-        let log = durable.db().open_tree("raft_log").map_err(write_err)?;
-        let meta = durable.db().open_tree("raft_meta").map_err(write_err)?;
+    /// [`WalError`] when the files cannot be read, or a closed segment is corrupt.
+    pub fn open(dir: &Path) -> Result<Self, WalError> {
+        let replayed = replay(dir)?;
+        let mut state = State {
+            segment: replayed.segments.last().copied().unwrap_or(1),
+            ..State::default()
+        };
+        for &seq in &replayed.segments {
+            state.segment_max.insert(seq, 0);
+        }
+        state.segment_max.entry(state.segment).or_default();
+        for (seq, record) in replayed.records {
+            state.apply(seq, record);
+        }
+        state.segment_bytes = std::fs::metadata(segment_path(dir, state.segment))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let writer = Writer::start(dir, state.segment)?;
         Ok(Self {
-            durable,
-            log,
-            meta,
-            durable_upto: Arc::new(AtomicU64::new(0)),
+            inner: Arc::new(Inner {
+                state: RwLock::new(state),
+                writer,
+                durable_upto: AtomicU64::new(0),
+            }),
         })
     }
 
     /// Highest log index known to be fdatasynced (0 before the first append).
     pub fn durable_upto(&self) -> u64 {
-        self.durable_upto.load(Ordering::Acquire)
+        self.inner.durable_upto.load(Ordering::Acquire)
     }
 
-    /// Flush + fdatasync rounds completed by this node's database.
+    /// fdatasync rounds completed by the log writer.
     pub fn sync_count(&self) -> u64 {
-        self.durable.sync_count()
+        self.inner.writer.sync_count()
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while holding the lock leaves the state as the last change made it;
+        // the node restarts from the files anyway if that matters.
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `bytes` (already applied to `state`) and starts a new segment when the
+    /// current one is full. Called with the state lock held, so the file order is the
+    /// order of the changes in memory.
+    fn queue(
         &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
-        match self.meta.get(key).map_err(read_err)? {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
-            None => Ok(None),
+        state: &mut State,
+        bytes: Vec<u8>,
+        done: Option<super::wal::Done>,
+    ) -> Result<(), WalError> {
+        state.segment_bytes += bytes.len() as u64;
+        self.inner.writer.write(bytes, done)?;
+        if state.segment_bytes >= SEGMENT_BYTES {
+            let header = state.header()?;
+            state.segment += 1;
+            state.segment_bytes = header.len() as u64;
+            state.segment_max.insert(state.segment, 0);
+            self.inner.writer.rotate(state.segment, header)?;
         }
-    }
-
-    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
-        let bytes = encode(value).map_err(write_err)?;
-        self.meta.insert(key, bytes).map_err(write_err)?;
         Ok(())
     }
 
-    async fn sync(&self) -> Result<(), StorageError> {
-        self.durable.sync().await.map_err(write_err)
-    }
-
-    /// Removes every entry with an index in `range`.
-    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(range) {
-            let (k, _) = item.map_err(write_err)?;
-            batch.remove(k);
+    /// Applies `records` in memory and queues them for the files, in that order
+    /// under the state lock; `done` runs once they are durable.
+    fn change(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+        done: Option<super::wal::Done>,
+    ) -> Result<(), StorageError> {
+        let mut state = self.state_mut();
+        let mut bytes = Vec::new();
+        for record in records {
+            bytes.extend(frame(&record).map_err(write_err)?);
+            let segment = state.segment;
+            state.apply(segment, record);
         }
-        self.log.apply_batch(batch).map_err(write_err)
+        self.queue(&mut state, bytes, done).map_err(write_err)
     }
-}
 
-fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
-    match b {
-        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-        Bound::Unbounded => Bound::Unbounded,
+    /// Applies `record` and waits until it is durable.
+    async fn change_synced(&self, record: Record) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.change(
+            [record],
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        )?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_err(std::io::Error::other(e))),
+            Err(_) => Err(write_err(WalError::Stopped)),
+        }
     }
 }
 
@@ -119,13 +212,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
-        let mut out = Vec::new();
-        for item in self.log.range(range) {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(decode(&v).map_err(read_err)?);
-        }
-        Ok(out)
+        Ok(self
+            .state()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 
@@ -133,13 +225,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
-        let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(decode::<Entry>(&v).map_err(read_err)?.log_id),
-            None => last_purged,
-        };
+        let state = self.state();
+        let last = state
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(state.last_purged);
         Ok(LogState {
-            last_purged_log_id: last_purged,
+            last_purged_log_id: state.last_purged,
             last_log_id: last,
         })
     }
@@ -149,22 +242,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote)?;
         // A vote must survive a crash, or this node could vote twice in one term.
-        self.sync().await
+        self.change_synced(Record::Vote(*vote)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(KEY_VOTE)
+        Ok(self.state().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: it is only a hint that lets a restart re-apply faster.
-        self.put_meta(KEY_COMMITTED, &committed)
+        // Not waited for: it is only a hint that lets a restart re-apply faster.
+        self.change([Record::Committed(committed)], None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(self.state().committed)
     }
 
     async fn append<I>(
@@ -176,33 +268,122 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut last = 0;
-        for entry in entries {
-            let bytes = encode(&entry).map_err(write_err)?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
-            last = entry.log_id.index;
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        // Reported flushed only once a flush + fdatasync round covers these entries.
-        let durable_upto = Arc::clone(&self.durable_upto);
-        self.durable.request_sync(Box::new(move |res| {
-            if res.is_ok() {
-                durable_upto.fetch_max(last, Ordering::AcqRel);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let last = entries.last().map_or(0, |e| e.log_id.index);
+        let inner = Arc::clone(&self.inner);
+        let done: super::wal::Done = Box::new(move |res| match res {
+            Ok(()) => {
+                inner.durable_upto.fetch_max(last, Ordering::AcqRel);
+                callback.log_io_completed(Ok(()));
             }
-            callback.log_io_completed(res)
-        }));
-        Ok(())
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e))),
+        });
+        self.change(entries.into_iter().map(Record::Entry), Some(done))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range(log_id.index.to_be_bytes()..)?;
         // Conflicting entries must not come back after a crash.
-        self.sync().await
+        self.change_synced(Record::Truncate {
+            since: log_id.index,
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.put_meta(KEY_LAST_PURGED, &log_id)?;
-        self.remove_range(..=log_id.index.to_be_bytes())
+        self.change_synced(Record::Purge { upto: log_id }).await?;
+        // Only once the purge point is durable may the files it covers go.
+        let doomed: Vec<u64> = {
+            let mut state = self.state_mut();
+            let current = state.segment;
+            let doomed: Vec<u64> = state
+                .segment_max
+                .iter()
+                .filter(|(&seq, &max)| seq != current && max <= log_id.index)
+                .map(|(&seq, _)| seq)
+                .collect();
+            for seq in &doomed {
+                state.segment_max.remove(seq);
+            }
+            doomed
+        };
+        if !doomed.is_empty() {
+            self.inner.writer.delete(doomed).map_err(write_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{blank_ent, log_id};
+
+    fn entries(from: u64, to: u64) -> Vec<Record> {
+        (from..=to)
+            .map(|i| Record::Entry(blank_ent::<TypeConfig>(1, 1, i)))
+            .collect()
+    }
+
+    async fn synced(store: &LogStore, records: Vec<Record>) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.change(
+            records,
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        )?;
+        rx.await?.map_err(anyhow::Error::msg)
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.state().entries.keys().copied().collect()
+    }
+
+    /// Everything the store was told survives a reopen: entries, truncation, purge,
+    /// vote and committed hint; purged segments are deleted from disk.
+    #[tokio::test]
+    async fn state_survives_reopen_and_purged_segments_go() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut store = LogStore::open(dir.path())?;
+        synced(&store, entries(1, 10)).await?;
+        store.truncate(log_id(1, 1, 8)).await?;
+        synced(&store, entries(8, 12)).await?;
+        store.save_vote(&Vote::new(3, 2)).await?;
+        store.save_committed(Some(log_id(1, 1, 9))).await?;
+        // Force a second segment, then purge past everything in the first.
+        {
+            let mut state = store.state_mut();
+            state.segment_bytes = SEGMENT_BYTES;
+            store.queue(&mut state, Vec::new(), None)?;
+        }
+        synced(&store, entries(13, 14)).await?;
+        store.purge(log_id(1, 1, 12)).await?;
+        drop(store);
+        // Give the writer thread a moment to run the queued deletion.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+        let mut again = LogStore::open(dir.path())?;
+        assert_eq!(indexes(&again), vec![13, 14]);
+        assert_eq!(again.read_vote().await?, Some(Vote::new(3, 2)));
+        assert_eq!(again.read_committed().await?, Some(log_id(1, 1, 9)));
+        let st = again.get_log_state().await?;
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 12)));
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 14)));
+        let segs: Vec<_> = std::fs::read_dir(dir.path())?.collect();
+        assert_eq!(segs.len(), 1, "the purged first segment is deleted");
+        Ok(())
+    }
+
+    /// A truncation is durable: the removed entries do not come back.
+    #[tokio::test]
+    async fn truncated_entries_stay_gone() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut store = LogStore::open(dir.path())?;
+        synced(&store, entries(1, 5)).await?;
+        store.truncate(log_id(1, 1, 3)).await?;
+        drop(store);
+        let again = LogStore::open(dir.path())?;
+        assert_eq!(indexes(&again), vec![1, 2]);
+        Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`codec`]: the versioned binary encoding of log entries, snapshots and RPCs.
-//! - [`log_store`]: the Raft log on sled with a real fdatasync before acknowledging.
+//! - [`wal`]: the log's append-only, checksummed segment files and their writer.
+//! - [`log_store`]: the Raft log (in memory + [`wal`]), fdatasynced before acknowledging.
 //! - [`state_machine`]: the transaction table in memory, snapshots on sled.
 //! - [`network`]: openraft RPCs over the internal gRPC `Raft` service.
 
@@ -11,6 +12,7 @@ pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,16 +35,19 @@ pub enum OpenError {
     /// Reading what was stored.
     #[error("storage: {0}")]
     Storage(StorageError),
+    /// The Raft log files.
+    #[error("raft log: {0}")]
+    Log(#[from] wal::WalError),
 }
 
-/// Opens the node's stores in `dir` (one sled database holds the log, the vote and
-/// the snapshots).
+/// Opens the node's stores in `dir`: the Raft log (with the vote) in `dir/wal`, the
+/// state machine's snapshots in a sled database in `dir`.
 ///
 /// # Errors
 /// When the folder cannot be opened (for example another process holds it).
 pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let durable = DurableSled::open(dir)?;
-    let log = LogStore::open(durable.clone()).map_err(OpenError::Storage)?;
+    let log = LogStore::open(&dir.join("wal"))?;
     let sm = StateMachineStore::open(durable).map_err(OpenError::Storage)?;
     Ok((log, sm))
 }
