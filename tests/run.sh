@@ -36,7 +36,7 @@ shopt -u nullglob
 cargo build --locked -p ratify-coordinator --bin ratify -p ratify-examples --bin pg_bank
 # Two test threads: each integration test runs a 3-process cluster on a 2-core machine.
 status=0
-cargo test --locked --workspace --all-features -- --test-threads 2 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --all-features --no-fail-fast -- --test-threads 2 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -141,10 +141,15 @@ impl TestCluster {
                     return Ok(());
                 }
             }
-            anyhow::ensure!(
-                start.elapsed() < timeout,
-                "transactions still live after {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                let live = self
+                    .client
+                    .list(None, 20, "")
+                    .await
+                    .map(|r| format!("{:#?}", r.transactions))
+                    .unwrap_or_else(|e| format!("(could not list them: {e})"));
+                anyhow::bail!("transactions still live after {timeout:?}: {live}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -200,6 +200,11 @@ struct SlotState {
     begun: bool,
     /// The first statement error: the transaction is aborted and will vote NO.
     failed: Option<String>,
+    /// A statement was sent and its caller went away before the answer (its future
+    /// was dropped, e.g. by `try_join!` after the other branch failed): the
+    /// connection's state is unknown, so it is never returned to the pool and the
+    /// branch votes NO.
+    abandoned: bool,
 }
 
 /// An open branch, shared by the application's [`PgBranch`] and the resource.
@@ -312,6 +317,7 @@ impl PgResource {
                 conn: Some(conn),
                 begun: false,
                 failed: None,
+                abandoned: false,
             }),
             cancel,
         });
@@ -458,10 +464,12 @@ impl PgResource {
             }
         };
         let begun = st.begun;
+        let abandoned = st.abandoned;
         if let Some(mut conn) = st.conn.take() {
-            // A cancel may land late, on whatever the connection runs next: never
-            // lend such a connection to another branch.
-            if cancelled || (begun && rollback_conn(&mut conn).await.is_err()) {
+            // A cancel may land late, on whatever the connection runs next, and an
+            // abandoned statement may still be running: never lend such a connection
+            // to another branch.
+            if cancelled || abandoned || (begun && rollback_conn(&mut conn).await.is_err()) {
                 conn.discard();
             }
         }
@@ -473,6 +481,12 @@ impl PgResource {
         let Some(mut conn) = st.conn.take() else {
             return Ok(Vote::No("branch was closed before prepare".into()));
         };
+        if st.abandoned {
+            conn.discard();
+            return Ok(Vote::No(
+                "a statement of the branch was abandoned before it answered".into(),
+            ));
+        }
         if let Some(why) = st.failed.take() {
             if rollback_conn(&mut conn).await.is_err() {
                 conn.discard();
@@ -924,11 +938,24 @@ impl PgBranch {
                 message: format!("the branch's transaction is aborted by an earlier error: {why}"),
             });
         }
+        if st.abandoned {
+            return Err(PgError::Db {
+                code: "25P02".into(),
+                message: "an earlier statement of the branch was abandoned before it answered"
+                    .into(),
+            });
+        }
         let begun = st.begun;
+        if st.conn.is_none() {
+            return Err(PgError::BranchClosed(self.xid.clone()));
+        }
+        // From here on the connection may be inside a transaction, and until the answer
+        // arrives it is busy: if this future is dropped half-way, the flags stay set.
+        st.begun = true;
+        st.abandoned = true;
         let Some(pooled) = st.conn.as_mut() else {
             return Err(PgError::BranchClosed(self.xid.clone()));
         };
-        let mut began = false;
         let outcome = async {
             let conn = pooled.conn()?;
             let stmt = conn.statement(sql).await?;
@@ -936,13 +963,12 @@ impl PgBranch {
             if begun {
                 return Ok(op.call(client, &stmt).await?);
             }
-            began = true;
             let (b, r) = tokio::join!(client.batch_execute("BEGIN"), op.call(client, &stmt));
             b?;
             Ok::<Out, PgError>(r?)
         }
         .await;
-        st.begun |= began;
+        st.abandoned = false;
         if let Err(e) = &outcome {
             // The transaction is aborted now (or its state is unknown): it votes NO.
             st.failed = Some(e.to_string());

@@ -328,3 +328,45 @@ async fn startup_reports_missing_permissions() -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+/// An application that drops a statement's future before the answer (as `try_join!`
+/// does to the other branch when one fails) leaves its connection in an unknown state:
+/// the branch votes NO, its rollback works, and the connection never goes back to the
+/// pool, so later branches and phase 2 on pooled connections are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_statement_never_poisons_the_pool() -> anyhow::Result<()> {
+    let url = fresh_db("abandon").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t_abandon")).await?;
+    for round in 0..3 {
+        // First statement of the branch (BEGIN pipelined in front of it), abandoned.
+        let x = xid()?;
+        let b = r.begin_branch(&x).await?;
+        let slow = b.execute("SELECT pg_sleep(0.3)", &[]);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), slow)
+                .await
+                .is_err(),
+            "the statement should still be running"
+        );
+        assert!(matches!(r.prepare(&x).await?, Vote::No(_)), "round {round}");
+        assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+
+        // The same with a branch rolled back while open (no prepare).
+        let y = xid()?;
+        let b2 = debit(&r, &y, 2, 1).await?;
+        let slow = b2.execute("SELECT pg_sleep(0.3)", &[]);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), slow).await;
+        assert_eq!(r.rollback(&y).await?, RollbackResult::RolledBack);
+
+        // Pooled connections are clean: a full branch and its phase 2 work.
+        let z = xid()?;
+        debit(&r, &z, 1, 1).await?;
+        assert_eq!(r.prepare(&z).await?, Vote::Yes, "round {round}");
+        assert_eq!(r.commit(&z, false).await?, CommitResult::Committed);
+        assert!(r.recover().await?.is_empty());
+    }
+    assert_eq!(balance(&url, 1).await?, 97);
+    assert_eq!(balance(&url, 2).await?, 100);
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
