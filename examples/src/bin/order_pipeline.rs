@@ -317,7 +317,7 @@ async fn service_a(a: ServiceAArgs) -> anyhow::Result<()> {
     let s = &a.service;
     let (cfg, client) = service_client(s)?;
     let service = Arc::new(ServiceA::start(&cfg, client, &s.data_dir, &s.listen).await?);
-    println!("ready {}", service.participant.endpoint);
+    println!("service A ready on {}", service.participant.endpoint);
     let start = Instant::now();
     let placed = service
         .place_orders(&a.run_id, a.first, a.orders, a.clients)
@@ -335,7 +335,7 @@ async fn service_b(a: ServiceBArgs) -> anyhow::Result<()> {
     let s = &a.service;
     let (cfg, client) = service_client(s)?;
     let service = ServiceB::start(&cfg, client, &s.data_dir, &s.listen).await?;
-    println!("ready {}", service.participant.endpoint);
+    println!("service B ready on {}", service.participant.endpoint);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let options = ServiceBOptions {
         batch: a.batch,
