@@ -378,3 +378,57 @@ async fn metrics_endpoint_reports_the_work_done() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A client that gives up on its Commit while the coordinator is still preparing (it
+/// timed out, or its process died, as when the client is itself a participant that
+/// was killed) does not leave the transaction PREPARING forever: the coordinator
+/// finishes the commit it was asked for, here with an abort because one participant
+/// accepts connections but never answers, and the other branch is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_abandoned_by_its_client_still_finishes() -> anyhow::Result<()> {
+    let c = TestCluster::start(&["--prepare-timeout-ms", "1500"]).await?;
+    let bank = Bank::open(&c).await?;
+    // Accepts TCP connections and never answers: prepare hangs until its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?.to_string();
+    let _held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    let t = c
+        .client
+        .begin(BeginOptions {
+            branches: vec![bank.branches()[0].clone(), (silent_addr, "accounts".into())],
+            ..Default::default()
+        })
+        .await?;
+    bank.a.branch(&t.branches[0].xid)?.debit("acct1", 7)?;
+    // The client hangs up while the coordinator waits for the silent participant.
+    let impatient = ratify_participant_sdk::client::CoordinatorClient::new(
+        c.nodes.api_endpoints(),
+        ratify_participant_sdk::client::ClientConfig {
+            attempt_timeout: Duration::from_millis(300),
+            deadline: Duration::from_millis(400),
+            ..Default::default()
+        },
+    )?;
+    assert!(impatient.commit(&t.gtrid).await.is_err());
+    // Decided (the silent branch never acknowledges phase 2, so it never completes).
+    let start = std::time::Instant::now();
+    loop {
+        let got = c.client.get(&t.gtrid).await?;
+        if got.outcome == pb::Outcome::Aborted as i32 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still undecided after 20 s: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bank.wait_settled(Duration::from_secs(10)).await?;
+    assert_eq!(bank.a.balance("acct1")?, INITIAL);
+    Ok(())
+}

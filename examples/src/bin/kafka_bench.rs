@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! eval "$(tests/infra/kafka.sh start .tmp/bench-kafka)"      # Apache Kafka on loopback
+//! eval "$(tests/infra/postgres.sh start .tmp/bench-pg)"      # optional: the Postgres rows
 //! cargo build --release -p ratify-coordinator --bin ratify
 //! cargo run --release -p ratify-examples --bin kafka_bench -- --clients 1,16 --duration 5
 //! tests/infra/kafka.sh stop .tmp/bench-kafka
@@ -14,6 +15,11 @@
 //! - `ratify 2pc: kafka + noop`: Begin with a Kafka branch and a no-op durable branch,
 //!   stage the records, Commit (prepare fsyncs the stage, commit publishes it in a
 //!   Kafka transaction with the ledger marker). Latency = Begin to Commit answer.
+//! - `ratify 2pc: postgres + kafka`: Begin with a Postgres branch (one `INSERT` of an
+//!   order row) and a Kafka branch (the records): the order service of the
+//!   `order_pipeline` example. Needs `--pg-url` (or `RATIFY_TEST_PG_URL`).
+//! - `ratify 2pc: postgres + noop`: the same `INSERT` with a no-op durable branch
+//!   instead of Kafka, to separate the Postgres cost from the Kafka cost.
 //! - `kafka only`: one transactional producer per client, begin, send, wait for the
 //!   deliveries, commit — what the adapter does at commit, without Ratify.
 //!
@@ -25,11 +31,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use ratify_coordinator::local::LocalCluster;
+use ratify_examples::pg_bank::{connect, with_database};
 use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
+use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
 use ratify_participant_sdk::client::{BeginOptions, ClientConfig, CoordinatorClient, Outcome};
 use ratify_participant_sdk::noop::NoopResource;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::HostedParticipant;
+use ratify_participant_sdk::xid::Xid;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 #[derive(Parser, Debug)]
@@ -53,7 +62,15 @@ struct Args {
     /// The `ratify` binary (default: next to this one).
     #[arg(long)]
     ratify_bin: Option<std::path::PathBuf>,
+    /// Postgres URL of any database of a server with `max_prepared_transactions` >
+    /// clients (the bench creates `ratify_kafka_bench` next to it); without it the
+    /// Postgres rows are skipped.
+    #[arg(long, env = "RATIFY_TEST_PG_URL")]
+    pg_url: Option<String>,
 }
+
+/// Database of the Postgres rows (also their gid tag).
+const BENCH_DB: &str = "ratify_kafka_bench";
 
 /// One way of doing "a transaction that publishes `batch` records".
 enum Scenario {
@@ -61,6 +78,14 @@ enum Scenario {
     Ratify {
         client: CoordinatorClient,
         kafka: Arc<KafkaResource>,
+        branches: Vec<(String, String)>,
+    },
+    /// Through Ratify: a Postgres branch (one row) and a second branch, two-phase;
+    /// `kafka` set: the second branch is Kafka and carries the records, else a no-op.
+    RatifyPg {
+        client: CoordinatorClient,
+        pg: Arc<PgResource>,
+        kafka: Option<Arc<KafkaResource>>,
         branches: Vec<(String, String)>,
     },
     /// Kafka's own transactions, one transactional producer per client.
@@ -71,6 +96,8 @@ impl Scenario {
     fn name(&self) -> &'static str {
         match self {
             Self::Ratify { .. } => "ratify 2pc: kafka + noop",
+            Self::RatifyPg { kafka: Some(_), .. } => "ratify 2pc: postgres + kafka",
+            Self::RatifyPg { kafka: None, .. } => "ratify 2pc: postgres + noop",
             Self::KafkaOnly { .. } => "kafka only",
         }
     }
@@ -94,13 +121,32 @@ impl Scenario {
                         ..Default::default()
                     })
                     .await?;
-                let b = kafka.branch(&t.branches[0].xid)?;
-                for i in 0..batch {
-                    b.send(KafkaRecord::new(
-                        topic,
-                        format!("{client_idx}-{i}"),
-                        value.to_vec(),
-                    ))?;
+                stage_records(kafka, &t.branches[0].xid, client_idx, topic, value, batch)?;
+                let d = client.commit(&t.gtrid).await?;
+                anyhow::ensure!(d.outcome == Outcome::Committed, "not committed: {d:?}");
+                Ok(())
+            }
+            Self::RatifyPg {
+                client,
+                pg,
+                kafka,
+                branches,
+            } => {
+                let t = client
+                    .begin(BeginOptions {
+                        branches: branches.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                let row = pg.begin_branch(&t.branches[0].xid).await?;
+                let (client_no, records) = (i32::try_from(client_idx)?, i32::try_from(batch)?);
+                row.execute(
+                    "INSERT INTO bench_orders (client, records) VALUES ($1, $2)",
+                    &[&client_no, &records],
+                )
+                .await?;
+                if let Some(kafka) = kafka {
+                    stage_records(kafka, &t.branches[1].xid, client_idx, topic, value, batch)?;
                 }
                 let d = client.commit(&t.gtrid).await?;
                 anyhow::ensure!(d.outcome == Outcome::Committed, "not committed: {d:?}");
@@ -119,6 +165,50 @@ impl Scenario {
             }
         }
     }
+}
+
+/// Adds `batch` records to the Kafka branch `xid`.
+fn stage_records(
+    kafka: &Arc<KafkaResource>,
+    xid: &Xid,
+    client_idx: usize,
+    topic: &str,
+    value: &[u8],
+    batch: usize,
+) -> anyhow::Result<()> {
+    let b = kafka.branch(xid)?;
+    for i in 0..batch {
+        b.send(KafkaRecord::new(
+            topic,
+            format!("{client_idx}-{i}"),
+            value.to_vec(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Creates the bench database and its table (emptied) next to `url`'s database.
+async fn pg_setup(url: &str) -> anyhow::Result<String> {
+    let admin = connect(url).await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&BENCH_DB])
+        .await?
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {BENCH_DB}"))
+            .await?;
+    }
+    let db_url = with_database(url, BENCH_DB);
+    connect(&db_url)
+        .await?
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS bench_orders (\
+                 id bigserial PRIMARY KEY, client int NOT NULL, records int NOT NULL); \
+             TRUNCATE bench_orders",
+        )
+        .await?;
+    Ok(db_url)
 }
 
 /// One Kafka transaction: deliveries drained before commit (DESIGN §6 pitfall).
@@ -149,6 +239,8 @@ fn kafka_only_txn(
 /// Result of one round.
 struct Row {
     scenario: &'static str,
+    /// Whether the scenario publishes records (the Postgres + noop row does not).
+    publishes: bool,
     clients: usize,
     txns: usize,
     secs: f64,
@@ -190,6 +282,7 @@ async fn round(s: Arc<Scenario>, clients: usize, args: &Args, topic: &str) -> an
     all.sort();
     Ok(Row {
         scenario: s.name(),
+        publishes: !matches!(&*s, Scenario::RatifyPg { kafka: None, .. }),
         clients,
         txns: all.len(),
         secs,
@@ -260,17 +353,45 @@ async fn main() -> anyhow::Result<()> {
             &format!("bench-{run}-direct-{c}"),
         )?);
     }
-    let scenarios = [
-        Arc::new(Scenario::Ratify {
-            client,
-            kafka,
+    let mut scenarios = vec![Arc::new(Scenario::Ratify {
+        client: client.clone(),
+        kafka: Arc::clone(&kafka),
+        branches: vec![
+            (kafka_srv.endpoint.clone(), "kafka".into()),
+            (noop_srv.endpoint.clone(), "noop".into()),
+        ],
+    })];
+    // Kept alive for the whole run: dropping it stops the server.
+    let _pg_srv = if let Some(url) = &args.pg_url {
+        let pg = PgResource::connect(PgConfig {
+            pool_size: max_clients + 4,
+            ..PgConfig::new(pg_setup(url).await?, BENCH_DB)
+        })
+        .await?;
+        let pg_res: Arc<dyn Resource> = pg.clone();
+        let srv = HostedParticipant::start("pg", pg_res, client.clone(), interval).await?;
+        let pg_branch = (srv.endpoint.clone(), "pg".to_string());
+        scenarios.push(Arc::new(Scenario::RatifyPg {
+            client: client.clone(),
+            pg: Arc::clone(&pg),
+            kafka: Some(Arc::clone(&kafka)),
             branches: vec![
+                pg_branch.clone(),
                 (kafka_srv.endpoint.clone(), "kafka".into()),
-                (noop_srv.endpoint.clone(), "noop".into()),
             ],
-        }),
-        Arc::new(Scenario::KafkaOnly { producers }),
-    ];
+        }));
+        scenarios.push(Arc::new(Scenario::RatifyPg {
+            client: client.clone(),
+            pg,
+            kafka: None,
+            branches: vec![pg_branch, (noop_srv.endpoint.clone(), "noop".into())],
+        }));
+        Some(srv)
+    } else {
+        eprintln!("no --pg-url (or RATIFY_TEST_PG_URL): skipping the Postgres rows");
+        None
+    };
+    scenarios.push(Arc::new(Scenario::KafkaOnly { producers }));
     let mut rows = Vec::new();
     for s in &scenarios {
         for &clients in &args.clients {
@@ -290,14 +411,14 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         let tps = r.txns as f64 / r.secs;
+        let records = if r.publishes {
+            format!("{:.0}", tps * args.batch as f64)
+        } else {
+            "-".into()
+        };
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            r.scenario,
-            r.clients,
-            tps,
-            tps * args.batch as f64,
-            r.p50_ms,
-            r.p99_ms
+            "| {} | {} | {:.0} | {records} | {:.2} | {:.2} |",
+            r.scenario, r.clients, tps, r.p50_ms, r.p99_ms
         );
     }
     drop(nodes);

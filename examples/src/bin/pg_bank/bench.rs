@@ -206,7 +206,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     pg_bank::setup(&c.pg_url, &dbs, accounts, c.balance).await?;
     let before = pg_bank::total(&dbs.a_url).await? + pg_bank::total(&dbs.b_url).await?;
     let tmp = tempfile::tempdir()?;
-    let cluster = crate::local_cluster(&tmp.path().join("cluster")).await?;
+    let cluster = ratify_examples::local_cluster(&tmp.path().join("cluster")).await?;
     let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
     let bank = Bank::open(&dbs, max_clients * 2 + 4).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

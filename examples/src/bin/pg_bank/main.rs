@@ -13,14 +13,13 @@
 
 mod bench;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ratify_coordinator::local::LocalCluster;
+use ratify_examples::local_cluster;
 use ratify_examples::pg_bank::{self, Bank, BankDbs};
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient, Outcome};
 
@@ -106,30 +105,6 @@ struct ParticipantArgs {
     /// Reset the databases first.
     #[arg(long)]
     setup: bool,
-}
-
-/// The `ratify` binary: `$RATIFY_BIN`, or next to this executable.
-pub(crate) fn ratify_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("RATIFY_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("executable has no folder")?;
-    let bin = dir.join("ratify");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p ratify-coordinator --bin ratify` \
-         (add --release for a release pg_bank), or set RATIFY_BIN, or pass --coordinator",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-/// A local 3-node cluster of `ratify node` processes under `dir`, with a leader.
-pub(crate) async fn local_cluster(dir: &std::path::Path) -> anyhow::Result<LocalCluster> {
-    let cluster = LocalCluster::start(&ratify_binary()?, dir, 3, vec![])?;
-    cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    Ok(cluster)
 }
 
 #[tokio::main]
