@@ -404,16 +404,22 @@ impl Driver {
                 }
             }
         };
-        let Some(tx) = tx else {
-            return wait_slot(slot).await;
-        };
-        let result = self
-            .drive_commit(txn, branches)
-            .instrument(tracing::info_span!("commit", gtrid = %gtrid))
-            .await;
-        let _ = tx.send(Some(result.clone()));
-        lock(&self.inner.inflight).remove(&txn);
-        result
+        if let Some(tx) = tx {
+            // The run is a task of its own: a caller that goes away (a client that
+            // disconnects mid-prepare drops the RPC handler) must not stop it half-way,
+            // or the transaction would stay marked as being driven forever (never timed
+            // out, IN_PROGRESS to every inquiry, its prepared branches holding locks).
+            let driver = self.clone();
+            tokio::spawn(
+                async move {
+                    let result = driver.drive_commit(txn, branches).await;
+                    let _ = tx.send(Some(result));
+                    lock(&driver.inner.inflight).remove(&txn);
+                }
+                .instrument(tracing::info_span!("commit", gtrid = %gtrid)),
+            );
+        }
+        wait_slot(slot).await
     }
 
     /// The recorded decision, or the branches of an undecided live transaction.

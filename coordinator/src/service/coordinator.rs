@@ -212,16 +212,9 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let gtrid = self.gtrid(&req.into_inner().gtrid)?;
-        // Drive the commit on its own task: tonic drops this handler when the client
-        // disconnects, and a driver dropped between prepare and decision would leave
-        // the transaction marked as being driven forever (never timed out, answered
-        // IN_PROGRESS to every participant inquiry, its prepared branches holding their
-        // locks). Once asked to commit, the coordinator finishes deciding either way.
-        let driver = self.driver.clone();
-        let d = tokio::spawn(async move { driver.commit(gtrid).await })
-            .await
-            .map_err(|e| Status::internal(format!("commit driver failed: {e}")))?
-            .map_err(to_status)?;
+        // The driver runs the commit on its own task, so a client that disconnects
+        // cannot stop it half-way.
+        let d = self.driver.commit(gtrid).await.map_err(to_status)?;
         let (outcome, reason, detail) = decision_fields(&d);
         Ok(Response::new(pb::CommitResponse {
             outcome,
