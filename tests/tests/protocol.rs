@@ -443,3 +443,83 @@ async fn a_commit_abandoned_by_its_client_still_finishes() -> anyhow::Result<()>
     assert_eq!(bank.a.balance("acct1")?, INITIAL);
     Ok(())
 }
+
+/// A single-branch participant whose first one-phase commit takes longer than the
+/// coordinator waits for it, then commits; a repeated commit waits for the first and
+/// reports what it did (as the adapters do).
+#[derive(Default)]
+struct SlowOnePhase {
+    /// Held while the first commit runs.
+    running: tokio::sync::Mutex<u32>,
+}
+
+#[tonic::async_trait]
+impl pb::participant_server::Participant for SlowOnePhase {
+    async fn prepare(
+        &self,
+        _r: tonic::Request<pb::PrepareRequest>,
+    ) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
+        Err(tonic::Status::failed_precondition(
+            "single-branch test participant",
+        ))
+    }
+    async fn commit(
+        &self,
+        _r: tonic::Request<pb::BranchCommitRequest>,
+    ) -> Result<tonic::Response<pb::BranchCommitResponse>, tonic::Status> {
+        let mut calls = self.running.lock().await;
+        *calls += 1;
+        if *calls == 1 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        Ok(tonic::Response::new(pb::BranchCommitResponse {
+            result: pb::BranchCommitResult::Committed as i32,
+            detail: String::new(),
+        }))
+    }
+    async fn rollback(
+        &self,
+        _r: tonic::Request<pb::BranchRollbackRequest>,
+    ) -> Result<tonic::Response<pb::BranchRollbackResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::BranchRollbackResponse {
+            result: pb::BranchRollbackResult::AlreadyCommitted as i32,
+            detail: String::new(),
+        }))
+    }
+    async fn recover(
+        &self,
+        _r: tonic::Request<pb::RecoverRequest>,
+    ) -> Result<tonic::Response<pb::RecoverResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::RecoverResponse::default()))
+    }
+}
+
+/// A one-phase commit that gets no answer in time is not a NO: the branch decides, and
+/// it may have committed. The coordinator asks again until the participant says, and
+/// records what the participant did — never an ABORT the branch contradicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_one_phase_commit_is_asked_again_not_aborted() -> anyhow::Result<()> {
+    let c = TestCluster::start(&["--prepare-timeout-ms", "400"]).await?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ep = l.local_addr()?.to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::participant_server::ParticipantServer::new(
+                SlowOnePhase::default(),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let t = c
+        .client
+        .begin(BeginOptions {
+            branches: vec![(ep, "slow".into())],
+            ..Default::default()
+        })
+        .await?;
+    let d = c.client.commit(&t.gtrid).await?;
+    must_commit(&d);
+    let got = c.client.get(&t.gtrid).await?;
+    assert_eq!(got.outcome, pb::Outcome::Committed as i32, "{got:?}");
+    assert_eq!(got.reason, pb::Reason::OnePhase as i32, "{got:?}");
+    Ok(())
+}

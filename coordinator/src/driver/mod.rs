@@ -548,10 +548,11 @@ impl Driver {
     /// One-phase commit of a single-branch transaction: the participant decides.
     async fn one_phase(&self, txn: u64, branch: &BranchRecord) -> Result<Decision, DriveError> {
         let xid = xid_pb(self.gtrid(txn), branch.bqual);
-        let deadline = tokio::time::Instant::now() + self.inner.config.prepare_timeout;
+        let Some(term) = *self.inner.leader_term.borrow() else {
+            return Err(DriveError::Unavailable("leadership lost; retry".into()));
+        };
         let mut backoff = Duration::from_millis(20);
         loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = self
                 .inner
                 .pool
@@ -560,33 +561,35 @@ impl Driver {
                     &branch.spec.resource,
                     xid.clone(),
                     true,
-                    remaining.max(Duration::from_millis(50)),
+                    self.inner.config.prepare_timeout,
                 )
                 .await;
-            let (commit, reason, detail) = match answer {
-                Phase2Outcome::Committed => (true, Reason::OnePhase, String::new()),
-                Phase2Outcome::RolledBack => (false, Reason::OnePhaseRefused, String::new()),
-                Phase2Outcome::Retry(d) if tokio::time::Instant::now() + backoff < deadline => {
+            let (commit, reason) = match answer {
+                Phase2Outcome::Committed => (true, Reason::OnePhase),
+                Phase2Outcome::RolledBack => (false, Reason::OnePhaseRefused),
+                // No answer is not a NO: with one phase the branch decides, and it may
+                // have committed. Ask again (participants answer a repeated one-phase
+                // commit with what happened) until it says, for as long as this node
+                // leads; the client gets UNKNOWN at its deadline meanwhile.
+                Phase2Outcome::Retry(d) => {
+                    if !self.still_leader(term) {
+                        return Err(DriveError::Unavailable(
+                            "leadership lost during a one-phase commit; retry".into(),
+                        ));
+                    }
                     tracing::debug!(detail = %d, "one-phase commit retry");
+                    Counters::inc(&self.inner.counters.phase2_retries);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
-                // Unreachable throughout: abort. If the branch did commit after all,
-                // the rollback reports it (heuristic) and the log says ABORTED.
-                Phase2Outcome::Retry(d) => (false, Reason::ParticipantUnreachable, d),
-            };
-            let skip = if commit || reason == Reason::OnePhaseRefused {
-                vec![branch.bqual]
-            } else {
-                vec![]
             };
             return self
                 .decide(
                     txn,
-                    decision(commit, reason, detail),
+                    decision(commit, reason, String::new()),
                     commit.then_some(1),
-                    skip,
+                    vec![branch.bqual],
                 )
                 .await;
         }

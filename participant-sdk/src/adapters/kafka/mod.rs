@@ -372,6 +372,13 @@ impl KafkaResource {
             }
             None => {}
         }
+        if one_phase && state.publishing.contains_key(xid) {
+            // A retry while the first attempt is still publishing: its work is out of
+            // `pending`, so only that attempt can tell how it ends.
+            return Err(ResourceError::Unavailable(format!(
+                "{xid} is being published; ask again"
+            )));
+        }
         let to_publish = if self
             .store
             .staged

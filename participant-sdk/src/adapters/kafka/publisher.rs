@@ -189,6 +189,15 @@ impl Publisher {
 
     /// Publishes a batch of requests in one Kafka transaction and answers them.
     fn handle(&mut self, batch: Vec<PublishRequest>) {
+        // The producer (and with it the ledger catch-up) comes first: after an
+        // uncertain Kafka commit, only the ledger knows whether a retried branch was
+        // already published, and `resolve` must see that before it picks up the stage.
+        if let Err(e) = self.ensure_producer() {
+            for req in batch {
+                let _ = req.reply.send(Err(e.clone()));
+            }
+            return;
+        }
         let mut replies: HashMap<Xid, Vec<oneshot::Sender<Result<(), ResourceError>>>> =
             HashMap::new();
         let mut work: BTreeMap<Xid, Staged> = BTreeMap::new();

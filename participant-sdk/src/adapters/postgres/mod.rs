@@ -531,8 +531,25 @@ impl PgResource {
 
     async fn commit_one_phase(&self, xid: &Xid, gid: &Gid) -> Result<CommitResult, PgError> {
         let Some(slot) = self.take_slot(xid) else {
-            // A retry: the fence row tells whether the first attempt committed.
+            // A retry. The first attempt may still be running, its `'b'` fence row not
+            // yet committed, so a plain read could say "rolled back" for a branch about
+            // to commit. Inserting the tombstone instead waits for that row's
+            // transaction and gives a definite answer: inserted means the first attempt
+            // did not commit and now never can (its insert hits the key).
             let mut c = self.pool.get().await?;
+            let q = gid.quoted();
+            let inserted = c
+                .client()?
+                .simple_query(&format!(
+                    "INSERT INTO ratify_fence (gid, state) VALUES ({q}, 'r') \
+                     ON CONFLICT (gid) DO NOTHING RETURNING state"
+                ))
+                .await?
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(_)));
+            if inserted {
+                return Ok(CommitResult::RolledBack);
+            }
             return Ok(match Self::fence_state(&mut c, gid).await? {
                 Some('b') => CommitResult::Committed,
                 _ => CommitResult::RolledBack,
@@ -542,6 +559,13 @@ impl PgResource {
         let Some(mut conn) = st.conn.take() else {
             return Ok(CommitResult::RolledBack);
         };
+        if st.abandoned {
+            // A statement's caller went away before its answer: what the transaction
+            // holds is unknown, so it must not commit. Closing the connection rolls
+            // it back.
+            conn.discard();
+            return Ok(CommitResult::RolledBack);
+        }
         if st.failed.is_some() {
             if rollback_conn(&mut conn).await.is_err() {
                 conn.discard();

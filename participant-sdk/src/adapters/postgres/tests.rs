@@ -358,6 +358,18 @@ async fn an_abandoned_statement_never_poisons_the_pool() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_millis(50), slow).await;
         assert_eq!(r.rollback(&y).await?, RollbackResult::RolledBack);
 
+        // A one-phase commit of a branch with an abandoned statement rolls back.
+        let w = xid()?;
+        let b3 = debit(&r, &w, 2, 1).await?;
+        let slow = b3.execute("SELECT pg_sleep(0.3)", &[]);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), slow).await;
+        assert_eq!(r.commit(&w, true).await?, CommitResult::RolledBack);
+        assert_eq!(
+            r.commit(&w, true).await?,
+            CommitResult::RolledBack,
+            "and a retry says so too"
+        );
+
         // Pooled connections are clean: a full branch and its phase 2 work.
         let z = xid()?;
         debit(&r, &z, 1, 1).await?;
