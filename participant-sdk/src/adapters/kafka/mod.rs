@@ -344,6 +344,9 @@ impl KafkaResource {
             return Ok(Vote::No("unknown branch".into()));
         };
         if work.is_empty() {
+            // Phase 2 skips a read-only branch, so close the xid here: work added to
+            // it later would otherwise wait forever, neither prepared nor rolled back.
+            branch_log::write_outcome(&self.store.outcomes, xid, Finished::Committed)?;
             return Ok(Vote::ReadOnly);
         }
         let bytes = stage::encode(&work, now_unix_ms())?;

@@ -87,7 +87,7 @@ pub mod error;
 pub mod gid;
 mod pool;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -109,6 +109,12 @@ use crate::resource::{CommitResult, Resource, ResourceError, RollbackResult, Vot
 use crate::xid::Xid;
 use error::sqlstate;
 use pool::{Pool, Pooled};
+
+/// Connections reserved for phase 2, recovery, fencing and stats.
+const CONTROL_CONNECTIONS: usize = 4;
+
+/// Rolled-back xids remembered to refuse a late `begin_branch`.
+const CLOSED_REMEMBERED: usize = 100_000;
 
 /// Oldest supported server, as `server_version_num`.
 pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
@@ -222,8 +228,16 @@ pub struct PgResource {
     tag: Tag,
     /// `rtfy.<tag>.`, for recovery's filter.
     prefix: String,
-    /// Connections.
+    /// Connections for the application's open branches.
     pool: Pool,
+    /// A few connections of their own for phase 2, recovery, fencing and stats: when
+    /// every branch connection waits on a row lock held by a prepared branch, the
+    /// `COMMIT PREPARED` that releases it must not wait for one of them.
+    control: Pool,
+    /// Xids rolled back in this process, newest last (bounded): an application that
+    /// opens a branch only after its rollback arrived must be refused, or the branch
+    /// would hold its connection and locks with nobody left to end it.
+    closed: Mutex<(HashSet<Xid>, VecDeque<Xid>)>,
     /// Branches opened in this process and not yet prepared or rolled back. Whoever
     /// removes a branch from here (prepare, rollback, one-phase commit) owns it.
     branches: Mutex<HashMap<Xid, Arc<Slot>>>,
@@ -265,7 +279,8 @@ impl PgResource {
             .url
             .parse()
             .map_err(|e| PgError::Config(format!("bad Postgres URL: {e}")))?;
-        let pool = Pool::new(pg, config.pool_size);
+        let pool = Pool::new(pg.clone(), config.pool_size);
+        let control = Pool::new(pg, CONTROL_CONNECTIONS);
         let server = check_server(&pool).await?;
         if usize::try_from(server.max_prepared_transactions).unwrap_or(0) < config.pool_size {
             tracing::warn!(
@@ -279,6 +294,8 @@ impl PgResource {
             prefix: tag.gid_prefix(),
             tag,
             pool,
+            control,
+            closed: Mutex::new((HashSet::new(), VecDeque::new())),
             branches: Mutex::new(HashMap::new()),
             config,
             server,
@@ -325,6 +342,9 @@ impl PgResource {
         if branches.contains_key(xid) {
             return Err(PgError::BranchExists(xid.clone()));
         }
+        if self.lock_closed().0.contains(xid) {
+            return Err(PgError::BranchClosed(xid.clone()));
+        }
         branches.insert(xid.clone(), Arc::clone(&slot));
         Ok(PgBranch {
             xid: xid.clone(),
@@ -342,7 +362,7 @@ impl PgResource {
     /// # Errors
     /// [`PgError::Unavailable`] or [`PgError::Db`].
     pub async fn prepared_stats(&self) -> Result<PreparedStats, PgError> {
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         let row = c
             .client()?
             .query_one(
@@ -400,7 +420,7 @@ impl PgResource {
     /// # Errors
     /// [`PgError::Unavailable`] or [`PgError::Db`].
     pub async fn purge_fences(&self, older_than: Duration) -> Result<u64, PgError> {
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         Ok(c.client()?
             .execute(
                 "DELETE FROM ratify_fence WHERE starts_with(gid, $1) AND at < now() - make_interval(secs => $2)",
@@ -414,13 +434,17 @@ impl PgResource {
     }
 
     /// Takes ownership of open branch `xid`, if it is open here.
+    fn lock_closed(&self) -> std::sync::MutexGuard<'_, (HashSet<Xid>, VecDeque<Xid>)> {
+        self.closed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn take_slot(&self, xid: &Xid) -> Option<Arc<Slot>> {
         self.lock_branches().remove(xid)
     }
 
     /// Is `gid` prepared in this database?
     async fn is_prepared(&self, gid: &Gid) -> Result<bool, PgError> {
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         let row = c
             .client()?
             .query_one(
@@ -536,7 +560,7 @@ impl PgResource {
             // to commit. Inserting the tombstone instead waits for that row's
             // transaction and gives a definite answer: inserted means the first attempt
             // did not commit and now never can (its insert hits the key).
-            let mut c = self.pool.get().await?;
+            let mut c = self.control.get().await?;
             let q = gid.quoted();
             let inserted = c
                 .client()?
@@ -598,7 +622,7 @@ impl PgResource {
 
     async fn commit_prepared(&self, gid: &Gid) -> Result<CommitResult, PgError> {
         failpoint::hit("pg.before_commit_prepared").await;
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         let result =
             phase2_statement(c.client()?, &format!("COMMIT PREPARED {}", gid.quoted())).await;
         match result {
@@ -622,7 +646,22 @@ impl PgResource {
     }
 
     async fn rollback_branch(&self, xid: &Xid, gid: &Gid) -> Result<RollbackResult, PgError> {
-        if let Some(slot) = self.take_slot(xid) {
+        let slot = {
+            // Under the branches lock, so a concurrent `begin_branch` either got in
+            // first (and its slot is taken here) or sees the xid closed.
+            let mut branches = self.lock_branches();
+            let mut closed = self.lock_closed();
+            if closed.0.insert(xid.clone()) {
+                closed.1.push_back(xid.clone());
+                if closed.1.len() > CLOSED_REMEMBERED {
+                    if let Some(old) = closed.1.pop_front() {
+                        closed.0.remove(&old);
+                    }
+                }
+            }
+            branches.remove(xid)
+        };
+        if let Some(slot) = slot {
             Self::abort_open(&slot).await;
         }
         failpoint::hit("pg.before_rollback_prepared").await;
@@ -634,7 +673,7 @@ impl PgResource {
              COMMIT",
             self.config.fence_lock_wait.as_millis().max(1)
         );
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         loop {
             let undone = phase2_statement(c.client()?, &format!("ROLLBACK PREPARED {q}")).await;
             match undone {
@@ -679,7 +718,7 @@ impl PgResource {
     }
 
     async fn list_prepared(&self) -> Result<Vec<Xid>, PgError> {
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         let rows = c
             .client()?
             .query(
@@ -842,7 +881,7 @@ impl Resource for PgResource {
 
     async fn forget(&self, xid: &Xid) -> Result<(), ResourceError> {
         let gid = self.gid(xid);
-        let mut c = self.pool.get().await?;
+        let mut c = self.control.get().await?;
         c.client()?
             .execute("DELETE FROM ratify_fence WHERE gid = $1", &[&gid.as_str()])
             .await

@@ -382,3 +382,50 @@ async fn an_abandoned_statement_never_poisons_the_pool() -> anyhow::Result<()> {
     assert!(prepared_gids(&url).await?.is_empty());
     Ok(())
 }
+
+/// A branch the application opens only after its rollback arrived (the coordinator
+/// timed the transaction out first) is refused: nobody would ever end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_opened_after_its_rollback_is_refused() -> anyhow::Result<()> {
+    let url = fresh_db("late_open").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t_late_open")).await?;
+    let x = xid()?;
+    assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+    assert!(matches!(
+        r.begin_branch(&x).await,
+        Err(PgError::BranchClosed(_))
+    ));
+    assert_eq!(r.open_branches(), 0);
+    Ok(())
+}
+
+/// Phase 2 has connections of its own: with every branch connection waiting on a row
+/// lock that a prepared branch holds, the COMMIT PREPARED that releases it still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_two_is_not_starved_by_blocked_branches() -> anyhow::Result<()> {
+    let url = fresh_db("starve").await?;
+    let mut config = PgConfig::new(&url, "t_starve");
+    config.pool_size = 2;
+    let r = PgResource::connect(config).await?;
+    let held = xid()?;
+    debit(&r, &held, 1, 1).await?;
+    assert_eq!(r.prepare(&held).await?, Vote::Yes);
+    // Two branches take every branch connection and wait on account 1's row lock.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let r = Arc::clone(&r);
+        let x = xid()?;
+        waiting.push(tokio::spawn(
+            async move { debit(&r, &x, 1, 1).await.map(|_| x) },
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let commit = tokio::time::timeout(std::time::Duration::from_secs(5), r.commit(&held, false));
+    assert_eq!(commit.await??, CommitResult::Committed);
+    for w in waiting {
+        let x = w.await??;
+        assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+    }
+    assert_eq!(balance(&url, 1).await?, 99);
+    Ok(())
+}
