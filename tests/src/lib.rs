@@ -155,6 +155,25 @@ impl TestCluster {
     }
 }
 
+/// Serves a hand-written `Participant` service (a test fake that misbehaves on purpose)
+/// on a free loopback port and returns its endpoint.
+///
+/// # Errors
+/// When no port can be bound.
+pub async fn serve_fake_participant<S>(service: S) -> anyhow::Result<String>
+where
+    S: pb::participant_server::Participant,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = listener.local_addr()?.to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::participant_server::ParticipantServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(endpoint)
+}
+
 /// Serves `resource` as `name` on 127.0.0.1 with a fast (500 ms) recovery loop.
 ///
 /// # Errors

@@ -224,13 +224,7 @@ async fn a_participant_answering_garbage_aborts_the_transaction() -> anyhow::Res
         }
     });
     // Valid gRPC, invalid vote.
-    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let liar_ep = liar.local_addr()?.to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::participant_server::ParticipantServer::new(LyingVoter))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(liar)),
-    );
+    let liar_ep = ratify_tests::serve_fake_participant(LyingVoter).await?;
 
     for (ep, res) in [(garbage_ep, "accounts"), (liar_ep, "liar")] {
         let t = c
@@ -500,15 +494,7 @@ impl pb::participant_server::Participant for SlowOnePhase {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_one_phase_commit_is_asked_again_not_aborted() -> anyhow::Result<()> {
     let c = TestCluster::start(&["--prepare-timeout-ms", "400"]).await?;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ep = l.local_addr()?.to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::participant_server::ParticipantServer::new(
-                SlowOnePhase::default(),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
+    let ep = ratify_tests::serve_fake_participant(SlowOnePhase::default()).await?;
     let t = c
         .client
         .begin(BeginOptions {

@@ -74,14 +74,7 @@ impl pb::participant_server::Participant for Witness {
 }
 
 async fn serve_witness(w: Witness) -> anyhow::Result<String> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ep = l.local_addr()?.to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::participant_server::ParticipantServer::new(w))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
-    Ok(ep)
+    ratify_tests::serve_fake_participant(w).await
 }
 
 /// Rule 2: a participant receives COMMIT only once COMMIT is in the log, and a
