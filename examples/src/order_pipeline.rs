@@ -287,6 +287,47 @@ impl Participant {
         Ok(self.pg.recover().await?.len() + self.kafka.prepared_count())
     }
 
+    /// Waits until the coordinator has no live transaction with a branch here: phase
+    /// 2 may reach a branch after this participant's own recovery already finished it,
+    /// and the coordinator still needs this process to answer before it can record
+    /// the transaction COMPLETED. A service that leaves before that strands them.
+    ///
+    /// # Errors
+    /// When the coordinator cannot be asked, or such transactions remain after
+    /// `timeout`.
+    pub async fn wait_coordinator_done(
+        &self,
+        client: &CoordinatorClient,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let mut mine = 0usize;
+            let mut token = String::new();
+            loop {
+                let page = client.list(None, 1000, &token).await?;
+                mine += page
+                    .transactions
+                    .iter()
+                    .filter(|t| t.branches.iter().any(|b| b.endpoint == self.endpoint))
+                    .count();
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if mine == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "{mine} transactions with a branch at {} still live after {timeout:?}",
+                self.endpoint
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until no branch of this participant is in doubt (phase 2 done for
     /// everything it prepared).
     ///
@@ -532,6 +573,9 @@ impl ServiceA {
         }
         self.participant
             .wait_settled(Duration::from_secs(60))
+            .await?;
+        self.participant
+            .wait_coordinator_done(&self.client, Duration::from_secs(60))
             .await?;
         Ok(total)
     }

@@ -107,7 +107,12 @@ impl TestCluster {
 
     async fn launch(extra: &[&str], partitionable: bool) -> anyhow::Result<Self> {
         init_logging();
-        let dir = tempfile::tempdir()?;
+        let mut dir = tempfile::Builder::new().prefix("ratify-test-").tempdir()?;
+        if std::env::var_os("RATIFY_KEEP_TEST_DIRS").is_some() {
+            // Post-mortem: node logs, participant logs and data stay on disk.
+            dir.disable_cleanup(true);
+            eprintln!("keeping test folder {}", dir.path().display());
+        }
         let (binary, data) = (ratify_binary()?, dir.path().join("cluster"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let nodes = if partitionable {
