@@ -376,15 +376,21 @@ fn is_duplicate(e: &anyhow::Error) -> bool {
 /// Commits `gtrid`, asking again while the outcome is unknown (commit is idempotent:
 /// a retry returns the recorded decision).
 async fn commit_until_known(client: &CoordinatorClient, gtrid: &str) -> anyhow::Result<Decision> {
+    // Never give up on an unknown outcome: running the batch again in a new transaction
+    // while this one may still commit is exactly the duplicate to avoid. The coordinator
+    // answers once a majority is back; until then the service waits, and says so.
     let start = Instant::now();
+    let mut warned = Duration::ZERO;
     loop {
         match client.commit(gtrid).await {
             Ok(d) => return Ok(d),
-            Err(e) if start.elapsed() < OUTCOME_DEADLINE => {
-                tracing::warn!(error = %e, "commit outcome unknown, asking again");
+            Err(e) => {
+                if start.elapsed() >= warned {
+                    tracing::warn!(error = %e, waited = ?start.elapsed(), "commit outcome unknown, asking again");
+                    warned = start.elapsed() + OUTCOME_DEADLINE / 4;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => return Err(e).context("commit outcome still unknown"),
         }
     }
 }
