@@ -561,18 +561,15 @@ impl PgResource {
             // transaction and gives a definite answer: inserted means the first attempt
             // did not commit and now never can (its insert hits the key).
             let mut c = self.control.get().await?;
-            let q = gid.quoted();
-            let inserted = c
-                .client()?
-                .simple_query(&format!(
-                    "INSERT INTO ratify_fence (gid, state) VALUES ({q}, 'r') \
-                     ON CONFLICT (gid) DO NOTHING RETURNING state"
-                ))
-                .await?
-                .iter()
-                .any(|m| matches!(m, SimpleQueryMessage::Row(_)));
-            if inserted {
-                return Ok(CommitResult::RolledBack);
+            match insert_tombstone(&mut c, gid, self.config.fence_lock_wait).await? {
+                Ok(true) => return Ok(CommitResult::RolledBack),
+                Ok(false) => {}
+                Err(e) if is(&e, &SqlState::LOCK_NOT_AVAILABLE) => {
+                    return Err(PgError::Unavailable(format!(
+                        "the first commit of {gid} is still running; ask again"
+                    )))
+                }
+                Err(e) => return Err(PgError::from(e)),
             }
             return Ok(match Self::fence_state(&mut c, gid).await? {
                 Some('b') => CommitResult::Committed,
@@ -667,12 +664,6 @@ impl PgResource {
         failpoint::hit("pg.before_rollback_prepared").await;
         let deadline = Instant::now() + self.config.rollback_deadline;
         let q = gid.quoted();
-        let tombstone = format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; \
-             INSERT INTO ratify_fence (gid, state) VALUES ({q}, 'r') ON CONFLICT (gid) DO NOTHING RETURNING state; \
-             COMMIT",
-            self.config.fence_lock_wait.as_millis().max(1)
-        );
         let mut c = self.control.get().await?;
         loop {
             let undone = phase2_statement(c.client()?, &format!("ROLLBACK PREPARED {q}")).await;
@@ -681,15 +672,9 @@ impl PgResource {
                 Err(e) if is(&e, &SqlState::UNDEFINED_OBJECT) => {}
                 Err(e) => return Err(phase2_error(&mut c, e)),
             }
-            let fenced = c.client()?.simple_query(&tombstone).await;
-            match fenced {
-                Ok(messages) => {
-                    let inserted = messages
-                        .iter()
-                        .any(|m| matches!(m, SimpleQueryMessage::Row(_)));
-                    if inserted {
-                        return Ok(RollbackResult::RolledBack);
-                    }
+            match insert_tombstone(&mut c, gid, self.config.fence_lock_wait).await? {
+                Ok(true) => return Ok(RollbackResult::RolledBack),
+                Ok(false) => {
                     // The key existed: a tombstone (a retry) or a committed branch.
                     return Ok(match Self::fence_state(&mut c, gid).await? {
                         Some('b') => RollbackResult::AlreadyCommitted,
@@ -699,7 +684,6 @@ impl PgResource {
                 Err(e) if is(&e, &SqlState::LOCK_NOT_AVAILABLE) => {
                     // The branch holds the key: it is preparing or prepared. Go round:
                     // ROLLBACK PREPARED will find it.
-                    rollback_conn(&mut c).await?;
                     if Instant::now() >= deadline {
                         return Err(PgError::Unavailable(format!(
                             "fence row of {gid} still locked after {:?}",
@@ -707,12 +691,7 @@ impl PgResource {
                         )));
                     }
                 }
-                Err(e) => {
-                    if rollback_conn(&mut c).await.is_err() {
-                        c.discard();
-                    }
-                    return Err(PgError::from(e));
-                }
+                Err(e) => return Err(PgError::from(e)),
             }
         }
     }
@@ -771,6 +750,39 @@ fn phase2_error(c: &mut Pooled, e: tokio_postgres::Error) -> PgError {
         return PgError::Unavailable(PgError::from(e).to_string());
     }
     PgError::from(e)
+}
+
+/// Commits `gid`'s `'r'` tombstone unless its fence row exists, and says whether this
+/// call inserted it. A transaction holding the key (a branch preparing or prepared,
+/// or a one-phase commit under way) is waited for at most `lock_wait`; then the error
+/// is `LOCK_NOT_AVAILABLE`. On a server error the attempt is rolled back, so `c` is
+/// clean (or discarded).
+///
+/// # Errors
+/// The outer error when `c` was discarded before; the inner one is the server's.
+async fn insert_tombstone(
+    c: &mut Pooled,
+    gid: &Gid,
+    lock_wait: Duration,
+) -> Result<Result<bool, tokio_postgres::Error>, PgError> {
+    let sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'; \
+         INSERT INTO ratify_fence (gid, state) VALUES ({}, 'r') ON CONFLICT (gid) DO NOTHING RETURNING state; \
+         COMMIT",
+        lock_wait.as_millis().max(1),
+        gid.quoted()
+    );
+    match c.client()?.simple_query(&sql).await {
+        Ok(messages) => Ok(Ok(messages
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(_))))),
+        Err(e) => {
+            if rollback_conn(c).await.is_err() {
+                c.discard();
+            }
+            Ok(Err(e))
+        }
+    }
 }
 
 /// `ROLLBACK` on a borrowed connection, leaving it clean for the pool.
