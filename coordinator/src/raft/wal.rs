@@ -262,25 +262,6 @@ impl Writer {
             .map_err(|_| WalError::Stopped)
     }
 
-    /// Queues bytes and waits until they are durable.
-    ///
-    /// # Errors
-    /// [`WalError::Stopped`], or the write/fdatasync error.
-    pub async fn write_synced(&self, bytes: Vec<u8>) -> Result<(), WalError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.write(
-            bytes,
-            Some(Box::new(move |r| {
-                let _ = tx.send(r);
-            })),
-        )?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WalError::Io(PathBuf::from("wal"), std::io::Error::other(e))),
-            Err(_) => Err(WalError::Stopped),
-        }
-    }
-
     /// Continues in a new segment `seq` that starts with `header`.
     ///
     /// # Errors
@@ -403,6 +384,20 @@ mod tests {
 
     fn vote(term: u64) -> Record {
         Record::Vote(Vote::new(term, 1))
+    }
+
+    impl Writer {
+        /// Queues bytes and waits until they are durable.
+        async fn write_synced(&self, bytes: Vec<u8>) -> anyhow::Result<()> {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.write(
+                bytes,
+                Some(Box::new(move |r| {
+                    let _ = tx.send(r);
+                })),
+            )?;
+            rx.await?.map_err(anyhow::Error::msg)
+        }
     }
 
     #[tokio::test]
