@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ratify_participant_sdk::server::stopped;
 use ratify_proto::pb::admin_server::AdminServer;
 use ratify_proto::pb::coordinator_server::CoordinatorServer;
 use ratify_proto::raft_pb::raft_server::RaftServer as RaftGrpcServer;
@@ -163,7 +164,7 @@ pub async fn run(
         tokio::spawn(crate::service::metrics::serve(
             l,
             driver.clone(),
-            wait_stop(stop_rx.clone()),
+            stopped(stop_rx.clone()),
         ))
     });
     let service = CoordinatorService::new(driver, log);
@@ -174,11 +175,11 @@ pub async fn run(
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(nodelay(raft_listener), wait_stop(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(raft_listener), stopped(stop_rx.clone()));
     let api_server = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(service.clone()).max_decoding_message_size(1024 * 1024))
         .add_service(AdminServer::new(service))
-        .serve_with_incoming_shutdown(nodelay(api_listener), wait_stop(stop_rx));
+        .serve_with_incoming_shutdown(nodelay(api_listener), stopped(stop_rx));
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
 
@@ -217,14 +218,6 @@ pub async fn run(
         }
     }
     Ok(())
-}
-
-async fn wait_stop(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// An incoming stream with Nagle off: small RPCs must not wait for delayed ACKs.

@@ -357,7 +357,9 @@ impl std::fmt::Debug for HostedParticipant {
     }
 }
 
-async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+/// Resolves once the watched flag is set (or its sender is gone): a shutdown future
+/// for [`ParticipantServer::serve`] and any other server stopped by one flag.
+pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
         if rx.changed().await.is_err() {
             return;
