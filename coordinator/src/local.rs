@@ -43,6 +43,8 @@ struct LocalNode {
     source_ip: Option<IpAddr>,
     /// Where it serves Prometheus metrics.
     metrics_addr: String,
+    /// `RATIFY_FAILPOINTS` for its next start (empty: inherited from this process).
+    failpoints: String,
     /// The running process, if any.
     child: Option<Child>,
 }
@@ -151,6 +153,7 @@ impl LocalCluster {
                     raft_listen,
                     source_ip,
                     metrics_addr,
+                    failpoints: String::new(),
                     child: None,
                 },
             );
@@ -292,6 +295,9 @@ impl LocalCluster {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        if !node.failpoints.is_empty() {
+            cmd.env(ratify_participant_sdk::failpoint::ENV_VAR, &node.failpoints);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| LocalError::Io(format!("spawn {}", self.binary.display()), e))?;
@@ -324,6 +330,29 @@ impl LocalCluster {
     pub fn restart(&mut self, id: NodeId) -> Result<(), LocalError> {
         self.kill(id)?;
         self.spawn(id)
+    }
+
+    /// Starts node `id` again like [`Self::restart`], with `failpoints` as its
+    /// `RATIFY_FAILPOINTS` (empty: inherited from this process) from now on.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn restart_with_failpoints(&mut self, id: NodeId, failpoints: &str) -> Result<(), LocalError> {
+        self.kill(id)?;
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.failpoints = failpoints.to_string();
+        }
+        self.spawn(id)
+    }
+
+    /// How node `id`'s process ended, once it has exited by itself (a fail point, a
+    /// crash), reaping it; `None` while it runs or when it was never started or was
+    /// killed through [`Self::kill`].
+    pub fn exited(&mut self, id: NodeId) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id)?;
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
     }
 
     /// Is node `id`'s process running?

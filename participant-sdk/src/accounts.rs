@@ -341,6 +341,22 @@ impl AccountStore {
             .ok_or(AccountsError::Overflow)
     }
 
+    /// The rendered xids of every branch this store committed (while their outcome
+    /// records are kept): what a checker compares with the coordinator's decisions.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn committed_xids(&self) -> Result<Vec<String>, AccountsError> {
+        let mut out = Vec::new();
+        for entry in self.outcomes.iter() {
+            let (k, v) = entry?;
+            if Finished::decode(&v) == Some(Finished::Committed) {
+                out.push(String::from_utf8_lossy(&k).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of branches currently prepared (in doubt).
     pub fn prepared_count(&self) -> usize {
         self.state().prepared.len()

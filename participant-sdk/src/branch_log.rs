@@ -28,7 +28,7 @@ impl Finished {
         }
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         match bytes {
             b"C" => Some(Self::Committed),
             b"R" => Some(Self::RolledBack),

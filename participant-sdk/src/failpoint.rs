@@ -8,7 +8,8 @@
 //! `RATIFY_FAILPOINTS="name=action[@probability][,name=action...]"` where action is
 //! - `kill`: SIGKILL this process (nothing is flushed, like a power cut for the process);
 //! - `sleep:MS`: stall this task for MS milliseconds;
-//! - `off`: nothing (handy to switch one off in a list).
+//! - `off`: nothing (handy to switch one off in a list);
+//! - `on`: a switch read with [`is_on`] rather than a place passed with [`hit`].
 //!
 //! `@p` (0 < p ≤ 1) fires the action on that fraction of hits, at random; without it
 //! every hit fires. Example: `RATIFY_FAILPOINTS="pg.before_commit_prepared=kill"`.
@@ -23,6 +24,14 @@
 //!   branch acknowledged), `coord.before_complete`, `coord.recovery` (a new leader is
 //!   about to re-drive);
 //! - adapters add their own (`pg.*`, `kafka.*`), documented in their modules.
+//!
+//! # Deliberate bugs (switches, `name=on`)
+//! They exist only to show that the chaos suite's checker catches a broken rule; a
+//! node running one is no longer correct.
+//! - `bug.commit_before_decision`: the coordinator sends COMMIT to every prepared
+//!   branch as soon as the votes are in, *before* the decision is logged (breaks
+//!   DESIGN rule 2). A leader that dies in between leaves committed branches of a
+//!   transaction the next leader aborts.
 //!
 //! Each hit that fires is logged on stderr as `ratify failpoint <name>: <action>` before
 //! it acts, so a test can tell a planned crash from a real one.
@@ -43,6 +52,8 @@ pub enum Action {
     Sleep(Duration),
     /// Nothing.
     Off,
+    /// A switch: [`is_on`] answers true; [`hit`] does nothing.
+    On,
 }
 
 /// One configured fail point.
@@ -91,11 +102,12 @@ pub fn parse(spec: &str) -> Result<HashMap<String, Spec>, ParseError> {
         let action = match action {
             "kill" => Action::Kill,
             "off" => Action::Off,
+            "on" => Action::On,
             other => match other.strip_prefix("sleep:") {
                 Some(ms) => Action::Sleep(Duration::from_millis(
                     ms.parse().map_err(|_| bad("sleep:MS needs milliseconds"))?,
                 )),
-                None => return Err(bad("action must be kill, sleep:MS or off")),
+                None => return Err(bad("action must be kill, sleep:MS, off or on")),
             },
         };
         if name.is_empty() {
@@ -127,7 +139,7 @@ fn configured() -> &'static HashMap<String, Spec> {
 /// The action that fires at `name` for this hit, if any.
 fn fires(name: &str) -> Option<Action> {
     let spec = configured().get(name)?;
-    if spec.action == Action::Off {
+    if matches!(spec.action, Action::Off | Action::On) {
         return None;
     }
     if spec.probability < 1.0 && rand::random::<f64>() >= spec.probability {
@@ -137,12 +149,25 @@ fn fires(name: &str) -> Option<Action> {
     Some(spec.action)
 }
 
+/// Is switch `name` configured `on`? (See "Deliberate bugs" above.) Logged on stderr
+/// the first time it is asked, so a run's log shows that it ran broken on purpose.
+pub fn is_on(name: &str) -> bool {
+    let on = configured()
+        .get(name)
+        .is_some_and(|s| s.action == Action::On);
+    if on {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| eprintln!("ratify failpoint {name}: deliberate bug switched on"));
+    }
+    on
+}
+
 /// Passes fail point `name`: SIGKILLs the process or stalls the task when configured.
 pub async fn hit(name: &str) {
     match fires(name) {
         Some(Action::Kill) => kill_self(),
         Some(Action::Sleep(d)) => tokio::time::sleep(d).await,
-        Some(Action::Off) | None => {}
+        Some(Action::Off | Action::On) | None => {}
     }
 }
 
@@ -151,7 +176,7 @@ pub fn hit_blocking(name: &str) {
     match fires(name) {
         Some(Action::Kill) => kill_self(),
         Some(Action::Sleep(d)) => std::thread::sleep(d),
-        Some(Action::Off) | None => {}
+        Some(Action::Off | Action::On) | None => {}
     }
 }
 
@@ -170,7 +195,8 @@ mod tests {
 
     #[test]
     fn parses_actions_and_probabilities() {
-        let p = parse("a=kill, b=sleep:25@0.5,c=off").expect("valid");
+        let p = parse("a=kill, b=sleep:25@0.5,c=off,d=on").expect("valid");
+        assert_eq!(p["d"].action, Action::On);
         assert_eq!(p["a"].action, Action::Kill);
         assert_eq!(p["a"].probability, 1.0);
         assert_eq!(p["b"].action, Action::Sleep(Duration::from_millis(25)));

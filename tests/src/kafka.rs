@@ -106,6 +106,16 @@ pub async fn value_counts(topic: &str) -> anyhow::Result<HashMap<String, usize>>
     Ok(counts)
 }
 
+/// Per partition of `topic` (`"topic/partition"`), how far the high watermark is
+/// above the last stable offset: all zero means no transaction is open on it.
+///
+/// # Errors
+/// When the checker fails or prints garbage.
+pub async fn open_transactions(topic: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+    let out = check(&["open", &bootstrap()?, topic]).await?;
+    serde_json::from_str(&out).with_context(|| format!("checker output: {out}"))
+}
+
 /// The committed offsets of `group`, as `"topic/partition" → offset`.
 ///
 /// # Errors

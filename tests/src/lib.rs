@@ -9,9 +9,12 @@
 //! - [`must_commit`], [`must_abort`]: assertions on decisions.
 //! - [`kafka`]: the test broker, the independent Java checker and the Kafka
 //!   participant process.
+//! - [`chaos`]: the chaos suite (workload, nemesis, history, checker); its runner is
+//!   the `chaos` binary.
 //! - [`pg`]: the Postgres server of `tests/infra/postgres.sh`, the two-database bank
 //!   and killable `pg_bank participant` processes.
 
+pub mod chaos;
 pub mod kafka;
 pub mod pg;
 

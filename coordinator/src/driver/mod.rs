@@ -514,6 +514,10 @@ impl Driver {
             }
         }
         drop(votes);
+        if failure.is_none() && failpoint::is_on("bug.commit_before_decision") {
+            self.bug_commit_before_decision(txn, &branches, &read_only)
+                .await;
+        }
         failpoint::hit("coord.after_votes").await;
         if let Some((reason, detail)) = failure {
             tracing::info!(?reason, %detail, "aborting");
@@ -543,6 +547,33 @@ impl Driver {
             }
             other => other,
         }
+    }
+
+    /// A DELIBERATE BUG, off unless the `bug.commit_before_decision` switch is on (see
+    /// [`failpoint`]): sends COMMIT to every prepared branch before the decision is
+    /// logged, breaking DESIGN rule 2. It exists so the chaos suite can show that its
+    /// checker catches a broken rule.
+    async fn bug_commit_before_decision(
+        &self,
+        txn: u64,
+        branches: &[BranchRecord],
+        read_only: &[u32],
+    ) {
+        let gtrid = self.gtrid(txn);
+        let timeout = self.inner.config.prepare_timeout;
+        let calls = branches
+            .iter()
+            .filter(|b| !read_only.contains(&b.bqual))
+            .map(|b| {
+                self.inner.pool.commit(
+                    &b.spec.endpoint,
+                    &b.spec.resource,
+                    xid_pb(gtrid, b.bqual),
+                    false,
+                    timeout,
+                )
+            });
+        futures::future::join_all(calls).await;
     }
 
     /// One-phase commit of a single-branch transaction: the participant decides.

@@ -5,13 +5,16 @@
 //   java -cp ... KafkaCheck create <bootstrap> <topic> <partitions> [compact]
 //   java -cp ... KafkaCheck read   <bootstrap> <topic>
 //   java -cp ... KafkaCheck offsets <bootstrap> <group>
+//   java -cp ... KafkaCheck open    <bootstrap> <topic>
 //
 // `read` consumes the whole topic with isolation.level=read_committed, from the
 // beginning to the end offsets (the last stable offsets) taken at start, and prints
 // one JSON object: {"topic":..., "records":[{"partition","offset","key","value",
 // "headers":{...}}]} (keys, values and header values as UTF-8 strings or null).
 // `offsets` prints {"<topic>/<partition>": offset, ...} of the group's committed
-// offsets. Every failure exits non-zero with the reason on stderr.
+// offsets. `open` prints {"<topic>/<partition>": n, ...} where n is the high watermark
+// minus the last stable offset: 0 everywhere means no transaction is open on the
+// topic. Every failure exits non-zero with the reason on stderr.
 
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
@@ -47,12 +50,16 @@ public final class KafkaCheck {
                 if (args.length < 3) usage();
                 offsets(bootstrap, args[2]);
             }
+            case "open" -> {
+                if (args.length < 3) usage();
+                open(bootstrap, args[2]);
+            }
             default -> usage();
         }
     }
 
     private static void usage() {
-        System.err.println("usage: KafkaCheck ready|create|read|offsets <bootstrap> [args]");
+        System.err.println("usage: KafkaCheck ready|create|read|offsets|open <bootstrap> [args]");
         System.exit(2);
     }
 
@@ -166,6 +173,33 @@ public final class KafkaCheck {
                     sorted.put(e.getKey().topic() + "/" + e.getKey().partition(),
                             e.getValue().offset());
                 }
+            }
+            StringBuilder out = new StringBuilder("{");
+            boolean first = true;
+            for (Map.Entry<String, Long> e : sorted.entrySet()) {
+                if (!first) out.append(',');
+                first = false;
+                out.append(json(e.getKey())).append(':').append(e.getValue());
+            }
+            System.out.println(out.append('}'));
+        }
+    }
+
+    private static void open(String bootstrap, String topic) throws Exception {
+        try (Admin a = admin(bootstrap)) {
+            TopicDescription d = a.describeTopics(List.of(topic)).allTopicNames().get().get(topic);
+            Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
+            for (TopicPartitionInfo pi : d.partitions()) {
+                latest.put(new TopicPartition(topic, pi.partition()), OffsetSpec.latest());
+            }
+            var hw = a.listOffsets(latest,
+                    new ListOffsetsOptions(IsolationLevel.READ_UNCOMMITTED)).all().get();
+            var lso = a.listOffsets(latest,
+                    new ListOffsetsOptions(IsolationLevel.READ_COMMITTED)).all().get();
+            TreeMap<String, Long> sorted = new TreeMap<>();
+            for (TopicPartition tp : latest.keySet()) {
+                sorted.put(tp.topic() + "/" + tp.partition(),
+                        hw.get(tp).offset() - lso.get(tp).offset());
             }
             StringBuilder out = new StringBuilder("{");
             boolean first = true;

@@ -1,0 +1,89 @@
+//! `chaos`: runs Ratify's chaos suite against real processes and prints what it found.
+//!
+//! Needs the Postgres server and the Kafka broker of `tests/infra` (their scripts print
+//! the environment to use) and the `ratify` and `chaos_participant` binaries built
+//! next to this one. See the README's "Chaos suite" section.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ratify_tests::chaos::{self, world::AppKind, ChaosConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Chaos suite: kills, partitions and crash points under a transfer workload, then an atomicity check",
+    long_about = "Starts a 3-node Ratify cluster and three participant applications (Postgres bank, \
+embedded account store, Kafka events) as separate processes, runs concurrent transfers while a \
+seeded nemesis SIGKILLs and restarts the leader, followers, two nodes at once, the applications, \
+the postmaster and the broker, arms protocol fail points and partitions the leader away. Then it \
+heals everything, waits until the system is quiet and checks atomicity, exactly-once delivery, \
+acknowledged commits, leftovers and conservation of money. Exits 1 when a rule is broken."
+)]
+struct Args {
+    /// Seed of the workload and the nemesis (default: random, printed first).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Longest chaos phase, seconds.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// End the chaos phase once this many processes were killed.
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Pause between faults, ms: MIN,MAX.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [300, 1500])]
+    interval_ms: Vec<u64>,
+    /// Run without the Kafka application (and without broker kills).
+    #[arg(long)]
+    no_kafka: bool,
+    /// Folder for the history, the summary and the logs (default: a new temp folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Longest wait for quiet after healing, seconds.
+    #[arg(long, default_value_t = 120)]
+    quiet_timeout: u64,
+    /// Break a rule on purpose (to see the checker catch it): `commit-before-decision`.
+    #[arg(long)]
+    bug: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ratify_tests::init_logging_stderr();
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let dir = match args.dir {
+        Some(d) => d,
+        None => tempfile::Builder::new()
+            .prefix("ratify-chaos-")
+            .tempdir()?
+            .keep(),
+    };
+    let mut config = ChaosConfig::new(seed, Duration::from_secs(args.duration), dir);
+    config.kills = args.kills;
+    config.clients = args.clients;
+    config.quiet_timeout = Duration::from_secs(args.quiet_timeout);
+    if let [min, max] = args.interval_ms[..] {
+        config.nemesis.interval_ms = (min, max.max(min));
+    }
+    if args.no_kafka {
+        config.apps.retain(|k| *k != AppKind::Kafka);
+        config.nemesis.faults = chaos::nemesis::Fault::all(&config.apps);
+    }
+    match args.bug.as_deref() {
+        None => {}
+        Some("commit-before-decision") => {
+            config.node_failpoints = "bug.commit_before_decision=on".into();
+        }
+        Some(other) => anyhow::bail!("unknown --bug {other:?} (known: commit-before-decision)"),
+    }
+    let summary = chaos::run(config).await?;
+    println!("{}", summary.render());
+    if !summary.violations.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

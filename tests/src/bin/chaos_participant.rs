@@ -1,0 +1,255 @@
+//! A participant application for the chaos suite, in its own process so the nemesis can
+//! SIGKILL it (or a fail point inside it can) and start it again.
+//!
+//! It hosts one resource of the kind asked for:
+//! - `pg`: the Postgres adapter on a bank database (`chaos_accounts`, and one
+//!   `chaos_ledger` row per committed branch, keyed by gtrid);
+//! - `store`: the SDK's embedded durable account store;
+//! - `kafka`: the Kafka adapter, one event per branch on the events topic.
+//!
+//! The participant service (what the coordinator calls) listens on `--listen`; the
+//! application's own work API on `--app`: a TCP socket taking one JSON object per line
+//! and answering each with one line, `{"ok":true,...}` or `{"ok":false,"error":...}`:
+//! - `{"op":"work","xid":"<rendered xid>","account":N,"delta":D}`: does the branch's
+//!   work (moves money, or stages an event carrying the gtrid);
+//! - `{"op":"inspect"}`: the state a checker needs that only this process can read
+//!   (`store`: `total`, `prepared`, `committed` xids; `kafka`: `prepared`).
+//!
+//! Prints `ready` on stdout once both are serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use ratify_participant_sdk::accounts::AccountStore;
+use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
+use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
+use ratify_participant_sdk::recovery::RecoveryLoop;
+use ratify_participant_sdk::resource::Resource;
+use ratify_participant_sdk::server::ParticipantServer;
+use ratify_participant_sdk::xid::Xid;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Which resource the process hosts.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    /// Postgres bank accounts.
+    Pg,
+    /// The embedded account store.
+    Store,
+    /// Kafka events.
+    Kafka,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Participant application of Ratify's chaos suite")]
+struct Args {
+    /// Resource kind.
+    #[arg(long, value_enum)]
+    kind: Kind,
+    /// Participant service address (fixed, so a restart keeps it).
+    #[arg(long)]
+    listen: String,
+    /// Work API address (fixed too).
+    #[arg(long)]
+    app: String,
+    /// Coordinator API addresses, comma-separated (for the recovery loop).
+    #[arg(long, value_delimiter = ',')]
+    coordinator: Vec<String>,
+    /// Local state folder (store: the sled database; kafka: the stage).
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// Postgres URL of the bank database (`pg`).
+    #[arg(long, default_value = "")]
+    pg_url: String,
+    /// Kafka bootstrap servers (`kafka`).
+    #[arg(long, default_value = "")]
+    bootstrap: String,
+    /// Events topic (`kafka`).
+    #[arg(long, default_value = "chaos.events")]
+    topic: String,
+    /// Name of this participant in gids and `transactional.id`s.
+    #[arg(long, default_value = "chaos")]
+    tag: String,
+    /// Accounts the store opens at start (`store`; missing ones only).
+    #[arg(long, default_value_t = 20)]
+    accounts: usize,
+    /// Opening balance of each account (`store`).
+    #[arg(long, default_value_t = 1_000)]
+    balance: i64,
+    /// Recovery loop interval, ms.
+    #[arg(long, default_value_t = 500)]
+    recovery_ms: u64,
+}
+
+/// The hosted resource, with what its work needs.
+enum App {
+    /// Postgres.
+    Pg(Arc<PgResource>),
+    /// Account store.
+    Store(Arc<AccountStore>),
+    /// Kafka, and its events topic.
+    Kafka(Arc<KafkaResource>, String),
+}
+
+/// Resource name of each kind at its participant.
+fn resource_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pg => "bank",
+        Kind::Store => "accounts",
+        Kind::Kafka => "events",
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ratify_tests::init_logging_stderr();
+    let args = Args::parse();
+    let (app, resource): (App, Arc<dyn Resource>) = match args.kind {
+        Kind::Pg => {
+            let mut config = PgConfig::new(&args.pg_url, &args.tag);
+            config.pool_size = 24;
+            let r = PgResource::connect(config)
+                .await
+                .context("connecting the Postgres adapter")?;
+            (App::Pg(r.clone()), r)
+        }
+        Kind::Store => {
+            let r = AccountStore::open(&args.data_dir).context("opening the account store")?;
+            r.open_numbered_accounts("acct-", args.accounts, args.balance)
+                .await
+                .context("opening the accounts")?;
+            (App::Store(r.clone()), r)
+        }
+        Kind::Kafka => {
+            let mut config = KafkaConfig::new(&args.bootstrap, format!("{}-events", args.tag));
+            config.transaction_timeout = Duration::from_secs(20);
+            config.request_timeout = Duration::from_secs(10);
+            let r = KafkaResource::open(&args.data_dir, config)
+                .await
+                .context("opening the Kafka adapter")?;
+            (App::Kafka(r.clone(), args.topic.clone()), r)
+        }
+    };
+    let name = resource_name(args.kind);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let client = CoordinatorClient::new(args.coordinator.clone(), ClientConfig::default())?;
+    RecoveryLoop::new(vec![(name.into(), resource)], client).spawn(
+        Duration::from_millis(args.recovery_ms),
+        std::future::pending(),
+    );
+    let work_listener = tokio::net::TcpListener::bind(&args.app)
+        .await
+        .with_context(|| format!("binding {}", args.app))?;
+    let app = Arc::new(app);
+    println!("ready");
+    loop {
+        let (socket, _) = work_listener.accept().await?;
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(&app, socket).await {
+                tracing::debug!("work connection ended: {e:#}");
+            }
+        });
+    }
+}
+
+async fn serve_connection(app: &App, socket: tokio::net::TcpStream) -> anyhow::Result<()> {
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let answer = match handle(app, &line).await {
+            Ok(mut v) => {
+                v["ok"] = json!(true);
+                v
+            }
+            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+        };
+        write.write_all(format!("{answer}\n").as_bytes()).await?;
+    }
+    Ok(())
+}
+
+async fn handle(app: &App, line: &str) -> anyhow::Result<Value> {
+    let req: Value = serde_json::from_str(line).context("request is not JSON")?;
+    match req["op"].as_str() {
+        Some("work") => {
+            let xid: Xid = req["xid"]
+                .as_str()
+                .context("work needs an xid")?
+                .parse()
+                .context("malformed xid")?;
+            let account = req["account"].as_i64().context("work needs an account")?;
+            let delta = req["delta"].as_i64().context("work needs a delta")?;
+            work(app, &xid, account, delta).await?;
+            Ok(json!({}))
+        }
+        Some("inspect") => inspect(app),
+        other => anyhow::bail!("unknown op {other:?}"),
+    }
+}
+
+async fn work(app: &App, xid: &Xid, account: i64, delta: i64) -> anyhow::Result<()> {
+    match app {
+        App::Pg(pg) => {
+            let id = i32::try_from(account).context("account out of range")?;
+            let branch = pg.begin_branch(xid).await?;
+            // A row held by a branch in doubt (its coordinator down) must not hang the
+            // client: give up, and the transaction aborts.
+            branch
+                .execute("SET LOCAL lock_timeout = '2s'", &[])
+                .await?;
+            let updated = branch
+                .execute(
+                    "UPDATE chaos_accounts SET balance = balance + $1 WHERE id = $2",
+                    &[&delta, &id],
+                )
+                .await?;
+            anyhow::ensure!(updated == 1, "no account {id}");
+            branch
+                .execute(
+                    "INSERT INTO chaos_ledger (gtrid, account, delta) VALUES ($1, $2, $3)",
+                    &[&xid.gtrid(), &id, &delta],
+                )
+                .await?;
+        }
+        App::Store(store) => {
+            let branch = store.branch(xid)?;
+            let name = format!("acct-{account}");
+            if delta >= 0 {
+                branch.credit(&name, delta)?;
+            } else {
+                branch.debit(&name, -delta)?;
+            }
+        }
+        App::Kafka(kafka, topic) => {
+            let branch = kafka.branch(xid)?;
+            let value = json!({"gtrid": xid.gtrid(), "account": account, "delta": delta});
+            branch.send(KafkaRecord::new(
+                topic.clone(),
+                xid.gtrid().as_bytes().to_vec(),
+                value.to_string().into_bytes(),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn inspect(app: &App) -> anyhow::Result<Value> {
+    Ok(match app {
+        App::Pg(pg) => json!({"open": pg.open_branches()}),
+        App::Store(store) => json!({
+            "total": store.total()?,
+            "prepared": store.prepared_count(),
+            "committed": store.committed_xids()?,
+        }),
+        App::Kafka(kafka, _) => json!({"prepared": kafka.prepared_count()}),
+    })
+}

@@ -1,0 +1,442 @@
+//! The chaos suite: a Jepsen-style run against real processes.
+//!
+//! A run starts a 3-node coordinator cluster (separate `ratify node` processes behind
+//! fault proxies), three participant applications (`chaos_participant`: Postgres bank
+//! accounts, the embedded account store, Kafka events), and concurrent clients moving
+//! money between Postgres and the store (half of the transfers also publish a Kafka
+//! event). Meanwhile a seeded nemesis kills and restarts every kind of component,
+//! arms protocol fail points, and partitions the leader away. Every client operation
+//! and every fault goes to a JSON-lines history. Then everything is healed, the run
+//! waits until it is quiet, and the checker compares the history, the coordinator's
+//! records and what Postgres, the store and Kafka really hold.
+//!
+//! # Layout
+//! - [`history`]: the recorded history (JSON lines + in memory).
+//! - [`world`]: the processes and how to kill, restart and supervise them.
+//! - [`workload`]: the clients.
+//! - [`nemesis`]: the faults.
+//! - [`checker`]: the rules and the evidence they are checked against.
+//! - [`run`] ties them together and returns a [`Summary`].
+
+pub mod checker;
+pub mod history;
+pub mod nemesis;
+pub mod workload;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
+use serde::Serialize;
+
+use self::checker::{Sources, Violation};
+use self::history::{History, Told};
+use self::nemesis::{Nemesis, NemesisConfig};
+use self::world::{AppKind, BrokerEnv, World};
+use crate::pg::PgEnv;
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// Seed of the workload and the nemesis (printed first, so a run can be repeated).
+    pub seed: u64,
+    /// Longest chaos phase.
+    pub duration: Duration,
+    /// Ends the chaos phase earlier once this many processes were killed (nemesis kills
+    /// plus fail-point crashes).
+    pub kills: Option<usize>,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Folder for the history, the summary and every process's log.
+    pub dir: PathBuf,
+    /// The nemesis.
+    pub nemesis: NemesisConfig,
+    /// Participant applications to run (Postgres and the store always; Kafka optional).
+    pub apps: Vec<AppKind>,
+    /// `RATIFY_FAILPOINTS` entries every coordinator node always runs with (the
+    /// deliberate-bug switches of the checker's own test; empty for a real run).
+    pub node_failpoints: String,
+    /// Longest wait for the healed system to finish every transaction.
+    pub quiet_timeout: Duration,
+    /// Accounts per application.
+    pub accounts: i64,
+    /// Opening balance of each account.
+    pub balance: i64,
+}
+
+impl ChaosConfig {
+    /// Defaults: every application and fault, 4 clients, faults every 0.3–1.5 s, half
+    /// of the restarts armed with a fail point.
+    pub fn new(seed: u64, duration: Duration, dir: PathBuf) -> Self {
+        let apps = AppKind::ALL.to_vec();
+        Self {
+            seed,
+            duration,
+            kills: None,
+            clients: 4,
+            dir,
+            nemesis: NemesisConfig {
+                faults: nemesis::Fault::all(&apps),
+                interval_ms: (300, 1_500),
+                arm_probability: 0.5,
+                failpoint_probability: 0.3,
+            },
+            apps,
+            node_failpoints: String::new(),
+            quiet_timeout: Duration::from_secs(120),
+            accounts: 20,
+            balance: 1_000,
+        }
+    }
+}
+
+/// Transaction counts.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TxnCounts {
+    /// Attempts (including failed begins).
+    pub attempts: usize,
+    /// Told COMMITTED.
+    pub committed: usize,
+    /// Told ABORTED.
+    pub aborted: usize,
+    /// No answer within the client deadline.
+    pub unknown: usize,
+    /// Begin failed.
+    pub begin_failed: usize,
+    /// Of the unknown ones, how many the coordinator recorded as committed.
+    pub unknown_then_committed: usize,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The seed.
+    pub seed: u64,
+    /// Length of the chaos phase, s.
+    pub chaos_seconds: f64,
+    /// Time to get quiet after healing, s.
+    pub quiet_seconds: f64,
+    /// Processes killed, by kind (`leader`, `follower`, `two_nodes`, `app:pg`,
+    /// `postmaster`, `broker`, `failpoint:<name>`, `disarm`).
+    pub kills_by_kind: BTreeMap<String, usize>,
+    /// All kills.
+    pub kills: usize,
+    /// Leader partitions.
+    pub partitions: usize,
+    /// Processes that died without being killed (neither the nemesis nor an armed
+    /// fail point): crashes worth reading about.
+    pub unexpected_exits: Vec<String>,
+    /// Transactions.
+    pub txns: TxnCounts,
+    /// Longest time from a leader kill (alone or with a follower) or a leader
+    /// partition until a transaction begun after it committed, ms.
+    pub longest_unavailability_ms: u64,
+    /// Every broken rule.
+    pub violations: Vec<Violation>,
+    /// Where the history is.
+    pub history: PathBuf,
+}
+
+impl Summary {
+    /// Human-readable report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "chaos run, seed {}", self.seed);
+        let _ = writeln!(
+            s,
+            "  chaos phase {:.0} s, quiet after {:.1} s",
+            self.chaos_seconds, self.quiet_seconds
+        );
+        let _ = writeln!(
+            s,
+            "  kills: {} ({} partitions of the leader as well)",
+            self.kills, self.partitions
+        );
+        for (k, n) in &self.kills_by_kind {
+            let _ = writeln!(s, "    {k:<40} {n}");
+        }
+        let t = &self.txns;
+        let _ = writeln!(
+            s,
+            "  transactions: {} attempts, {} committed, {} aborted, {} unknown ({} of them committed), {} begin failures",
+            t.attempts, t.committed, t.aborted, t.unknown, t.unknown_then_committed, t.begin_failed
+        );
+        let _ = writeln!(
+            s,
+            "  longest unavailability after a leader kill or partition: {} ms",
+            self.longest_unavailability_ms
+        );
+        let _ = writeln!(s, "  unexpected exits: {}", self.unexpected_exits.len());
+        for u in self.unexpected_exits.iter().take(5) {
+            let _ = writeln!(s, "    {u}");
+        }
+        let _ = writeln!(s, "  violations: {}", self.violations.len());
+        for v in self.violations.iter().take(20) {
+            let _ = writeln!(s, "    [{}] {} {}", v.rule, v.gtrid, v.detail);
+        }
+        if !self.violations.is_empty() {
+            let _ = writeln!(s, "  VIOLATIONS FOUND: repeat with --seed {}", self.seed);
+        }
+        let _ = writeln!(s, "  history: {}", self.history.display());
+        s
+    }
+}
+
+/// Creates the run's database and tables.
+async fn setup_database(base_url: &str, db: &str, accounts: i64, balance: i64) -> anyhow::Result<String> {
+    let admin = ratify_examples::pg_bank::connect(base_url).await?;
+    // `db` is built from [a-z0-9_] only.
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    let url = ratify_examples::pg_bank::with_database(base_url, db);
+    let c = ratify_examples::pg_bank::connect(&url).await?;
+    c.batch_execute(
+        "CREATE TABLE chaos_accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
+         CREATE TABLE chaos_ledger (gtrid text PRIMARY KEY, account int NOT NULL, delta bigint NOT NULL)",
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO chaos_accounts SELECT g, $2 FROM generate_series(0, $1 - 1) g",
+        &[&i32::try_from(accounts)?, &balance],
+    )
+    .await?;
+    Ok(url)
+}
+
+/// Runs one chaos run: setup, workload under the nemesis, heal, quiet, check.
+///
+/// # Errors
+/// When the infrastructure is missing or a process cannot be started; broken rules are
+/// not errors, they are in [`Summary::violations`].
+pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(&config.dir)?;
+    eprintln!("chaos: seed {} (repeat with --seed {})", config.seed, config.seed);
+    let pg = PgEnv::from_env()?;
+    let broker = BrokerEnv::from_env()?;
+    let run_id = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+            % 1_000_000_000
+    );
+    let tag = format!("ch{run_id}").replace('_', "-");
+    let db_url = setup_database(&pg.url, &format!("chaos_{run_id}"), config.accounts, config.balance)
+        .await
+        .context("creating the run's database")?;
+    let topic = format!("chaos.events.{run_id}");
+    let with_kafka = config.apps.contains(&AppKind::Kafka);
+    if with_kafka {
+        crate::kafka::create_topic(&topic, 4).await?;
+    }
+    let history = History::create(&config.dir.join("history.jsonl"))?;
+    let mut app_args = BTreeMap::new();
+    for kind in &config.apps {
+        let args: Vec<String> = match kind {
+            AppKind::Pg => vec!["--pg-url".into(), db_url.clone(), "--tag".into(), tag.clone()],
+            AppKind::Store => vec![
+                "--accounts".into(),
+                config.accounts.to_string(),
+                "--balance".into(),
+                config.balance.to_string(),
+            ],
+            AppKind::Kafka => vec![
+                "--bootstrap".into(),
+                broker.bootstrap.clone(),
+                "--topic".into(),
+                topic.clone(),
+                "--tag".into(),
+                tag.clone(),
+            ],
+        };
+        app_args.insert(*kind, args);
+    }
+    let mut world = World::start(
+        &config.dir,
+        pg,
+        broker,
+        app_args,
+        &config.node_failpoints,
+        history.clone(),
+    )
+    .await?;
+    let client = CoordinatorClient::new(world.cluster.api_endpoints(), ClientConfig::default())?;
+    let targets = workload::Targets {
+        apps: config
+            .apps
+            .iter()
+            .filter_map(|k| world.app_addrs(*k).map(|(e, a)| (*k, e, a)))
+            .collect(),
+        accounts: config.accounts,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..config.clients)
+        .map(|n| {
+            tokio::spawn(workload::client_loop(
+                n,
+                config.seed,
+                client.clone(),
+                targets.clone(),
+                history.clone(),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+
+    let mut nemesis = Nemesis::new(config.seed, config.nemesis.clone(), &config.apps, history.clone());
+    let chaos_start = Instant::now();
+    let mut last_progress = Instant::now();
+    let kills = |h: &History| h.count_action("kill") + h.count_action("crash");
+    while chaos_start.elapsed() < config.duration && config.kills.is_none_or(|k| kills(&history) < k) {
+        nemesis.step(&mut world).await?;
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            last_progress = Instant::now();
+            let txns = history.txns();
+            eprintln!(
+                "chaos: {:>5.0} s, {} kills, {} transactions ({} committed)",
+                chaos_start.elapsed().as_secs_f64(),
+                kills(&history),
+                txns.len(),
+                txns.iter().filter(|t| t.told == Told::Committed).count()
+            );
+        }
+    }
+    let chaos_seconds = chaos_start.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(60), c).await;
+    }
+
+    // Heal: every process clean and running, the network whole.
+    eprintln!("chaos: healing and waiting for quiet");
+    world.cluster.heal();
+    world.disarm_all()?;
+    let quiet_start = Instant::now();
+    let sources = Sources {
+        pg_url: db_url,
+        store_app: world.app_addrs(AppKind::Store).context("no store")?.1,
+        kafka_app: world.app_addrs(AppKind::Kafka).map(|a| a.1),
+        topic,
+        ledger_topic: ratify_participant_sdk::adapters::kafka::DEFAULT_LEDGER_TOPIC.into(),
+    };
+    loop {
+        world.supervise(|_| None)?;
+        let left = checker::leftovers(&sources, &client).await;
+        match left {
+            Ok(l) if l.is_empty() => break,
+            Ok(l) if quiet_start.elapsed() > config.quiet_timeout => {
+                eprintln!("chaos: still not quiet after {:?}: {l:?}", config.quiet_timeout);
+                break;
+            }
+            Err(e) if quiet_start.elapsed() > config.quiet_timeout => {
+                eprintln!("chaos: cannot read the leftovers: {e:#}");
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let quiet_seconds = quiet_start.elapsed().as_secs_f64();
+
+    let txns = history.txns();
+    let evidence = checker::gather(&sources, &client).await?;
+    let mut gtrids: std::collections::BTreeSet<String> =
+        txns.iter().filter(|t| !t.gtrid.is_empty()).map(|t| t.gtrid.clone()).collect();
+    gtrids.extend(evidence.pg.iter().cloned());
+    gtrids.extend(evidence.store.iter().cloned());
+    gtrids.extend(evidence.kafka.keys().cloned());
+    let recorded = checker::recorded(&client, gtrids).await;
+    let opening = config.accounts * config.balance * 2;
+    let violations = checker::check(&txns, &evidence, &recorded, opening);
+    history.flush()?;
+    world.shutdown();
+
+    let summary = summarize(&config, &history, &recorded, violations, chaos_seconds, quiet_seconds);
+    std::fs::write(
+        config.dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+fn summarize(
+    config: &ChaosConfig,
+    history: &History,
+    recorded: &BTreeMap<String, checker::Recorded>,
+    violations: Vec<Violation>,
+    chaos_seconds: f64,
+    quiet_seconds: f64,
+) -> Summary {
+    let txns = history.txns();
+    let nemesis = history.nemesis_records();
+    let mut counts = TxnCounts {
+        attempts: txns.len(),
+        ..TxnCounts::default()
+    };
+    for t in &txns {
+        match t.told {
+            Told::Committed => counts.committed += 1,
+            Told::Aborted => counts.aborted += 1,
+            Told::BeginFailed => counts.begin_failed += 1,
+            Told::Unknown => {
+                counts.unknown += 1;
+                if matches!(
+                    recorded.get(&t.gtrid),
+                    Some(checker::Recorded::Decided { committed: true, .. })
+                ) {
+                    counts.unknown_then_committed += 1;
+                }
+            }
+        }
+    }
+    let mut kills_by_kind = BTreeMap::new();
+    let mut unexpected_exits = Vec::new();
+    let mut partitions = 0;
+    let mut leader_losses = Vec::new();
+    for r in &nemesis {
+        match r.action.as_str() {
+            "kill" | "crash" => *kills_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
+            "partition" => partitions += 1,
+            "unexpected_exit" => unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail)),
+            _ => {}
+        }
+        let leader_lost = (r.action == "kill" && r.kind == "leader")
+            || (r.action == "kill" && r.kind == "two_nodes" && r.detail == "majority lost")
+            || r.action == "partition";
+        if leader_lost {
+            leader_losses.push(r.at_ms);
+        }
+    }
+    leader_losses.dedup();
+    // A loss too close to the end of the workload for any transaction to start after
+    // it says nothing; one after which none committed counts until the last answer.
+    let last_end = txns.iter().map(|x| x.end_ms).max().unwrap_or(0);
+    let longest_unavailability_ms = leader_losses
+        .iter()
+        .filter(|&&t| txns.iter().any(|x| x.start_ms >= t))
+        .map(|&t| {
+            txns.iter()
+                .filter(|x| x.told == Told::Committed && x.start_ms >= t)
+                .map(|x| x.end_ms - t)
+                .min()
+                .unwrap_or(last_end.saturating_sub(t))
+        })
+        .max()
+        .unwrap_or(0);
+    Summary {
+        seed: config.seed,
+        chaos_seconds,
+        quiet_seconds,
+        kills: kills_by_kind.values().sum(),
+        kills_by_kind,
+        partitions,
+        unexpected_exits,
+        txns: counts,
+        longest_unavailability_ms,
+        violations,
+        history: config.dir.join("history.jsonl"),
+    }
+}

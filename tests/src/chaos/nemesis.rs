@@ -1,0 +1,292 @@
+//! The nemesis: at seeded random times it SIGKILLs and restarts coordinator nodes,
+//! participant applications, the postmaster and the broker, cuts the leader off from
+//! its followers, and arms fail points in the processes it restarts so that they
+//! crash at a chosen protocol step later on.
+//!
+//! Faults are taken from the enabled list in shuffled rounds (every fault once per
+//! round), so even a short run covers every kind; fail points are armed the same way,
+//! in shuffled rounds per process type.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use ratify_coordinator::types::NodeId;
+
+use super::history::History;
+use super::world::{AppKind, Process, World, NODE_FAILPOINTS};
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the Raft leader, restart it after a pause.
+    Leader,
+    /// SIGKILL a follower, restart it after a pause.
+    Follower,
+    /// SIGKILL the leader and a follower (no majority), restart both after a pause.
+    TwoNodes,
+    /// SIGKILL a participant application, restart it after a pause.
+    App(AppKind),
+    /// SIGKILL the Postgres postmaster, start it again.
+    Postmaster,
+    /// SIGKILL the Kafka broker, start it again.
+    Broker,
+    /// Cut the leader's Raft traffic off for a few seconds, then heal.
+    PartitionLeader,
+}
+
+impl Fault {
+    /// Every fault, for the given applications.
+    pub fn all(apps: &[AppKind]) -> Vec<Fault> {
+        let mut v = vec![Fault::Leader, Fault::Follower, Fault::TwoNodes];
+        v.extend(apps.iter().map(|k| Fault::App(*k)));
+        if apps.contains(&AppKind::Pg) {
+            v.push(Fault::Postmaster);
+        }
+        if apps.contains(&AppKind::Kafka) {
+            v.push(Fault::Broker);
+        }
+        v.push(Fault::PartitionLeader);
+        v
+    }
+}
+
+/// How the nemesis behaves.
+#[derive(Debug, Clone)]
+pub struct NemesisConfig {
+    /// Faults to inject (in shuffled rounds).
+    pub faults: Vec<Fault>,
+    /// Pause between two faults, ms (uniform in the range).
+    pub interval_ms: (u64, u64),
+    /// Chance that a restarted process comes back with a fail point armed.
+    pub arm_probability: f64,
+    /// Chance that an armed fail point fires each time it is passed.
+    pub failpoint_probability: f64,
+}
+
+/// Shuffled rounds over a list.
+struct Rounds<T> {
+    /// The items.
+    items: Vec<T>,
+    /// Position in the current round.
+    next: usize,
+}
+
+impl<T: Clone> Rounds<T> {
+    fn new(items: Vec<T>) -> Self {
+        let next = items.len();
+        Self { items, next }
+    }
+
+    fn pick(&mut self, rng: &mut StdRng) -> Option<T> {
+        if self.items.is_empty() {
+            return None;
+        }
+        if self.next >= self.items.len() {
+            self.items.shuffle(rng);
+            self.next = 0;
+        }
+        self.next += 1;
+        self.items.get(self.next - 1).cloned()
+    }
+}
+
+/// The nemesis state.
+pub struct Nemesis {
+    /// Seeded randomness.
+    rng: StdRng,
+    /// Its settings.
+    config: NemesisConfig,
+    /// Faults, in rounds.
+    faults: Rounds<Fault>,
+    /// Fail points to arm, in rounds, per process type (`node`, or the app name).
+    failpoints: BTreeMap<&'static str, Rounds<&'static str>>,
+    /// The history.
+    history: History,
+}
+
+impl Nemesis {
+    /// A nemesis drawing from `seed`.
+    pub fn new(seed: u64, config: NemesisConfig, apps: &[AppKind], history: History) -> Self {
+        let mut failpoints = BTreeMap::new();
+        failpoints.insert("node", Rounds::new(NODE_FAILPOINTS.to_vec()));
+        for k in apps {
+            failpoints.insert(k.name(), Rounds::new(k.failpoints()));
+        }
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            faults: Rounds::new(config.faults.clone()),
+            config,
+            failpoints,
+            history,
+        }
+    }
+
+    /// Whether, and with which fail point, a restarted `process` is armed.
+    pub fn pick_arm(&mut self, process: Process) -> Option<(String, f64)> {
+        if !self.rng.gen_bool(self.config.arm_probability.clamp(0.0, 1.0)) {
+            return None;
+        }
+        let key = match process {
+            Process::Node(_) => "node",
+            Process::App(k) => k.name(),
+        };
+        let point = self.failpoints.get_mut(key)?.pick(&mut self.rng)?;
+        Some((point.to_string(), self.config.failpoint_probability))
+    }
+
+    /// Sleeps for `d` while restarting processes that die by themselves.
+    ///
+    /// # Errors
+    /// When a process cannot be restarted.
+    pub async fn sleep_supervised(&mut self, world: &mut World, d: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + d;
+        loop {
+            world.supervise(|p| self.pick_arm(p))?;
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+        }
+    }
+
+    fn pause(&mut self, range_ms: (u64, u64)) -> Duration {
+        Duration::from_millis(self.rng.gen_range(range_ms.0..=range_ms.1.max(range_ms.0)))
+    }
+
+    /// Waits for the next fault time, then injects one fault (and undoes it).
+    ///
+    /// # Errors
+    /// When a process cannot be killed or restarted.
+    pub async fn step(&mut self, world: &mut World) -> anyhow::Result<()> {
+        let wait = self.pause(self.config.interval_ms);
+        self.sleep_supervised(world, wait).await?;
+        let Some(fault) = self.faults.pick(&mut self.rng) else {
+            return Ok(());
+        };
+        self.inject(world, fault).await
+    }
+
+    async fn leader(&self, world: &World) -> Option<NodeId> {
+        world
+            .cluster
+            .wait_for_leader(Duration::from_secs(5))
+            .await
+            .ok()
+    }
+
+    async fn restart_node(&mut self, world: &mut World, id: NodeId) -> anyhow::Result<()> {
+        let armed = self.pick_arm(Process::Node(id));
+        world.restart_node_armed(
+            id,
+            armed.as_ref().map(|(n, _)| n.as_str()),
+            armed.as_ref().map_or(1.0, |(_, p)| *p),
+        )?;
+        world.note_restart(&format!("node{id}"), armed.as_ref());
+        Ok(())
+    }
+
+    async fn inject(&mut self, world: &mut World, fault: Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Leader | Fault::Follower => {
+                let Some(leader) = self.leader(world).await else {
+                    self.history.nemesis("skip", "leader", "", "no leader found");
+                    return Ok(());
+                };
+                let id = if fault == Fault::Leader {
+                    leader
+                } else {
+                    let followers: Vec<NodeId> = world
+                        .cluster
+                        .ids()
+                        .into_iter()
+                        .filter(|i| *i != leader)
+                        .collect();
+                    *followers.choose(&mut self.rng).unwrap_or(&leader)
+                };
+                let kind = if id == leader { "leader" } else { "follower" };
+                world.kill_node(id)?;
+                self.history.nemesis("kill", kind, &format!("node{id}"), "");
+                let down = self.pause((0, 1_500));
+                self.sleep_supervised(world, down).await?;
+                self.restart_node(world, id).await?;
+            }
+            Fault::TwoNodes => {
+                let Some(leader) = self.leader(world).await else {
+                    self.history.nemesis("skip", "two_nodes", "", "no leader found");
+                    return Ok(());
+                };
+                let others: Vec<NodeId> = world
+                    .cluster
+                    .ids()
+                    .into_iter()
+                    .filter(|i| *i != leader)
+                    .collect();
+                let follower = *others.choose(&mut self.rng).unwrap_or(&leader);
+                for id in [leader, follower] {
+                    world.kill_node(id)?;
+                    self.history
+                        .nemesis("kill", "two_nodes", &format!("node{id}"), "majority lost");
+                }
+                let down = self.pause((1_000, 4_000));
+                self.sleep_supervised(world, down).await?;
+                for id in [leader, follower] {
+                    self.restart_node(world, id).await?;
+                }
+            }
+            Fault::App(kind) => {
+                world.kill_app(kind);
+                self.history
+                    .nemesis("kill", &format!("app:{}", kind.name()), kind.name(), "");
+                let down = self.pause((0, 1_000));
+                self.sleep_supervised(world, down).await?;
+                let armed = self.pick_arm(Process::App(kind));
+                world.restart_app_armed(
+                    kind,
+                    armed.as_ref().map(|(n, _)| n.as_str()),
+                    armed.as_ref().map_or(1.0, |(_, p)| *p),
+                )?;
+                world.note_restart(kind.name(), armed.as_ref());
+            }
+            Fault::Postmaster => {
+                world.kill_postmaster()?;
+                self.history.nemesis("kill", "postmaster", "postmaster", "");
+                let down = self.pause((0, 1_000));
+                self.sleep_supervised(world, down).await?;
+                world.start_postmaster().await?;
+                self.history.nemesis("restart", "", "postmaster", "");
+            }
+            Fault::Broker => {
+                world.kill_broker()?;
+                self.history.nemesis("kill", "broker", "broker", "");
+                let down = self.pause((0, 2_000));
+                self.sleep_supervised(world, down).await?;
+                world.start_broker().await?;
+                self.history.nemesis("restart", "", "broker", "");
+            }
+            Fault::PartitionLeader => {
+                let Some(leader) = self.leader(world).await else {
+                    self.history
+                        .nemesis("skip", "partition_leader", "", "no leader found");
+                    return Ok(());
+                };
+                world.cluster.isolate(leader)?;
+                self.history.nemesis(
+                    "partition",
+                    "partition_leader",
+                    &format!("node{leader}"),
+                    "Raft traffic to and from the leader dropped",
+                );
+                let cut = self.pause((2_000, 5_000));
+                self.sleep_supervised(world, cut).await?;
+                world.cluster.heal();
+                self.history
+                    .nemesis("heal", "partition_leader", &format!("node{leader}"), "");
+            }
+        }
+        Ok(())
+    }
+}

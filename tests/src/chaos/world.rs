@@ -1,0 +1,643 @@
+//! Every process of a chaos run and how to kill and restart it: the coordinator
+//! nodes, the participant applications, the Postgres postmaster and the Kafka broker.
+//!
+//! A process restarted by the nemesis may come back with one fail point armed
+//! (`RATIFY_FAILPOINTS="<name>=kill@p"`): it then SIGKILLs itself at that protocol
+//! step some time later. [`World::supervise`] notices every process that died by
+//! itself, tells an armed fail point's crash (the process logs
+//! `ratify failpoint <name>: Kill` first) from an unexpected exit, and starts it again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ratify_coordinator::local::LocalCluster;
+use ratify_coordinator::types::NodeId;
+use ratify_participant_sdk::failpoint;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::history::History;
+use crate::pg::PgEnv;
+
+/// Fail points a coordinator node can be armed with (every protocol step it drives).
+pub const NODE_FAILPOINTS: &[&str] = &[
+    "coord.before_prepare",
+    "coord.after_votes",
+    "coord.after_decision",
+    "coord.after_phase2_ack",
+    "coord.before_complete",
+    "coord.recovery",
+];
+
+/// Fail points of the participant server and recovery loop, in every application.
+const PARTICIPANT_FAILPOINTS: &[&str] = &[
+    "participant.after_prepare",
+    "participant.before_commit",
+    "participant.after_commit",
+    "participant.before_rollback",
+    "participant.recovery_resolve",
+];
+
+/// Fail points of the Postgres adapter.
+const PG_FAILPOINTS: &[&str] = &[
+    "pg.before_prepare",
+    "pg.after_prepare",
+    "pg.before_commit_prepared",
+    "pg.after_commit_prepared",
+    "pg.before_rollback_prepared",
+    "pg.after_rollback",
+];
+
+/// Fail points of the Kafka adapter.
+const KAFKA_FAILPOINTS: &[&str] = &[
+    "kafka.after_stage",
+    "kafka.before_publish",
+    "kafka.after_produce",
+    "kafka.after_kafka_commit",
+];
+
+/// A participant application kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AppKind {
+    /// Postgres bank.
+    Pg,
+    /// Embedded account store.
+    Store,
+    /// Kafka events.
+    Kafka,
+}
+
+impl AppKind {
+    /// Every kind.
+    pub const ALL: [AppKind; 3] = [AppKind::Pg, AppKind::Store, AppKind::Kafka];
+
+    /// Its name (`--kind` of `chaos_participant`, and in the history).
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Pg => "pg",
+            AppKind::Store => "store",
+            AppKind::Kafka => "kafka",
+        }
+    }
+
+    /// Its resource name at its participant.
+    pub fn resource(self) -> &'static str {
+        match self {
+            AppKind::Pg => "bank",
+            AppKind::Store => "accounts",
+            AppKind::Kafka => "events",
+        }
+    }
+
+    /// The fail points it can be armed with.
+    pub fn failpoints(self) -> Vec<&'static str> {
+        let own: &[&str] = match self {
+            AppKind::Pg => PG_FAILPOINTS,
+            AppKind::Store => &[],
+            AppKind::Kafka => KAFKA_FAILPOINTS,
+        };
+        PARTICIPANT_FAILPOINTS.iter().chain(own).copied().collect()
+    }
+}
+
+/// A binary next to the running executable (`target/<profile>/`), or next to its
+/// parent folder when running as a test (`target/<profile>/deps/`).
+///
+/// # Errors
+/// When it is in neither place.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no folder")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!(
+        "{name} is missing next to {}: build it first (`cargo build -p ratify-tests --bin {name}`; \
+         the README's test command does)",
+        exe.display()
+    )
+}
+
+/// One participant application process.
+struct App {
+    /// Its kind.
+    kind: AppKind,
+    /// Command line (without the binary).
+    args: Vec<String>,
+    /// Participant service address.
+    listen: String,
+    /// Work API address.
+    app_addr: String,
+    /// Its log (stderr, appended across restarts).
+    log: PathBuf,
+    /// The fail point armed in the running process, if any.
+    armed: Option<String>,
+    /// The running process.
+    child: Option<Child>,
+}
+
+/// How the run reaches the Kafka broker of `tests/infra/kafka.sh`.
+#[derive(Debug, Clone)]
+pub struct BrokerEnv {
+    /// Bootstrap address.
+    pub bootstrap: String,
+    /// File holding the broker's pid.
+    pub pidfile: PathBuf,
+    /// Script that starts it again and waits until it is ready.
+    pub run_script: PathBuf,
+}
+
+impl BrokerEnv {
+    /// Reads the variables `tests/infra/kafka.sh start` exports.
+    ///
+    /// # Errors
+    /// A message naming tests/infra when one is missing.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |n: &str| {
+            std::env::var(n).with_context(|| {
+                format!("{n} is not set: start the broker with tests/infra/kafka.sh (see tests/infra/README.md)")
+            })
+        };
+        Ok(Self {
+            bootstrap: var(crate::kafka::KAFKA_VAR)?,
+            pidfile: var("RATIFY_TEST_KAFKA_PIDFILE")?.into(),
+            run_script: var("RATIFY_TEST_KAFKA_RUN")?.into(),
+        })
+    }
+}
+
+/// Every process of the run.
+pub struct World {
+    /// The coordinator cluster (partitionable).
+    pub cluster: LocalCluster,
+    /// Fail points every node always runs with (the deliberate-bug switch).
+    node_base_failpoints: String,
+    /// The fail point armed in each node, if any.
+    node_armed: BTreeMap<NodeId, String>,
+    /// The applications.
+    apps: BTreeMap<AppKind, App>,
+    /// The Postgres server.
+    pub pg: PgEnv,
+    /// The Kafka broker.
+    pub broker: BrokerEnv,
+    /// The run's folder (logs).
+    dir: PathBuf,
+    /// The history, where deaths and restarts are recorded.
+    history: History,
+}
+
+/// The last `n` bytes of a file, as text.
+fn tail(path: &Path, n: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `name=kill@p`, plus the base switches.
+fn failpoint_spec(base: &str, armed: Option<&str>, probability: f64) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !base.is_empty() {
+        parts.push(base.to_string());
+    }
+    if let Some(a) = armed {
+        parts.push(format!("{a}=kill@{probability}"));
+    }
+    parts.join(",")
+}
+
+/// Did the log (its tail) record fail point `armed` firing a kill?
+fn fired(log: &Path, armed: Option<&str>) -> Option<String> {
+    let armed = armed?;
+    tail(log, 64 * 1024)
+        .contains(&format!("ratify failpoint {armed}: Kill"))
+        .then(|| armed.to_string())
+}
+
+impl World {
+    /// Starts the cluster and the applications.
+    ///
+    /// # Errors
+    /// When a process cannot start or does not get ready.
+    pub async fn start(
+        dir: &Path,
+        pg: PgEnv,
+        broker: BrokerEnv,
+        app_args: BTreeMap<AppKind, Vec<String>>,
+        node_base_failpoints: &str,
+        history: History,
+    ) -> anyhow::Result<Self> {
+        let cluster = LocalCluster::start_partitionable(
+            &crate::ratify_binary()?,
+            &dir.join("cluster"),
+            3,
+            vec![],
+        )
+        .await?;
+        let mut world = Self {
+            cluster,
+            node_base_failpoints: node_base_failpoints.to_string(),
+            node_armed: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            pg,
+            broker,
+            dir: dir.to_path_buf(),
+            history,
+        };
+        for id in world.cluster.ids() {
+            world.restart_node(id, None)?;
+        }
+        world
+            .cluster
+            .wait_for_leader(Duration::from_secs(30))
+            .await?;
+        let coordinators = world.cluster.api_endpoints().join(",");
+        for (kind, extra) in app_args {
+            let listen = format!("127.0.0.1:{}", ratify_coordinator::local::free_port()?);
+            let app_addr = format!("127.0.0.1:{}", ratify_coordinator::local::free_port()?);
+            let mut args = vec![
+                "--kind".into(),
+                kind.name().into(),
+                "--listen".into(),
+                listen.clone(),
+                "--app".into(),
+                app_addr.clone(),
+                "--coordinator".into(),
+                coordinators.clone(),
+                "--data-dir".into(),
+                dir.join(format!("{}-data", kind.name()))
+                    .display()
+                    .to_string(),
+            ];
+            args.extend(extra);
+            world.apps.insert(
+                kind,
+                App {
+                    kind,
+                    args,
+                    listen,
+                    app_addr,
+                    log: dir.join(format!("{}.log", kind.name())),
+                    armed: None,
+                    child: None,
+                },
+            );
+            world.restart_app(kind, None)?;
+        }
+        for kind in AppKind::ALL {
+            if world.apps.contains_key(&kind) {
+                world.wait_app_ready(kind, Duration::from_secs(90)).await?;
+            }
+        }
+        Ok(world)
+    }
+
+    /// The participant endpoint and work address of an application.
+    pub fn app_addrs(&self, kind: AppKind) -> Option<(String, String)> {
+        self.apps
+            .get(&kind)
+            .map(|a| (a.listen.clone(), a.app_addr.clone()))
+    }
+
+    /// The run's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// (Re)starts node `id`, with fail point `armed` (killing at probability `p`).
+    ///
+    /// # Errors
+    /// When it cannot be spawned.
+    pub fn restart_node_armed(
+        &mut self,
+        id: NodeId,
+        armed: Option<&str>,
+        p: f64,
+    ) -> anyhow::Result<()> {
+        let spec = failpoint_spec(&self.node_base_failpoints, armed, p);
+        self.cluster.restart_with_failpoints(id, &spec)?;
+        match armed {
+            Some(a) => self.node_armed.insert(id, a.to_string()),
+            None => self.node_armed.remove(&id),
+        };
+        Ok(())
+    }
+
+    fn restart_node(&mut self, id: NodeId, armed: Option<&str>) -> anyhow::Result<()> {
+        self.restart_node_armed(id, armed, 1.0)
+    }
+
+    /// SIGKILLs node `id`.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill_node(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.cluster.kill(id)?;
+        Ok(())
+    }
+
+    /// (Re)starts application `kind` with fail point `armed` at probability `p`, without
+    /// waiting for it to get ready.
+    ///
+    /// # Errors
+    /// When it cannot be spawned.
+    pub fn restart_app_armed(
+        &mut self,
+        kind: AppKind,
+        armed: Option<&str>,
+        p: f64,
+    ) -> anyhow::Result<()> {
+        self.kill_app(kind);
+        let app = self.apps.get_mut(&kind).context("no such application")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&app.log)?;
+        let mut cmd = Command::new(sibling_binary("chaos_participant")?);
+        cmd.args(&app.args)
+            .env(failpoint::ENV_VAR, failpoint_spec("", armed, p))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        app.child = Some(cmd.spawn().context("spawning chaos_participant")?);
+        app.armed = armed.map(str::to_string);
+        Ok(())
+    }
+
+    fn restart_app(&mut self, kind: AppKind, armed: Option<&str>) -> anyhow::Result<()> {
+        self.restart_app_armed(kind, armed, 1.0)
+    }
+
+    /// SIGKILLs application `kind` (no-op when it is not running).
+    pub fn kill_app(&mut self, kind: AppKind) {
+        if let Some(mut c) = self.apps.get_mut(&kind).and_then(|a| a.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until application `kind` answers on its work API.
+    ///
+    /// # Errors
+    /// When it does not within `timeout`, or exits.
+    pub async fn wait_app_ready(&mut self, kind: AppKind, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let (_, addr) = self.app_addrs(kind).context("no such application")?;
+            if app_call(&addr, &json!({"op": "inspect"}), Duration::from_secs(2))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            let app = self.apps.get_mut(&kind).context("no such application")?;
+            if let Some(c) = app.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    anyhow::bail!(
+                        "{} exited during startup ({status}); log tail:\n{}",
+                        kind.name(),
+                        tail(&app.log, 4096)
+                    );
+                }
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "{} not ready after {timeout:?}; log tail:\n{}",
+                kind.name(),
+                tail(&app.log, 4096)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs the Postgres postmaster.
+    ///
+    /// # Errors
+    /// When it cannot be signalled.
+    pub fn kill_postmaster(&self) -> anyhow::Result<()> {
+        self.pg.kill_postmaster()
+    }
+
+    /// Starts the postmaster again and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn start_postmaster(&self) -> anyhow::Result<()> {
+        let pg = self.pg.clone();
+        tokio::task::spawn_blocking(move || pg.start_postmaster()).await?
+    }
+
+    /// SIGKILLs the Kafka broker.
+    ///
+    /// # Errors
+    /// When its pid cannot be read or signalled.
+    pub fn kill_broker(&self) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.broker.pidfile)
+            .with_context(|| format!("read {}", self.broker.pidfile.display()))?;
+        let pid: i32 = text.trim().parse().context("broker pid")?;
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        anyhow::ensure!(rc == 0, "kill -9 {pid} failed");
+        // Reap-free: the broker was started by a shell script (setsid), not by us;
+        // wait until it is really gone so the restart can bind its ports.
+        let start = Instant::now();
+        // SAFETY: signal 0 only checks the pid.
+        while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again (its run script waits until it is ready).
+    ///
+    /// # Errors
+    /// When the script fails.
+    pub async fn start_broker(&self) -> anyhow::Result<()> {
+        let script = self.broker.run_script.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            Command::new(&script)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        })
+        .await??;
+        anyhow::ensure!(status.success(), "broker restart failed: {status}");
+        Ok(())
+    }
+
+    /// Finds every node and application that died by itself, records why, and starts
+    /// it again (re-armed with a fail point chosen by `rearm`, or clean).
+    ///
+    /// # Errors
+    /// When a process cannot be restarted.
+    pub fn supervise(
+        &mut self,
+        mut rearm: impl FnMut(Process) -> Option<(String, f64)>,
+    ) -> anyhow::Result<()> {
+        for id in self.cluster.ids() {
+            if let Some(status) = self.cluster.exited(id) {
+                let log = self.dir.join("cluster").join(format!("node{id}.log"));
+                let armed = self.node_armed.get(&id).cloned();
+                self.record_death(&format!("node{id}"), &log, armed.as_deref(), status);
+                let next = rearm(Process::Node(id));
+                let spec = failpoint_spec(
+                    &self.node_base_failpoints,
+                    next.as_ref().map(|(n, _)| n.as_str()),
+                    next.as_ref().map_or(1.0, |(_, p)| *p),
+                );
+                self.cluster.restart_with_failpoints(id, &spec)?;
+                self.note_restart(&format!("node{id}"), next.as_ref());
+                match next {
+                    Some((n, _)) => self.node_armed.insert(id, n),
+                    None => self.node_armed.remove(&id),
+                };
+            }
+        }
+        let kinds: Vec<AppKind> = self.apps.keys().copied().collect();
+        for kind in kinds {
+            let Some(app) = self.apps.get_mut(&kind) else {
+                continue;
+            };
+            let Some(child) = app.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            app.child = None;
+            let (log, armed) = (app.log.clone(), app.armed.clone());
+            self.record_death(kind.name(), &log, armed.as_deref(), status);
+            let next = rearm(Process::App(kind));
+            self.restart_app_armed(
+                kind,
+                next.as_ref().map(|(n, _)| n.as_str()),
+                next.as_ref().map_or(1.0, |(_, p)| *p),
+            )?;
+            self.note_restart(kind.name(), next.as_ref());
+        }
+        Ok(())
+    }
+
+    /// Records a restart (and the fail point armed in it).
+    pub fn note_restart(&self, target: &str, armed: Option<&(String, f64)>) {
+        let detail = armed.map_or_else(
+            || "clean".to_string(),
+            |(n, p)| format!("armed {n}@{p}"),
+        );
+        self.history.nemesis("restart", "", target, &detail);
+    }
+
+    fn record_death(
+        &self,
+        target: &str,
+        log: &Path,
+        armed: Option<&str>,
+        status: std::process::ExitStatus,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        match fired(log, armed) {
+            Some(point) if status.signal() == Some(libc::SIGKILL) => {
+                self.history
+                    .nemesis("crash", &format!("failpoint:{point}"), target, "");
+            }
+            _ => self.history.nemesis(
+                "unexpected_exit",
+                "unexpected_exit",
+                target,
+                &format!("{status}; log tail: {}", tail(log, 2048)),
+            ),
+        }
+    }
+
+    /// Restarts every process that runs with an armed fail point clean, so the end of
+    /// the run (quiet period, checks) is not cut short by a crash.
+    ///
+    /// # Errors
+    /// When a process cannot be restarted.
+    pub fn disarm_all(&mut self) -> anyhow::Result<()> {
+        let nodes: Vec<NodeId> = self.node_armed.keys().copied().collect();
+        for id in nodes {
+            self.history
+                .nemesis("kill", "disarm", &format!("node{id}"), "restart clean");
+            self.restart_node(id, None)?;
+        }
+        let armed: Vec<AppKind> = self
+            .apps
+            .values()
+            .filter(|a| a.armed.is_some())
+            .map(|a| a.kind)
+            .collect();
+        for kind in armed {
+            self.history
+                .nemesis("kill", "disarm", kind.name(), "restart clean");
+            self.restart_app(kind, None)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs everything this run started (not the shared Postgres and broker).
+    pub fn shutdown(&mut self) {
+        self.cluster.kill_all();
+        let kinds: Vec<AppKind> = self.apps.keys().copied().collect();
+        for k in kinds {
+            self.kill_app(k);
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A process the supervisor restarts.
+#[derive(Debug, Clone, Copy)]
+pub enum Process {
+    /// A coordinator node.
+    Node(NodeId),
+    /// An application.
+    App(AppKind),
+}
+
+/// One request to an application's work API; returns its answer when `ok`.
+///
+/// # Errors
+/// Connection failures, a timeout, or the application's error.
+pub async fn app_call(addr: &str, request: &Value, timeout: Duration) -> anyhow::Result<Value> {
+    let call = async {
+        let socket = tokio::net::TcpStream::connect(addr).await?;
+        let (read, mut write) = socket.into_split();
+        write
+            .write_all(format!("{request}\n").as_bytes())
+            .await?;
+        let line = BufReader::new(read)
+            .lines()
+            .next_line()
+            .await?
+            .context("connection closed without an answer")?;
+        let answer: Value = serde_json::from_str(&line)?;
+        if answer["ok"] == json!(true) {
+            Ok(answer)
+        } else {
+            anyhow::bail!("{}", answer["error"].as_str().unwrap_or("refused"))
+        }
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
+}
