@@ -337,7 +337,11 @@ impl LocalCluster {
     ///
     /// # Errors
     /// As [`Self::start`].
-    pub fn restart_with_failpoints(&mut self, id: NodeId, failpoints: &str) -> Result<(), LocalError> {
+    pub fn restart_with_failpoints(
+        &mut self,
+        id: NodeId,
+        failpoints: &str,
+    ) -> Result<(), LocalError> {
         self.kill(id)?;
         if let Some(n) = self.nodes.get_mut(&id) {
             n.failpoints = failpoints.to_string();

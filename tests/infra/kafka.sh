@@ -87,6 +87,10 @@ transaction.state.log.num.partitions=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# A SIGKILLed broker's restart waits until its old registration's session expires:
+# keep that short (the chaos suite kills the broker).
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 auto.create.topics.enable=false
 PROPS
     echo "$port" >"$state/port"

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Pause between faults, ms: MIN,MAX.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [300, 1500])]
+    #[arg(long, value_delimiter = ',', default_values_t = [300, 1500])]
     interval_ms: Vec<u64>,
     /// Run without the Kafka application (and without broker kills).
     #[arg(long)]
@@ -66,8 +66,9 @@ async fn main() -> anyhow::Result<()> {
     config.kills = args.kills;
     config.clients = args.clients;
     config.quiet_timeout = Duration::from_secs(args.quiet_timeout);
-    if let [min, max] = args.interval_ms[..] {
-        config.nemesis.interval_ms = (min, max.max(min));
+    match args.interval_ms[..] {
+        [min, max] => config.nemesis.interval_ms = (min, max.max(min)),
+        _ => anyhow::bail!("--interval-ms takes MIN,MAX"),
     }
     if args.no_kafka {
         config.apps.retain(|k| *k != AppKind::Kafka);

@@ -112,9 +112,10 @@ async fn main() -> anyhow::Result<()> {
         Kind::Pg => {
             let mut config = PgConfig::new(&args.pg_url, &args.tag);
             config.pool_size = 24;
-            let r = PgResource::connect(config)
-                .await
-                .context("connecting the Postgres adapter")?;
+            let r = retry("connecting the Postgres adapter", || {
+                PgResource::connect(config.clone())
+            })
+            .await;
             (App::Pg(r.clone()), r)
         }
         Kind::Store => {
@@ -128,9 +129,10 @@ async fn main() -> anyhow::Result<()> {
             let mut config = KafkaConfig::new(&args.bootstrap, format!("{}-events", args.tag));
             config.transaction_timeout = Duration::from_secs(20);
             config.request_timeout = Duration::from_secs(10);
-            let r = KafkaResource::open(&args.data_dir, config)
-                .await
-                .context("opening the Kafka adapter")?;
+            let r = retry("opening the Kafka adapter", || {
+                KafkaResource::open(&args.data_dir, config.clone())
+            })
+            .await;
             (App::Kafka(r.clone(), args.topic.clone()), r)
         }
     };
@@ -158,6 +160,25 @@ async fn main() -> anyhow::Result<()> {
                 tracing::debug!("work connection ended: {e:#}");
             }
         });
+    }
+}
+
+/// Retries `open` until it succeeds: like a real application, this one waits for its
+/// database or broker (the nemesis may have killed it) instead of exiting.
+async fn retry<T, E, F, Fut>(what: &str, mut open: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        match open().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!("{what} failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
@@ -203,9 +224,7 @@ async fn work(app: &App, xid: &Xid, account: i64, delta: i64) -> anyhow::Result<
             let branch = pg.begin_branch(xid).await?;
             // A row held by a branch in doubt (its coordinator down) must not hang the
             // client: give up, and the transaction aborts.
-            branch
-                .execute("SET LOCAL lock_timeout = '2s'", &[])
-                .await?;
+            branch.execute("SET LOCAL lock_timeout = '2s'", &[]).await?;
             let updated = branch
                 .execute(
                     "UPDATE chaos_accounts SET balance = balance + $1 WHERE id = $2",

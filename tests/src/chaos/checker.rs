@@ -91,9 +91,17 @@ pub async fn leftovers(
     if prepared > 0 {
         out.push(format!("{prepared} Postgres prepared transaction(s)"));
     }
-    let store = app_call(&sources.store_app, &json!({"op": "inspect"}), Duration::from_secs(5)).await?;
+    let store = app_call(
+        &sources.store_app,
+        &json!({"op": "inspect"}),
+        Duration::from_secs(5),
+    )
+    .await?;
     if store["prepared"].as_u64().unwrap_or(0) > 0 {
-        out.push(format!("{} prepared account-store branch(es)", store["prepared"]));
+        out.push(format!(
+            "{} prepared account-store branch(es)",
+            store["prepared"]
+        ));
     }
     if let Some(kafka_app) = &sources.kafka_app {
         let kafka = app_call(kafka_app, &json!({"op": "inspect"}), Duration::from_secs(5)).await?;
@@ -103,7 +111,9 @@ pub async fn leftovers(
         for topic in [&sources.topic, &sources.ledger_topic] {
             for (tp, n) in crate::kafka::open_transactions(topic).await? {
                 if n > 0 {
-                    out.push(format!("open Kafka transaction on {tp} ({n} offsets above the LSO)"));
+                    out.push(format!(
+                        "open Kafka transaction on {tp} ({n} offsets above the LSO)"
+                    ));
                 }
             }
         }
@@ -134,10 +144,18 @@ pub async fn gather(sources: &Sources, client: &CoordinatorClient) -> anyhow::Re
         ev.pg.insert(row.get(0));
     }
     ev.pg_total = db
-        .query_one("SELECT COALESCE(sum(balance), 0)::bigint FROM chaos_accounts", &[])
+        .query_one(
+            "SELECT COALESCE(sum(balance), 0)::bigint FROM chaos_accounts",
+            &[],
+        )
         .await?
         .get(0);
-    let store = app_call(&sources.store_app, &json!({"op": "inspect"}), Duration::from_secs(10)).await?;
+    let store = app_call(
+        &sources.store_app,
+        &json!({"op": "inspect"}),
+        Duration::from_secs(10),
+    )
+    .await?;
     ev.store_total = store["total"].as_i64().context("store total")?;
     for x in store["committed"].as_array().context("store committed")? {
         let xid: Xid = x.as_str().context("xid")?.parse()?;
@@ -181,8 +199,10 @@ pub async fn recorded(
         .map(|g| async move {
             let r = match client.get(&g).await {
                 Ok(t) => {
-                    let state = pb::TxnState::try_from(t.state).unwrap_or(pb::TxnState::Unspecified);
-                    let outcome = pb::Outcome::try_from(t.outcome).unwrap_or(pb::Outcome::Unspecified);
+                    let state =
+                        pb::TxnState::try_from(t.state).unwrap_or(pb::TxnState::Unspecified);
+                    let outcome =
+                        pb::Outcome::try_from(t.outcome).unwrap_or(pb::Outcome::Unspecified);
                     match (state, outcome) {
                         (pb::TxnState::Active | pb::TxnState::Preparing, _) => Recorded::Undecided,
                         (_, pb::Outcome::Committed) => Recorded::Decided {
@@ -223,23 +243,38 @@ pub fn check(
     let mut in_history = BTreeSet::new();
     for t in txns.iter().filter(|t| !t.gtrid.is_empty()) {
         in_history.insert(t.gtrid.clone());
-        let rec = coordinator.get(&t.gtrid).copied().unwrap_or(Recorded::Unknown);
+        let rec = coordinator
+            .get(&t.gtrid)
+            .copied()
+            .unwrap_or(Recorded::Unknown);
         let committed = match rec {
             Recorded::Decided {
                 committed,
                 completed,
             } => {
                 if !completed {
-                    push("finished", &t.gtrid, "decided but phase 2 never completed".into());
+                    push(
+                        "finished",
+                        &t.gtrid,
+                        "decided but phase 2 never completed".into(),
+                    );
                 }
                 committed
             }
             Recorded::Undecided => {
-                push("finished", &t.gtrid, "still undecided after the quiet period".into());
+                push(
+                    "finished",
+                    &t.gtrid,
+                    "still undecided after the quiet period".into(),
+                );
                 continue;
             }
             Recorded::Unknown => {
-                push("finished", &t.gtrid, "the coordinator does not know it".into());
+                push(
+                    "finished",
+                    &t.gtrid,
+                    "the coordinator does not know it".into(),
+                );
                 continue;
             }
         };
@@ -265,14 +300,21 @@ pub fn check(
                 "kafka" => {
                     let n = ev.kafka.get(&t.gtrid).copied().unwrap_or(0);
                     if n > 1 {
-                        push("exactly_once", &t.gtrid, format!("its Kafka event appears {n} times"));
+                        push(
+                            "exactly_once",
+                            &t.gtrid,
+                            format!("its Kafka event appears {n} times"),
+                        );
                     }
                     (n > 0, "kafka event")
                 }
                 other => (false, other),
             };
             broken |= present != committed;
-            seen.push(format!("{text} {}", if present { "present" } else { "absent" }));
+            seen.push(format!(
+                "{text} {}",
+                if present { "present" } else { "absent" }
+            ));
         }
         if broken {
             push(
@@ -292,7 +334,10 @@ pub fn check(
     for g in extra.into_iter().filter(|g| !in_history.contains(*g)) {
         if !matches!(
             coordinator.get(g),
-            Some(Recorded::Decided { committed: true, .. })
+            Some(Recorded::Decided {
+                committed: true,
+                ..
+            })
         ) {
             v.push(Violation {
                 rule: "atomicity".into(),

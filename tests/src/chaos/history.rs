@@ -131,9 +131,9 @@ impl History {
         let mut f = lock(&self.file);
         // A history that cannot be written makes the run useless: say so loudly, but
         // the in-memory copy still lets this run's checker work.
-        if let Err(e) = serde_json::to_writer(&mut *f, line).and_then(|()| {
-            f.write_all(b"\n").map_err(serde_json::Error::io)
-        }) {
+        if let Err(e) = serde_json::to_writer(&mut *f, line)
+            .and_then(|()| f.write_all(b"\n").map_err(serde_json::Error::io))
+        {
             tracing::error!("cannot write the history: {e}");
         }
     }

@@ -68,8 +68,9 @@ pub struct ChaosConfig {
 }
 
 impl ChaosConfig {
-    /// Defaults: every application and fault, 4 clients, faults every 0.3–1.5 s, half
-    /// of the restarts armed with a fail point.
+    /// Defaults: every application and fault, 4 clients, faults every 0.3–1.5 s
+    /// (broker kills in one round out of 3), half of the restarts armed with a fail
+    /// point that fires on 30 % of its passes.
     pub fn new(seed: u64, duration: Duration, dir: PathBuf) -> Self {
         let apps = AppKind::ALL.to_vec();
         Self {
@@ -83,6 +84,7 @@ impl ChaosConfig {
                 interval_ms: (300, 1_500),
                 arm_probability: 0.5,
                 failpoint_probability: 0.3,
+                broker_every: 3,
             },
             apps,
             node_failpoints: String::new(),
@@ -187,10 +189,17 @@ impl Summary {
 }
 
 /// Creates the run's database and tables.
-async fn setup_database(base_url: &str, db: &str, accounts: i64, balance: i64) -> anyhow::Result<String> {
+async fn setup_database(
+    base_url: &str,
+    db: &str,
+    accounts: i64,
+    balance: i64,
+) -> anyhow::Result<String> {
     let admin = ratify_examples::pg_bank::connect(base_url).await?;
     // `db` is built from [a-z0-9_] only.
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await?;
     let url = ratify_examples::pg_bank::with_database(base_url, db);
     let c = ratify_examples::pg_bank::connect(&url).await?;
     c.batch_execute(
@@ -213,7 +222,10 @@ async fn setup_database(base_url: &str, db: &str, accounts: i64, balance: i64) -
 /// not errors, they are in [`Summary::violations`].
 pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&config.dir)?;
-    eprintln!("chaos: seed {} (repeat with --seed {})", config.seed, config.seed);
+    eprintln!(
+        "chaos: seed {} (repeat with --seed {})",
+        config.seed, config.seed
+    );
     let pg = PgEnv::from_env()?;
     let broker = BrokerEnv::from_env()?;
     let run_id = format!(
@@ -225,9 +237,14 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             % 1_000_000_000
     );
     let tag = format!("ch{run_id}").replace('_', "-");
-    let db_url = setup_database(&pg.url, &format!("chaos_{run_id}"), config.accounts, config.balance)
-        .await
-        .context("creating the run's database")?;
+    let db_url = setup_database(
+        &pg.url,
+        &format!("chaos_{run_id}"),
+        config.accounts,
+        config.balance,
+    )
+    .await
+    .context("creating the run's database")?;
     let topic = format!("chaos.events.{run_id}");
     let with_kafka = config.apps.contains(&AppKind::Kafka);
     if with_kafka {
@@ -237,7 +254,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     let mut app_args = BTreeMap::new();
     for kind in &config.apps {
         let args: Vec<String> = match kind {
-            AppKind::Pg => vec!["--pg-url".into(), db_url.clone(), "--tag".into(), tag.clone()],
+            AppKind::Pg => vec![
+                "--pg-url".into(),
+                db_url.clone(),
+                "--tag".into(),
+                tag.clone(),
+            ],
             AppKind::Store => vec![
                 "--accounts".into(),
                 config.accounts.to_string(),
@@ -287,11 +309,18 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         })
         .collect();
 
-    let mut nemesis = Nemesis::new(config.seed, config.nemesis.clone(), &config.apps, history.clone());
+    let mut nemesis = Nemesis::new(
+        config.seed,
+        config.nemesis.clone(),
+        &config.apps,
+        history.clone(),
+    );
     let chaos_start = Instant::now();
     let mut last_progress = Instant::now();
     let kills = |h: &History| h.count_action("kill") + h.count_action("crash");
-    while chaos_start.elapsed() < config.duration && config.kills.is_none_or(|k| kills(&history) < k) {
+    while chaos_start.elapsed() < config.duration
+        && config.kills.is_none_or(|k| kills(&history) < k)
+    {
         nemesis.step(&mut world).await?;
         if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
@@ -329,7 +358,10 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         match left {
             Ok(l) if l.is_empty() => break,
             Ok(l) if quiet_start.elapsed() > config.quiet_timeout => {
-                eprintln!("chaos: still not quiet after {:?}: {l:?}", config.quiet_timeout);
+                eprintln!(
+                    "chaos: still not quiet after {:?}: {l:?}",
+                    config.quiet_timeout
+                );
                 break;
             }
             Err(e) if quiet_start.elapsed() > config.quiet_timeout => {
@@ -343,8 +375,11 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
 
     let txns = history.txns();
     let evidence = checker::gather(&sources, &client).await?;
-    let mut gtrids: std::collections::BTreeSet<String> =
-        txns.iter().filter(|t| !t.gtrid.is_empty()).map(|t| t.gtrid.clone()).collect();
+    let mut gtrids: std::collections::BTreeSet<String> = txns
+        .iter()
+        .filter(|t| !t.gtrid.is_empty())
+        .map(|t| t.gtrid.clone())
+        .collect();
     gtrids.extend(evidence.pg.iter().cloned());
     gtrids.extend(evidence.store.iter().cloned());
     gtrids.extend(evidence.kafka.keys().cloned());
@@ -354,7 +389,14 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     history.flush()?;
     world.shutdown();
 
-    let summary = summarize(&config, &history, &recorded, violations, chaos_seconds, quiet_seconds);
+    let summary = summarize(
+        &config,
+        &history,
+        &recorded,
+        violations,
+        chaos_seconds,
+        quiet_seconds,
+    );
     std::fs::write(
         config.dir.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
@@ -385,7 +427,10 @@ fn summarize(
                 counts.unknown += 1;
                 if matches!(
                     recorded.get(&t.gtrid),
-                    Some(checker::Recorded::Decided { committed: true, .. })
+                    Some(checker::Recorded::Decided {
+                        committed: true,
+                        ..
+                    })
                 ) {
                     counts.unknown_then_committed += 1;
                 }
@@ -400,7 +445,9 @@ fn summarize(
         match r.action.as_str() {
             "kill" | "crash" => *kills_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
             "partition" => partitions += 1,
-            "unexpected_exit" => unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail)),
+            "unexpected_exit" => {
+                unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail))
+            }
             _ => {}
         }
         let leader_lost = (r.action == "kill" && r.kind == "leader")

@@ -3,9 +3,11 @@
 //! its followers, and arms fail points in the processes it restarts so that they
 //! crash at a chosen protocol step later on.
 //!
-//! Faults are taken from the enabled list in shuffled rounds (every fault once per
-//! round), so even a short run covers every kind; fail points are armed the same way,
-//! in shuffled rounds per process type.
+//! Faults are taken from the enabled list in shuffled rounds, so even a short run
+//! covers every kind: single-process kills of nodes and applications twice per round,
+//! the other faults once, and broker kills (a broker restart takes 10–40 s here) only
+//! in every [`NemesisConfig::broker_every`]-th round, starting with the first. Fail
+//! points are armed the same way, in shuffled rounds per process type.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -64,6 +66,19 @@ pub struct NemesisConfig {
     pub arm_probability: f64,
     /// Chance that an armed fail point fires each time it is passed.
     pub failpoint_probability: f64,
+    /// Broker kills happen in one round out of this many.
+    pub broker_every: usize,
+}
+
+impl Fault {
+    /// How many times it appears in a round (round `n`, counting from 0).
+    fn per_round(self, n: usize, broker_every: usize) -> usize {
+        match self {
+            Fault::Leader | Fault::Follower | Fault::App(_) => 2,
+            Fault::Broker if !n.is_multiple_of(broker_every.max(1)) => 0,
+            _ => 1,
+        }
+    }
 }
 
 /// Shuffled rounds over a list.
@@ -99,8 +114,10 @@ pub struct Nemesis {
     rng: StdRng,
     /// Its settings.
     config: NemesisConfig,
-    /// Faults, in rounds.
-    faults: Rounds<Fault>,
+    /// What is left of the current round of faults.
+    round: Vec<Fault>,
+    /// Rounds started so far.
+    rounds: usize,
     /// Fail points to arm, in rounds, per process type (`node`, or the app name).
     failpoints: BTreeMap<&'static str, Rounds<&'static str>>,
     /// The history.
@@ -117,7 +134,8 @@ impl Nemesis {
         }
         Self {
             rng: StdRng::seed_from_u64(seed),
-            faults: Rounds::new(config.faults.clone()),
+            round: Vec::new(),
+            rounds: 0,
             config,
             failpoints,
             history,
@@ -126,7 +144,10 @@ impl Nemesis {
 
     /// Whether, and with which fail point, a restarted `process` is armed.
     pub fn pick_arm(&mut self, process: Process) -> Option<(String, f64)> {
-        if !self.rng.gen_bool(self.config.arm_probability.clamp(0.0, 1.0)) {
+        if !self
+            .rng
+            .gen_bool(self.config.arm_probability.clamp(0.0, 1.0))
+        {
             return None;
         }
         let key = match process {
@@ -164,10 +185,24 @@ impl Nemesis {
     pub async fn step(&mut self, world: &mut World) -> anyhow::Result<()> {
         let wait = self.pause(self.config.interval_ms);
         self.sleep_supervised(world, wait).await?;
-        let Some(fault) = self.faults.pick(&mut self.rng) else {
+        let Some(fault) = self.next_fault() else {
             return Ok(());
         };
         self.inject(world, fault).await
+    }
+
+    fn next_fault(&mut self) -> Option<Fault> {
+        if self.round.is_empty() {
+            let n = self.rounds;
+            self.rounds += 1;
+            for f in &self.config.faults {
+                for _ in 0..f.per_round(n, self.config.broker_every) {
+                    self.round.push(*f);
+                }
+            }
+            self.round.shuffle(&mut self.rng);
+        }
+        self.round.pop()
     }
 
     async fn leader(&self, world: &World) -> Option<NodeId> {
@@ -193,7 +228,8 @@ impl Nemesis {
         match fault {
             Fault::Leader | Fault::Follower => {
                 let Some(leader) = self.leader(world).await else {
-                    self.history.nemesis("skip", "leader", "", "no leader found");
+                    self.history
+                        .nemesis("skip", "leader", "", "no leader found");
                     return Ok(());
                 };
                 let id = if fault == Fault::Leader {
@@ -216,7 +252,8 @@ impl Nemesis {
             }
             Fault::TwoNodes => {
                 let Some(leader) = self.leader(world).await else {
-                    self.history.nemesis("skip", "two_nodes", "", "no leader found");
+                    self.history
+                        .nemesis("skip", "two_nodes", "", "no leader found");
                     return Ok(());
                 };
                 let others: Vec<NodeId> = world
@@ -228,8 +265,12 @@ impl Nemesis {
                 let follower = *others.choose(&mut self.rng).unwrap_or(&leader);
                 for id in [leader, follower] {
                     world.kill_node(id)?;
-                    self.history
-                        .nemesis("kill", "two_nodes", &format!("node{id}"), "majority lost");
+                    self.history.nemesis(
+                        "kill",
+                        "two_nodes",
+                        &format!("node{id}"),
+                        "majority lost",
+                    );
                 }
                 let down = self.pause((1_000, 4_000));
                 self.sleep_supervised(world, down).await?;

@@ -50,8 +50,16 @@ pub async fn client_loop(
         let amount: i64 = rng.gen_range(1..=50);
         let sign = if rng.gen_bool(0.5) { 1 } else { -1 };
         let work: Vec<(AppKind, i64, i64)> = [
-            Some((AppKind::Pg, rng.gen_range(0..targets.accounts), sign * amount)),
-            Some((AppKind::Store, rng.gen_range(0..targets.accounts), -sign * amount)),
+            Some((
+                AppKind::Pg,
+                rng.gen_range(0..targets.accounts),
+                sign * amount,
+            )),
+            Some((
+                AppKind::Store,
+                rng.gen_range(0..targets.accounts),
+                -sign * amount,
+            )),
             with_kafka.then_some((AppKind::Kafka, 0, amount)),
         ]
         .into_iter()
@@ -59,11 +67,15 @@ pub async fn client_loop(
         .collect();
         let rollback_on_purpose = rng.gen_bool(0.05);
         let record = transfer(n, &client, &targets, &history, &work, rollback_on_purpose).await;
-        let failed_begin = record.told == Told::BeginFailed;
+        // No leader, or an application down: do not spin on failures.
+        let pause = match (record.told, record.asked.as_str()) {
+            (Told::BeginFailed, _) => Some(Duration::from_millis(100)),
+            (_, "rollback") if !rollback_on_purpose => Some(Duration::from_millis(20)),
+            _ => None,
+        };
         history.txn(record);
-        if failed_begin {
-            // No leader right now: do not spin.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(p) = pause {
+            tokio::time::sleep(p).await;
         }
     }
 }
@@ -117,11 +129,15 @@ async fn transfer(
             xid: b.xid.render(),
         })
         .collect();
-    let calls = work.iter().zip(&begun.branches).map(|((kind, account, delta), b)| {
-        let addr = targets.get(*kind).map(|t| t.2.clone()).unwrap_or_default();
-        let request = json!({"op": "work", "xid": b.xid.render(), "account": account, "delta": delta});
-        async move { app_call(&addr, &request, WORK_TIMEOUT).await }
-    });
+    let calls = work
+        .iter()
+        .zip(&begun.branches)
+        .map(|((kind, account, delta), b)| {
+            let addr = targets.get(*kind).map(|t| t.2.clone()).unwrap_or_default();
+            let request =
+                json!({"op": "work", "xid": b.xid.render(), "account": account, "delta": delta});
+            async move { app_call(&addr, &request, WORK_TIMEOUT).await }
+        });
     let failures: Vec<String> = futures::future::join_all(calls)
         .await
         .into_iter()

@@ -138,6 +138,8 @@ struct App {
     log: PathBuf,
     /// The fail point armed in the running process, if any.
     armed: Option<String>,
+    /// Length of the log when the running process started.
+    log_offset: u64,
     /// The running process.
     child: Option<Child>,
 }
@@ -180,6 +182,8 @@ pub struct World {
     node_base_failpoints: String,
     /// The fail point armed in each node, if any.
     node_armed: BTreeMap<NodeId, String>,
+    /// Length of each node's log when its running process started.
+    node_log_offset: BTreeMap<NodeId, u64>,
     /// The applications.
     apps: BTreeMap<AppKind, App>,
     /// The Postgres server.
@@ -217,12 +221,47 @@ fn failpoint_spec(base: &str, armed: Option<&str>, probability: f64) -> String {
     parts.join(",")
 }
 
-/// Did the log (its tail) record fail point `armed` firing a kill?
-fn fired(log: &Path, armed: Option<&str>) -> Option<String> {
-    let armed = armed?;
-    tail(log, 64 * 1024)
-        .contains(&format!("ratify failpoint {armed}: Kill"))
-        .then(|| armed.to_string())
+/// The error or panic message a process logged since `offset`, or its last line.
+fn exit_reason(log: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        let _ = f.seek(SeekFrom::Start(offset));
+        let _ = f.read_to_end(&mut buf);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .find(|l| l.starts_with("Error:") || l.contains("panicked at"))
+        .or_else(|| text.lines().last())
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// Size of a file (0 when missing): where a restarted process's log lines begin.
+fn log_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The fail point that killed a process, from what it logged since `offset` (each
+/// firing is logged as `ratify failpoint <name>: Kill` before the process kills itself).
+fn fired_since(log: &Path, offset: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log).ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("ratify failpoint ") && l.ends_with(": Kill"))?;
+    Some(
+        line.trim_start_matches("ratify failpoint ")
+            .trim_end_matches(": Kill")
+            .to_string(),
+    )
 }
 
 impl World {
@@ -238,17 +277,17 @@ impl World {
         node_base_failpoints: &str,
         history: History,
     ) -> anyhow::Result<Self> {
-        let cluster = LocalCluster::start_partitionable(
-            &crate::ratify_binary()?,
-            &dir.join("cluster"),
-            3,
-            vec![],
-        )
-        .await?;
+        let ratify = match std::env::var_os("RATIFY_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => sibling_binary("ratify")?,
+        };
+        let cluster =
+            LocalCluster::start_partitionable(&ratify, &dir.join("cluster"), 3, vec![]).await?;
         let mut world = Self {
             cluster,
             node_base_failpoints: node_base_failpoints.to_string(),
             node_armed: BTreeMap::new(),
+            node_log_offset: BTreeMap::new(),
             apps: BTreeMap::new(),
             pg,
             broker,
@@ -290,6 +329,7 @@ impl World {
                     app_addr,
                     log: dir.join(format!("{}.log", kind.name())),
                     armed: None,
+                    log_offset: 0,
                     child: None,
                 },
             );
@@ -326,12 +366,17 @@ impl World {
         p: f64,
     ) -> anyhow::Result<()> {
         let spec = failpoint_spec(&self.node_base_failpoints, armed, p);
+        self.node_log_offset.insert(id, log_len(&self.node_log(id)));
         self.cluster.restart_with_failpoints(id, &spec)?;
         match armed {
             Some(a) => self.node_armed.insert(id, a.to_string()),
             None => self.node_armed.remove(&id),
         };
         Ok(())
+    }
+
+    fn node_log(&self, id: NodeId) -> PathBuf {
+        self.dir.join("cluster").join(format!("node{id}.log"))
     }
 
     fn restart_node(&mut self, id: NodeId, armed: Option<&str>) -> anyhow::Result<()> {
@@ -373,6 +418,7 @@ impl World {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        app.log_offset = log_len(&app.log);
         app.child = Some(cmd.spawn().context("spawning chaos_participant")?);
         app.armed = armed.map(str::to_string);
         Ok(())
@@ -490,21 +536,15 @@ impl World {
     ) -> anyhow::Result<()> {
         for id in self.cluster.ids() {
             if let Some(status) = self.cluster.exited(id) {
-                let log = self.dir.join("cluster").join(format!("node{id}.log"));
-                let armed = self.node_armed.get(&id).cloned();
-                self.record_death(&format!("node{id}"), &log, armed.as_deref(), status);
+                let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
+                self.record_death(&format!("node{id}"), &self.node_log(id), offset, status);
                 let next = rearm(Process::Node(id));
-                let spec = failpoint_spec(
-                    &self.node_base_failpoints,
+                self.restart_node_armed(
+                    id,
                     next.as_ref().map(|(n, _)| n.as_str()),
                     next.as_ref().map_or(1.0, |(_, p)| *p),
-                );
-                self.cluster.restart_with_failpoints(id, &spec)?;
+                )?;
                 self.note_restart(&format!("node{id}"), next.as_ref());
-                match next {
-                    Some((n, _)) => self.node_armed.insert(id, n),
-                    None => self.node_armed.remove(&id),
-                };
             }
         }
         let kinds: Vec<AppKind> = self.apps.keys().copied().collect();
@@ -519,8 +559,8 @@ impl World {
                 continue;
             };
             app.child = None;
-            let (log, armed) = (app.log.clone(), app.armed.clone());
-            self.record_death(kind.name(), &log, armed.as_deref(), status);
+            let (log, offset) = (app.log.clone(), app.log_offset);
+            self.record_death(kind.name(), &log, offset, status);
             let next = rearm(Process::App(kind));
             self.restart_app_armed(
                 kind,
@@ -534,10 +574,7 @@ impl World {
 
     /// Records a restart (and the fail point armed in it).
     pub fn note_restart(&self, target: &str, armed: Option<&(String, f64)>) {
-        let detail = armed.map_or_else(
-            || "clean".to_string(),
-            |(n, p)| format!("armed {n}@{p}"),
-        );
+        let detail = armed.map_or_else(|| "clean".to_string(), |(n, p)| format!("armed {n}@{p}"));
         self.history.nemesis("restart", "", target, &detail);
     }
 
@@ -545,11 +582,11 @@ impl World {
         &self,
         target: &str,
         log: &Path,
-        armed: Option<&str>,
+        offset: u64,
         status: std::process::ExitStatus,
     ) {
         use std::os::unix::process::ExitStatusExt;
-        match fired(log, armed) {
+        match fired_since(log, offset) {
             Some(point) if status.signal() == Some(libc::SIGKILL) => {
                 self.history
                     .nemesis("crash", &format!("failpoint:{point}"), target, "");
@@ -558,7 +595,7 @@ impl World {
                 "unexpected_exit",
                 "unexpected_exit",
                 target,
-                &format!("{status}; log tail: {}", tail(log, 2048)),
+                &format!("{status}: {}", exit_reason(log, offset)),
             ),
         }
     }
@@ -622,9 +659,7 @@ pub async fn app_call(addr: &str, request: &Value, timeout: Duration) -> anyhow:
     let call = async {
         let socket = tokio::net::TcpStream::connect(addr).await?;
         let (read, mut write) = socket.into_split();
-        write
-            .write_all(format!("{request}\n").as_bytes())
-            .await?;
+        write.write_all(format!("{request}\n").as_bytes()).await?;
         let line = BufReader::new(read)
             .lines()
             .next_line()
