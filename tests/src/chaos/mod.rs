@@ -128,6 +128,8 @@ pub struct Summary {
     pub kills: usize,
     /// Leader partitions.
     pub partitions: usize,
+    /// Faults that could not be injected or undone (the run went on).
+    pub nemesis_errors: Vec<String>,
     /// Processes that died without being killed (neither the nemesis nor an armed
     /// fail point): crashes worth reading about.
     pub unexpected_exits: Vec<String>,
@@ -172,6 +174,10 @@ impl Summary {
             "  longest unavailability after a leader kill or partition: {} ms",
             self.longest_unavailability_ms
         );
+        let _ = writeln!(s, "  nemesis errors: {}", self.nemesis_errors.len());
+        for e in self.nemesis_errors.iter().take(5) {
+            let _ = writeln!(s, "    {e}");
+        }
         let _ = writeln!(s, "  unexpected exits: {}", self.unexpected_exits.len());
         for u in self.unexpected_exits.iter().take(5) {
             let _ = writeln!(s, "    {u}");
@@ -343,6 +349,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     // Heal: every process clean and running, the network whole.
     eprintln!("chaos: healing and waiting for quiet");
     world.cluster.heal();
+    world.ensure_running()?;
     world.disarm_all()?;
     let quiet_start = Instant::now();
     let sources = Sources {
@@ -439,6 +446,7 @@ fn summarize(
     }
     let mut kills_by_kind = BTreeMap::new();
     let mut unexpected_exits = Vec::new();
+    let mut nemesis_errors = Vec::new();
     let mut partitions = 0;
     let mut leader_losses = Vec::new();
     for r in &nemesis {
@@ -447,6 +455,9 @@ fn summarize(
             "partition" => partitions += 1,
             "unexpected_exit" => {
                 unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail))
+            }
+            "nemesis_error" => {
+                nemesis_errors.push(format!("{} at {} ms: {}", r.kind, r.at_ms, r.detail))
             }
             _ => {}
         }
@@ -480,6 +491,7 @@ fn summarize(
         kills: kills_by_kind.values().sum(),
         kills_by_kind,
         partitions,
+        nemesis_errors,
         unexpected_exits,
         txns: counts,
         longest_unavailability_ms,

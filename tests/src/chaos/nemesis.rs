@@ -188,7 +188,19 @@ impl Nemesis {
         let Some(fault) = self.next_fault() else {
             return Ok(());
         };
-        self.inject(world, fault).await
+        if let Err(e) = self.inject(world, fault).await {
+            // A fault that could not be injected or undone (a restart that failed) is
+            // worth reading about, not worth ending the run: put everything back up.
+            self.history.nemesis(
+                "nemesis_error",
+                &format!("{fault:?}"),
+                "",
+                &format!("{e:#}"),
+            );
+            world.cluster.heal();
+            world.ensure_running()?;
+        }
+        Ok(())
     }
 
     fn next_fault(&mut self) -> Option<Fault> {

@@ -600,6 +600,31 @@ impl World {
         }
     }
 
+    /// Starts (clean) every node and application that is not running, for example
+    /// after a nemesis action failed half-way.
+    ///
+    /// # Errors
+    /// When a process cannot be spawned.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        for id in self.cluster.ids() {
+            if !self.cluster.is_running(id) {
+                self.restart_node(id, None)?;
+                self.note_restart(&format!("node{id}"), None);
+            }
+        }
+        let stopped: Vec<AppKind> = self
+            .apps
+            .values()
+            .filter(|a| a.child.is_none())
+            .map(|a| a.kind)
+            .collect();
+        for kind in stopped {
+            self.restart_app(kind, None)?;
+            self.note_restart(kind.name(), None);
+        }
+        Ok(())
+    }
+
     /// Restarts every process that runs with an armed fail point clean, so the end of
     /// the run (quiet period, checks) is not cut short by a crash.
     ///
