@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use ratify_coordinator::types::NodeId;
 
 use super::history::History;
-use super::world::{AppKind, Process, World, NODE_FAILPOINTS};
+use super::world::{AppKind, Arm, Process, Service, World, NODE_FAILPOINTS};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,7 @@ impl Nemesis {
     }
 
     /// Whether, and with which fail point, a restarted `process` is armed.
-    pub fn pick_arm(&mut self, process: Process) -> Option<(String, f64)> {
+    pub fn pick_arm(&mut self, process: Process) -> Option<Arm> {
         if !self
             .rng
             .gen_bool(self.config.arm_probability.clamp(0.0, 1.0))
@@ -155,7 +155,10 @@ impl Nemesis {
             Process::App(k) => k.name(),
         };
         let point = self.failpoints.get_mut(key)?.pick(&mut self.rng)?;
-        Some((point.to_string(), self.config.failpoint_probability))
+        Some(Arm {
+            point: point.to_string(),
+            probability: self.config.failpoint_probability,
+        })
     }
 
     /// Sleeps for `d` while restarting processes that die by themselves.
@@ -225,15 +228,10 @@ impl Nemesis {
             .ok()
     }
 
-    async fn restart_node(&mut self, world: &mut World, id: NodeId) -> anyhow::Result<()> {
-        let armed = self.pick_arm(Process::Node(id));
-        world.restart_node_armed(
-            id,
-            armed.as_ref().map(|(n, _)| n.as_str()),
-            armed.as_ref().map_or(1.0, |(_, p)| *p),
-        )?;
-        world.note_restart(&format!("node{id}"), armed.as_ref());
-        Ok(())
+    /// Restarts `process`, maybe armed.
+    fn restart(&mut self, world: &mut World, process: Process) -> anyhow::Result<()> {
+        let arm = self.pick_arm(process);
+        world.restart(process, arm)
     }
 
     async fn inject(&mut self, world: &mut World, fault: Fault) -> anyhow::Result<()> {
@@ -260,7 +258,7 @@ impl Nemesis {
                 self.history.nemesis("kill", kind, &format!("node{id}"), "");
                 let down = self.pause((0, 1_500));
                 self.sleep_supervised(world, down).await?;
-                self.restart_node(world, id).await?;
+                self.restart(world, Process::Node(id))?;
             }
             Fault::TwoNodes => {
                 let Some(leader) = self.leader(world).await else {
@@ -287,7 +285,7 @@ impl Nemesis {
                 let down = self.pause((1_000, 4_000));
                 self.sleep_supervised(world, down).await?;
                 for id in [leader, follower] {
-                    self.restart_node(world, id).await?;
+                    self.restart(world, Process::Node(id))?;
                 }
             }
             Fault::App(kind) => {
@@ -296,29 +294,21 @@ impl Nemesis {
                     .nemesis("kill", &format!("app:{}", kind.name()), kind.name(), "");
                 let down = self.pause((0, 1_000));
                 self.sleep_supervised(world, down).await?;
-                let armed = self.pick_arm(Process::App(kind));
-                world.restart_app_armed(
-                    kind,
-                    armed.as_ref().map(|(n, _)| n.as_str()),
-                    armed.as_ref().map_or(1.0, |(_, p)| *p),
-                )?;
-                world.note_restart(kind.name(), armed.as_ref());
+                self.restart(world, Process::App(kind))?;
             }
-            Fault::Postmaster => {
-                world.kill_postmaster()?;
-                self.history.nemesis("kill", "postmaster", "postmaster", "");
-                let down = self.pause((0, 1_000));
+            Fault::Postmaster | Fault::Broker => {
+                let (service, down) = if fault == Fault::Postmaster {
+                    (Service::Postmaster, (0, 1_000))
+                } else {
+                    (Service::Broker, (0, 2_000))
+                };
+                world.kill_service(service)?;
+                self.history
+                    .nemesis("kill", service.name(), service.name(), "");
+                let down = self.pause(down);
                 self.sleep_supervised(world, down).await?;
-                world.start_postmaster().await?;
-                self.history.nemesis("restart", "", "postmaster", "");
-            }
-            Fault::Broker => {
-                world.kill_broker()?;
-                self.history.nemesis("kill", "broker", "broker", "");
-                let down = self.pause((0, 2_000));
-                self.sleep_supervised(world, down).await?;
-                world.start_broker().await?;
-                self.history.nemesis("restart", "", "broker", "");
+                world.start_service(service).await?;
+                self.history.nemesis("restart", "", service.name(), "");
             }
             Fault::PartitionLeader => {
                 let Some(leader) = self.leader(world).await else {

@@ -209,14 +209,23 @@ fn tail(path: &Path, n: u64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// `name=kill@p`, plus the base switches.
-fn failpoint_spec(base: &str, armed: Option<&str>, probability: f64) -> String {
+/// A fail point armed in a restarted process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arm {
+    /// Its name.
+    pub point: String,
+    /// Chance that it fires each time it is passed.
+    pub probability: f64,
+}
+
+/// The `RATIFY_FAILPOINTS` value: the base switches, plus `<point>=kill@<p>`.
+fn failpoint_spec(base: &str, arm: Option<&Arm>) -> String {
     let mut parts: Vec<String> = Vec::new();
     if !base.is_empty() {
         parts.push(base.to_string());
     }
-    if let Some(a) = armed {
-        parts.push(format!("{a}=kill@{probability}"));
+    if let Some(a) = arm {
+        parts.push(format!("{}=kill@{}", a.point, a.probability));
     }
     parts.join(",")
 }
@@ -295,7 +304,7 @@ impl World {
             history,
         };
         for id in world.cluster.ids() {
-            world.restart_node(id, None)?;
+            world.spawn_node(id, None)?;
         }
         world
             .cluster
@@ -333,7 +342,7 @@ impl World {
                     child: None,
                 },
             );
-            world.restart_app(kind, None)?;
+            world.spawn_app(kind, None)?;
         }
         for kind in AppKind::ALL {
             if world.apps.contains_key(&kind) {
@@ -355,21 +364,12 @@ impl World {
         &self.dir
     }
 
-    /// (Re)starts node `id`, with fail point `armed` (killing at probability `p`).
-    ///
-    /// # Errors
-    /// When it cannot be spawned.
-    pub fn restart_node_armed(
-        &mut self,
-        id: NodeId,
-        armed: Option<&str>,
-        p: f64,
-    ) -> anyhow::Result<()> {
-        let spec = failpoint_spec(&self.node_base_failpoints, armed, p);
+    fn spawn_node(&mut self, id: NodeId, arm: Option<&Arm>) -> anyhow::Result<()> {
+        let spec = failpoint_spec(&self.node_base_failpoints, arm);
         self.node_log_offset.insert(id, log_len(&self.node_log(id)));
         self.cluster.restart_with_failpoints(id, &spec)?;
-        match armed {
-            Some(a) => self.node_armed.insert(id, a.to_string()),
+        match arm {
+            Some(a) => self.node_armed.insert(id, a.point.clone()),
             None => self.node_armed.remove(&id),
         };
         Ok(())
@@ -379,8 +379,23 @@ impl World {
         self.dir.join("cluster").join(format!("node{id}.log"))
     }
 
-    fn restart_node(&mut self, id: NodeId, armed: Option<&str>) -> anyhow::Result<()> {
-        self.restart_node_armed(id, armed, 1.0)
+    /// (Re)starts a node or an application (without waiting for it to get ready), with
+    /// fail point `arm` armed or clean, and records the restart.
+    ///
+    /// # Errors
+    /// When it cannot be spawned.
+    pub fn restart(&mut self, process: Process, arm: Option<Arm>) -> anyhow::Result<()> {
+        match process {
+            Process::Node(id) => self.spawn_node(id, arm.as_ref())?,
+            Process::App(kind) => self.spawn_app(kind, arm.as_ref())?,
+        }
+        let detail = arm.map_or_else(
+            || "clean".to_string(),
+            |a| format!("armed {}@{}", a.point, a.probability),
+        );
+        self.history
+            .nemesis("restart", "", &process.name(), &detail);
+        Ok(())
     }
 
     /// SIGKILLs node `id`.
@@ -392,17 +407,7 @@ impl World {
         Ok(())
     }
 
-    /// (Re)starts application `kind` with fail point `armed` at probability `p`, without
-    /// waiting for it to get ready.
-    ///
-    /// # Errors
-    /// When it cannot be spawned.
-    pub fn restart_app_armed(
-        &mut self,
-        kind: AppKind,
-        armed: Option<&str>,
-        p: f64,
-    ) -> anyhow::Result<()> {
+    fn spawn_app(&mut self, kind: AppKind, arm: Option<&Arm>) -> anyhow::Result<()> {
         self.kill_app(kind);
         let app = self.apps.get_mut(&kind).context("no such application")?;
         let log = std::fs::OpenOptions::new()
@@ -411,7 +416,7 @@ impl World {
             .open(&app.log)?;
         let mut cmd = Command::new(sibling_binary("chaos_participant")?);
         cmd.args(&app.args)
-            .env(failpoint::ENV_VAR, failpoint_spec("", armed, p))
+            .env(failpoint::ENV_VAR, failpoint_spec("", arm))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
@@ -420,12 +425,8 @@ impl World {
         }
         app.log_offset = log_len(&app.log);
         app.child = Some(cmd.spawn().context("spawning chaos_participant")?);
-        app.armed = armed.map(str::to_string);
+        app.armed = arm.map(|a| a.point.clone());
         Ok(())
-    }
-
-    fn restart_app(&mut self, kind: AppKind, armed: Option<&str>) -> anyhow::Result<()> {
-        self.restart_app_armed(kind, armed, 1.0)
     }
 
     /// SIGKILLs application `kind` (no-op when it is not running).
@@ -470,28 +471,32 @@ impl World {
         }
     }
 
-    /// SIGKILLs the Postgres postmaster.
-    ///
-    /// # Errors
-    /// When it cannot be signalled.
-    pub fn kill_postmaster(&self) -> anyhow::Result<()> {
-        self.pg.kill_postmaster()
-    }
-
-    /// Starts the postmaster again and waits until it accepts connections.
-    ///
-    /// # Errors
-    /// When it does not come back.
-    pub async fn start_postmaster(&self) -> anyhow::Result<()> {
-        let pg = self.pg.clone();
-        tokio::task::spawn_blocking(move || pg.start_postmaster()).await?
-    }
-
-    /// SIGKILLs the Kafka broker.
+    /// SIGKILLs a shared service.
     ///
     /// # Errors
     /// When its pid cannot be read or signalled.
-    pub fn kill_broker(&self) -> anyhow::Result<()> {
+    pub fn kill_service(&self, service: Service) -> anyhow::Result<()> {
+        match service {
+            Service::Postmaster => self.pg.kill_postmaster(),
+            Service::Broker => self.kill_broker(),
+        }
+    }
+
+    /// Starts a shared service again and waits until it is ready.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn start_service(&self, service: Service) -> anyhow::Result<()> {
+        match service {
+            Service::Postmaster => {
+                let pg = self.pg.clone();
+                tokio::task::spawn_blocking(move || pg.start_postmaster()).await?
+            }
+            Service::Broker => self.start_broker().await,
+        }
+    }
+
+    fn kill_broker(&self) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.broker.pidfile)
             .with_context(|| format!("read {}", self.broker.pidfile.display()))?;
         let pid: i32 = text.trim().parse().context("broker pid")?;
@@ -508,11 +513,8 @@ impl World {
         Ok(())
     }
 
-    /// Starts the broker again (its run script waits until it is ready).
-    ///
-    /// # Errors
-    /// When the script fails.
-    pub async fn start_broker(&self) -> anyhow::Result<()> {
+    /// Runs the broker's start script (it waits until the broker is ready).
+    async fn start_broker(&self) -> anyhow::Result<()> {
         let script = self.broker.run_script.clone();
         let status = tokio::task::spawn_blocking(move || {
             Command::new(&script)
@@ -532,19 +534,13 @@ impl World {
     /// When a process cannot be restarted.
     pub fn supervise(
         &mut self,
-        mut rearm: impl FnMut(Process) -> Option<(String, f64)>,
+        mut rearm: impl FnMut(Process) -> Option<Arm>,
     ) -> anyhow::Result<()> {
         for id in self.cluster.ids() {
             if let Some(status) = self.cluster.exited(id) {
                 let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
                 self.record_death(&format!("node{id}"), &self.node_log(id), offset, status);
-                let next = rearm(Process::Node(id));
-                self.restart_node_armed(
-                    id,
-                    next.as_ref().map(|(n, _)| n.as_str()),
-                    next.as_ref().map_or(1.0, |(_, p)| *p),
-                )?;
-                self.note_restart(&format!("node{id}"), next.as_ref());
+                self.restart(Process::Node(id), rearm(Process::Node(id)))?;
             }
         }
         let kinds: Vec<AppKind> = self.apps.keys().copied().collect();
@@ -561,21 +557,9 @@ impl World {
             app.child = None;
             let (log, offset) = (app.log.clone(), app.log_offset);
             self.record_death(kind.name(), &log, offset, status);
-            let next = rearm(Process::App(kind));
-            self.restart_app_armed(
-                kind,
-                next.as_ref().map(|(n, _)| n.as_str()),
-                next.as_ref().map_or(1.0, |(_, p)| *p),
-            )?;
-            self.note_restart(kind.name(), next.as_ref());
+            self.restart(Process::App(kind), rearm(Process::App(kind)))?;
         }
         Ok(())
-    }
-
-    /// Records a restart (and the fail point armed in it).
-    pub fn note_restart(&self, target: &str, armed: Option<&(String, f64)>) {
-        let detail = armed.map_or_else(|| "clean".to_string(), |(n, p)| format!("armed {n}@{p}"));
-        self.history.nemesis("restart", "", target, &detail);
     }
 
     fn record_death(
@@ -600,27 +584,31 @@ impl World {
         }
     }
 
+    /// Every node and application for which `pred(running, armed)` holds.
+    fn processes_where(&mut self, pred: impl Fn(bool, bool) -> bool) -> Vec<Process> {
+        let mut out = Vec::new();
+        for id in self.cluster.ids() {
+            let running = self.cluster.is_running(id);
+            if pred(running, self.node_armed.contains_key(&id)) {
+                out.push(Process::Node(id));
+            }
+        }
+        for a in self.apps.values() {
+            if pred(a.child.is_some(), a.armed.is_some()) {
+                out.push(Process::App(a.kind));
+            }
+        }
+        out
+    }
+
     /// Starts (clean) every node and application that is not running, for example
     /// after a nemesis action failed half-way.
     ///
     /// # Errors
     /// When a process cannot be spawned.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        for id in self.cluster.ids() {
-            if !self.cluster.is_running(id) {
-                self.restart_node(id, None)?;
-                self.note_restart(&format!("node{id}"), None);
-            }
-        }
-        let stopped: Vec<AppKind> = self
-            .apps
-            .values()
-            .filter(|a| a.child.is_none())
-            .map(|a| a.kind)
-            .collect();
-        for kind in stopped {
-            self.restart_app(kind, None)?;
-            self.note_restart(kind.name(), None);
+        for p in self.processes_where(|running, _| !running) {
+            self.restart(p, None)?;
         }
         Ok(())
     }
@@ -631,22 +619,10 @@ impl World {
     /// # Errors
     /// When a process cannot be restarted.
     pub fn disarm_all(&mut self) -> anyhow::Result<()> {
-        let nodes: Vec<NodeId> = self.node_armed.keys().copied().collect();
-        for id in nodes {
+        for p in self.processes_where(|running, armed| running && armed) {
             self.history
-                .nemesis("kill", "disarm", &format!("node{id}"), "restart clean");
-            self.restart_node(id, None)?;
-        }
-        let armed: Vec<AppKind> = self
-            .apps
-            .values()
-            .filter(|a| a.armed.is_some())
-            .map(|a| a.kind)
-            .collect();
-        for kind in armed {
-            self.history
-                .nemesis("kill", "disarm", kind.name(), "restart clean");
-            self.restart_app(kind, None)?;
+                .nemesis("kill", "disarm", &p.name(), "restart clean");
+            self.restart(p, None)?;
         }
         Ok(())
     }
@@ -674,6 +650,35 @@ pub enum Process {
     Node(NodeId),
     /// An application.
     App(AppKind),
+}
+
+impl Process {
+    /// Its name in the history (`node2`, `pg`, ...).
+    pub fn name(self) -> String {
+        match self {
+            Process::Node(id) => format!("node{id}"),
+            Process::App(kind) => kind.name().to_string(),
+        }
+    }
+}
+
+/// A shared service the nemesis kills and starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The Postgres postmaster.
+    Postmaster,
+    /// The Kafka broker.
+    Broker,
+}
+
+impl Service {
+    /// Its name in the history.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Postmaster => "postmaster",
+            Service::Broker => "broker",
+        }
+    }
 }
 
 /// One request to an application's work API; returns its answer when `ok`.
