@@ -177,6 +177,25 @@ impl Nemesis {
         }
     }
 
+    /// Restarts processes that die by themselves until `task` completes; returns its
+    /// result.
+    ///
+    /// # Errors
+    /// The task's error, or when a process cannot be restarted.
+    async fn supervise_until(
+        &mut self,
+        world: &mut World,
+        mut task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        loop {
+            world.supervise(|p| self.pick_arm(p))?;
+            tokio::select! {
+                done = &mut task => return done?,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
     fn pause(&mut self, range_ms: (u64, u64)) -> Duration {
         Duration::from_millis(self.rng.gen_range(range_ms.0..=range_ms.1.max(range_ms.0)))
     }
@@ -307,7 +326,8 @@ impl Nemesis {
                     .nemesis("kill", service.name(), service.name(), "");
                 let down = self.pause(down);
                 self.sleep_supervised(world, down).await?;
-                world.start_service(service).await?;
+                let started = world.start_service(service);
+                self.supervise_until(world, started).await?;
                 self.history.nemesis("restart", "", service.name(), "");
             }
             Fault::PartitionLeader => {

@@ -482,18 +482,23 @@ impl World {
         }
     }
 
-    /// Starts a shared service again and waits until it is ready.
-    ///
-    /// # Errors
-    /// When it does not come back.
-    pub async fn start_service(&self, service: Service) -> anyhow::Result<()> {
-        match service {
-            Service::Postmaster => {
-                let pg = self.pg.clone();
-                tokio::task::spawn_blocking(move || pg.start_postmaster()).await?
+    /// Starts a shared service again, on a blocking thread; the handle completes once
+    /// it is ready (so the caller can keep supervising meanwhile: a broker restart takes
+    /// 10–40 s here).
+    pub fn start_service(&self, service: Service) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let pg = self.pg.clone();
+        let script = self.broker.run_script.clone();
+        tokio::task::spawn_blocking(move || match service {
+            Service::Postmaster => pg.start_postmaster(),
+            Service::Broker => {
+                let status = Command::new(&script)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()?;
+                anyhow::ensure!(status.success(), "broker restart failed: {status}");
+                Ok(())
             }
-            Service::Broker => self.start_broker().await,
-        }
+        })
     }
 
     fn kill_broker(&self) -> anyhow::Result<()> {
@@ -510,20 +515,6 @@ impl World {
         while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
-    }
-
-    /// Runs the broker's start script (it waits until the broker is ready).
-    async fn start_broker(&self) -> anyhow::Result<()> {
-        let script = self.broker.run_script.clone();
-        let status = tokio::task::spawn_blocking(move || {
-            Command::new(&script)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-        })
-        .await??;
-        anyhow::ensure!(status.success(), "broker restart failed: {status}");
         Ok(())
     }
 
