@@ -30,6 +30,10 @@ struct Args {
     /// End the chaos phase once this many processes were killed.
     #[arg(long)]
     kills: Option<usize>,
+    /// Keep going past --duration until this many full rounds of faults (every kind
+    /// once at least) are done.
+    #[arg(long, default_value_t = 0)]
+    min_rounds: usize,
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = ChaosConfig::new(seed, Duration::from_secs(args.duration), dir);
     config.kills = args.kills;
+    config.min_rounds = args.min_rounds;
     config.clients = args.clients;
     config.quiet_timeout = Duration::from_secs(args.quiet_timeout);
     match args.interval_ms[..] {

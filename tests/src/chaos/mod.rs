@@ -48,6 +48,9 @@ pub struct ChaosConfig {
     /// Ends the chaos phase earlier once this many processes were killed (nemesis kills
     /// plus fail-point crashes).
     pub kills: Option<usize>,
+    /// The chaos phase lasts at least this many complete rounds of faults (each round
+    /// has every enabled fault), even past `duration`.
+    pub min_rounds: usize,
     /// Concurrent clients.
     pub clients: usize,
     /// Folder for the history, the summary and every process's log.
@@ -77,6 +80,7 @@ impl ChaosConfig {
             seed,
             duration,
             kills: None,
+            min_rounds: 0,
             clients: 4,
             dir,
             nemesis: NemesisConfig {
@@ -324,9 +328,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     let chaos_start = Instant::now();
     let mut last_progress = Instant::now();
     let kills = |h: &History| h.count_action("kill") + h.count_action("crash");
-    while chaos_start.elapsed() < config.duration
-        && config.kills.is_none_or(|k| kills(&history) < k)
-    {
+    loop {
+        let time_left = chaos_start.elapsed() < config.duration
+            && config.kills.is_none_or(|k| kills(&history) < k);
+        if !time_left && nemesis.rounds_completed() >= config.min_rounds {
+            break;
+        }
         nemesis.step(&mut world).await?;
         if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();

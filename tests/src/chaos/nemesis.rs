@@ -225,6 +225,15 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Rounds of faults injected to the end.
+    pub fn rounds_completed(&self) -> usize {
+        if self.round.is_empty() {
+            self.rounds
+        } else {
+            self.rounds - 1
+        }
+    }
+
     fn next_fault(&mut self) -> Option<Fault> {
         if self.round.is_empty() {
             let n = self.rounds;
