@@ -366,3 +366,126 @@ pub fn check(
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::history::BranchRecord;
+
+    fn txn(gtrid: &str, apps: &[&str], told: Told) -> TxnRecord {
+        TxnRecord {
+            client: 0,
+            gtrid: gtrid.into(),
+            branches: apps
+                .iter()
+                .map(|a| BranchRecord {
+                    app: (*a).into(),
+                    xid: format!("52544659.{gtrid}.1"),
+                })
+                .collect(),
+            asked: "commit".into(),
+            amount: 5,
+            told,
+            detail: String::new(),
+            start_ms: 0,
+            end_ms: 1,
+        }
+    }
+
+    fn decided(committed: bool) -> Recorded {
+        Recorded::Decided {
+            committed,
+            completed: true,
+        }
+    }
+
+    /// T1 committed everywhere, T2 aborted everywhere, T3 unknown to its client but
+    /// committed everywhere: nothing to report.
+    fn clean() -> (Vec<TxnRecord>, Evidence, BTreeMap<String, Recorded>) {
+        let txns = vec![
+            txn("t1", &["pg", "store", "kafka"], Told::Committed),
+            txn("t2", &["pg", "store"], Told::Aborted),
+            txn("t3", &["pg", "store"], Told::Unknown),
+        ];
+        let ev = Evidence {
+            pg: ["t1", "t3"].map(String::from).into(),
+            store: ["t1", "t3"].map(String::from).into(),
+            kafka: [("t1".to_string(), 1)].into(),
+            pg_total: 100,
+            store_total: 100,
+            leftovers: vec![],
+        };
+        let rec = [("t1", true), ("t2", false), ("t3", true)]
+            .map(|(g, c)| (g.to_string(), decided(c)))
+            .into();
+        (txns, ev, rec)
+    }
+
+    fn rules(v: &[Violation]) -> Vec<&str> {
+        v.iter().map(|v| v.rule.as_str()).collect()
+    }
+
+    #[test]
+    fn a_consistent_run_has_no_violation() {
+        let (txns, ev, rec) = clean();
+        assert!(check(&txns, &ev, &rec, 200).is_empty());
+    }
+
+    #[test]
+    fn a_branch_committed_under_an_abort_is_an_atomicity_violation() {
+        let (txns, mut ev, rec) = clean();
+        ev.pg.insert("t2".into());
+        let v = check(&txns, &ev, &rec, 200);
+        assert_eq!(rules(&v), ["atomicity"]);
+        assert_eq!(v[0].gtrid, "t2");
+        assert!(
+            v[0].detail.contains("pg ledger row present"),
+            "{}",
+            v[0].detail
+        );
+    }
+
+    #[test]
+    fn a_missing_branch_of_a_commit_is_an_atomicity_violation() {
+        let (txns, mut ev, rec) = clean();
+        ev.kafka.clear();
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["atomicity"]);
+    }
+
+    #[test]
+    fn a_duplicate_event_is_reported() {
+        let (txns, mut ev, rec) = clean();
+        ev.kafka.insert("t1".into(), 2);
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["exactly_once"]);
+    }
+
+    #[test]
+    fn an_acknowledged_commit_the_coordinator_aborted_is_reported() {
+        let (txns, mut ev, mut rec) = clean();
+        rec.insert("t1".into(), decided(false));
+        ev.pg.remove("t1");
+        ev.store.remove("t1");
+        ev.kafka.clear();
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["acknowledged"]);
+    }
+
+    #[test]
+    fn unfinished_transactions_leftovers_and_lost_money_are_reported() {
+        let (txns, mut ev, mut rec) = clean();
+        rec.insert("t2".into(), Recorded::Undecided);
+        ev.leftovers
+            .push("1 Postgres prepared transaction(s)".into());
+        ev.store_total = 90;
+        assert_eq!(
+            rules(&check(&txns, &ev, &rec, 200)),
+            ["finished", "leftover", "conservation"]
+        );
+    }
+
+    #[test]
+    fn a_commit_no_client_ran_is_reported() {
+        let (txns, mut ev, rec) = clean();
+        ev.store.insert("t9".into());
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["atomicity"]);
+    }
+}
