@@ -100,8 +100,12 @@ async fn the_checker_catches_a_commit_sent_before_the_decision() -> anyhow::Resu
     c.nemesis.interval_ms = (3_000, 5_000);
     c.quiet_timeout = Duration::from_secs(30);
     let s = run(c).await?;
+    // The bug's signature: a transaction the coordinator aborted with a branch that
+    // committed (not merely slow or unfinished work).
     assert!(
-        s.violations.iter().any(|v| v.rule == "atomicity"),
+        s.violations.iter().any(|v| v.rule == "atomicity"
+            && v.detail.contains("recorded ABORTED")
+            && v.detail.contains("present")),
         "the broken coordinator went unnoticed: {:?}",
         s.violations
     );

@@ -71,6 +71,9 @@ struct Args {
     /// Events topic (`kafka`).
     #[arg(long, default_value = "chaos.events")]
     topic: String,
+    /// The Kafka adapter's ledger topic (`kafka`).
+    #[arg(long, default_value = ratify_participant_sdk::adapters::kafka::DEFAULT_LEDGER_TOPIC)]
+    ledger_topic: String,
     /// Name of this participant in gids and `transactional.id`s.
     #[arg(long, default_value = "chaos")]
     tag: String,
@@ -129,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             let mut config = KafkaConfig::new(&args.bootstrap, format!("{}-events", args.tag));
             config.transaction_timeout = Duration::from_secs(20);
             config.request_timeout = Duration::from_secs(10);
+            config.ledger_topic = args.ledger_topic.clone();
             let r = retry("opening the Kafka adapter", || {
                 KafkaResource::open(&args.data_dir, config.clone())
             })

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use ratify_participant_sdk::client::CoordinatorClient;
+use ratify_participant_sdk::client::{ClientError, CoordinatorClient};
 use ratify_participant_sdk::xid::Xid;
 use ratify_proto::pb;
 use serde::Serialize;
@@ -52,6 +52,9 @@ pub struct Evidence {
     pub pg_total: i64,
     /// Sum of account-store balances.
     pub store_total: i64,
+    /// Postgres accounts whose balance is not the opening balance plus their ledger
+    /// rows (a lost or doubled update), as text.
+    pub ledger_mismatches: Vec<String>,
     /// Leftovers found, as text.
     pub leftovers: Vec<String>,
 }
@@ -61,6 +64,8 @@ pub struct Evidence {
 pub struct Sources {
     /// The run's Postgres database URL.
     pub pg_url: String,
+    /// The Postgres application's work address.
+    pub pg_app: String,
     /// The account store's work address.
     pub store_app: String,
     /// The Kafka application's work address (if the run has one).
@@ -69,6 +74,8 @@ pub struct Sources {
     pub topic: String,
     /// The adapter's ledger topic.
     pub ledger_topic: String,
+    /// Opening balance of each account.
+    pub opening_balance: i64,
 }
 
 /// Counts of a run's leftovers; empty when quiet.
@@ -90,6 +97,18 @@ pub async fn leftovers(
         .get(0);
     if prepared > 0 {
         out.push(format!("{prepared} Postgres prepared transaction(s)"));
+    }
+    let pg = app_call(
+        &sources.pg_app,
+        &json!({"op": "inspect"}),
+        Duration::from_secs(5),
+    )
+    .await?;
+    if pg["open"].as_u64().unwrap_or(0) > 0 {
+        out.push(format!(
+            "{} open Postgres branch(es) at the application",
+            pg["open"]
+        ));
     }
     let store = app_call(
         &sources.store_app,
@@ -143,6 +162,22 @@ pub async fn gather(sources: &Sources, client: &CoordinatorClient) -> anyhow::Re
     for row in db.query("SELECT gtrid FROM chaos_ledger", &[]).await? {
         ev.pg.insert(row.get(0));
     }
+    for row in db
+        .query(
+            "SELECT a.id, a.balance, COALESCE(sum(l.delta), 0)::bigint \
+             FROM chaos_accounts a LEFT JOIN chaos_ledger l ON l.account = a.id \
+             GROUP BY a.id, a.balance \
+             HAVING a.balance <> $1 + COALESCE(sum(l.delta), 0)",
+            &[&sources.opening_balance],
+        )
+        .await?
+    {
+        let (id, balance, sum): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        ev.ledger_mismatches.push(format!(
+            "Postgres account {id} holds {balance}, its ledger says {}",
+            sources.opening_balance + sum
+        ));
+    }
     ev.pg_total = db
         .query_one(
             "SELECT COALESCE(sum(balance), 0)::bigint FROM chaos_accounts",
@@ -163,8 +198,14 @@ pub async fn gather(sources: &Sources, client: &CoordinatorClient) -> anyhow::Re
     }
     if sources.kafka_app.is_some() {
         for r in crate::kafka::read_committed(&sources.topic).await? {
-            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap_or("{}"))?;
-            let g = v["gtrid"].as_str().unwrap_or("?").to_string();
+            let v: serde_json::Value =
+                serde_json::from_str(r.value.as_deref().unwrap_or("")).unwrap_or_default();
+            // A garbled event counts under a gtrid no transaction has, so it is reported.
+            let g = v["gtrid"].as_str().map_or_else(
+                || format!("garbled event at offset {}", r.offset),
+                str::to_string,
+            );
+
             *ev.kafka.entry(g).or_insert(0) += 1;
         }
     }
@@ -183,8 +224,12 @@ pub enum Recorded {
     },
     /// Not decided (ACTIVE or PREPARING).
     Undecided,
+    /// Completed so long ago that its outcome was dropped (FORGOTTEN).
+    Forgotten,
     /// The coordinator does not know it.
     Unknown,
+    /// The coordinator could not be asked.
+    Unreachable,
 }
 
 /// Asks the coordinator about every gtrid.
@@ -216,13 +261,29 @@ pub async fn recorded(
                         _ => Recorded::Undecided,
                     }
                 }
-                Err(_) => Recorded::Unknown,
+                Err(ClientError::Rejected { message, .. }) if message.contains("forgotten") => {
+                    Recorded::Forgotten
+                }
+                Err(ClientError::Rejected {
+                    code: tonic::Code::NotFound,
+                    ..
+                }) => Recorded::Unknown,
+                Err(_) => Recorded::Unreachable,
             };
             (g, r)
         })
         .buffer_unordered(16)
         .collect()
         .await
+}
+
+/// Which of `apps` hold `gtrid`'s effects, and how many times its Kafka event appears.
+fn effects(ev: &Evidence, gtrid: &str) -> Vec<(&'static str, bool)> {
+    vec![
+        ("pg", ev.pg.contains(gtrid)),
+        ("store", ev.store.contains(gtrid)),
+        ("kafka", ev.kafka.get(gtrid).copied().unwrap_or(0) > 0),
+    ]
 }
 
 /// Applies every rule; returns the violations.
@@ -246,34 +307,69 @@ pub fn check(
         let rec = coordinator
             .get(&t.gtrid)
             .copied()
-            .unwrap_or(Recorded::Unknown);
-        let committed = match rec {
+            .unwrap_or(Recorded::Unreachable);
+        let branch_apps: BTreeSet<&str> = t.branches.iter().map(|b| b.app.as_str()).collect();
+        let found = effects(ev, &t.gtrid);
+        let seen = found
+            .iter()
+            .filter(|(app, _)| branch_apps.contains(app))
+            .map(|(app, p)| format!("{app} {}", if *p { "present" } else { "absent" }))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (app, present) in &found {
+            if *present && !branch_apps.contains(app) {
+                push(
+                    "atomicity",
+                    &t.gtrid,
+                    format!("{app} holds effects of a transaction it was no branch of"),
+                );
+            }
+        }
+        if ev.kafka.get(&t.gtrid).copied().unwrap_or(0) > 1 {
+            push(
+                "exactly_once",
+                &t.gtrid,
+                format!("its Kafka event appears {} times", ev.kafka[&t.gtrid]),
+            );
+        }
+        let present: Vec<bool> = found
+            .iter()
+            .filter(|(app, _)| branch_apps.contains(app))
+            .map(|(_, p)| *p)
+            .collect();
+        let all = present.iter().all(|p| *p);
+        let none = !present.iter().any(|p| *p);
+        // What the client was told must hold whatever the coordinator remembers.
+        match t.told {
+            Told::Committed if !all => push(
+                "acknowledged",
+                &t.gtrid,
+                format!("client was told COMMITTED; {seen}"),
+            ),
+            Told::Aborted if !none => push(
+                "acknowledged",
+                &t.gtrid,
+                format!("client was told ABORTED; {seen}"),
+            ),
+            _ => {}
+        }
+        let (committed, completed) = match rec {
             Recorded::Decided {
                 committed,
                 completed,
-            } => {
-                if !completed {
-                    push(
-                        "finished",
-                        &t.gtrid,
-                        "decided but phase 2 never completed".into(),
-                    );
+            } => (committed, completed),
+            Recorded::Forgotten => {
+                // Only all-or-none can be checked.
+                if !all && !none {
+                    push("atomicity", &t.gtrid, format!("outcome forgotten; {seen}"));
                 }
-                committed
-            }
-            Recorded::Undecided => {
-                push(
-                    "finished",
-                    &t.gtrid,
-                    "still undecided after the quiet period".into(),
-                );
                 continue;
             }
-            Recorded::Unknown => {
+            other => {
                 push(
                     "finished",
                     &t.gtrid,
-                    "the coordinator does not know it".into(),
+                    format!("after the quiet period the coordinator says {other:?}; {seen}"),
                 );
                 continue;
             }
@@ -291,44 +387,30 @@ pub fn check(
             ),
             _ => {}
         }
-        let mut seen = Vec::new();
-        let mut broken = false;
-        for b in &t.branches {
-            let (present, text) = match b.app.as_str() {
-                "pg" => (ev.pg.contains(&t.gtrid), "pg ledger row"),
-                "store" => (ev.store.contains(&t.gtrid), "store commit"),
-                "kafka" => {
-                    let n = ev.kafka.get(&t.gtrid).copied().unwrap_or(0);
-                    if n > 1 {
-                        push(
-                            "exactly_once",
-                            &t.gtrid,
-                            format!("its Kafka event appears {n} times"),
-                        );
-                    }
-                    (n > 0, "kafka event")
-                }
-                other => (false, other),
-            };
-            broken |= present != committed;
-            seen.push(format!(
-                "{text} {}",
-                if present { "present" } else { "absent" }
-            ));
+        let outcome = if committed { "COMMITTED" } else { "ABORTED" };
+        if !completed {
+            push(
+                "finished",
+                &t.gtrid,
+                format!("{outcome} but phase 2 never completed; {seen}"),
+            );
         }
+        // A branch committed under an abort can never be undone; a branch missing under
+        // a commit is a violation only once phase 2 is over.
+        let broken = if committed { completed && !all } else { !none };
         if broken {
             push(
                 "atomicity",
                 &t.gtrid,
                 format!(
-                    "coordinator recorded {}, client was told {:?}; {}",
-                    if committed { "COMMITTED" } else { "ABORTED" },
-                    t.told,
-                    seen.join(", ")
+                    "coordinator recorded {outcome}, client was told {:?}; {seen}",
+                    t.told
                 ),
             );
         }
     }
+    // One line per rule and transaction is enough to read.
+    v.dedup_by(|a, b| a.rule == b.rule && a.gtrid == b.gtrid);
     let mut extra: BTreeSet<&String> = ev.pg.iter().chain(&ev.store).collect();
     extra.extend(ev.kafka.keys());
     for g in extra.into_iter().filter(|g| !in_history.contains(*g)) {
@@ -342,7 +424,10 @@ pub fn check(
             v.push(Violation {
                 rule: "atomicity".into(),
                 gtrid: g.clone(),
-                detail: "a participant committed a branch of a transaction no client ran to commit and the coordinator did not commit".into(),
+                detail: format!(
+                    "participants hold effects ({:?}) of a transaction no client recorded and the coordinator did not commit",
+                    effects(ev, g)
+                ),
             });
         }
     }
@@ -351,6 +436,13 @@ pub fn check(
             rule: "leftover".into(),
             gtrid: String::new(),
             detail: l.clone(),
+        });
+    }
+    for m in &ev.ledger_mismatches {
+        v.push(Violation {
+            rule: "conservation".into(),
+            gtrid: String::new(),
+            detail: m.clone(),
         });
     }
     let total = ev.pg_total + ev.store_total;
@@ -413,6 +505,7 @@ mod tests {
             kafka: [("t1".to_string(), 1)].into(),
             pg_total: 100,
             store_total: 100,
+            ledger_mismatches: vec![],
             leftovers: vec![],
         };
         let rec = [("t1", true), ("t2", false), ("t3", true)]
@@ -436,12 +529,12 @@ mod tests {
         let (txns, mut ev, rec) = clean();
         ev.pg.insert("t2".into());
         let v = check(&txns, &ev, &rec, 200);
-        assert_eq!(rules(&v), ["atomicity"]);
-        assert_eq!(v[0].gtrid, "t2");
+        assert_eq!(rules(&v), ["acknowledged", "atomicity"]);
+        assert_eq!(v[1].gtrid, "t2");
         assert!(
-            v[0].detail.contains("pg ledger row present"),
+            v[1].detail.contains("recorded ABORTED") && v[1].detail.contains("pg present"),
             "{}",
-            v[0].detail
+            v[1].detail
         );
     }
 
@@ -449,7 +542,10 @@ mod tests {
     fn a_missing_branch_of_a_commit_is_an_atomicity_violation() {
         let (txns, mut ev, rec) = clean();
         ev.kafka.clear();
-        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["atomicity"]);
+        assert_eq!(
+            rules(&check(&txns, &ev, &rec, 200)),
+            ["acknowledged", "atomicity"]
+        );
     }
 
     #[test]
@@ -480,6 +576,40 @@ mod tests {
             rules(&check(&txns, &ev, &rec, 200)),
             ["finished", "leftover", "conservation"]
         );
+    }
+
+    #[test]
+    fn a_forgotten_outcome_is_still_checked_all_or_none() {
+        let (txns, mut ev, mut rec) = clean();
+        rec.insert("t3".into(), Recorded::Forgotten);
+        assert!(check(&txns, &ev, &rec, 200).is_empty());
+        ev.store.remove("t3");
+        ev.store_total -= 5;
+        ev.pg_total += 5;
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["atomicity"]);
+    }
+
+    #[test]
+    fn a_slow_commit_is_unfinished_not_broken() {
+        let (txns, mut ev, mut rec) = clean();
+        rec.insert(
+            "t3".into(),
+            Recorded::Decided {
+                committed: true,
+                completed: false,
+            },
+        );
+        ev.store.remove("t3");
+        ev.store_total -= 5;
+        ev.pg_total += 5;
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["finished"]);
+    }
+
+    #[test]
+    fn effects_at_an_application_that_was_no_branch_are_reported() {
+        let (txns, mut ev, rec) = clean();
+        ev.kafka.insert("t3".into(), 1);
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["atomicity"]);
     }
 
     #[test]

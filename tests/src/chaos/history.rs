@@ -99,7 +99,7 @@ pub struct History {
     /// When the run started (times are relative to it).
     start: Instant,
     /// The JSON-lines file.
-    file: Arc<Mutex<std::io::BufWriter<std::fs::File>>>,
+    file: Arc<Mutex<std::io::LineWriter<std::fs::File>>>,
     /// In-memory copy for the checker.
     records: Arc<Mutex<Records>>,
 }
@@ -117,7 +117,8 @@ impl History {
         let file = std::fs::File::create(path)?;
         Ok(Self {
             start: Instant::now(),
-            file: Arc::new(Mutex::new(std::io::BufWriter::new(file))),
+            // Line by line: a run killed half-way still leaves its history.
+            file: Arc::new(Mutex::new(std::io::LineWriter::new(file))),
             records: Arc::new(Mutex::new(Records::default())),
         })
     }

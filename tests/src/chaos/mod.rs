@@ -132,6 +132,9 @@ pub struct Summary {
     pub kills: usize,
     /// Leader partitions.
     pub partitions: usize,
+    /// Processes restarted clean at the end because a fail point was armed in them
+    /// (SIGKILLs, not counted in `kills`).
+    pub disarm_restarts: usize,
     /// Faults that could not be injected or undone (the run went on).
     pub nemesis_errors: Vec<String>,
     /// Processes that died without being killed (neither the nemesis nor an armed
@@ -232,6 +235,12 @@ async fn setup_database(
 /// not errors, they are in [`Summary::violations`].
 pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&config.dir)?;
+    // Data left by an earlier run (store, stage, Raft log) would be read as this run's.
+    anyhow::ensure!(
+        std::fs::read_dir(&config.dir)?.next().is_none(),
+        "{} is not empty: give every run a new folder",
+        config.dir.display()
+    );
     eprintln!(
         "chaos: seed {} (repeat with --seed {})",
         config.seed, config.seed
@@ -256,6 +265,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     .await
     .context("creating the run's database")?;
     let topic = format!("chaos.events.{run_id}");
+    // Its own ledger topic: another user of the broker cannot make this run look busy.
+    let ledger_topic = format!("chaos.ledger.{run_id}");
     let with_kafka = config.apps.contains(&AppKind::Kafka);
     if with_kafka {
         crate::kafka::create_topic(&topic, 4).await?;
@@ -281,6 +292,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
                 broker.bootstrap.clone(),
                 "--topic".into(),
                 topic.clone(),
+                "--ledger-topic".into(),
+                ledger_topic.clone(),
                 "--tag".into(),
                 tag.clone(),
             ],
@@ -349,8 +362,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     }
     let chaos_seconds = chaos_start.elapsed().as_secs_f64();
     let _ = stop.send(true);
-    for c in clients {
-        let _ = tokio::time::timeout(Duration::from_secs(60), c).await;
+    for mut c in clients {
+        // A client still stuck after a minute is stopped: its last attempt is not in the
+        // history, and the checker treats what it did as a transaction no client ran.
+        if tokio::time::timeout(Duration::from_secs(60), &mut c)
+            .await
+            .is_err()
+        {
+            c.abort();
+        }
     }
 
     // Heal: every process clean and running, the network whole.
@@ -361,10 +381,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     let quiet_start = Instant::now();
     let sources = Sources {
         pg_url: db_url,
+        pg_app: world.app_addrs(AppKind::Pg).context("no pg")?.1,
+        opening_balance: config.balance,
         store_app: world.app_addrs(AppKind::Store).context("no store")?.1,
         kafka_app: world.app_addrs(AppKind::Kafka).map(|a| a.1),
         topic,
-        ledger_topic: ratify_participant_sdk::adapters::kafka::DEFAULT_LEDGER_TOPIC.into(),
+        ledger_topic,
     };
     loop {
         world.supervise(|_| None)?;
@@ -454,10 +476,14 @@ fn summarize(
     let mut kills_by_kind = BTreeMap::new();
     let mut unexpected_exits = Vec::new();
     let mut nemesis_errors = Vec::new();
+    let mut disarm_restarts = 0;
     let mut partitions = 0;
-    let mut leader_losses = Vec::new();
+    let mut leader_losses: Vec<u64> = Vec::new();
     for r in &nemesis {
         match r.action.as_str() {
+            // Disarming restarts at the end are SIGKILLs too, but not faults: listed,
+            // not counted.
+            "kill" if r.kind == "disarm" => disarm_restarts += 1,
             "kill" | "crash" => *kills_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
             "partition" => partitions += 1,
             "unexpected_exit" => {
@@ -468,26 +494,25 @@ fn summarize(
             }
             _ => {}
         }
-        let leader_lost = (r.action == "kill" && r.kind == "leader")
-            || (r.action == "kill" && r.kind == "two_nodes" && r.detail == "majority lost")
-            || r.action == "partition";
-        if leader_lost {
-            leader_losses.push(r.at_ms);
-        }
+        // When the cluster lost its leader: a leader kill or partition at once; two
+        // nodes down only once they are back (the outage itself is deliberate).
+        let lost_at = match (r.action.as_str(), r.kind.as_str()) {
+            ("kill", "leader") | ("partition", _) | ("heal", "two_nodes") => Some(r.at_ms),
+            _ => None,
+        };
+        leader_losses.extend(lost_at);
     }
-    leader_losses.dedup();
-    // A loss too close to the end of the workload for any transaction to start after
-    // it says nothing; one after which none committed counts until the last answer.
-    let last_end = txns.iter().map(|x| x.end_ms).max().unwrap_or(0);
+    // Until the first COMMITTED answer after the loss; a loss after which no client got
+    // any answer (the end of the run) says nothing.
     let longest_unavailability_ms = leader_losses
         .iter()
-        .filter(|&&t| txns.iter().any(|x| x.start_ms >= t))
+        .filter(|&&t| txns.iter().any(|x| x.end_ms > t))
         .map(|&t| {
             txns.iter()
-                .filter(|x| x.told == Told::Committed && x.start_ms >= t)
+                .filter(|x| x.told == Told::Committed && x.end_ms > t)
                 .map(|x| x.end_ms - t)
                 .min()
-                .unwrap_or(last_end.saturating_sub(t))
+                .unwrap_or_else(|| txns.iter().map(|x| x.end_ms).max().unwrap_or(t) - t)
         })
         .max()
         .unwrap_or(0);
@@ -499,6 +524,7 @@ fn summarize(
         kills_by_kind,
         partitions,
         nemesis_errors,
+        disarm_restarts,
         unexpected_exits,
         txns: counts,
         longest_unavailability_ms,

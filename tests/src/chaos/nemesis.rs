@@ -110,8 +110,13 @@ impl<T: Clone> Rounds<T> {
 
 /// The nemesis state.
 pub struct Nemesis {
-    /// Seeded randomness.
+    /// Seeded randomness of the fault schedule (which fault, pauses, victims).
     rng: StdRng,
+    /// Seeded randomness of arming, apart: crashes come at times the seed does not
+    /// fix, and arming on them must not shift the schedule.
+    arm_rng: StdRng,
+    /// Faults skipped for want of a leader, retried once later in the round.
+    skipped: Vec<Fault>,
     /// Its settings.
     config: NemesisConfig,
     /// What is left of the current round of faults.
@@ -134,6 +139,8 @@ impl Nemesis {
         }
         Self {
             rng: StdRng::seed_from_u64(seed),
+            arm_rng: StdRng::seed_from_u64(seed ^ 0x5eed_a4a4),
+            skipped: Vec::new(),
             round: Vec::new(),
             rounds: 0,
             config,
@@ -145,7 +152,7 @@ impl Nemesis {
     /// Whether, and with which fail point, a restarted `process` is armed.
     pub fn pick_arm(&mut self, process: Process) -> Option<Arm> {
         if !self
-            .rng
+            .arm_rng
             .gen_bool(self.config.arm_probability.clamp(0.0, 1.0))
         {
             return None;
@@ -154,7 +161,7 @@ impl Nemesis {
             Process::Node(_) => "node",
             Process::App(k) => k.name(),
         };
-        let point = self.failpoints.get_mut(key)?.pick(&mut self.rng)?;
+        let point = self.failpoints.get_mut(key)?.pick(&mut self.arm_rng)?;
         Some(Arm {
             point: point.to_string(),
             probability: self.config.failpoint_probability,
@@ -244,6 +251,7 @@ impl Nemesis {
                 }
             }
             self.round.shuffle(&mut self.rng);
+            self.skipped.clear();
         }
         self.round.pop()
     }
@@ -256,6 +264,17 @@ impl Nemesis {
             .ok()
     }
 
+    /// Records that `fault` could not be injected (no leader) and queues it again once,
+    /// so a round still has every kind.
+    fn skip(&mut self, fault: Fault) {
+        self.history
+            .nemesis("skip", &format!("{fault:?}"), "", "no leader found");
+        if !self.skipped.contains(&fault) {
+            self.skipped.push(fault);
+            self.round.insert(0, fault);
+        }
+    }
+
     /// Restarts `process`, maybe armed.
     fn restart(&mut self, world: &mut World, process: Process) -> anyhow::Result<()> {
         let arm = self.pick_arm(process);
@@ -266,8 +285,7 @@ impl Nemesis {
         match fault {
             Fault::Leader | Fault::Follower => {
                 let Some(leader) = self.leader(world).await else {
-                    self.history
-                        .nemesis("skip", "leader", "", "no leader found");
+                    self.skip(fault);
                     return Ok(());
                 };
                 let id = if fault == Fault::Leader {
@@ -290,8 +308,7 @@ impl Nemesis {
             }
             Fault::TwoNodes => {
                 let Some(leader) = self.leader(world).await else {
-                    self.history
-                        .nemesis("skip", "two_nodes", "", "no leader found");
+                    self.skip(fault);
                     return Ok(());
                 };
                 let others: Vec<NodeId> = world
@@ -315,6 +332,8 @@ impl Nemesis {
                 for id in [leader, follower] {
                     self.restart(world, Process::Node(id))?;
                 }
+                self.history
+                    .nemesis("heal", "two_nodes", "", "both nodes restarted");
             }
             Fault::App(kind) => {
                 world.kill_app(kind);
@@ -341,8 +360,7 @@ impl Nemesis {
             }
             Fault::PartitionLeader => {
                 let Some(leader) = self.leader(world).await else {
-                    self.history
-                        .nemesis("skip", "partition_leader", "", "no leader found");
+                    self.skip(fault);
                     return Ok(());
                 };
                 world.cluster.isolate(leader)?;

@@ -403,6 +403,11 @@ impl World {
     /// # Errors
     /// When the signal cannot be sent.
     pub fn kill_node(&mut self, id: NodeId) -> anyhow::Result<()> {
+        // A node that already died by itself is recorded as such, not as this kill.
+        if let Some(status) = self.cluster.exited(id) {
+            let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
+            self.record_death(&format!("node{id}"), &self.node_log(id), offset, status);
+        }
         self.cluster.kill(id)?;
         Ok(())
     }
@@ -431,6 +436,14 @@ impl World {
 
     /// SIGKILLs application `kind` (no-op when it is not running).
     pub fn kill_app(&mut self, kind: AppKind) {
+        let exited = self.apps.get_mut(&kind).and_then(|a| {
+            let status = a.child.as_mut()?.try_wait().ok()??;
+            a.child = None;
+            Some((a.log.clone(), a.log_offset, status))
+        });
+        if let Some((log, offset, status)) = exited {
+            self.record_death(kind.name(), &log, offset, status);
+        }
         if let Some(mut c) = self.apps.get_mut(&kind).and_then(|a| a.child.take()) {
             let _ = c.kill();
             let _ = c.wait();
