@@ -167,7 +167,7 @@ pub async fn gather(sources: &Sources, client: &CoordinatorClient) -> anyhow::Re
             "SELECT a.id, a.balance, COALESCE(sum(l.delta), 0)::bigint \
              FROM chaos_accounts a LEFT JOIN chaos_ledger l ON l.account = a.id \
              GROUP BY a.id, a.balance \
-             HAVING a.balance <> $1 + COALESCE(sum(l.delta), 0)",
+             HAVING a.balance <> $1::bigint + COALESCE(sum(l.delta), 0)::bigint",
             &[&sources.opening_balance],
         )
         .await?
