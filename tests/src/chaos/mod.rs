@@ -143,8 +143,14 @@ pub struct Summary {
     /// Transactions.
     pub txns: TxnCounts,
     /// Longest time from a leader kill (alone or with a follower) or a leader
-    /// partition until a transaction begun after it committed, ms.
+    /// partition until a client got a COMMITTED answer again, ms. Other faults
+    /// overlapping the window (an application or the postmaster down) count in it.
     pub longest_unavailability_ms: u64,
+    /// Longest time from a leader kill or partition (or, for two nodes killed, from
+    /// their restart) until another node reported itself leader, ms.
+    pub longest_election_ms: u64,
+    /// Leader elections measured.
+    pub elections: usize,
     /// Every broken rule.
     pub violations: Vec<Violation>,
     /// Where the history is.
@@ -178,8 +184,8 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "  longest unavailability after a leader kill or partition: {} ms",
-            self.longest_unavailability_ms
+            "  after a leader kill or partition: new leader within {} ms at worst ({} elections), first commit answered within {} ms at worst",
+            self.longest_election_ms, self.elections, self.longest_unavailability_ms
         );
         let _ = writeln!(s, "  nemesis errors: {}", self.nemesis_errors.len());
         for e in self.nemesis_errors.iter().take(5) {
@@ -516,8 +522,15 @@ fn summarize(
         })
         .max()
         .unwrap_or(0);
+    let election_ms: Vec<u64> = nemesis
+        .iter()
+        .filter(|r| r.action == "elected")
+        .filter_map(|r| r.detail.parse().ok())
+        .collect();
     Summary {
         seed: config.seed,
+        longest_election_ms: election_ms.iter().copied().max().unwrap_or(0),
+        elections: election_ms.len(),
         chaos_seconds,
         quiet_seconds,
         kills: kills_by_kind.values().sum(),

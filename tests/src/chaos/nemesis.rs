@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use ratify_coordinator::types::NodeId;
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
 
 use super::history::History;
 use super::world::{AppKind, Arm, Process, Service, World, NODE_FAILPOINTS};
@@ -275,6 +276,57 @@ impl Nemesis {
         }
     }
 
+    /// The current term, asked from any node (0 when none answers).
+    async fn term(&self, world: &World) -> u64 {
+        for id in world.cluster.ids() {
+            if let Ok(s) = world.cluster.status(id).await {
+                return s.term;
+            }
+        }
+        0
+    }
+
+    /// Measures, in the background, how long the cluster goes without a leader once the
+    /// leader of term `term` is lost: polls every node until one reports itself leader
+    /// of a later term, and records `elected` with the milliseconds in the history.
+    fn watch_election(&self, world: &World, term: u64) {
+        let others: Vec<String> = world
+            .cluster
+            .ids()
+            .into_iter()
+            .filter_map(|id| world.cluster.api_addr(id).ok())
+            .collect();
+        let history = self.history.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            let config = ClientConfig {
+                attempt_timeout: Duration::from_millis(300),
+                connect_timeout: Duration::from_millis(200),
+                ..ClientConfig::default()
+            };
+            let Ok(client) = CoordinatorClient::new(others.clone(), config) else {
+                return;
+            };
+            while start.elapsed() < Duration::from_secs(120) {
+                for ep in &others {
+                    if let Ok(s) = client.cluster_status(Some(ep)).await {
+                        if s.role == "Leader" && s.leader_id == s.node_id && s.term > term {
+                            let ms = start.elapsed().as_millis().to_string();
+                            history.nemesis(
+                                "elected",
+                                "leader",
+                                &format!("node{}", s.node_id),
+                                &ms,
+                            );
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
     /// Restarts `process`, maybe armed.
     fn restart(&mut self, world: &mut World, process: Process) -> anyhow::Result<()> {
         let arm = self.pick_arm(process);
@@ -300,7 +352,11 @@ impl Nemesis {
                     *followers.choose(&mut self.rng).unwrap_or(&leader)
                 };
                 let kind = if id == leader { "leader" } else { "follower" };
+                let term = self.term(world).await;
                 world.kill_node(id)?;
+                if id == leader {
+                    self.watch_election(world, term);
+                }
                 self.history.nemesis("kill", kind, &format!("node{id}"), "");
                 let down = self.pause((0, 1_500));
                 self.sleep_supervised(world, down).await?;
@@ -318,6 +374,9 @@ impl Nemesis {
                     .filter(|i| *i != leader)
                     .collect();
                 let follower = *others.choose(&mut self.rng).unwrap_or(&leader);
+                // The election can only start once a majority is back: watched after the
+                // restarts.
+                let term = self.term(world).await;
                 for id in [leader, follower] {
                     world.kill_node(id)?;
                     self.history.nemesis(
@@ -334,6 +393,7 @@ impl Nemesis {
                 }
                 self.history
                     .nemesis("heal", "two_nodes", "", "both nodes restarted");
+                self.watch_election(world, term);
             }
             Fault::App(kind) => {
                 world.kill_app(kind);
@@ -363,7 +423,9 @@ impl Nemesis {
                     self.skip(fault);
                     return Ok(());
                 };
+                let term = self.term(world).await;
                 world.cluster.isolate(leader)?;
+                self.watch_election(world, term);
                 self.history.nemesis(
                     "partition",
                     "partition_leader",
