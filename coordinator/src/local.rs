@@ -382,17 +382,7 @@ impl LocalCluster {
         let addr = self
             .api_addr(id)
             .map_err(|e| tonic::Status::not_found(e.to_string()))?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-            .connect_timeout(Duration::from_millis(300))
-            .timeout(Duration::from_secs(1))
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        Ok(AdminClient::new(channel)
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await?
-            .into_inner())
+        node_status(&addr).await
     }
 
     /// Waits until a running node reports itself leader with the cluster named, and
@@ -415,6 +405,25 @@ impl LocalCluster {
         }
         Err(LocalError::NoLeader(timeout))
     }
+}
+
+/// Asks the node serving the client API at `addr` for its status, on a fresh connection
+/// (a node that was just restarted answers at once).
+///
+/// # Errors
+/// Transport failures and statuses, as `tonic::Status`.
+pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(AdminClient::new(channel)
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await?
+        .into_inner())
 }
 
 impl Drop for LocalCluster {

@@ -16,7 +16,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use ratify_coordinator::types::NodeId;
-use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
 
 use super::history::History;
 use super::world::{AppKind, Arm, Process, Service, World, NODE_FAILPOINTS};
@@ -299,17 +298,9 @@ impl Nemesis {
         let history = self.history.clone();
         let start = Instant::now();
         tokio::spawn(async move {
-            let config = ClientConfig {
-                attempt_timeout: Duration::from_millis(300),
-                connect_timeout: Duration::from_millis(200),
-                ..ClientConfig::default()
-            };
-            let Ok(client) = CoordinatorClient::new(others.clone(), config) else {
-                return;
-            };
             while start.elapsed() < Duration::from_secs(120) {
                 for ep in &others {
-                    if let Ok(s) = client.cluster_status(Some(ep)).await {
+                    if let Ok(s) = ratify_coordinator::local::node_status(ep).await {
                         if s.role == "Leader" && s.leader_id == s.node_id && s.term > term {
                             let ms = start.elapsed().as_millis().to_string();
                             history.nemesis(
