@@ -286,9 +286,11 @@ impl Nemesis {
     }
 
     /// Measures, in the background, how long the cluster goes without a leader once the
-    /// leader of term `term` is lost: polls every node until one reports itself leader
-    /// of a later term, and records `elected` with the milliseconds in the history.
-    fn watch_election(&self, world: &World, term: u64) {
+    /// leader of term `term` is lost: polls every node until one reports itself leader,
+    /// and records `elected` with the milliseconds in the history. `cut_off`, a leader
+    /// that is alive but partitioned away, only counts with a later term. (A killed
+    /// leader that restarts before anyone campaigns resumes its term: that counts.)
+    fn watch_election(&self, world: &World, term: u64, cut_off: Option<NodeId>) {
         let others: Vec<String> = world
             .cluster
             .ids()
@@ -301,7 +303,8 @@ impl Nemesis {
             while start.elapsed() < Duration::from_secs(120) {
                 for ep in &others {
                     if let Ok(s) = ratify_coordinator::local::node_status(ep).await {
-                        if s.role == "Leader" && s.leader_id == s.node_id && s.term > term {
+                        let stale = Some(s.node_id) == cut_off && s.term <= term;
+                        if s.role == "Leader" && s.leader_id == s.node_id && !stale {
                             let ms = start.elapsed().as_millis().to_string();
                             history.nemesis(
                                 "elected",
@@ -346,7 +349,7 @@ impl Nemesis {
                 let term = self.term(world).await;
                 world.kill_node(id)?;
                 if id == leader {
-                    self.watch_election(world, term);
+                    self.watch_election(world, term, None);
                 }
                 self.history.nemesis("kill", kind, &format!("node{id}"), "");
                 let down = self.pause((0, 1_500));
@@ -384,7 +387,7 @@ impl Nemesis {
                 }
                 self.history
                     .nemesis("heal", "two_nodes", "", "both nodes restarted");
-                self.watch_election(world, term);
+                self.watch_election(world, term, None);
             }
             Fault::App(kind) => {
                 world.kill_app(kind);
@@ -416,7 +419,7 @@ impl Nemesis {
                 };
                 let term = self.term(world).await;
                 world.cluster.isolate(leader)?;
-                self.watch_election(world, term);
+                self.watch_election(world, term, Some(leader));
                 self.history.nemesis(
                     "partition",
                     "partition_leader",
