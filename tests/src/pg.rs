@@ -103,16 +103,10 @@ impl PgEnv {
                 return Ok(());
             }
             // pg_ctl gives up waiting while crash recovery is still running, and a
-            // second start then finds the first one's lock file: ask whether it is up.
-            let running = self
-                .pg_ctl()
-                .arg("-D")
-                .arg(&self.data)
-                .arg("status")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?;
-            if running.success() {
+            // second start then finds the first one's lock file: if a live postmaster
+            // holds it, wait for that one. (Not `pg_ctl status`: it takes the killed
+            // postmaster, a zombie not reaped yet, for a running server.)
+            if self.postmaster_alive() {
                 return self.wait_ready(start);
             }
             anyhow::ensure!(
@@ -145,25 +139,28 @@ impl PgEnv {
     /// shared memory and no files, so the lock is stale.
     fn remove_stale_pidfile(&self) -> anyhow::Result<()> {
         let pidfile = self.data.join("postmaster.pid");
-        let Ok(text) = std::fs::read_to_string(&pidfile) else {
-            return Ok(());
-        };
-        let Some(pid) = text.lines().next().map(str::trim) else {
-            return Ok(());
-        };
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        // Field 3 of /proc/<pid>/stat, after the parenthesised command name.
-        let zombie_or_gone = match state {
-            None => true,
-            Some(s) => s
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|st| st == "Z" || st == "X"),
-        };
-        if zombie_or_gone {
+        if pidfile.exists() && !self.postmaster_alive() {
             std::fs::remove_file(&pidfile)?;
         }
         Ok(())
+    }
+
+    /// Is the process `postmaster.pid` names alive (neither gone nor a zombie)?
+    fn postmaster_alive(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.data.join("postmaster.pid")) else {
+            return false;
+        };
+        let Some(pid) = text.lines().next().map(str::trim) else {
+            return false;
+        };
+        let Ok(state) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Field 3 of /proc/<pid>/stat, after the parenthesised command name.
+        state
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X")
     }
 
     /// Waits until the server accepts connections (crash recovery done).

@@ -382,7 +382,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     // Heal: every process clean and running, the network whole.
     eprintln!("chaos: healing and waiting for quiet");
     world.cluster.heal();
-    world.ensure_running()?;
+    world.ensure_running().await?;
     world.disarm_all()?;
     let quiet_start = Instant::now();
     let sources = Sources {

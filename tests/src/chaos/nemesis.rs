@@ -227,7 +227,7 @@ impl Nemesis {
                 &format!("{e:#}"),
             );
             world.cluster.heal();
-            world.ensure_running()?;
+            world.ensure_running().await?;
         }
         Ok(())
     }
@@ -403,14 +403,23 @@ impl Nemesis {
                 } else {
                     (Service::Broker, (0, 2_000))
                 };
-                world.kill_service(service)?;
-                self.history
-                    .nemesis("kill", service.name(), service.name(), "");
+                // Already down (an earlier restart failed): start it all the same.
+                match world.kill_service(service) {
+                    Ok(()) => self
+                        .history
+                        .nemesis("kill", service.name(), service.name(), ""),
+                    Err(e) => self.history.nemesis(
+                        "skip",
+                        service.name(),
+                        service.name(),
+                        &format!("not running: {e:#}"),
+                    ),
+                }
                 let down = self.pause(down);
                 self.sleep_supervised(world, down).await?;
                 let started = world.start_service(service);
                 self.supervise_until(world, started).await?;
-                self.history.nemesis("restart", "", service.name(), "");
+                world.service_up(service);
             }
             Fault::PartitionLeader => {
                 let Some(leader) = self.leader(world).await else {

@@ -190,6 +190,8 @@ pub struct World {
     pub pg: PgEnv,
     /// The Kafka broker.
     pub broker: BrokerEnv,
+    /// Services killed and not known to be back.
+    services_down: std::collections::BTreeSet<Service>,
     /// The run's folder (logs).
     dir: PathBuf,
     /// The history, where deaths and restarts are recorded.
@@ -300,6 +302,7 @@ impl World {
             apps: BTreeMap::new(),
             pg,
             broker,
+            services_down: std::collections::BTreeSet::new(),
             dir: dir.to_path_buf(),
             history,
         };
@@ -488,11 +491,18 @@ impl World {
     ///
     /// # Errors
     /// When its pid cannot be read or signalled.
-    pub fn kill_service(&self, service: Service) -> anyhow::Result<()> {
+    pub fn kill_service(&mut self, service: Service) -> anyhow::Result<()> {
+        self.services_down.insert(service);
         match service {
             Service::Postmaster => self.pg.kill_postmaster(),
             Service::Broker => self.kill_broker(),
         }
+    }
+
+    /// Records that `service` is running again.
+    pub fn service_up(&mut self, service: Service) {
+        self.services_down.remove(&service);
+        self.history.nemesis("restart", "", service.name(), "");
     }
 
     /// Starts a shared service again, on a blocking thread; the handle completes once
@@ -610,7 +620,12 @@ impl World {
     ///
     /// # Errors
     /// When a process cannot be spawned.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub async fn ensure_running(&mut self) -> anyhow::Result<()> {
+        let down: Vec<Service> = self.services_down.iter().copied().collect();
+        for service in down {
+            self.start_service(service).await??;
+            self.service_up(service);
+        }
         for p in self.processes_where(|running, _| !running) {
             self.restart(p, None)?;
         }
@@ -667,7 +682,7 @@ impl Process {
 }
 
 /// A shared service the nemesis kills and starts again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Service {
     /// The Postgres postmaster.
     Postmaster,
