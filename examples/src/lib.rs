@@ -9,7 +9,10 @@
 //!   the integration tests.
 //! - [`order_pipeline`]: service A → Kafka → service B → Kafka of
 //!   `src/bin/order_pipeline.rs`, shared with the integration tests.
+//! - [`lab`]: the trade-off lab of `src/bin/tradeoff_lab.rs`: the pipeline five ways,
+//!   measured side by side.
 
+pub mod lab;
 pub mod order_pipeline;
 pub mod pg_bank;
 

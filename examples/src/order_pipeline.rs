@@ -683,32 +683,14 @@ impl ServiceB {
     /// the group's committed offsets (the beginning where there is none). The group
     /// is never joined: offsets are committed only through the Kafka branch.
     fn consumer(&self) -> anyhow::Result<StreamConsumer> {
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.cfg.bootstrap)
             .set("group.id", self.cfg.group.clone())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        let mut wanted = TopicPartitionList::new();
-        for p in 0..partitions(&consumer, &self.cfg.orders_topic)? {
-            wanted.add_partition(&self.cfg.orders_topic, p);
-        }
-        let committed = consumer.committed_offsets(wanted, Duration::from_secs(30))?;
-        let mut assign = TopicPartitionList::new();
-        let mut resumed = BTreeMap::new();
-        for e in committed.elements() {
-            let at = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            resumed.insert(e.partition(), format!("{at:?}"));
-            assign.add_partition_offset(e.topic(), e.partition(), at)?;
-        }
-        tracing::info!(?resumed, "resuming from the group's committed offsets");
-        consumer.assign(&assign)?;
-        Ok(consumer)
+            .set("isolation.level", "read_committed");
+        assigned_consumer(&config, &self.cfg.orders_topic)
     }
 
     /// Consumes and ships until `shutdown` completes; the batch in progress is
@@ -835,8 +817,45 @@ impl ServiceB {
     }
 }
 
+/// A consumer made from `config` (which names the group), assigned every partition
+/// of `topic` at the group's committed offsets, the beginning where there is none.
+/// The group is never joined (no rebalances: one consumer per group).
+///
+/// # Errors
+/// Kafka failures: creating the consumer, metadata, committed offsets, assignment.
+pub fn assigned_consumer(
+    config: &rdkafka::ClientConfig,
+    topic: &str,
+) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = config
+        .clone()
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let mut wanted = TopicPartitionList::new();
+    for p in 0..partitions(&consumer, topic)? {
+        wanted.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(wanted, Duration::from_secs(30))?;
+    let mut assign = TopicPartitionList::new();
+    let mut resumed = BTreeMap::new();
+    for e in committed.elements() {
+        let at = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        resumed.insert(e.partition(), format!("{at:?}"));
+        assign.add_partition_offset(e.topic(), e.partition(), at)?;
+    }
+    tracing::info!(topic, ?resumed, "resuming from the group's committed offsets");
+    consumer.assign(&assign)?;
+    Ok(consumer)
+}
+
 /// Partitions of `topic`.
-fn partitions<C: rdkafka::consumer::ConsumerContext>(
+///
+/// # Errors
+/// Metadata failures, or when the topic is unknown.
+pub fn partitions<C: rdkafka::consumer::ConsumerContext>(
     consumer: &impl Consumer<C>,
     topic: &str,
 ) -> anyhow::Result<i32> {

@@ -1,0 +1,118 @@
+//! Baseline: no atomicity, the way a service is often first written.
+//!
+//! - **A** inserts its `orders` row (autocommit), then hands the event to an
+//!   asynchronous producer and does not wait for it.
+//! - **B** consumes with auto-committed offsets (every 100 ms, in the background,
+//!   for whatever the consumer has handed out), inserts its `shipments` rows
+//!   (autocommit) and hands the `order-shipped` events to an asynchronous producer
+//!   that lingers 100 ms to batch and is never flushed. A SIGKILL therefore loses
+//!   the events still in the producer's buffer whose offsets were already committed
+//!   (losses), and handles again the events consumed since the last auto-commit
+//!   (duplicates, for those whose events did get out).
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::workload;
+use crate::order_pipeline::{OrderPlaced, PipelineConfig};
+use crate::pg_bank::connect;
+
+/// Service A of this implementation.
+pub struct ServiceA {
+    /// One connection per client.
+    dbs: Vec<tokio_postgres::Client>,
+    /// Shared fire-and-forget producer.
+    producer: FutureProducer,
+    /// The orders topic.
+    topic: String,
+}
+
+impl std::fmt::Debug for ServiceA {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceA")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A producer that batches for 100 ms and is never waited for.
+fn lazy_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    workload::producer(bootstrap, &[("linger.ms", "100"), ("acks", "1")])
+}
+
+/// Hands `order`'s event to `producer` without waiting for it.
+fn send_and_forget(producer: &FutureProducer, topic: &str, order: &OrderPlaced) -> anyhow::Result<()> {
+    let value = workload::event_value(order)?;
+    // The delivery future is dropped: nobody learns whether the event got out.
+    drop(
+        producer
+            .send_result(
+                FutureRecord::to(topic)
+                    .key(order.order_id.as_str())
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)?,
+    );
+    Ok(())
+}
+
+impl ServiceA {
+    /// Opens `clients` connections and the producer.
+    ///
+    /// # Errors
+    /// Kafka or Postgres failures.
+    pub async fn start(cfg: &PipelineConfig, clients: usize) -> anyhow::Result<Self> {
+        let mut dbs = Vec::new();
+        for _ in 0..clients.max(1) {
+            dbs.push(connect(&cfg.orders_url()).await?);
+        }
+        Ok(Self {
+            dbs,
+            producer: lazy_producer(&cfg.bootstrap)?,
+            topic: cfg.orders_topic.clone(),
+        })
+    }
+
+    /// Places `order` from client `client`.
+    ///
+    /// # Errors
+    /// Kafka or Postgres failures.
+    pub async fn place(&self, client: usize, order: OrderPlaced) -> anyhow::Result<()> {
+        self.dbs[client % self.dbs.len()]
+            .execute(
+                "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed')",
+                &[&order.order_id, &order.amount],
+            )
+            .await?;
+        send_and_forget(&self.producer, &self.topic, &order)
+    }
+}
+
+/// Service B of this implementation, until the process is killed or `shutdown`.
+///
+/// # Errors
+/// Kafka or Postgres failures (B then exits; the lab reports it).
+pub async fn run_b(
+    cfg: &PipelineConfig,
+    ready: impl FnOnce(),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let consumer = crate::order_pipeline::assigned_consumer(
+        &workload::consumer_config(&cfg.bootstrap, &cfg.group, true),
+        &cfg.orders_topic,
+    )?;
+    let producer = lazy_producer(&cfg.bootstrap)?;
+    let db = connect(&cfg.shipping_url()).await?;
+    ready();
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            b = workload::next_batch(&consumer) => b?,
+        };
+        let all: Vec<&workload::Consumed> = batch.iter().collect();
+        workload::insert_shipments(&db, &all).await?;
+        for e in &batch {
+            send_and_forget(&producer, &cfg.shipments_topic, &e.order)?;
+        }
+    }
+}
