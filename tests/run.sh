@@ -33,7 +33,7 @@ for script in tests/infra/*.sh; do
 done
 shopt -u nullglob
 
-cargo build --locked -p ratify-coordinator --bin ratify -p ratify-examples --bin pg_bank --bin order_pipeline
+cargo build --locked -p ratify-coordinator --bin ratify -p ratify-examples --bin pg_bank --bin order_pipeline --bin tradeoff_lab
 # Two test threads: each integration test runs a 3-process cluster on a 2-core machine.
 status=0
 cargo test --locked --workspace --all-features --no-fail-fast -- --test-threads 2 2>&1 | tee "$log" || status=$?

@@ -5,7 +5,8 @@
 //! - **B** consumes with auto-committed offsets (every 100 ms, in the background,
 //!   for whatever the consumer has handed out), inserts its `shipments` rows
 //!   (autocommit) and hands the `order-shipped` events to an asynchronous producer
-//!   that lingers 100 ms to batch and is never flushed. A SIGKILL therefore loses
+//!   that lingers 200 ms to batch (longer than the auto-commit interval) and is never
+//!   flushed. A SIGKILL therefore loses
 //!   the events still in the producer's buffer whose offsets were already committed
 //!   (losses), and handles again the events consumed since the last auto-commit
 //!   (duplicates, for those whose events did get out).
@@ -34,9 +35,9 @@ impl std::fmt::Debug for ServiceA {
     }
 }
 
-/// A producer that batches for 100 ms and is never waited for.
-fn lazy_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    workload::producer(bootstrap, &[("linger.ms", "100"), ("acks", "1")])
+/// A producer that batches for `linger_ms` and is never waited for.
+fn lazy_producer(bootstrap: &str, linger_ms: &str) -> anyhow::Result<FutureProducer> {
+    workload::producer(bootstrap, &[("linger.ms", linger_ms), ("acks", "1")])
 }
 
 /// Hands `order`'s event to `producer` without waiting for it.
@@ -67,7 +68,7 @@ impl ServiceA {
         }
         Ok(Self {
             dbs,
-            producer: lazy_producer(&cfg.bootstrap)?,
+            producer: lazy_producer(&cfg.bootstrap, "100")?,
             topic: cfg.orders_topic.clone(),
         })
     }
@@ -100,7 +101,7 @@ pub async fn run_b(
         &workload::consumer_config(&cfg.bootstrap, &cfg.group, true),
         &cfg.orders_topic,
     )?;
-    let producer = lazy_producer(&cfg.bootstrap)?;
+    let producer = lazy_producer(&cfg.bootstrap, "200")?;
     let db = connect(&cfg.shipping_url()).await?;
     ready();
     tokio::pin!(shutdown);

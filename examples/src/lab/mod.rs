@@ -400,6 +400,7 @@ impl Drop for ServiceBProcess {
 pub async fn run_lab(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let run_id = format!("{:08x}", rand::random::<u32>());
     let work = tempfile::Builder::new().prefix("ratify-lab-").tempdir()?;
+    let work = work.keep();
     let exe = std::env::current_exe()?;
     let load_before = report::load_average();
     let mut results = Vec::new();
@@ -419,7 +420,7 @@ pub async fn run_lab(opts: &LabOptions) -> anyhow::Result<LabReport> {
             imp.title(),
             imp.name()
         );
-        let r = match run_impl(opts, imp, &run_id, work.path(), &exe).await {
+        let r = match run_impl(opts, imp, &run_id, &work, &exe).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("   FAILED: {e:#}");

@@ -42,8 +42,8 @@ pub struct KillResult {
     pub restarted_at_s: Option<f64>,
     /// The new B consuming again (after its own recovery), s since the start.
     pub ready_at_s: Option<f64>,
-    /// Kill → C receiving at half its pre-kill rate again, s (none: never, before A
-    /// stopped).
+    /// Kill → C receiving at half its pre-kill rate again, counted from B's restart
+    /// on (so at least the pause), s; none: not before A stopped.
     pub recovery_s: Option<f64>,
     /// Longest time C received nothing while A was placing orders, s.
     pub longest_gap_s: f64,
@@ -212,7 +212,7 @@ pub fn measure(
             ready_at_s: times.ready,
             recovery_s: times
                 .killed
-                .and_then(|k| recovery(&arrivals, k, times.a_end)),
+                .and_then(|k| recovery(&arrivals, k, times.restarted.unwrap_or(k), times.a_end)),
             longest_gap_s: longest_gap(&arrivals, times.a_end),
             bin_s: BIN_S,
             c_per_bin: bins(&arrivals, opts.duration.as_secs_f64().max(times.a_end)),
@@ -221,10 +221,11 @@ pub fn measure(
     }
 }
 
-/// Kill at `kill` → the first moment from which C receives, over half a second, at
-/// least half its rate of the two seconds before the kill. `None` if that does not
-/// happen before `end` (or there was no traffic before the kill to compare with).
-fn recovery(sorted: &[f64], kill: f64, end: f64) -> Option<f64> {
+/// Kill at `kill` → the first moment from `from` on (B's restart: nothing B has not
+/// yet sent can reach C before) from which C receives, over half a second, at least
+/// half its rate of the two seconds before the kill. `None` if that does not happen
+/// before `end` (or there was no traffic before the kill to compare with).
+fn recovery(sorted: &[f64], kill: f64, from: f64, end: f64) -> Option<f64> {
     let count = |a: f64, b: f64| {
         sorted.partition_point(|&t| t < b) - sorted.partition_point(|&t| t < a)
     };
@@ -234,7 +235,7 @@ fn recovery(sorted: &[f64], kill: f64, end: f64) -> Option<f64> {
         return None;
     }
     let window = 0.5;
-    let mut t = kill;
+    let mut t = from.max(kill);
     while t + window <= end {
         if count(t, t + window) as f64 >= 0.5 * pre_rate * window {
             return Some(t - kill);
@@ -817,11 +818,12 @@ mod tests {
         // 100/s until 5 s, nothing until 6.5 s, then 100/s again.
         let mut a: Vec<f64> = (0..500).map(|i| f64::from(i) / 100.0).collect();
         a.extend((0..300).map(|i| 6.5 + f64::from(i) / 100.0));
-        let r = recovery(&a, 5.0, 9.5).expect("recovers");
+        let r = recovery(&a, 5.0, 5.0, 9.5).expect("recovers");
         assert!((1.2..=1.6).contains(&r), "recovery {r}");
         let g = longest_gap(&a, 9.5);
         assert!((1.4..=1.6).contains(&g), "gap {g}");
-        assert_eq!(recovery(&a[..500], 5.0, 9.5), None);
+        assert_eq!(recovery(&a[..500], 5.0, 5.0, 9.5), None);
+        assert_eq!(recovery(&a, 5.0, 7.0, 9.5), Some(2.0));
         assert_eq!(bins(&[0.1, 0.2, 0.3], 0.5), vec![2, 1]);
     }
 
