@@ -846,7 +846,11 @@ pub fn assigned_consumer(
         resumed.insert(e.partition(), format!("{at:?}"));
         assign.add_partition_offset(e.topic(), e.partition(), at)?;
     }
-    tracing::info!(topic, ?resumed, "resuming from the group's committed offsets");
+    tracing::info!(
+        topic,
+        ?resumed,
+        "resuming from the group's committed offsets"
+    );
     consumer.assign(&assign)?;
     Ok(consumer)
 }

@@ -54,7 +54,15 @@ async fn smoke_report_has_every_implementation_and_atomic_ones_apply_each_order_
         "tradeoff_lab",
         "TRADEOFF_LAB_BIN",
     )?)
-    .args(["--smoke", "--clients", "4", "--pg-url", &pg.url, "--bootstrap", &bootstrap])
+    .args([
+        "--smoke",
+        "--clients",
+        "4",
+        "--pg-url",
+        &pg.url,
+        "--bootstrap",
+        &bootstrap,
+    ])
     .arg("--out")
     .arg(out.path())
     .env("RATIFY_BIN", ratify_tests::ratify_binary()?)
@@ -65,7 +73,10 @@ async fn smoke_report_has_every_implementation_and_atomic_ones_apply_each_order_
     for f in REPORT_FILES {
         let len = std::fs::metadata(out.path().join(f))?.len();
         assert!(len > 0, "{f} is empty");
-        assert!(len < 50_000, "{f} is {len} bytes: report files must stay small");
+        assert!(
+            len < 50_000,
+            "{f} is {len} bytes: report files must stay small"
+        );
     }
     let results = results(out.path())?;
     let names: Vec<&str> = results
@@ -75,8 +86,15 @@ async fn smoke_report_has_every_implementation_and_atomic_ones_apply_each_order_
     assert_eq!(names, IMPLS, "implementations in results.json");
     for r in &results {
         let name = r["implementation"].as_str().unwrap_or("?");
-        assert!(r["error"].is_null(), "{name} was not measured: {}", r["error"]);
-        assert!(r["committed"].as_u64() > Some(0), "{name} committed no order");
+        assert!(
+            r["error"].is_null(),
+            "{name} was not measured: {}",
+            r["error"]
+        );
+        assert!(
+            r["committed"].as_u64() > Some(0),
+            "{name} committed no order"
+        );
         assert!(
             r["kill"]["killed_at_s"].is_number(),
             "{name}: service B was not killed"

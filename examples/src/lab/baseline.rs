@@ -41,7 +41,11 @@ fn lazy_producer(bootstrap: &str, linger_ms: &str) -> anyhow::Result<FutureProdu
 }
 
 /// Hands `order`'s event to `producer` without waiting for it.
-fn send_and_forget(producer: &FutureProducer, topic: &str, order: &OrderPlaced) -> anyhow::Result<()> {
+fn send_and_forget(
+    producer: &FutureProducer,
+    topic: &str,
+    order: &OrderPlaced,
+) -> anyhow::Result<()> {
     let value = workload::event_value(order)?;
     // The delivery future is dropped: nobody learns whether the event got out.
     drop(

@@ -195,12 +195,8 @@ impl ServiceBArgs {
 /// # Errors
 /// The implementation's failures.
 pub async fn service_b(a: ServiceBArgs) -> anyhow::Result<()> {
-    let cfg = workload::pipeline_config(
-        &a.pg_url,
-        &a.bootstrap,
-        &a.run_id,
-        a.implementation.slug(),
-    );
+    let cfg =
+        workload::pipeline_config(&a.pg_url, &a.bootstrap, &a.run_id, a.implementation.slug());
     let ready = || {
         println!("{READY}");
         let _ = std::io::stdout().flush();
@@ -452,7 +448,10 @@ async fn clear_stale_prepared(cfg: &PipelineConfig) -> anyhow::Result<()> {
             .map(|r| r.get(0))
             .collect();
         for gid in gids {
-            tracing::warn!(gid, "rolling back a prepared transaction of an earlier lab run");
+            tracing::warn!(
+                gid,
+                "rolling back a prepared transaction of an earlier lab run"
+            );
             // Gids come from the server's own list, but quote them anyway.
             db.batch_execute(&format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''")))
                 .await?;
@@ -572,7 +571,9 @@ async fn run_impl(
             cfg.orders_topic.clone(),
             stopped.clone(),
         );
-        tokio::spawn(async move { outbox::run_relay(&url, &bootstrap, &topic, relay, stopped).await })
+        tokio::spawn(
+            async move { outbox::run_relay(&url, &bootstrap, &topic, relay, stopped).await },
+        )
     });
 
     let b_args = ServiceBArgs {

@@ -167,7 +167,11 @@ pub fn measure(
         .filter(|id| !s.seen.contains_key(*id))
         .collect();
     let duplicate_orders = s.seen.values().filter(|&&n| n > 1).count();
-    let extra_deliveries = s.seen.values().map(|&n| (n as usize).saturating_sub(1)).sum();
+    let extra_deliveries = s
+        .seen
+        .values()
+        .map(|&n| (n as usize).saturating_sub(1))
+        .sum();
     let mut e2e = s.e2e_ms.clone();
     let e2e_ms = percentiles(&mut e2e);
     let e2e_cdf = (0..CDF_POINTS)
@@ -226,9 +230,8 @@ pub fn measure(
 /// half its rate of the two seconds before the kill. `None` if that does not happen
 /// before `end` (or there was no traffic before the kill to compare with).
 fn recovery(sorted: &[f64], kill: f64, from: f64, end: f64) -> Option<f64> {
-    let count = |a: f64, b: f64| {
-        sorted.partition_point(|&t| t < b) - sorted.partition_point(|&t| t < a)
-    };
+    let count =
+        |a: f64, b: f64| sorted.partition_point(|&t| t < b) - sorted.partition_point(|&t| t < a);
     let before = (kill - 2.0).max(0.0);
     let pre_rate = count(before, kill) as f64 / (kill - before).max(1e-3);
     if pre_rate <= 0.0 {
@@ -400,7 +403,11 @@ pub fn write(dir: &Path, report: &LabReport) -> anyhow::Result<()> {
         dir.join("results.json"),
         serde_json::to_string_pretty(report)?,
     )?;
-    let ok: Vec<&ImplResult> = report.results.iter().filter(|r| r.error.is_none()).collect();
+    let ok: Vec<&ImplResult> = report
+        .results
+        .iter()
+        .filter(|r| r.error.is_none())
+        .collect();
     std::fs::write(
         dir.join("throughput.svg"),
         bar_chart(
@@ -438,7 +445,12 @@ pub fn table(results: &[ImplResult]) -> String {
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         if let Some(e) = &r.error {
-            let _ = writeln!(s, "| {} | failed: {} |||||||||", r.title, e.lines().next().unwrap_or(""));
+            let _ = writeln!(
+                s,
+                "| {} | failed: {} |||||||||",
+                r.title,
+                e.lines().next().unwrap_or("")
+            );
             continue;
         }
         let _ = writeln!(
@@ -502,7 +514,9 @@ fn markdown(r: &LabReport) -> String {
          prepares).\n\n",
     );
     s.push_str("![throughput](throughput.svg)\n\n![commit latency](commit_latency.svg)\n\n");
-    s.push_str("![end-to-end latency CDF](e2e_cdf.svg)\n\n![C's stream around the kill](c_stream.svg)\n\n");
+    s.push_str(
+        "![end-to-end latency CDF](e2e_cdf.svg)\n\n![C's stream around the kill](c_stream.svg)\n\n",
+    );
     s.push_str("## Kill details\n\n| implementation | orders | failed | deliveries | killed at s | restarted at s | B consuming again at s | unexpected | prepared left |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for x in &r.results {
         let k = &x.kill;
@@ -541,7 +555,9 @@ fn color(r: &ImplResult) -> &'static str {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn svg_open(w: u32, h: u32, title: &str) -> String {
@@ -567,12 +583,15 @@ fn nice_max(v: f64) -> f64 {
         .unwrap_or(10.0 * p)
 }
 
+/// One series of a bar chart: its name and how to read its value from a result.
+type Series = (&'static str, fn(&ImplResult) -> f64);
+
 /// Horizontal grouped bars: one group per implementation, one bar per series.
 fn bar_chart(
     title: &str,
     unit: &str,
     results: &[&ImplResult],
-    series: &[(&str, fn(&ImplResult) -> f64)],
+    series: &[Series],
 ) -> String {
     let (left, right, top) = (170.0, 60.0, 40.0);
     let bar_h = 14.0;

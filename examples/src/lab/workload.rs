@@ -87,7 +87,10 @@ pub fn consumer_config(bootstrap: &str, group: &str, auto_commit: bool) -> rdkaf
     c.set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", if auto_commit { "true" } else { "false" })
+        .set(
+            "enable.auto.commit",
+            if auto_commit { "true" } else { "false" },
+        )
         .set("auto.commit.interval.ms", "100");
     c
 }
@@ -191,7 +194,10 @@ pub fn kafka_transaction(
     producer: &FutureProducer,
     topic: &str,
     orders: &[OrderPlaced],
-    offsets: Option<(&TopicPartitionList, &rdkafka::consumer::ConsumerGroupMetadata)>,
+    offsets: Option<(
+        &TopicPartitionList,
+        &rdkafka::consumer::ConsumerGroupMetadata,
+    )>,
 ) -> anyhow::Result<()> {
     producer.begin_transaction()?;
     let run = || -> anyhow::Result<()> {
