@@ -15,24 +15,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::workload;
 use crate::order_pipeline::{OrderPlaced, PipelineConfig};
-use crate::pg_bank::connect;
 
 /// Service A of this implementation.
 pub struct ServiceA {
-    /// One connection per client.
-    dbs: Vec<tokio_postgres::Client>,
+    /// A's database.
+    dbs: workload::OrderDbs,
     /// Shared fire-and-forget producer.
     producer: FutureProducer,
     /// The orders topic.
     topic: String,
-}
-
-impl std::fmt::Debug for ServiceA {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceA")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A producer that batches for `linger_ms` and is never waited for.
@@ -66,12 +57,8 @@ impl ServiceA {
     /// # Errors
     /// Kafka or Postgres failures.
     pub async fn start(cfg: &PipelineConfig, clients: usize) -> anyhow::Result<Self> {
-        let mut dbs = Vec::new();
-        for _ in 0..clients.max(1) {
-            dbs.push(connect(&cfg.orders_url()).await?);
-        }
         Ok(Self {
-            dbs,
+            dbs: workload::OrderDbs::open(cfg, clients).await?,
             producer: lazy_producer(&cfg.bootstrap, "100")?,
             topic: cfg.orders_topic.clone(),
         })
@@ -82,12 +69,7 @@ impl ServiceA {
     /// # Errors
     /// Kafka or Postgres failures.
     pub async fn place(&self, client: usize, order: OrderPlaced) -> anyhow::Result<()> {
-        self.dbs[client % self.dbs.len()]
-            .execute(
-                "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed')",
-                &[&order.order_id, &order.amount],
-            )
-            .await?;
+        workload::insert_order(&*self.dbs.get(client).await, &order).await?;
         send_and_forget(&self.producer, &self.topic, &order)
     }
 }
@@ -101,23 +83,16 @@ pub async fn run_b(
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let consumer = crate::order_pipeline::assigned_consumer(
-        &workload::consumer_config(&cfg.bootstrap, &cfg.group, true),
-        &cfg.orders_topic,
-    )?;
+    let (consumer, db) = workload::open_b(cfg, true).await?;
     let producer = lazy_producer(&cfg.bootstrap, "200")?;
-    let db = connect(&cfg.shipping_url()).await?;
     ready();
     tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            b = workload::next_batch(&consumer) => b?,
-        };
+    while let Some(batch) = workload::batch_until(&consumer, shutdown.as_mut()).await? {
         let all: Vec<&workload::Consumed> = batch.iter().collect();
         workload::insert_shipments(&db, &all).await?;
         for e in &batch {
             send_and_forget(&producer, &cfg.shipments_topic, &e.order)?;
         }
     }
+    Ok(())
 }

@@ -18,28 +18,18 @@
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
-use tokio::sync::Mutex;
 
 use super::workload;
 use crate::order_pipeline::{OrderPlaced, PipelineConfig};
-use crate::pg_bank::connect;
 
 /// Service A of this implementation.
 pub struct ServiceA {
-    /// One connection per client (a transaction needs the connection to itself).
-    dbs: Vec<Mutex<tokio_postgres::Client>>,
+    /// A's database.
+    dbs: workload::OrderDbs,
     /// Shared idempotent producer.
     producer: FutureProducer,
     /// The orders topic.
     topic: String,
-}
-
-impl std::fmt::Debug for ServiceA {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceA")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ServiceA {
@@ -48,12 +38,8 @@ impl ServiceA {
     /// # Errors
     /// Kafka or Postgres failures.
     pub async fn start(cfg: &PipelineConfig, clients: usize) -> anyhow::Result<Self> {
-        let mut dbs = Vec::new();
-        for _ in 0..clients.max(1) {
-            dbs.push(Mutex::new(connect(&cfg.orders_url()).await?));
-        }
         Ok(Self {
-            dbs,
+            dbs: workload::OrderDbs::open(cfg, clients).await?,
             producer: workload::idempotent_producer(&cfg.bootstrap)?,
             topic: cfg.orders_topic.clone(),
         })
@@ -64,13 +50,9 @@ impl ServiceA {
     /// # Errors
     /// Kafka or Postgres failures.
     pub async fn place(&self, client: usize, order: OrderPlaced) -> anyhow::Result<()> {
-        let mut db = self.dbs[client % self.dbs.len()].lock().await;
+        let mut db = self.dbs.get(client).await;
         let txn = db.transaction().await?;
-        txn.execute(
-            "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed')",
-            &[&order.order_id, &order.amount],
-        )
-        .await?;
+        workload::insert_order(&txn, &order).await?;
         workload::publish_acked(&self.producer, &self.topic, std::slice::from_ref(&order)).await?;
         txn.commit().await?;
         Ok(())
@@ -86,19 +68,11 @@ pub async fn run_b(
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let consumer = crate::order_pipeline::assigned_consumer(
-        &workload::consumer_config(&cfg.bootstrap, &cfg.group, false),
-        &cfg.orders_topic,
-    )?;
+    let (consumer, mut db) = workload::open_b(cfg, false).await?;
     let producer = workload::idempotent_producer(&cfg.bootstrap)?;
-    let mut db = connect(&cfg.shipping_url()).await?;
     ready();
     tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            b = workload::next_batch(&consumer) => b?,
-        };
+    while let Some(batch) = workload::batch_until(&consumer, shutdown.as_mut()).await? {
         let txn = db.transaction().await?;
         let new = workload::first_time(&txn, &batch).await?;
         workload::insert_shipments(&txn, &new).await?;
@@ -110,4 +84,5 @@ pub async fn run_b(
             CommitMode::Async,
         )?;
     }
+    Ok(())
 }

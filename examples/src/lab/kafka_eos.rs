@@ -18,24 +18,15 @@ use rdkafka::producer::FutureProducer;
 
 use super::workload::{self, Consumed};
 use crate::order_pipeline::{OrderPlaced, PipelineConfig};
-use crate::pg_bank::connect;
 
 /// Service A of this implementation.
 pub struct ServiceA {
     /// One transactional producer per client (a transaction is per producer).
     producers: Vec<FutureProducer>,
-    /// One connection per client to A's database.
-    dbs: Vec<tokio_postgres::Client>,
+    /// A's database.
+    dbs: workload::OrderDbs,
     /// The orders topic.
     topic: String,
-}
-
-impl std::fmt::Debug for ServiceA {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceA")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ServiceA {
@@ -45,7 +36,6 @@ impl ServiceA {
     /// Kafka or Postgres failures.
     pub async fn start(cfg: &PipelineConfig, run_id: &str, clients: usize) -> anyhow::Result<Self> {
         let mut producers = Vec::new();
-        let mut dbs = Vec::new();
         for c in 0..clients.max(1) {
             let (bootstrap, id) = (cfg.bootstrap.clone(), format!("lab.{run_id}.eos.a.{c}"));
             producers.push(
@@ -54,11 +44,10 @@ impl ServiceA {
                 })
                 .await??,
             );
-            dbs.push(connect(&cfg.orders_url()).await?);
         }
         Ok(Self {
             producers,
-            dbs,
+            dbs: workload::OrderDbs::open(cfg, clients).await?,
             topic: cfg.orders_topic.clone(),
         })
     }
@@ -75,14 +64,7 @@ impl ServiceA {
             workload::kafka_transaction(&p, &topic, &[event], None)
         })
         .await??;
-        self.dbs[client % self.dbs.len()]
-            .execute(
-                "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed') \
-                 ON CONFLICT DO NOTHING",
-                &[&order.order_id, &order.amount],
-            )
-            .await?;
-        Ok(())
+        workload::insert_order(&*self.dbs.get(client).await, &order).await
     }
 }
 
@@ -103,23 +85,15 @@ pub async fn run_b(
         tokio::task::spawn_blocking(move || workload::transactional_producer(&bootstrap, &id))
             .await??,
     );
-    let consumer = crate::order_pipeline::assigned_consumer(
-        &workload::consumer_config(&cfg.bootstrap, &cfg.group, false),
-        &cfg.orders_topic,
-    )?;
+    let (consumer, db) = workload::open_b(cfg, false).await?;
     let cgm = Arc::new(
         consumer
             .group_metadata()
             .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?,
     );
-    let db = connect(&cfg.shipping_url()).await?;
     ready();
     tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            b = workload::next_batch(&consumer) => b?,
-        };
+    while let Some(batch) = workload::batch_until(&consumer, shutdown.as_mut()).await? {
         let all: Vec<&Consumed> = batch.iter().collect();
         workload::insert_shipments(&db, &all).await?;
         let tpl = workload::offsets_after(&cfg.orders_topic, &batch)?;
@@ -134,4 +108,5 @@ pub async fn run_b(
         })
         .await??;
     }
+    Ok(())
 }

@@ -436,17 +436,16 @@ pub async fn run_lab(opts: &LabOptions) -> anyhow::Result<LabReport> {
 /// their coordinator cluster (a temp folder of that run) is gone, and they would
 /// hold locks and block logical slot creation.
 async fn clear_stale_prepared(cfg: &PipelineConfig) -> anyhow::Result<()> {
-    for url in [cfg.orders_url(), cfg.shipping_url()] {
-        let db = crate::pg_bank::connect(&url).await?;
-        let gids: Vec<String> = db
+    for name in [cfg.orders_db(), cfg.shipping_db()] {
+        let db =
+            crate::pg_bank::connect(&crate::pg_bank::with_database(&cfg.pg_url, &name)).await?;
+        let stale = db
             .query(
-                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
-                &[],
+                "SELECT gid FROM pg_prepared_xacts WHERE database = $1",
+                &[&name],
             )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .await?;
+        let gids = stale.iter().map(|r| r.get::<_, String>(0));
         for gid in gids {
             tracing::warn!(
                 gid,

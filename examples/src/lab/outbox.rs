@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
-use tokio::sync::Mutex;
 
 use super::workload;
 use crate::order_pipeline::{OrderPlaced, PipelineConfig};
@@ -115,15 +114,10 @@ pub async fn teardown(cfg: &PipelineConfig) -> anyhow::Result<()> {
 
 /// Service A of this implementation: the row and the outbox row in one local
 /// transaction.
+#[derive(Debug)]
 pub struct ServiceA {
-    /// One connection per client.
-    dbs: Vec<Mutex<tokio_postgres::Client>>,
-}
-
-impl std::fmt::Debug for ServiceA {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceA").finish_non_exhaustive()
-    }
+    /// A's database.
+    dbs: workload::OrderDbs,
 }
 
 impl ServiceA {
@@ -132,11 +126,9 @@ impl ServiceA {
     /// # Errors
     /// Postgres failures.
     pub async fn start(cfg: &PipelineConfig, clients: usize) -> anyhow::Result<Self> {
-        let mut dbs = Vec::new();
-        for _ in 0..clients.max(1) {
-            dbs.push(Mutex::new(connect(&cfg.orders_url()).await?));
-        }
-        Ok(Self { dbs })
+        Ok(Self {
+            dbs: workload::OrderDbs::open(cfg, clients).await?,
+        })
     }
 
     /// Places `order` from client `client`.
@@ -144,13 +136,9 @@ impl ServiceA {
     /// # Errors
     /// Postgres failures.
     pub async fn place(&self, client: usize, order: OrderPlaced) -> anyhow::Result<()> {
-        let mut db = self.dbs[client % self.dbs.len()].lock().await;
+        let mut db = self.dbs.get(client).await;
         let txn = db.transaction().await?;
-        txn.execute(
-            "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed')",
-            &[&order.order_id, &order.amount],
-        )
-        .await?;
+        workload::insert_order(&txn, &order).await?;
         insert_outbox(&txn, &[&order]).await?;
         txn.commit().await?;
         Ok(())
@@ -277,13 +265,9 @@ pub async fn run_b(
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let consumer = crate::order_pipeline::assigned_consumer(
-        &workload::consumer_config(&cfg.bootstrap, &cfg.group, false),
-        &cfg.orders_topic,
-    )?;
-    let mut db = connect(&cfg.shipping_url()).await?;
+    let (consumer, mut db) = workload::open_b(cfg, false).await?;
     let (_stop_relay, stopped) = tokio::sync::watch::channel(false);
-    let relay_task = {
+    let mut relay_task = {
         let (url, bootstrap, topic) = (
             cfg.shipping_url(),
             cfg.bootstrap.clone(),
@@ -291,29 +275,34 @@ pub async fn run_b(
         );
         tokio::spawn(async move { run_relay(&url, &bootstrap, &topic, relay, stopped).await })
     };
-    tokio::pin!(relay_task);
     ready();
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            r = &mut relay_task => {
-                r??;
-                anyhow::bail!("B's relay stopped");
+    {
+        // B stops consuming when told to, or when its relay stops (an error).
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                _ = &mut relay_task => {}
             }
-            b = workload::next_batch(&consumer) => b?,
         };
-        let txn = db.transaction().await?;
-        let new = workload::first_time(&txn, &batch).await?;
-        workload::insert_shipments(&txn, &new).await?;
-        let orders: Vec<&OrderPlaced> = new.iter().map(|e| &e.order).collect();
-        insert_outbox(&txn, &orders).await?;
-        txn.commit().await?;
-        consumer.commit(
-            &workload::offsets_after(&cfg.orders_topic, &batch)?,
-            CommitMode::Async,
-        )?;
+        tokio::pin!(stop);
+        while let Some(batch) = workload::batch_until(&consumer, stop.as_mut()).await? {
+            let txn = db.transaction().await?;
+            let new = workload::first_time(&txn, &batch).await?;
+            workload::insert_shipments(&txn, &new).await?;
+            let orders: Vec<&OrderPlaced> = new.iter().map(|e| &e.order).collect();
+            insert_outbox(&txn, &orders).await?;
+            txn.commit().await?;
+            consumer.commit(
+                &workload::offsets_after(&cfg.orders_topic, &batch)?,
+                CommitMode::Async,
+            )?;
+        }
     }
+    if relay_task.is_finished() {
+        relay_task.await??;
+        anyhow::bail!("B's relay stopped");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

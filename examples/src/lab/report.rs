@@ -587,12 +587,7 @@ fn nice_max(v: f64) -> f64 {
 type Series = (&'static str, fn(&ImplResult) -> f64);
 
 /// Horizontal grouped bars: one group per implementation, one bar per series.
-fn bar_chart(
-    title: &str,
-    unit: &str,
-    results: &[&ImplResult],
-    series: &[Series],
-) -> String {
+fn bar_chart(title: &str, unit: &str, results: &[&ImplResult], series: &[Series]) -> String {
     let (left, right, top) = (170.0, 60.0, 40.0);
     let bar_h = 14.0;
     let group_h = bar_h * series.len() as f64 + 10.0;

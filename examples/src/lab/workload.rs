@@ -133,6 +133,40 @@ pub async fn next_batch(consumer: &StreamConsumer) -> anyhow::Result<Vec<Consume
     Ok(batch)
 }
 
+/// What every service B starts with: a consumer of the orders topic at the group's
+/// committed offsets (`auto_commit`: see [`consumer_config`]) and a connection to
+/// B's database.
+///
+/// # Errors
+/// Kafka or Postgres failures.
+pub async fn open_b(
+    cfg: &PipelineConfig,
+    auto_commit: bool,
+) -> anyhow::Result<(StreamConsumer, tokio_postgres::Client)> {
+    let consumer = order_pipeline::assigned_consumer(
+        &consumer_config(&cfg.bootstrap, &cfg.group, auto_commit),
+        &cfg.orders_topic,
+    )?;
+    Ok((
+        consumer,
+        crate::pg_bank::connect(&cfg.shipping_url()).await?,
+    ))
+}
+
+/// The next batch ([`next_batch`]), or `None` once `shutdown` completes.
+///
+/// # Errors
+/// As [`next_batch`].
+pub async fn batch_until(
+    consumer: &StreamConsumer,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Option<Vec<Consumed>>> {
+    tokio::select! {
+        () = shutdown => Ok(None),
+        b = next_batch(consumer) => b.map(Some),
+    }
+}
+
 /// The offsets to commit after `batch` (per partition, one past its last event).
 ///
 /// # Errors
@@ -271,6 +305,49 @@ pub async fn create_processed_table(cfg: &PipelineConfig) -> anyhow::Result<()> 
         .await?
         .batch_execute("CREATE TABLE IF NOT EXISTS processed (order_id text PRIMARY KEY)")
         .await?;
+    Ok(())
+}
+
+/// Service A's connections to its database: one per order client, so a client can
+/// hold a transaction open without waiting for the others.
+#[derive(Debug)]
+pub struct OrderDbs(Vec<tokio::sync::Mutex<tokio_postgres::Client>>);
+
+impl OrderDbs {
+    /// Opens `clients` connections to A's database.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn open(cfg: &PipelineConfig, clients: usize) -> anyhow::Result<Self> {
+        let mut dbs = Vec::new();
+        for _ in 0..clients.max(1) {
+            dbs.push(tokio::sync::Mutex::new(
+                crate::pg_bank::connect(&cfg.orders_url()).await?,
+            ));
+        }
+        Ok(Self(dbs))
+    }
+
+    /// Client `client`'s connection.
+    pub async fn get(&self, client: usize) -> tokio::sync::MutexGuard<'_, tokio_postgres::Client> {
+        self.0[client % self.0.len()].lock().await
+    }
+}
+
+/// Inserts A's `orders` row of `order` (idempotently: a replay leaves it as it is).
+///
+/// # Errors
+/// SQL failures.
+pub async fn insert_order(
+    db: &impl tokio_postgres::GenericClient,
+    order: &OrderPlaced,
+) -> anyhow::Result<()> {
+    db.execute(
+        "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed') \
+         ON CONFLICT (order_id) DO NOTHING",
+        &[&order.order_id, &order.amount],
+    )
+    .await?;
     Ok(())
 }
 
