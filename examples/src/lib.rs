@@ -18,8 +18,14 @@ pub mod pg_bank;
 
 /// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_with_default("info");
+}
+
+/// Sets up `tracing` output on stderr, filtered by `RUST_LOG`, else by `default`
+/// (e.g. `warn` for an example that reports its progress itself).
+pub fn init_tracing_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -28,8 +28,12 @@ use crate::pg_bank::connect;
 
 /// How often an idle polling relay looks at the outbox again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// Most outbox rows (or slot changes) a relay handles per round.
+/// Most outbox rows a polling relay handles per round.
 const RELAY_BATCH: i64 = 1000;
+/// Most slot changes a CDC relay decodes per round. Large: each peek (and each
+/// consuming get) decodes the WAL again from the slot's restart point, so small
+/// rounds cap the relay (1000 changes per round: about 500 orders/s here).
+const CDC_BATCH: i32 = 20_000;
 
 /// How a relay reads the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +204,7 @@ pub async fn run_relay(
                 let changes = db
                     .query(
                         "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2::int4)",
-                        &[slot, &i32::try_from(RELAY_BATCH)?],
+                        &[slot, &CDC_BATCH],
                     )
                     .await?;
                 let orders: Vec<OrderPlaced> = changes
