@@ -196,6 +196,7 @@ async fn service_b_killed_mid_stream_ships_every_order_exactly_once() -> anyhow:
         shipments_topic: format!("{name}.shipments"),
         group: format!("{name}.shipping"),
         name,
+        ledger_prefix: None,
     };
     order_pipeline::setup(&cfg).await?;
     let run_id = format!("t{:08x}", rand::random::<u32>());

@@ -27,7 +27,8 @@ pub const LINGER: Duration = Duration::from_millis(5);
 
 /// The databases, topics and group of implementation `slug` in run `run_id`:
 /// databases `lab_<slug>_orders` (A) and `lab_<slug>_shipping` (B), topics
-/// `lab.<run>.<slug>.orders` (A → B) and `lab.<run>.<slug>.shipments` (B → C).
+/// `lab.<run>.<slug>.orders` (A → B) and `lab.<run>.<slug>.shipments` (B → C),
+/// 2PC's Kafka ledgers `lab.<run>.ledger.service_a` / `_b`.
 pub fn pipeline_config(pg_url: &str, bootstrap: &str, run_id: &str, slug: &str) -> PipelineConfig {
     PipelineConfig {
         pg_url: pg_url.to_owned(),
@@ -36,6 +37,9 @@ pub fn pipeline_config(pg_url: &str, bootstrap: &str, run_id: &str, slug: &str) 
         orders_topic: format!("lab.{run_id}.{slug}.orders"),
         shipments_topic: format!("lab.{run_id}.{slug}.shipments"),
         group: format!("lab.{run_id}.{slug}.b"),
+        // One ledger per service and run (see `PipelineConfig::ledger_prefix`: on the
+        // shared ledger, B's restart waits on A's open transactions).
+        ledger_prefix: Some(format!("lab.{run_id}.ledger")),
     }
 }
 
