@@ -71,6 +71,9 @@ struct RunArgs {
     /// Report folder.
     #[arg(long, default_value = "docs/lab")]
     out: PathBuf,
+    /// A note for the report, e.g. what else was running on the machine.
+    #[arg(long)]
+    note: Option<String>,
 }
 
 #[tokio::main]
@@ -114,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         drain_quiet,
         out: a.out,
         smoke: a.smoke,
+        note: a.note,
     };
     let report = lab::run_lab(&opts).await?;
     println!("{}", lab::report::table(&report.results));

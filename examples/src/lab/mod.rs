@@ -252,6 +252,8 @@ pub struct LabOptions {
     pub out: PathBuf,
     /// Smoke mode (recorded in the report).
     pub smoke: bool,
+    /// A note for the report (e.g. what else was running on the machine).
+    pub note: Option<String>,
 }
 
 /// Service A of one implementation.

@@ -294,6 +294,8 @@ pub struct Params {
     pub drain_quiet_s: f64,
     /// Smoke mode.
     pub smoke: bool,
+    /// What else the person running it wants on record (e.g. what else was running).
+    pub note: Option<String>,
     /// `release` or `debug`.
     pub build: &'static str,
 }
@@ -342,6 +344,7 @@ impl LabReport {
                 pause_s: opts.pause.as_secs_f64(),
                 drain_quiet_s: opts.drain_quiet.as_secs_f64(),
                 smoke: opts.smoke,
+                note: opts.note.clone(),
                 build: if cfg!(debug_assertions) {
                     "debug"
                 } else {
@@ -399,9 +402,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// File system failures.
 pub fn write(dir: &Path, report: &LabReport) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    // Compact: the CDFs and C's per-bin counts would triple the size pretty-printed
+    // (the report is committed; `jq .` makes it readable).
     std::fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(report)?,
+        serde_json::to_string(report)? + "\n",
     )?;
     let ok: Vec<&ImplResult> = report
         .results
@@ -499,6 +504,9 @@ fn markdown(r: &LabReport) -> String {
         "Machine: {} CPUs; load average before `{}`, after `{}`.\n",
         r.machine.cpus, r.machine.load_before, r.machine.load_after
     );
+    if let Some(note) = &p.note {
+        let _ = writeln!(s, "Note: {note}\n");
+    }
     s.push_str(&table(&r.results));
     s.push_str(
         "\n- **orders/s**: orders A committed per second (closed loop, each client places \
@@ -658,7 +666,9 @@ fn bar_chart(title: &str, unit: &str, results: &[&ImplResult], series: &[Series]
 }
 
 fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
+    if v == 0.0 {
+        "0".to_owned()
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
