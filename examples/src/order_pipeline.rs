@@ -93,7 +93,7 @@ pub struct PipelineConfig {
     /// `<prefix>.service_b`; `None`: both use the adapter's default (shared) ledger.
     /// A restarted adapter reads its ledger until the last stable offset passes the
     /// high watermark, so on a shared ledger A's constant stream of transactions
-    /// slowed B's restart after a SIGKILL from ~1.5 s to 7–20 s (trade-off lab).
+    /// slowed B's restart after a SIGKILL from ~1.5 s to 7–21 s (trade-off lab).
     pub ledger_prefix: Option<String>,
 }
 
