@@ -398,7 +398,8 @@ impl Drop for ServiceBProcess {
 pub async fn run_lab(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let run_id = format!("{:08x}", rand::random::<u32>());
     let work = tempfile::Builder::new().prefix("ratify-lab-").tempdir()?;
-    let work = work.keep();
+    // Service B's logs and the coordinator nodes' data live there.
+    let keep = std::env::var_os("RATIFY_KEEP_TEST_DIRS").is_some_and(|v| v == "1");
     let exe = std::env::current_exe()?;
     let load_before = report::load_average();
     let mut results = Vec::new();
@@ -418,7 +419,7 @@ pub async fn run_lab(opts: &LabOptions) -> anyhow::Result<LabReport> {
             imp.title(),
             imp.name()
         );
-        let r = match run_impl(opts, imp, &run_id, &work, &exe).await {
+        let r = match run_impl(opts, imp, &run_id, work.path(), &exe).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("   FAILED: {e:#}");
@@ -427,6 +428,9 @@ pub async fn run_lab(opts: &LabOptions) -> anyhow::Result<LabReport> {
         };
         eprintln!("   {}", r.summary());
         results.push(r);
+    }
+    if keep {
+        eprintln!("logs and data kept in {}", work.keep().display());
     }
     let report = LabReport::new(opts, &run_id, load_before, results);
     report::write(&opts.out, &report)?;

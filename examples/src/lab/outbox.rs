@@ -26,6 +26,8 @@ use super::workload;
 use crate::order_pipeline::{OrderPlaced, PipelineConfig};
 use crate::pg_bank::connect;
 
+/// Longest wait for a logical slot to be created.
+const SLOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often an idle polling relay looks at the outbox again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Most outbox rows a polling relay handles per round.
@@ -67,20 +69,44 @@ pub async fn setup(cfg: &PipelineConfig, cdc: bool) -> anyhow::Result<()> {
         let slot = slot_name(cfg, side);
         drop_slot(&db, &slot).await?;
         if cdc {
-            db.query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'test_decoding')",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot create logical slot {slot} (the server needs wal_level=logical, \
-                     see tests/infra/postgres.sh): {e}"
-                )
-            })?;
+            create_slot(&url, &db, &slot).await?;
         }
     }
     Ok(())
+}
+
+/// Creates logical slot `slot` (`test_decoding`). Creation waits until every
+/// transaction running at that moment has finished, prepared ones of any database
+/// included, so it gives up after [`SLOT_TIMEOUT`] naming what it waited for.
+async fn create_slot(url: &str, db: &tokio_postgres::Client, slot: &str) -> anyhow::Result<()> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
+    let create = db.query_one(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'test_decoding')",
+        &params,
+    );
+    match tokio::time::timeout(SLOT_TIMEOUT, create).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot create logical slot {slot} (the server needs wal_level=logical, \
+             see tests/infra/postgres.sh): {e}"
+        )),
+        Err(_) => {
+            // The creating connection is still waiting: ask on another one.
+            let prepared: Vec<String> = match crate::pg_bank::connect(url).await {
+                Ok(c) => c
+                    .query("SELECT database || ': ' || gid FROM pg_prepared_xacts", &[])
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            anyhow::bail!(
+                "creating logical slot {slot} waited {SLOT_TIMEOUT:?} for running transactions \
+                 to finish (a prepared transaction in any database of the server blocks it); \
+                 prepared now: {prepared:?}"
+            )
+        }
+    }
 }
 
 /// Drops slot `slot` if it exists; waits up to 10 s for its reader to go away.
