@@ -33,7 +33,8 @@ for script in tests/infra/*.sh; do
 done
 shopt -u nullglob
 
-cargo build --locked -p ratify-coordinator --bin ratify -p ratify-examples --bin pg_bank --bin order_pipeline \
+cargo build --locked -p ratify-coordinator --bin ratify \
+    -p ratify-examples --bin pg_bank --bin order_pipeline --bin tradeoff_lab \
     -p ratify-tests --bin chaos --bin chaos_participant
 # Two test threads: each integration test runs a 3-process cluster on a 2-core machine.
 status=0

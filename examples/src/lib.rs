@@ -9,14 +9,23 @@
 //!   the integration tests.
 //! - [`order_pipeline`]: service A → Kafka → service B → Kafka of
 //!   `src/bin/order_pipeline.rs`, shared with the integration tests.
+//! - [`lab`]: the trade-off lab of `src/bin/tradeoff_lab.rs`: the pipeline five ways,
+//!   measured side by side.
 
+pub mod lab;
 pub mod order_pipeline;
 pub mod pg_bank;
 
 /// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_with_default("info");
+}
+
+/// Sets up `tracing` output on stderr, filtered by `RUST_LOG`, else by `default`
+/// (e.g. `warn` for an example that reports its progress itself).
+pub fn init_tracing_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

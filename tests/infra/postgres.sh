@@ -122,7 +122,9 @@ start() {
     # fsync stays on: the tests SIGKILL the postmaster and rely on prepared state
     # surviving, as it would in production. syncfs: crash recovery otherwise fsyncs
     # every file of the data dir one by one (30 s and more with the tests' databases).
-    opts="-p $port -k $sock -c listen_addresses=127.0.0.1 -c max_prepared_transactions=200 -c max_connections=300 -c recovery_init_sync_method=syncfs"
+    # wal_level=logical: the trade-off lab's outbox relay reads the outbox by change
+    # data capture (a logical slot with the test_decoding plugin).
+    opts="-p $port -k $sock -c listen_addresses=127.0.0.1 -c max_prepared_transactions=200 -c max_connections=300 -c recovery_init_sync_method=syncfs -c wal_level=logical -c max_replication_slots=20"
     run_as "$user" "$bindir/pg_ctl" -D "$data" -w -t 60 -l "$log" -o "$opts" start >&2 || {
         tail -n 30 "$log" >&2
         exit 1

@@ -80,6 +80,25 @@ pub fn ratify_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Example binary `name` of `ratify-examples` next to the `ratify` binary, or the
+/// path in environment variable `env` when set.
+///
+/// # Errors
+/// When it has not been built (`cargo build -p ratify-examples --bin <name>`;
+/// `tests/run.sh` does).
+pub fn example_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let bin = ratify_binary()?.with_file_name(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ratify-examples --bin {name}` first (tests/run.sh does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// A 3-node cluster of real processes, with a client and a temp folder.
 pub struct TestCluster {
     /// The processes.

@@ -303,17 +303,7 @@ pub async fn fence_rows(dbs: &BankDbs, gtrid: &str) -> anyhow::Result<Vec<(Strin
 /// When it has not been built (`cargo build -p ratify-examples --bin pg_bank`; the
 /// README's test command does).
 pub fn pg_bank_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("PG_BANK_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let ratify = crate::ratify_binary()?;
-    let bin = ratify.with_file_name("pg_bank");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p ratify-examples --bin pg_bank` first (the README's test command does)",
-        bin.display()
-    );
-    Ok(bin)
+    crate::example_binary("pg_bank", "PG_BANK_BIN")
 }
 
 /// How to run a `pg_bank participant` process.

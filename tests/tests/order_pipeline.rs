@@ -25,17 +25,7 @@ const ORDERS: u64 = 300;
 
 /// The `order_pipeline` example binary next to the `ratify` binary.
 fn pipeline_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ORDER_PIPELINE_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let bin = ratify_tests::ratify_binary()?.with_file_name("order_pipeline");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p ratify-examples --bin order_pipeline` first \
-         (tests/run.sh does)",
-        bin.display()
-    );
-    Ok(bin)
+    ratify_tests::example_binary("order_pipeline", "ORDER_PIPELINE_BIN")
 }
 
 /// One service process; SIGKILLed on drop.
@@ -206,6 +196,7 @@ async fn service_b_killed_mid_stream_ships_every_order_exactly_once() -> anyhow:
         shipments_topic: format!("{name}.shipments"),
         group: format!("{name}.shipping"),
         name,
+        ledger_prefix: None,
     };
     order_pipeline::setup(&cfg).await?;
     let run_id = format!("t{:08x}", rand::random::<u32>());

@@ -67,6 +67,10 @@ struct Common {
     /// Service B's consumer group (default `<name>.shipping`; `run` appends `.<run-id>`).
     #[arg(long)]
     group: Option<String>,
+    /// Ledger topics `<prefix>.service_a` / `_b` for the services' Kafka adapters
+    /// (default: both use the adapter's shared ledger).
+    #[arg(long)]
+    ledger_prefix: Option<String>,
 }
 
 impl Common {
@@ -81,6 +85,7 @@ impl Common {
                 .group
                 .clone()
                 .unwrap_or_else(|| format!("{}.shipping", self.name)),
+            ledger_prefix: self.ledger_prefix.clone(),
         };
         cfg.validate()?;
         Ok(cfg)
