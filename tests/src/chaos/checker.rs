@@ -78,6 +78,11 @@ pub struct Sources {
     pub opening_balance: i64,
 }
 
+/// What an application's work API says about its own state.
+async fn inspect(app: &str) -> anyhow::Result<serde_json::Value> {
+    app_call(app, &json!({"op": "inspect"}), Duration::from_secs(10)).await
+}
+
 /// Counts of a run's leftovers; empty when quiet.
 ///
 /// # Errors
@@ -98,35 +103,29 @@ pub async fn leftovers(
     if prepared > 0 {
         out.push(format!("{prepared} Postgres prepared transaction(s)"));
     }
-    let pg = app_call(
-        &sources.pg_app,
-        &json!({"op": "inspect"}),
-        Duration::from_secs(5),
-    )
-    .await?;
-    if pg["open"].as_u64().unwrap_or(0) > 0 {
-        out.push(format!(
-            "{} open Postgres branch(es) at the application",
-            pg["open"]
-        ));
-    }
-    let store = app_call(
-        &sources.store_app,
-        &json!({"op": "inspect"}),
-        Duration::from_secs(5),
-    )
-    .await?;
-    if store["prepared"].as_u64().unwrap_or(0) > 0 {
-        out.push(format!(
-            "{} prepared account-store branch(es)",
-            store["prepared"]
-        ));
-    }
+    // (application, field of its `inspect` answer, what a non-zero count means)
+    let mut counted = vec![
+        (
+            &sources.pg_app,
+            "open",
+            "open Postgres branch(es) at the application",
+        ),
+        (
+            &sources.store_app,
+            "prepared",
+            "prepared account-store branch(es)",
+        ),
+    ];
     if let Some(kafka_app) = &sources.kafka_app {
-        let kafka = app_call(kafka_app, &json!({"op": "inspect"}), Duration::from_secs(5)).await?;
-        if kafka["prepared"].as_u64().unwrap_or(0) > 0 {
-            out.push(format!("{} staged Kafka branch(es)", kafka["prepared"]));
+        counted.push((kafka_app, "prepared", "staged Kafka branch(es)"));
+    }
+    for (app, field, what) in counted {
+        let n = inspect(app).await?[field].as_u64().unwrap_or(0);
+        if n > 0 {
+            out.push(format!("{n} {what}"));
         }
+    }
+    if sources.kafka_app.is_some() {
         for topic in [&sources.topic, &sources.ledger_topic] {
             for (tp, n) in crate::kafka::open_transactions(topic).await? {
                 if n > 0 {
@@ -185,12 +184,7 @@ pub async fn gather(sources: &Sources, client: &CoordinatorClient) -> anyhow::Re
         )
         .await?
         .get(0);
-    let store = app_call(
-        &sources.store_app,
-        &json!({"op": "inspect"}),
-        Duration::from_secs(10),
-    )
-    .await?;
+    let store = inspect(&sources.store_app).await?;
     ev.store_total = store["total"].as_i64().context("store total")?;
     for x in store["committed"].as_array().context("store committed")? {
         let xid: Xid = x.as_str().context("xid")?.parse()?;
@@ -205,7 +199,6 @@ pub async fn gather(sources: &Sources, client: &CoordinatorClient) -> anyhow::Re
                 || format!("garbled event at offset {}", r.offset),
                 str::to_string,
             );
-
             *ev.kafka.entry(g).or_insert(0) += 1;
         }
     }
