@@ -142,7 +142,18 @@ impl TestCluster {
         } else {
             LocalCluster::start(&binary, &data, 3, extra)?
         };
-        nodes.wait_for_leader(Duration::from_secs(20)).await?;
+        if let Err(e) = nodes.wait_for_leader(Duration::from_secs(20)).await {
+            // Rare, and only visible in CI: say what each node was doing.
+            let mut logs = String::new();
+            for id in nodes.ids() {
+                let text =
+                    std::fs::read_to_string(data.join(format!("node{id}.log"))).unwrap_or_default();
+                let start = text.len().saturating_sub(2_000);
+                let tail = text.get(start..).unwrap_or(&text);
+                logs.push_str(&format!("\n--- node{id}.log (end) ---\n{tail}"));
+            }
+            anyhow::bail!("{e}{logs}");
+        }
         let client = CoordinatorClient::new(nodes.api_endpoints(), ClientConfig::default())?;
         Ok(Self { nodes, client, dir })
     }
