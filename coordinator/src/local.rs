@@ -64,11 +64,39 @@ pub struct LocalCluster {
     proxies: BTreeMap<NodeId, FaultProxy>,
 }
 
-/// Reserves a free loopback port (the OS picks it; it is released at once).
+/// Lowest port [`free_port`] picks from.
+const PORT_RANGE_START: u16 = 20_000;
+
+/// Reserves a free loopback port (released at once, for a child process to bind).
+///
+/// Picked at random below the kernel's ephemeral range (`ip_local_port_range`, from
+/// 32768 by default): a port the OS handed out for `bind(0)` can be taken by any
+/// outgoing connection before the child binds it, and a node that cannot bind its
+/// port never joins its cluster. Ports already handed out by this process are not
+/// handed out again.
 ///
 /// # Errors
 /// When no socket can be bound.
 pub fn free_port() -> Result<u16, LocalError> {
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start > PORT_RANGE_START + 1_000 {
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for _ in 0..200 {
+            let port = rand::thread_rng().gen_range(PORT_RANGE_START..ephemeral_start);
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| LocalError::Io("bind 127.0.0.1:0".into(), e))?;
     l.local_addr()
