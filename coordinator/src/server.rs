@@ -79,11 +79,20 @@ pub enum StartError {
 }
 
 /// Records the node id in the data dir on first start and refuses a different one later.
+///
+/// The marker is written atomically (temporary file, fsync, rename, fsync of the
+/// folder): a node killed while claiming its folder must not leave a half-written
+/// marker that refuses every later start (the chaos suite found exactly that). An empty
+/// marker in a folder holding nothing else, which that older non-atomic write could
+/// leave, is claimed again: nothing was stored under it.
 fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), StartError> {
     let io = |e| StartError::Io(dir.to_path_buf(), e);
     std::fs::create_dir_all(dir).map_err(io)?;
     let marker = dir.join("NODE_ID");
     match std::fs::read_to_string(&marker) {
+        Ok(s) if s.trim().is_empty() && holds_only_the_marker(dir).map_err(io)? => {
+            write_marker(dir, &marker, id).map_err(io)
+        }
         Ok(s) => {
             let found: NodeId = s.trim().parse().map_err(|_| {
                 StartError::Config(format!("{} is corrupt: {s:?}", marker.display()))
@@ -98,10 +107,36 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), StartError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&marker, format!("{id}\n")).map_err(io)
+            write_marker(dir, &marker, id).map_err(io)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Does `dir` hold nothing but the marker (and maybe its temporary file)?
+fn holds_only_the_marker(dir: &std::path::Path) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if name != "NODE_ID" && name != "NODE_ID.tmp" {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Writes `marker` = `id` atomically and durably.
+fn write_marker(
+    dir: &std::path::Path,
+    marker: &std::path::Path,
+    id: NodeId,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("NODE_ID.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{id}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, marker)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
@@ -223,4 +258,43 @@ pub async fn run(
 /// An incoming stream with Nagle off: small RPCs must not wait for delayed ACKs.
 fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_claimed_once_and_refused_to_another_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        claim_data_dir(dir.path(), 2).expect("first claim");
+        claim_data_dir(dir.path(), 2).expect("same node again");
+        assert!(matches!(
+            claim_data_dir(dir.path(), 3),
+            Err(StartError::WrongNode {
+                found: 2,
+                wanted: 3,
+                ..
+            })
+        ));
+        assert!(!dir.path().join("NODE_ID.tmp").exists());
+    }
+
+    #[test]
+    fn an_empty_marker_is_reclaimed_only_in_an_otherwise_empty_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("NODE_ID"), "").expect("write");
+        claim_data_dir(dir.path(), 1).expect("a claim cut short is claimed again");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("NODE_ID")).expect("read"),
+            "1\n"
+        );
+        let used = tempfile::tempdir().expect("tempdir");
+        std::fs::write(used.path().join("NODE_ID"), "").expect("write");
+        std::fs::create_dir(used.path().join("wal")).expect("mkdir");
+        assert!(matches!(
+            claim_data_dir(used.path(), 1),
+            Err(StartError::Config(_))
+        ));
+    }
 }
