@@ -321,6 +321,17 @@ impl Nemesis {
         });
     }
 
+    /// A node other than `leader`, at random.
+    fn follower_of(&mut self, world: &World, leader: NodeId) -> NodeId {
+        let followers: Vec<NodeId> = world
+            .cluster
+            .ids()
+            .into_iter()
+            .filter(|i| *i != leader)
+            .collect();
+        *followers.choose(&mut self.rng).unwrap_or(&leader)
+    }
+
     /// Restarts `process`, maybe armed.
     fn restart(&mut self, world: &mut World, process: Process) -> anyhow::Result<()> {
         let arm = self.pick_arm(process);
@@ -337,13 +348,7 @@ impl Nemesis {
                 let id = if fault == Fault::Leader {
                     leader
                 } else {
-                    let followers: Vec<NodeId> = world
-                        .cluster
-                        .ids()
-                        .into_iter()
-                        .filter(|i| *i != leader)
-                        .collect();
-                    *followers.choose(&mut self.rng).unwrap_or(&leader)
+                    self.follower_of(world, leader)
                 };
                 let kind = if id == leader { "leader" } else { "follower" };
                 let term = self.term(world).await;
@@ -361,13 +366,7 @@ impl Nemesis {
                     self.skip(fault);
                     return Ok(());
                 };
-                let others: Vec<NodeId> = world
-                    .cluster
-                    .ids()
-                    .into_iter()
-                    .filter(|i| *i != leader)
-                    .collect();
-                let follower = *others.choose(&mut self.rng).unwrap_or(&leader);
+                let follower = self.follower_of(world, leader);
                 // The election can only start once a majority is back: watched after the
                 // restarts.
                 let term = self.term(world).await;

@@ -198,17 +198,21 @@ pub struct World {
     history: History,
 }
 
+/// What a file holds from byte `offset` on, as text (empty when unreadable).
+fn log_since(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_end(&mut buf);
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// The last `n` bytes of a file, as text.
 fn tail(path: &Path, n: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+    log_since(path, log_len(path).saturating_sub(n))
 }
 
 /// A fail point armed in a restarted process.
@@ -232,18 +236,12 @@ fn failpoint_spec(base: &str, arm: Option<&Arm>) -> String {
     parts.join(",")
 }
 
-/// The error or panic message a process logged since `offset`, or its last line.
-fn exit_reason(log: &Path, offset: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut buf = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(log) {
-        let _ = f.seek(SeekFrom::Start(offset));
-        let _ = f.read_to_end(&mut buf);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    text.lines()
+/// The error or panic message in what a process logged, or its last line.
+fn exit_reason(logged: &str) -> String {
+    logged
+        .lines()
         .find(|l| l.starts_with("Error:") || l.contains("panicked at"))
-        .or_else(|| text.lines().last())
+        .or_else(|| logged.lines().last())
         .unwrap_or("")
         .chars()
         .take(300)
@@ -255,16 +253,10 @@ fn log_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// The fail point that killed a process, from what it logged since `offset` (each
-/// firing is logged as `ratify failpoint <name>: Kill` before the process kills itself).
-fn fired_since(log: &Path, offset: u64) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(log).ok()?;
-    f.seek(SeekFrom::Start(offset)).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let line = text
+/// The fail point that killed a process, from what it logged (each firing is logged
+/// as `ratify failpoint <name>: Kill` before the process kills itself).
+fn fired_point(logged: &str) -> Option<String> {
+    let line = logged
         .lines()
         .rev()
         .find(|l| l.starts_with("ratify failpoint ") && l.ends_with(": Kill"))?;
@@ -306,6 +298,8 @@ impl World {
             dir: dir.to_path_buf(),
             history,
         };
+        // Started again at once, now with the run's own fail points (the deliberate-bug
+        // switches): so every run also kills each node during its first start.
         for id in world.cluster.ids() {
             world.spawn_node(id, None)?;
         }
@@ -407,10 +401,7 @@ impl World {
     /// When the signal cannot be sent.
     pub fn kill_node(&mut self, id: NodeId) -> anyhow::Result<()> {
         // A node that already died by itself is recorded as such, not as this kill.
-        if let Some(status) = self.cluster.exited(id) {
-            let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
-            self.record_death(&format!("node{id}"), &self.node_log(id), offset, status);
-        }
+        self.reap(Process::Node(id));
         self.cluster.kill(id)?;
         Ok(())
     }
@@ -439,14 +430,8 @@ impl World {
 
     /// SIGKILLs application `kind` (no-op when it is not running).
     pub fn kill_app(&mut self, kind: AppKind) {
-        let exited = self.apps.get_mut(&kind).and_then(|a| {
-            let status = a.child.as_mut()?.try_wait().ok()??;
-            a.child = None;
-            Some((a.log.clone(), a.log_offset, status))
-        });
-        if let Some((log, offset, status)) = exited {
-            self.record_death(kind.name(), &log, offset, status);
-        }
+        // An application that already died by itself is recorded as such.
+        self.reap(Process::App(kind));
         if let Some(mut c) = self.apps.get_mut(&kind).and_then(|a| a.child.take()) {
             let _ = c.kill();
             let _ = c.wait();
@@ -550,30 +535,34 @@ impl World {
         &mut self,
         mut rearm: impl FnMut(Process) -> Option<Arm>,
     ) -> anyhow::Result<()> {
-        for id in self.cluster.ids() {
-            if let Some(status) = self.cluster.exited(id) {
-                let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
-                self.record_death(&format!("node{id}"), &self.node_log(id), offset, status);
-                self.restart(Process::Node(id), rearm(Process::Node(id)))?;
+        for p in self.processes_where(|_, _| true) {
+            if self.reap(p) {
+                self.restart(p, rearm(p))?;
             }
         }
-        let kinds: Vec<AppKind> = self.apps.keys().copied().collect();
-        for kind in kinds {
-            let Some(app) = self.apps.get_mut(&kind) else {
-                continue;
-            };
-            let Some(child) = app.child.as_mut() else {
-                continue;
-            };
-            let Ok(Some(status)) = child.try_wait() else {
-                continue;
-            };
-            app.child = None;
-            let (log, offset) = (app.log.clone(), app.log_offset);
-            self.record_death(kind.name(), &log, offset, status);
-            self.restart(Process::App(kind), rearm(Process::App(kind)))?;
-        }
         Ok(())
+    }
+
+    /// If `process` exited by itself, reaps it, records why, and returns true.
+    fn reap(&mut self, process: Process) -> bool {
+        let dead = match process {
+            Process::Node(id) => self.cluster.exited(id).map(|status| {
+                let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
+                (self.node_log(id), offset, status)
+            }),
+            Process::App(kind) => self.apps.get_mut(&kind).and_then(|a| {
+                let status = a.child.as_mut()?.try_wait().ok()??;
+                a.child = None;
+                Some((a.log.clone(), a.log_offset, status))
+            }),
+        };
+        match dead {
+            Some((log, offset, status)) => {
+                self.record_death(&process.name(), &log, offset, status);
+                true
+            }
+            None => false,
+        }
     }
 
     fn record_death(
@@ -584,7 +573,8 @@ impl World {
         status: std::process::ExitStatus,
     ) {
         use std::os::unix::process::ExitStatusExt;
-        match fired_since(log, offset) {
+        let logged = log_since(log, offset);
+        match fired_point(&logged) {
             Some(point) if status.signal() == Some(libc::SIGKILL) => {
                 self.history
                     .nemesis("crash", &format!("failpoint:{point}"), target, "");
@@ -593,7 +583,7 @@ impl World {
                 "unexpected_exit",
                 "unexpected_exit",
                 target,
-                &format!("{status}: {}", exit_reason(log, offset)),
+                &format!("{status}: {}", exit_reason(&logged)),
             ),
         }
     }
