@@ -351,6 +351,31 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Sends SIGSTOP (`stop`) or SIGCONT to node `id`: a process pause, as a long
+    /// stall, a debugger or a VM migration would cause. A stopped node keeps its
+    /// sockets; peers and clients see it stop answering.
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`] when it is not running, or when the signal fails.
+    pub fn pause(&mut self, id: NodeId, stop: bool) -> Result<(), LocalError> {
+        let pid = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.child.as_ref())
+            .map(Child::id)
+            .ok_or(LocalError::NoSuchNode(id))?;
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        let pid = libc::pid_t::try_from(pid).map_err(|_| LocalError::NoSuchNode(id))?;
+        // SAFETY: kill(2) on a child we spawned and have not reaped; no memory is shared.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(LocalError::Io(
+                format!("signal node {id}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts node `id` again on the same addresses and data folder (after [`Self::kill`]).
     ///
     /// # Errors

@@ -131,6 +131,8 @@ pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String 
     );
 
     let now = now_ms();
+    let (mut one_phase, mut heuristic) = (0u64, 0u64);
+    let evicted_early = sm.read().table.evicted_early;
     let (begun, live, undecided, in_phase2, oldest_undecided, oldest_phase2, kept) = {
         let d = sm.read();
         let t = &d.table;
@@ -139,6 +141,12 @@ pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String 
         let mut oldest_undecided = None::<u64>;
         let mut oldest_phase2 = None::<u64>;
         for rec in t.live.values() {
+            if rec.handed_over && rec.decision.is_none() {
+                one_phase += 1;
+            }
+            if rec.is_heuristic() {
+                heuristic += 1;
+            }
             match &rec.decision {
                 None => {
                     undecided += 1;
@@ -179,7 +187,15 @@ pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String 
             ("{state=\"undecided\"}", undecided as f64),
             ("{state=\"decided_phase2_pending\"}", in_phase2 as f64),
             ("{state=\"completed_kept\"}", kept as f64),
+            ("{state=\"one_phase_in_doubt\"}", one_phase as f64),
+            ("{state=\"heuristic_needs_person\"}", heuristic as f64),
         ],
+    );
+    counter(
+        &mut out,
+        "ratify_outcomes_evicted_early_total",
+        "Completed outcomes forgotten before the retention's time floor because the count cap was reached.",
+        evicted_early as f64,
     );
     family(
         &mut out,

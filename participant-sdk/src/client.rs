@@ -113,6 +113,12 @@ pub enum ClientError {
     /// The coordinator answered something outside the protocol.
     #[error("coordinator protocol error: {0}")]
     Protocol(String),
+    /// The transaction completed so long ago that the coordinator no longer keeps its
+    /// outcome (older than its retention). Distinct from a gtrid it never issued
+    /// ([`ClientError::Rejected`] with NOT_FOUND). Final: the participants still know
+    /// what their branches did.
+    #[error("outcome forgotten: {0}")]
+    Forgotten(String),
 }
 
 impl ClientError {
@@ -237,6 +243,7 @@ impl Decision {
         let outcome = match pb::Outcome::try_from(outcome) {
             Ok(pb::Outcome::Committed) => Outcome::Committed,
             Ok(pb::Outcome::Aborted) => Outcome::Aborted,
+            Ok(pb::Outcome::Forgotten) => return Err(ClientError::Forgotten(detail)),
             other => {
                 return Err(ClientError::Protocol(format!(
                     "decision must be COMMITTED or ABORTED, got {other:?}"
@@ -420,8 +427,9 @@ impl CoordinatorClient {
     /// [`ClientError::DeadlineExceeded`] is the only way an UNKNOWN outcome is
     /// reported: the transaction may or may not have committed; call `commit` again
     /// (idempotent) or [`CoordinatorClient::get`] to learn it. Also
-    /// [`ClientError::InvalidInput`], [`ClientError::Rejected`] (NOT_FOUND for an
-    /// unknown gtrid), [`ClientError::Protocol`].
+    /// [`ClientError::InvalidInput`], [`ClientError::Rejected`] (NOT_FOUND for a
+    /// gtrid never issued), [`ClientError::Forgotten`] (completed long ago, outcome
+    /// no longer kept), [`ClientError::Protocol`].
     pub async fn commit(&self, gtrid: &str) -> Result<Decision, ClientError> {
         validate_gtrid(gtrid)?;
         let request = pb::CommitRequest {
@@ -500,12 +508,20 @@ impl CoordinatorClient {
 
     /// Asks what happened to `xid`'s transaction. When nothing was decided and it can
     /// no longer commit, the leader durably decides ABORT first (presumed abort).
+    /// `prepared` says the asking branch is prepared (voted YES): a leader that finds
+    /// the transaction undecided and undriven then takes its commit over at once
+    /// (its previous driver died mid-prepare). Pass false for unprepared branches.
     ///
     /// # Errors
     /// [`ClientError::Rejected`], [`ClientError::DeadlineExceeded`].
-    pub async fn query_outcome(&self, xid: &Xid) -> Result<pb::QueryOutcomeResponse, ClientError> {
+    pub async fn query_outcome(
+        &self,
+        xid: &Xid,
+        prepared: bool,
+    ) -> Result<pb::QueryOutcomeResponse, ClientError> {
         let request = pb::QueryOutcomeRequest {
             xid: Some(xid.to_pb()),
+            prepared,
         };
         self.leader_call("query_outcome", request, |ch, r| async move {
             CoordinatorRpc::new(ch).query_outcome(r).await

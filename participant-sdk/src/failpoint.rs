@@ -22,7 +22,11 @@
 //! - coordinator: `coord.before_prepare`, `coord.after_votes` (no decision yet),
 //!   `coord.after_decision` (logged, no phase 2 yet), `coord.after_phase2_ack` (one
 //!   branch acknowledged), `coord.before_complete`, `coord.recovery` (a new leader is
-//!   about to re-drive);
+//!   about to re-drive), `coord.before_one_phase` (hand-over logged, nothing sent),
+//!   `coord.after_one_phase` (the participant answered, its answer not logged),
+//!   `coord.before_timeout_abort` (the scan chose an expired transaction, the abort
+//!   is not proposed yet), `coord.before_enlist` (an Enlist passed its checks, not
+//!   proposed yet);
 //! - adapters add their own (`pg.*`, `kafka.*`), documented in their modules.
 //!
 //! # Deliberate bugs (switches, `name=on`)

@@ -1,9 +1,21 @@
 //! Leadership: when this node becomes leader it catches up on its term, names the
 //! cluster if nobody has, then keeps scanning the table — aborting transactions past
-//! their deadline and re-driving every decided but uncompleted one (DESIGN §4.7).
-//! When it stops being leader, everything it drives stops at the next step.
+//! their deadline, asking the participant of every handed-over one-phase commit, and
+//! re-driving every decided but uncompleted one (docs/design.md, rule 7). When it
+//! stops being leader, everything it drives stops at the next step.
+//!
+//! # The lease
+//! `leader_term` says what this node last heard, and a node that was paused
+//! (SIGSTOP, a long GC-like stall, a VM migration) resumes believing it still leads:
+//! its timers fire and its queued requests run before its Raft core hears of the new
+//! term. So before each participant fan-out the driver also asks for a recent quorum
+//! confirmation: a committed entry, or a heartbeat round (`ensure_linearizable`),
+//! that *started* less than `leader_lease` ago. The lease is shorter than the
+//! election timeout's minimum, so while it holds no other node can have been elected
+//! by a quorum that still acknowledged this one. Under load, entries commit all the
+//! time and the check costs nothing; an idle leader pays one heartbeat round.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use ratify_participant_sdk::failpoint;
@@ -50,6 +62,49 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Records a quorum confirmation of leadership in `term` that started at `at`.
+    pub(super) fn renew_lease(&self, term: u64, at: Instant) {
+        let mut lease = lock(&self.inner.lease);
+        if lease.is_none_or(|(t, prev)| t < term || (t == term && prev < at)) {
+            *lease = Some((term, at));
+        }
+    }
+
+    fn lease_holds(&self, term: u64) -> bool {
+        matches!(*lock(&self.inner.lease), Some((t, at)) if t == term && at.elapsed() < self.inner.config.leader_lease)
+    }
+
+    /// May this node call participants for `term` now? It must be the ready leader
+    /// of `term` and hold the lease (renewed by a heartbeat round if it lapsed).
+    pub(super) async fn may_drive(&self, term: u64) -> bool {
+        if !self.still_leader(term) {
+            return false;
+        }
+        if self.lease_holds(term) {
+            return true;
+        }
+        let _renewal = self.inner.lease_renewal.lock().await;
+        if !self.lease_holds(term) {
+            let started = Instant::now();
+            let confirmed = tokio::time::timeout(
+                self.inner
+                    .config
+                    .propose_timeout
+                    .min(Duration::from_secs(1)),
+                self.inner.raft.ensure_linearizable(),
+            )
+            .await;
+            match confirmed {
+                Ok(Ok(_)) => self.renew_lease(term, started),
+                _ => {
+                    tracing::debug!(term, "leadership not confirmed by a quorum; not driving");
+                    return false;
+                }
+            }
+        }
+        self.still_leader(term)
     }
 
     fn is_current_term(&self, term: u64) -> bool {
@@ -108,6 +163,16 @@ impl Driver {
                 tokio::time::sleep(self.inner.config.scan_interval).await;
             }
         }
+        while self.inner.sm.read().table.retention != self.inner.config.retention {
+            if !self.is_current_term(term) {
+                return;
+            }
+            let retention = self.inner.config.retention;
+            if let Err(e) = self.propose(Command::SetRetention(retention)).await {
+                tracing::warn!(error = %e, "could not set the outcome retention yet; retrying");
+                tokio::time::sleep(self.inner.config.scan_interval).await;
+            }
+        }
         if !self.is_current_term(term) {
             return;
         }
@@ -125,33 +190,51 @@ impl Driver {
     /// One pass over the live table.
     async fn scan(&self) {
         let now = now_ms();
-        let (decided, expired): (Vec<u64>, Vec<u64>) = {
+        let (decided, handed_over, expired) = {
             let sm = self.inner.sm.read();
             let inflight = lock(&self.inner.inflight);
-            let mut decided = Vec::new();
-            let mut expired = Vec::new();
+            let (mut decided, mut handed_over, mut expired) = (Vec::new(), Vec::new(), Vec::new());
             for (&txn, rec) in &sm.table.live {
                 if rec.decision.is_some() {
-                    decided.push(txn);
-                } else if rec.deadline_ms <= now && !inflight.contains_key(&txn) {
+                    // A heuristic transaction with nothing left to send waits for a
+                    // person; anything else still has phase 2 (or its completion) to do.
+                    if rec.pending_phase2().next().is_some() || !rec.is_heuristic() {
+                        decided.push(txn);
+                    }
+                } else if inflight.contains_key(&txn) {
+                    // Driven here right now.
+                } else if rec.handed_over {
+                    handed_over.push(txn);
+                } else if rec.deadline_ms <= now {
                     expired.push(txn);
                 }
             }
-            (decided, expired)
+            (decided, handed_over, expired)
         };
         for txn in decided {
             self.ensure_phase2(txn);
         }
+        // A one-phase commit whose driver died (or a previous leader's): only the
+        // participant knows the outcome, and it is asked again, never timed out.
+        for txn in handed_over {
+            drop(self.start_commit(txn));
+        }
         for txn in expired {
+            failpoint::hit("coord.before_timeout_abort").await;
             let d = decision(
                 false,
                 Reason::Timeout,
                 "transaction outlived its timeout".into(),
             );
             let span = tracing::info_span!("timeout_abort", gtrid = %self.gtrid(txn));
-            if let Err(e) = self.decide(txn, d, None, vec![]).instrument(span).await {
-                tracing::debug!(error = %e, "timeout abort not logged");
-                return;
+            match self.decide(txn, d, None, vec![]).instrument(span).await {
+                Ok(_) => {}
+                // Handed over since the pass began: ask its participant instead.
+                Err(super::DriveError::HandedOver) => drop(self.start_commit(txn)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "timeout abort not logged");
+                    return;
+                }
             }
         }
     }

@@ -12,7 +12,14 @@
 //!
 //! One driver per transaction: commits of the same gtrid on this node share one
 //! run (`inflight`), and every write is a Raft proposal, so a deposed leader's late
-//! decisions cannot commit (DESIGN §4.8).
+//! decisions cannot commit; before every participant fan-out the driver checks that
+//! it still leads in its term and that a quorum confirmed it recently (the lease in
+//! [`leader`]), so a leader that was paused stops calling participants before it
+//! hears it was deposed (docs/design.md, rules 8 and 15).
+//!
+//! One-phase commits hand the outcome to the participant first: a `HandOver` entry
+//! is logged before the call, and from then on only the participant's answer can
+//! decide (docs/design.md, rule 10).
 
 mod batcher;
 mod leader;
@@ -21,7 +28,7 @@ mod phase2;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use ratify_participant_sdk::failpoint;
@@ -32,7 +39,7 @@ use tracing::Instrument;
 use crate::metrics::Counters;
 use crate::raft::SharedSm;
 use crate::txn::{
-    BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal,
+    BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal, Retention,
 };
 use crate::types::typ::{Raft, RaftError};
 use crate::types::{now_ms, Gtrid, NodeId, NodeInfo};
@@ -58,6 +65,12 @@ pub struct DriverConfig {
     pub max_batch: usize,
     /// How often the leader scans for timed-out and undriven transactions.
     pub scan_interval: Duration,
+    /// How long a quorum's acknowledgement lets this leader call participants without
+    /// asking the quorum again. Below the election timeout's minimum, so a leader
+    /// that was paused (or cut off) longer cannot drive on stale leadership.
+    pub leader_lease: Duration,
+    /// How long completed outcomes are kept (proposed by each new leader).
+    pub retention: Retention,
 }
 
 impl Default for DriverConfig {
@@ -71,6 +84,8 @@ impl Default for DriverConfig {
             propose_pipeline: 2,
             max_batch: 512,
             scan_interval: Duration::from_millis(200),
+            leader_lease: Duration::from_millis(150),
+            retention: Retention::default(),
         }
     }
 }
@@ -93,6 +108,14 @@ pub enum DriveError {
     /// No quorum, or the node is shutting down: retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The transaction completed and its outcome was forgotten (older than the
+    /// retention); distinct from a gtrid this cluster never issued.
+    #[error("{0}")]
+    Forgotten(String),
+    /// A one-phase commit is under way: only its participant's answer decides. The
+    /// driver learns that answer instead (never surfaced to clients as such).
+    #[error("a one-phase commit of this transaction is under way; its participant decides")]
+    HandedOver,
 }
 
 /// Where a transaction stands, for the participant-facing query.
@@ -115,6 +138,19 @@ pub struct Begun {
     pub deadline_ms: u64,
     /// Branches enlisted with it.
     pub branches: Vec<BranchRecord>,
+}
+
+/// A transaction as `commit` and `rollback` find it.
+enum Settled {
+    /// Decided (live or completed).
+    Decided(Decision),
+    /// Live and undecided.
+    Undecided {
+        /// Its branches.
+        branches: Vec<BranchRecord>,
+        /// A one-phase commit may have been sent: the participant decides.
+        handed_over: bool,
+    },
 }
 
 /// Shared result of one commit run, seen by every concurrent commit of the gtrid.
@@ -149,6 +185,11 @@ struct Inner {
     completions: mpsc::UnboundedSender<u64>,
     /// `Some(term)` while this node is the leader and has caught up in that term.
     leader_term: watch::Sender<Option<u64>>,
+    /// The latest quorum confirmation of this node's leadership: (term, a time before
+    /// the confirming round started). See `may_drive`.
+    lease: Mutex<Option<(u64, Instant)>>,
+    /// Serialises lease renewals, so many waiting calls share one heartbeat round.
+    lease_renewal: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -187,6 +228,8 @@ impl Driver {
                 phase2: Mutex::new(HashSet::new()),
                 completions,
                 leader_term,
+                lease: Mutex::new(None),
+                lease_renewal: tokio::sync::Mutex::new(()),
             }),
         };
         tokio::spawn(
@@ -246,15 +289,24 @@ impl Driver {
         }
     }
 
-    /// Parses a gtrid and checks that it belongs to this cluster.
+    /// Parses a gtrid and checks that it belongs to this cluster. Call it after
+    /// [`Self::ensure_leader`]: a node that has not applied the cluster id yet cannot
+    /// tell whose a gtrid is, and says so as `Unavailable` (retry on the leader),
+    /// never as `NotFound`, which clients take as final.
     ///
     /// # Errors
-    /// `Invalid` when malformed, `NotFound` when it names another cluster.
+    /// `Invalid` when malformed, `Unavailable` before the cluster id is known,
+    /// `NotFound` when it names another cluster.
     pub fn resolve(&self, gtrid: &str) -> Result<Gtrid, DriveError> {
         let g: Gtrid = gtrid
             .parse()
             .map_err(|e: crate::types::MalformedGtrid| DriveError::Invalid(e.to_string()))?;
         let cluster = self.inner.sm.read().table.cluster_id;
+        if cluster == 0 {
+            return Err(DriveError::Unavailable(
+                "this node has not caught up with the cluster yet; retry on the leader".into(),
+            ));
+        }
         if g.cluster != cluster {
             return Err(DriveError::NotFound(format!(
                 "transaction {g} does not belong to this cluster ({cluster:016x})"
@@ -270,16 +322,24 @@ impl Driver {
         }
     }
 
-    /// Proposes a command and returns what the state machine answered.
+    /// Proposes a command and returns what the state machine answered. A committed
+    /// entry is a quorum's confirmation of this node's leadership: it renews the
+    /// lease from the moment the proposal started.
     async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
+        let started = Instant::now();
+        let term = *self.inner.leader_term.borrow();
         let write = self.inner.batcher.propose(cmd);
-        tokio::time::timeout(self.inner.config.propose_timeout, write)
+        let result = tokio::time::timeout(self.inner.config.propose_timeout, write)
             .await
             .unwrap_or_else(|_| {
                 Err(DriveError::Unavailable(
                     "the log did not commit the request in time (no quorum?); retry".into(),
                 ))
-            })
+            });
+        if let (Ok(_), Some(term)) = (&result, term) {
+            self.renew_lease(term, started);
+        }
+        result
     }
 
     /// Records a decision (or learns the one that won) and starts phase 2 if needed.
@@ -312,6 +372,7 @@ impl Driver {
                 self.ensure_phase2(txn);
                 Ok(d)
             }
+            CommandResult::HandedOver => Err(DriveError::HandedOver),
             CommandResult::Refused(r) => Err(refusal(r)),
             other => Err(unexpected(other)),
         }
@@ -367,6 +428,7 @@ impl Driver {
                 "transaction {gtrid} is committing; it takes no more branches"
             )));
         }
+        failpoint::hit("coord.before_enlist").await;
         match self
             .propose(Command::Enlist {
                 txn: gtrid.index,
@@ -384,14 +446,18 @@ impl Driver {
     /// returns the decision. Idempotent: a decided transaction returns its decision.
     ///
     /// # Errors
-    /// `NotLeader`, `NotFound`, `Unavailable`; never for a domain abort.
+    /// `NotLeader`, `NotFound`, `Forgotten`, `Unavailable`; never for a domain abort.
     pub async fn commit(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
         self.ensure_leader().await?;
-        let txn = gtrid.index;
-        let branches = match self.decided_or_live(txn)? {
-            Ok(d) => return Ok(d),
-            Err(branches) => branches,
-        };
+        if let Settled::Decided(d) = self.settled(gtrid.index)? {
+            return Ok(d);
+        }
+        wait_slot(self.start_commit(gtrid.index)).await
+    }
+
+    /// Starts the commit run of `txn` unless one runs here already, and returns the
+    /// slot its result will appear in.
+    fn start_commit(&self, txn: u64) -> CommitSlot {
         // One driver per transaction on this node: later callers wait for the first.
         let (tx, slot) = {
             let mut inflight = lock(&self.inner.inflight);
@@ -410,20 +476,21 @@ impl Driver {
             // or the transaction would stay marked as being driven forever (never timed
             // out, IN_PROGRESS to every inquiry, its prepared branches holding locks).
             let driver = self.clone();
+            let span = tracing::info_span!("commit", gtrid = %self.gtrid(txn));
             tokio::spawn(
                 async move {
-                    let result = driver.drive_commit(txn, branches).await;
+                    let result = driver.drive_commit(txn).await;
                     let _ = tx.send(Some(result));
                     lock(&driver.inner.inflight).remove(&txn);
                 }
-                .instrument(tracing::info_span!("commit", gtrid = %gtrid)),
+                .instrument(span),
             );
         }
-        wait_slot(slot).await
+        slot
     }
 
-    /// The recorded decision, or the branches of an undecided live transaction.
-    fn decided_or_live(&self, txn: u64) -> Result<Result<Decision, Vec<BranchRecord>>, DriveError> {
+    /// The recorded decision, or what an undecided live transaction looks like.
+    fn settled(&self, txn: u64) -> Result<Settled, DriveError> {
         let sm = self.inner.sm.read();
         match sm.table.lookup(txn) {
             Lookup::Live(rec) => match &rec.decision {
@@ -431,44 +498,88 @@ impl Driver {
                     let d = d.clone();
                     drop(sm);
                     self.ensure_phase2(txn);
-                    Ok(Ok(d))
+                    Ok(Settled::Decided(d))
                 }
-                None => Ok(Err(rec.branches.clone())),
+                None => Ok(Settled::Undecided {
+                    branches: rec.branches.clone(),
+                    handed_over: rec.handed_over,
+                }),
             },
-            Lookup::Finished(f) => Ok(Ok(f.decision.clone())),
-            Lookup::Forgotten => Err(DriveError::NotFound(format!(
-                "transaction {} completed long ago and its outcome was forgotten",
+            Lookup::Finished(f) => Ok(Settled::Decided(f.decision.clone())),
+            Lookup::Forgotten => Err(DriveError::Forgotten(format!(
+                "transaction {} completed and its outcome was forgotten (older than the \
+                 coordinator's outcome retention); ask the participants",
                 self.gtrid(txn)
             ))),
             Lookup::Unknown => Err(DriveError::NotFound(format!(
-                "no transaction {}",
+                "no transaction {} was ever begun in this cluster",
                 self.gtrid(txn)
             ))),
         }
     }
 
-    async fn drive_commit(
+    /// The term this node leads and is ready in.
+    fn ready_term(&self) -> Result<u64, DriveError> {
+        self.inner
+            .leader_term
+            .borrow()
+            .ok_or_else(|| DriveError::Unavailable("leadership lost; retry".into()))
+    }
+
+    async fn drive_commit(&self, txn: u64) -> Result<Decision, DriveError> {
+        let term = self.ready_term()?;
+        loop {
+            let (branches, handed_over) = match self.settled(txn)? {
+                Settled::Decided(d) => return Ok(d),
+                Settled::Undecided {
+                    branches,
+                    handed_over,
+                } => (branches, handed_over),
+            };
+            match branches.as_slice() {
+                [] => {
+                    return self
+                        .decide(
+                            txn,
+                            decision(true, Reason::ClientCommit, String::new()),
+                            Some(0),
+                            vec![],
+                        )
+                        .await
+                }
+                [only] if handed_over => return self.one_phase(txn, only, term).await,
+                [only] if self.inner.config.one_phase => {
+                    // Record the hand-over before anything is sent: once the call may
+                    // be on the wire, the branch may commit, and nobody may abort.
+                    match self.propose(Command::HandOver { txn, branches: 1 }).await? {
+                        CommandResult::HandedOver => return self.one_phase(txn, only, term).await,
+                        CommandResult::Decided(d) => return Ok(d),
+                        // An Enlist slipped in: commit in two phases (read again).
+                        CommandResult::Refused(Refusal::BranchSetChanged { .. }) => continue,
+                        CommandResult::Refused(r) => return Err(refusal(r)),
+                        other => return Err(unexpected(other)),
+                    }
+                }
+                _ => return self.two_phase(txn, branches, term).await,
+            }
+        }
+    }
+
+    async fn two_phase(
         &self,
         txn: u64,
         branches: Vec<BranchRecord>,
+        term: u64,
     ) -> Result<Decision, DriveError> {
         let n = branches.len() as u32;
-        if branches.is_empty() {
-            return self
-                .decide(
-                    txn,
-                    decision(true, Reason::ClientCommit, String::new()),
-                    Some(0),
-                    vec![],
-                )
-                .await;
-        }
-        if branches.len() == 1 && self.inner.config.one_phase {
-            return self.one_phase(txn, &branches[0]).await;
-        }
         let gtrid = self.gtrid(txn);
         let timeout = self.inner.config.prepare_timeout;
         failpoint::hit("coord.before_prepare").await;
+        if !self.may_drive(term).await {
+            return Err(DriveError::Unavailable(
+                "leadership lost before prepare; retry".into(),
+            ));
+        }
         let mut votes: FuturesUnordered<_> = branches
             .iter()
             .map(|b| {
@@ -520,7 +631,7 @@ impl Driver {
         }
         failpoint::hit("coord.after_votes").await;
         if let Some((reason, detail)) = failure {
-            tracing::info!(?reason, %detail, "aborting");
+            tracing::debug!(?reason, %detail, "aborting");
             return self
                 .decide(txn, decision(false, reason, detail), None, read_only)
                 .await;
@@ -576,14 +687,27 @@ impl Driver {
         futures::future::join_all(calls).await;
     }
 
-    /// One-phase commit of a single-branch transaction: the participant decides.
-    async fn one_phase(&self, txn: u64, branch: &BranchRecord) -> Result<Decision, DriveError> {
+    /// One-phase commit of a handed-over single-branch transaction: the participant
+    /// decides, and its answer is logged as the decision. Without an answer it asks
+    /// again (participants answer a repeated one-phase commit with what happened),
+    /// for as long as this node leads; a later leader asks in turn.
+    async fn one_phase(
+        &self,
+        txn: u64,
+        branch: &BranchRecord,
+        term: u64,
+    ) -> Result<Decision, DriveError> {
         let xid = xid_pb(self.gtrid(txn), branch.bqual);
-        let Some(term) = *self.inner.leader_term.borrow() else {
-            return Err(DriveError::Unavailable("leadership lost; retry".into()));
-        };
+        failpoint::hit("coord.before_one_phase").await;
         let mut backoff = Duration::from_millis(20);
         loop {
+            if !self.may_drive(term).await {
+                return Err(DriveError::Unavailable(
+                    "leadership lost during a one-phase commit; the next leader asks the \
+                     participant; retry"
+                        .into(),
+                ));
+            }
             let answer = self
                 .inner
                 .pool
@@ -598,16 +722,8 @@ impl Driver {
             let (commit, reason) = match answer {
                 Phase2Outcome::Committed => (true, Reason::OnePhase),
                 Phase2Outcome::RolledBack => (false, Reason::OnePhaseRefused),
-                // No answer is not a NO: with one phase the branch decides, and it may
-                // have committed. Ask again (participants answer a repeated one-phase
-                // commit with what happened) until it says, for as long as this node
-                // leads; the client gets UNKNOWN at its deadline meanwhile.
+                // No answer is not a NO: the branch may have committed.
                 Phase2Outcome::Retry(d) => {
-                    if !self.still_leader(term) {
-                        return Err(DriveError::Unavailable(
-                            "leadership lost during a one-phase commit; retry".into(),
-                        ));
-                    }
                     tracing::debug!(detail = %d, "one-phase commit retry");
                     Counters::inc(&self.inner.counters.phase2_retries);
                     tokio::time::sleep(backoff).await;
@@ -615,6 +731,7 @@ impl Driver {
                     continue;
                 }
             };
+            failpoint::hit("coord.after_one_phase").await;
             return self
                 .decide(
                     txn,
@@ -626,34 +743,47 @@ impl Driver {
         }
     }
 
-    /// Aborts unless already decided; returns the decision in force.
+    /// Aborts unless already decided; returns the decision in force. A transaction
+    /// handed to its one-phase participant cannot be aborted: the answer is the
+    /// participant's, learned by the commit run (asked again until it answers).
     ///
     /// # Errors
-    /// `NotLeader`, `NotFound`, `Unavailable`.
+    /// `NotLeader`, `NotFound`, `Forgotten`, `Unavailable`.
     pub async fn rollback(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
         self.ensure_leader().await?;
-        match self.decided_or_live(gtrid.index)? {
-            Ok(d) => Ok(d),
-            Err(_) => {
-                self.decide(
-                    gtrid.index,
-                    decision(false, Reason::ClientRollback, String::new()),
-                    None,
-                    vec![],
-                )
-                .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
-                .await
+        let txn = gtrid.index;
+        match self.settled(txn)? {
+            Settled::Decided(d) => Ok(d),
+            Settled::Undecided {
+                handed_over: true, ..
+            } => wait_slot(self.start_commit(txn)).await,
+            Settled::Undecided { .. } => {
+                let d = decision(false, Reason::ClientRollback, String::new());
+                match self
+                    .decide(txn, d, None, vec![])
+                    .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
+                    .await
+                {
+                    Err(DriveError::HandedOver) => wait_slot(self.start_commit(txn)).await,
+                    other => other,
+                }
             }
         }
     }
 
     /// Answers a participant's "what happened to T?". When nothing is decided and the
-    /// transaction cannot still commit, logs ABORT first (DESIGN §4.3): the read is
-    /// linearizable, so no decision from an earlier term can still appear.
+    /// transaction cannot still commit, logs ABORT first (docs/design.md, rule 3):
+    /// the read is linearizable, so no decision from an earlier term can still
+    /// appear. A transaction handed to its one-phase participant is never presumed
+    /// aborted. A `prepared` branch of an undecided transaction that no run drives
+    /// here proves its commit was asked for (only a commit run prepares): the
+    /// previous driver died mid-prepare, so this leader takes the commit over
+    /// (re-running prepare, which prepared branches answer YES again) instead of
+    /// leaving the branch locked until the deadline.
     ///
     /// # Errors
     /// `NotLeader`, `NotFound` (a gtrid this cluster never issued), `Unavailable`.
-    pub async fn query(&self, gtrid: Gtrid) -> Result<QueryAnswer, DriveError> {
+    pub async fn query(&self, gtrid: Gtrid, prepared: bool) -> Result<QueryAnswer, DriveError> {
         match self.inner.raft.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(crate::types::typ::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -662,14 +792,16 @@ impl Driver {
             Err(e) => return Err(DriveError::Unavailable(e.to_string())),
         }
         let txn = gtrid.index;
-        let may_still_commit = {
+        let (inflight, handed_over, before_deadline) = {
             let sm = self.inner.sm.read();
             match sm.table.lookup(txn) {
                 Lookup::Live(rec) => match &rec.decision {
                     Some(d) => return Ok(QueryAnswer::Decided(d.clone())),
-                    None => {
-                        lock(&self.inner.inflight).contains_key(&txn) || now_ms() < rec.deadline_ms
-                    }
+                    None => (
+                        lock(&self.inner.inflight).contains_key(&txn),
+                        rec.handed_over,
+                        now_ms() < rec.deadline_ms,
+                    ),
                 },
                 Lookup::Finished(f) => return Ok(QueryAnswer::Decided(f.decision.clone())),
                 Lookup::Forgotten => return Ok(QueryAnswer::Forgotten),
@@ -680,7 +812,18 @@ impl Driver {
                 }
             }
         };
-        if may_still_commit {
+        if inflight {
+            return Ok(QueryAnswer::InProgress);
+        }
+        if handed_over || (prepared && before_deadline) {
+            // Nobody drives it here: take it over (one-phase: ask the participant;
+            // two-phase: prepare again and decide).
+            if self.inner.leader_term.borrow().is_some() {
+                drop(self.start_commit(txn));
+            }
+            return Ok(QueryAnswer::InProgress);
+        }
+        if before_deadline {
             return Ok(QueryAnswer::InProgress);
         }
         let d = self
@@ -695,8 +838,12 @@ impl Driver {
                 vec![],
             )
             .instrument(tracing::info_span!("presumed_abort", gtrid = %gtrid))
-            .await?;
-        Ok(QueryAnswer::Decided(d))
+            .await;
+        match d {
+            Ok(d) => Ok(QueryAnswer::Decided(d)),
+            Err(DriveError::HandedOver) => Ok(QueryAnswer::InProgress),
+            Err(e) => Err(e),
+        }
     }
 
     /// Is a commit of `txn` being driven on this node right now?
@@ -750,6 +897,7 @@ fn refusal(r: Refusal) -> DriveError {
         Refusal::NoClusterId => DriveError::Unavailable(r.to_string()),
         Refusal::AlreadyDecided(_)
         | Refusal::TooManyBranches
-        | Refusal::BranchSetChanged { .. } => DriveError::Precondition(r.to_string()),
+        | Refusal::BranchSetChanged { .. }
+        | Refusal::HandedOver => DriveError::Precondition(r.to_string()),
     }
 }

@@ -11,8 +11,18 @@ use tracing::Instrument;
 use super::participants::Phase2Outcome;
 use super::{lock, xid_pb, Driver};
 use crate::metrics::Counters;
-use crate::txn::{Command, Lookup};
+use crate::txn::{Command, Heuristic, Lookup};
 use crate::types::now_ms;
+
+/// How one branch's phase 2 ended on this node.
+enum Ack {
+    /// Acknowledged as decided.
+    Done,
+    /// Answered against the decision (logged as a heuristic outcome).
+    Contradicted,
+    /// Stopped: leadership lost (the next leader re-drives it).
+    Stopped,
+}
 
 /// Most completions logged in one entry.
 const MAX_COMPLETIONS_PER_ENTRY: usize = 4_096;
@@ -37,23 +47,29 @@ impl Driver {
 
     async fn run_phase2(self, txn: u64, term: u64) {
         let found = match self.inner.sm.read().table.lookup(txn) {
-            Lookup::Live(rec) => rec.decision.clone().map(|d| (d, rec.branches.clone())),
+            Lookup::Live(rec) => rec.decision.clone().map(|d| {
+                (
+                    d,
+                    rec.pending_phase2().cloned().collect::<Vec<_>>(),
+                    rec.is_heuristic(),
+                )
+            }),
             _ => None,
         };
-        let Some((decision, branches)) = found else {
+        let Some((decision, branches, mut heuristic)) = found else {
             lock(&self.inner.phase2).remove(&txn);
             return;
         };
         let gtrid = self.gtrid(txn);
-        let acks = join_all(branches.iter().filter(|b| !b.skip_phase2).map(|b| {
+        let acks = join_all(branches.iter().map(|b| {
             let xid = xid_pb(gtrid, b.bqual);
             let driver = &self;
             let commit = decision.commit;
             async move {
                 let mut backoff = Duration::from_millis(50);
                 loop {
-                    if !driver.still_leader(term) {
-                        return false;
+                    if !driver.may_drive(term).await {
+                        return Ack::Stopped;
                     }
                     let timeout = driver.inner.config.phase2_timeout;
                     Counters::inc(&driver.inner.counters.phase2_calls);
@@ -74,23 +90,17 @@ impl Driver {
                     match answer {
                         Phase2Outcome::Committed if commit => {
                             failpoint::hit("coord.after_phase2_ack").await;
-                            return true;
+                            return Ack::Done;
                         }
                         Phase2Outcome::RolledBack if !commit => {
                             failpoint::hit("coord.after_phase2_ack").await;
-                            return true;
+                            return Ack::Done;
                         }
                         Phase2Outcome::Committed | Phase2Outcome::RolledBack => {
                             // The branch decided on its own against the log: a heuristic
-                            // outcome. Nothing more can be done by retrying.
-                            Counters::inc(&driver.inner.counters.heuristic_outcomes);
-                            tracing::error!(
-                                bqual = b.bqual,
-                                decision = if commit { "commit" } else { "abort" },
-                                ?answer,
-                                "heuristic outcome: branch disagrees with the logged decision"
-                            );
-                            return true;
+                            // outcome. Retrying cannot change it; a person must repair
+                            // the data, so it is logged and kept visible (rule 11).
+                            return driver.record_heuristic(txn, b.bqual, commit, &answer).await;
                         }
                         Phase2Outcome::Retry(detail) => {
                             tracing::debug!(bqual = b.bqual, %detail, "phase 2 retry");
@@ -103,7 +113,17 @@ impl Driver {
             }
         }))
         .await;
-        if acks.iter().all(|&a| a) {
+        let mut stopped = false;
+        for ack in &acks {
+            match ack {
+                Ack::Done => {}
+                Ack::Contradicted => heuristic = true,
+                Ack::Stopped => stopped = true,
+            }
+        }
+        // A heuristic transaction is not completed: it stays live, listed for a
+        // person, once nothing is left to send.
+        if !stopped && !heuristic {
             // Stays in `phase2` until the completion is logged, so the scanner does
             // not start a second run meanwhile.
             if self.inner.completions.send(txn).is_ok() {
@@ -111,6 +131,48 @@ impl Driver {
             }
         }
         lock(&self.inner.phase2).remove(&txn);
+    }
+
+    /// Logs a phase-2 answer that contradicts the decision, counts it and says so
+    /// at WARN with the gtrid (the span). If the log cannot take it now, the branch
+    /// counts as not acknowledged and the next pass asks it again.
+    async fn record_heuristic(
+        &self,
+        txn: u64,
+        bqual: u32,
+        decided_commit: bool,
+        answer: &Phase2Outcome,
+    ) -> Ack {
+        let committed = matches!(answer, Phase2Outcome::Committed);
+        let detail = format!(
+            "decision was {}, branch {bqual} answered {}",
+            if decided_commit { "COMMIT" } else { "ABORT" },
+            if committed {
+                "COMMITTED"
+            } else {
+                "ROLLED BACK"
+            }
+        );
+        tracing::warn!(bqual, %detail, "heuristic outcome: a branch contradicts the logged decision; a person must repair it");
+        let cmd = Command::Heuristic {
+            txn,
+            bqual,
+            heuristic: Heuristic {
+                committed,
+                detail,
+                at_ms: now_ms(),
+            },
+        };
+        match self.propose(cmd).await {
+            Ok(_) => {
+                Counters::inc(&self.inner.counters.heuristic_outcomes);
+                Ack::Contradicted
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heuristic outcome not logged yet");
+                Ack::Stopped
+            }
+        }
     }
 
     /// Logs completions in batches: whatever arrived while the previous batch was

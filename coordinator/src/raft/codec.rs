@@ -6,8 +6,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The current encoding version. 2: log entries carry a batch of commands; transactions are numbered by the table.
-const VERSION: u8 = 2;
+/// The current encoding version. 2: log entries carry a batch of commands; transactions
+/// are numbered by the table. 3: one-phase hand-over, heuristic outcomes, outcome
+/// retention by completion order.
+const VERSION: u8 = 3;
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]

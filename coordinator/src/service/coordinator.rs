@@ -94,6 +94,21 @@ fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
         xid: Some(xid_pb(gtrid, b.bqual)),
         endpoint: b.spec.endpoint.clone(),
         resource: b.spec.resource.clone(),
+        heuristic: b
+            .heuristic
+            .as_ref()
+            .map(|h| h.detail.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A Commit or Rollback answer: the decision, or FORGOTTEN (a domain answer, in the
+/// response, not a status).
+fn answer_fields(r: Result<Decision, DriveError>) -> Result<(i32, i32, String), Status> {
+    match r {
+        Ok(d) => Ok(decision_fields(&d)),
+        Err(DriveError::Forgotten(detail)) => Ok((pb::Outcome::Forgotten as i32, 0, detail)),
+        Err(e) => Err(to_status(e)),
     }
 }
 
@@ -114,7 +129,9 @@ impl CoordinatorService {
         let (state, outcome, reason, detail, decided) = match &rec.decision {
             Some(d) => {
                 let (o, r, det) = decision_fields(d);
-                let state = if d.commit {
+                let state = if rec.is_heuristic() {
+                    pb::TxnState::Heuristic
+                } else if d.commit {
                     pb::TxnState::Committed
                 } else {
                     pb::TxnState::Aborted
@@ -122,7 +139,9 @@ impl CoordinatorService {
                 (state, o, r, det, d.decided_ms)
             }
             None => {
-                let state = if self.driver.is_preparing(gtrid.index) {
+                let state = if rec.handed_over {
+                    pb::TxnState::OnePhase
+                } else if self.driver.is_preparing(gtrid.index) {
                     pb::TxnState::Preparing
                 } else {
                     pb::TxnState::Active
@@ -144,9 +163,18 @@ impl CoordinatorService {
         }
     }
 
-    /// Reads are served by a caught-up leader so that clients see one history.
+    /// Every call is served by a caught-up leader, so that clients see one history.
+    /// It is checked before the request's gtrid is looked at: a node that is not
+    /// ready may not know the cluster id yet, and must redirect rather than answer
+    /// NOT_FOUND, which clients take as final.
     async fn leader_only(&self) -> Result<(), Status> {
         self.driver.ensure_leader().await.map_err(to_status)
+    }
+
+    /// [`Self::leader_only`], then the gtrid parsed and checked.
+    async fn leader_gtrid(&self, gtrid: &str) -> Result<Gtrid, Status> {
+        self.leader_only().await?;
+        self.gtrid(gtrid)
     }
 }
 
@@ -199,8 +227,8 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::EnlistRequest>,
     ) -> Result<Response<pb::EnlistResponse>, Status> {
         let req = req.into_inner();
-        let gtrid = self.gtrid(&req.gtrid)?;
         let spec = validate_branch(req.branch.ok_or_else(|| invalid("branch is required"))?)?;
+        let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let b = self.driver.enlist(gtrid, spec).await.map_err(to_status)?;
         Ok(Response::new(pb::EnlistResponse {
             branch: Some(branch_pb(gtrid, &b)),
@@ -211,11 +239,10 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let gtrid = self.gtrid(&req.into_inner().gtrid)?;
+        let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way.
-        let d = self.driver.commit(gtrid).await.map_err(to_status)?;
-        let (outcome, reason, detail) = decision_fields(&d);
+        let (outcome, reason, detail) = answer_fields(self.driver.commit(gtrid).await)?;
         Ok(Response::new(pb::CommitResponse {
             outcome,
             reason,
@@ -227,9 +254,8 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
-        let gtrid = self.gtrid(&req.into_inner().gtrid)?;
-        let d = self.driver.rollback(gtrid).await.map_err(to_status)?;
-        let (outcome, reason, detail) = decision_fields(&d);
+        let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
+        let (outcome, reason, detail) = answer_fields(self.driver.rollback(gtrid).await)?;
         Ok(Response::new(pb::RollbackResponse {
             outcome,
             reason,
@@ -241,8 +267,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
-        self.leader_only().await?;
-        let gtrid = self.gtrid(&req.into_inner().gtrid)?;
+        let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
         let sm = self.driver.sm().read();
         let txn = match sm.table.lookup(gtrid.index) {
             Lookup::Live(rec) => self.live_pb(gtrid, rec),
@@ -258,11 +283,16 @@ impl Coordinator for CoordinatorService {
                     ..Default::default()
                 }
             }
-            Lookup::Forgotten => {
-                return Err(to_status(DriveError::NotFound(format!(
-                    "transaction {gtrid} completed long ago and was forgotten"
-                ))))
-            }
+            Lookup::Forgotten => pb::Transaction {
+                gtrid: gtrid.to_string(),
+                state: pb::TxnState::Completed as i32,
+                outcome: pb::Outcome::Forgotten as i32,
+                detail: format!(
+                    "transaction {gtrid} completed and its outcome was forgotten (older than \
+                     the coordinator's outcome retention)"
+                ),
+                ..Default::default()
+            },
             Lookup::Unknown => {
                 return Err(to_status(DriveError::NotFound(format!(
                     "no transaction {gtrid}"
@@ -323,10 +353,9 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::QueryOutcomeRequest>,
     ) -> Result<Response<pb::QueryOutcomeResponse>, Status> {
-        let xid = req
-            .into_inner()
-            .xid
-            .ok_or_else(|| invalid("xid is required"))?;
+        let req = req.into_inner();
+        let prepared = req.prepared;
+        let xid = req.xid.ok_or_else(|| invalid("xid is required"))?;
         if xid.format_id != ratify_proto::XID_FORMAT_ID {
             return Err(invalid(format!(
                 "xid format id {:#x} is not Ratify's",
@@ -339,8 +368,12 @@ impl Coordinator for CoordinatorService {
         {
             return Err(invalid("xid bqual must be 1 to 8 decimal digits"));
         }
-        let gtrid = self.gtrid(&xid.gtrid)?;
-        let answer = self.driver.query(gtrid).await.map_err(to_status)?;
+        let gtrid = self.leader_gtrid(&xid.gtrid).await?;
+        let answer = self
+            .driver
+            .query(gtrid, prepared)
+            .await
+            .map_err(to_status)?;
         let (outcome, reason) = match answer {
             QueryAnswer::Decided(d) => (d.outcome() as i32, pb::Reason::from(d.reason) as i32),
             QueryAnswer::InProgress => (pb::Outcome::InProgress as i32, 0),

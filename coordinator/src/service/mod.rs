@@ -34,7 +34,8 @@ pub fn to_status(e: DriveError) -> Status {
             status
         }
         DriveError::Invalid(m) => Status::invalid_argument(m),
-        DriveError::NotFound(m) => Status::not_found(m),
+        DriveError::NotFound(m) | DriveError::Forgotten(m) => Status::not_found(m),
+        DriveError::HandedOver => Status::unavailable(DriveError::HandedOver.to_string()),
         DriveError::Precondition(m) => Status::failed_precondition(m),
         DriveError::Unavailable(m) => Status::unavailable(m),
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use ratify_proto::pb;
 
-pub use table::{Lookup, TxnTable, FINISHED_RETENTION};
+pub use table::{Lookup, TxnTable};
 
 /// Most branches one transaction may have.
 pub const MAX_BRANCHES: usize = 64;
@@ -32,6 +32,34 @@ pub const MAX_ENDPOINT_BYTES: usize = 256;
 pub const MAX_RESOURCE_BYTES: usize = 64;
 /// Longest timeout a client may ask for, in milliseconds (one hour).
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Longest decision or heuristic detail kept in the table, in bytes. Longer text (a
+/// participant's NO reason can be megabytes) is cut at a character boundary when the
+/// command is applied, so every replica keeps the same bytes.
+pub const MAX_DETAIL_BYTES: usize = 512;
+
+/// How long completed outcomes are remembered for late questions. Replicated (the
+/// table holds the one in force), so every replica forgets the same outcomes at the
+/// same log position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Outcomes younger than this (by completion time) are kept, up to `max_count`.
+    pub min_age_ms: u64,
+    /// At least this many of the newest outcomes are kept, whatever their age.
+    pub min_count: u64,
+    /// Never more than this many: the memory (and snapshot) bound. Outcomes evicted
+    /// younger than `min_age_ms` because of it are counted (`evicted_early`).
+    pub max_count: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            min_age_ms: 24 * 3_600_000,
+            min_count: 200_000,
+            max_count: 2_000_000,
+        }
+    }
+}
 
 /// Why a transaction was decided the way it was. Mirrors `ratify.v1.Reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +84,14 @@ pub enum Reason {
     ProtocolError,
     /// The single branch refused a one-phase commit and rolled back.
     OnePhaseRefused,
+}
+
+impl Reason {
+    /// True for the reasons that report a one-phase participant's own answer: the
+    /// only decisions a handed-over transaction accepts (docs/design.md, rule 10).
+    pub fn is_one_phase_answer(self) -> bool {
+        matches!(self, Self::OnePhase | Self::OnePhaseRefused)
+    }
 }
 
 impl From<Reason> for pb::Reason {
@@ -117,6 +153,21 @@ pub struct BranchRecord {
     pub spec: BranchSpec,
     /// The branch needs no phase 2 (it voted READ_ONLY, or finished in one phase).
     pub skip_phase2: bool,
+    /// The branch answered phase 2 against the decision (docs/design.md, rule 11).
+    pub heuristic: Option<Heuristic>,
+}
+
+/// A phase-2 answer that contradicts the logged decision: the branch committed when
+/// the decision was abort, or rolled back when it was commit. Kept on the
+/// transaction until a person has repaired the data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heuristic {
+    /// What the branch did: true when it committed.
+    pub committed: bool,
+    /// What it said, cut to [`MAX_DETAIL_BYTES`].
+    pub detail: String,
+    /// When the answer came, leader clock, Unix ms.
+    pub at_ms: u64,
 }
 
 /// A live transaction (not yet COMPLETED).
@@ -132,6 +183,24 @@ pub struct TxnRecord {
     pub branches: Vec<BranchRecord>,
     /// The decision, once made.
     pub decision: Option<Decision>,
+    /// A one-phase commit may have been sent to the single branch: from now on the
+    /// outcome is the participant's, and only its answer may decide (docs/design.md,
+    /// rule 10). Set by [`Command::HandOver`], never cleared.
+    pub handed_over: bool,
+}
+
+impl TxnRecord {
+    /// Branches that still need a phase-2 answer: not skipped, not heuristic.
+    pub fn pending_phase2(&self) -> impl Iterator<Item = &BranchRecord> {
+        self.branches
+            .iter()
+            .filter(|b| !b.skip_phase2 && b.heuristic.is_none())
+    }
+
+    /// Some branch contradicted the decision: a person must look.
+    pub fn is_heuristic(&self) -> bool {
+        self.branches.iter().any(|b| b.heuristic.is_some())
+    }
 }
 
 /// What remains of a COMPLETED transaction: its decision, for late questions.
@@ -162,6 +231,26 @@ pub enum Command {
         /// Branches enlisted at once.
         branches: Vec<BranchSpec>,
     },
+    /// Hands the outcome of a single-branch transaction to its participant, before a
+    /// one-phase commit is sent. Refused unless the transaction is undecided and has
+    /// exactly `branches` branches (an Enlist that slipped in makes it two-phase).
+    HandOver {
+        /// Target transaction.
+        txn: u64,
+        /// Branches the driver saw (1).
+        branches: u32,
+    },
+    /// Records a phase-2 answer that contradicts the decision.
+    Heuristic {
+        /// Target transaction.
+        txn: u64,
+        /// The branch that answered.
+        bqual: u32,
+        /// What it did.
+        heuristic: Heuristic,
+    },
+    /// Sets the outcome retention in force (the leader proposes its configuration).
+    SetRetention(Retention),
     /// Enlists one branch in an undecided transaction.
     Enlist {
         /// Target transaction (its number).
@@ -233,6 +322,10 @@ pub enum Refusal {
     /// The cluster id is not set yet (a new cluster's first moments).
     #[error("cluster id not yet assigned")]
     NoClusterId,
+    /// A one-phase commit is under way: the single branch decides, so the
+    /// transaction takes no more branches and no other decision.
+    #[error("a one-phase commit is under way; its participant decides the outcome")]
+    HandedOver,
 }
 
 /// The state machine's answer to a command.
@@ -256,6 +349,9 @@ pub enum CommandResult {
     Enlisted(BranchRecord),
     /// The decision in force: the one proposed, or an earlier one that won.
     Decided(Decision),
+    /// The transaction's outcome is now its one-phase participant's (HandOver
+    /// applied, or applied earlier).
+    HandedOver,
     /// Completion recorded.
     Completed,
     /// Refused; nothing changed.

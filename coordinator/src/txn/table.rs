@@ -1,17 +1,13 @@
 //! The transaction table and the deterministic apply function.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BranchRecord, Command, CommandResult, Decision, FinishedRecord, Refusal, TxnRecord,
-    MAX_BRANCHES,
+    BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Refusal, Retention,
+    TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
 };
-
-/// How many completed outcomes are kept for late questions before the oldest are
-/// forgotten. Deterministic (a constant), so every replica forgets the same ones.
-pub const FINISHED_RETENTION: usize = 200_000;
 
 /// The replicated transaction table: live transactions plus recent outcomes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,9 +19,17 @@ pub struct TxnTable {
     pub next_txn: u64,
     /// Transactions not yet COMPLETED, by number.
     pub live: BTreeMap<u64, TxnRecord>,
-    /// Decisions of COMPLETED transactions, by number, bounded by
-    /// [`FINISHED_RETENTION`].
+    /// Decisions of COMPLETED transactions, by number, bounded by `retention`.
     pub finished: BTreeMap<u64, FinishedRecord>,
+    /// The numbers in `finished`, in completion order: eviction takes the outcome
+    /// that completed first, so a long-running transaction's outcome is kept as long
+    /// as any other's (not dropped because its number is low).
+    pub finished_order: VecDeque<u64>,
+    /// How long outcomes are kept (replicated, see [`Command::SetRetention`]).
+    pub retention: Retention,
+    /// Outcomes evicted by `retention.max_count` while younger than
+    /// `retention.min_age_ms`: the time floor could not be honoured.
+    pub evicted_early: u64,
 }
 
 /// Where a transaction stands, as found in the table.
@@ -68,6 +72,10 @@ impl TxnTable {
                 }
                 CommandResult::ClusterId(self.cluster_id)
             }
+            Command::SetRetention(retention) => {
+                self.retention = retention;
+                CommandResult::None
+            }
             Command::Begin {
                 now_ms,
                 timeout_ms,
@@ -83,6 +91,7 @@ impl TxnTable {
                     labels,
                     branches: Vec::new(),
                     decision: None,
+                    handed_over: false,
                 };
                 for spec in branches {
                     if let Err(refusal) = enlist(&mut rec, spec) {
@@ -109,6 +118,7 @@ impl TxnTable {
                     _ => Refusal::NotFound,
                 }),
             },
+            Command::HandOver { txn, branches } => self.hand_over(txn, branches),
             Command::Decide {
                 txn,
                 decision,
@@ -116,13 +126,35 @@ impl TxnTable {
                 skip_phase2,
                 complete,
             } => self.decide(txn, decision, prepared_branches, &skip_phase2, complete),
+            Command::Heuristic {
+                txn,
+                bqual,
+                mut heuristic,
+            } => {
+                let branch = self
+                    .live
+                    .get_mut(&txn)
+                    .filter(|rec| rec.decision.is_some())
+                    .and_then(|rec| rec.branches.iter_mut().find(|b| b.bqual == bqual));
+                if let Some(b) = branch {
+                    if b.heuristic.is_none() {
+                        heuristic.detail = cut(heuristic.detail);
+                        b.heuristic = Some(heuristic);
+                    }
+                }
+                CommandResult::None
+            }
             Command::Complete { txns, now_ms } => {
                 for txn in txns {
                     let Some(rec) = self.live.get(&txn) else {
                         continue;
                     };
                     // Only a decided transaction can complete; anything else is a
-                    // stale completion from a confused proposer and is ignored.
+                    // stale completion from a confused proposer and is ignored. A
+                    // heuristic one stays live, listed for a person (rule 11).
+                    if rec.is_heuristic() {
+                        continue;
+                    }
                     if let Some(decision) = rec.decision.clone() {
                         self.live.remove(&txn);
                         self.finish(txn, decision, now_ms);
@@ -133,10 +165,33 @@ impl TxnTable {
         }
     }
 
+    fn hand_over(&mut self, txn: u64, branches: u32) -> CommandResult {
+        let Some(rec) = self.live.get_mut(&txn) else {
+            return match self.lookup(txn) {
+                Lookup::Finished(f) => CommandResult::Decided(f.decision.clone()),
+                _ => CommandResult::Refused(Refusal::NotFound),
+            };
+        };
+        if let Some(existing) = &rec.decision {
+            return CommandResult::Decided(existing.clone());
+        }
+        if !rec.handed_over {
+            let enlisted = rec.branches.len() as u32;
+            if enlisted != branches {
+                return CommandResult::Refused(Refusal::BranchSetChanged {
+                    prepared: branches,
+                    enlisted,
+                });
+            }
+            rec.handed_over = true;
+        }
+        CommandResult::HandedOver
+    }
+
     fn decide(
         &mut self,
         txn: u64,
-        decision: Decision,
+        mut decision: Decision,
         prepared_branches: Option<u32>,
         skip_phase2: &[u32],
         complete: bool,
@@ -154,6 +209,12 @@ impl TxnTable {
         if let Some(existing) = &rec.decision {
             return CommandResult::Decided(existing.clone());
         }
+        // Once a one-phase commit may have been sent, only the participant's answer
+        // decides: a client rollback, the timeout scan, a presumed abort or a new
+        // leader must learn that answer instead (docs/design.md, rule 10).
+        if rec.handed_over && !decision.reason.is_one_phase_answer() {
+            return CommandResult::HandedOver;
+        }
         if decision.commit {
             if let Some(prepared) = prepared_branches {
                 let enlisted = rec.branches.len() as u32;
@@ -170,6 +231,7 @@ impl TxnTable {
                 b.skip_phase2 = true;
             }
         }
+        decision.detail = cut(decision.detail);
         rec.decision = Some(decision.clone());
         if complete || rec.branches.iter().all(|b| b.skip_phase2) {
             self.live.remove(&txn);
@@ -187,16 +249,42 @@ impl TxnTable {
                 completed_ms,
             },
         );
-        while self.finished.len() > FINISHED_RETENTION {
-            self.finished.pop_first();
+        self.finished_order.push_back(txn);
+        self.evict(completed_ms);
+    }
+
+    /// Forgets the outcomes that completed first, while more than `min_count` are
+    /// kept and the oldest is past `min_age_ms`, or while more than `max_count` are
+    /// kept. `now_ms` comes from the command, so every replica evicts alike.
+    fn evict(&mut self, now_ms: u64) {
+        let r = self.retention;
+        while let Some(&oldest) = self.finished_order.front() {
+            let Some(f) = self.finished.get(&oldest) else {
+                self.finished_order.pop_front();
+                continue;
+            };
+            let kept = self.finished.len() as u64;
+            let aged = f.completed_ms.saturating_add(r.min_age_ms) <= now_ms;
+            let over_cap = kept > r.max_count.max(1);
+            if !(over_cap || (kept > r.min_count && aged)) {
+                break;
+            }
+            if !aged {
+                self.evicted_early += 1;
+            }
+            self.finished.remove(&oldest);
+            self.finished_order.pop_front();
         }
     }
 }
 
 /// Adds a branch, or returns the existing one for the same endpoint and resource.
-fn enlist(rec: &mut TxnRecord, spec: super::BranchSpec) -> Result<BranchRecord, Refusal> {
+fn enlist(rec: &mut TxnRecord, spec: BranchSpec) -> Result<BranchRecord, Refusal> {
     if let Some(d) = &rec.decision {
         return Err(Refusal::AlreadyDecided(describe(d)));
+    }
+    if rec.handed_over {
+        return Err(Refusal::HandedOver);
     }
     if let Some(existing) = rec.branches.iter().find(|b| b.spec == spec) {
         return Ok(existing.clone());
@@ -208,9 +296,22 @@ fn enlist(rec: &mut TxnRecord, spec: super::BranchSpec) -> Result<BranchRecord, 
         bqual: rec.branches.len() as u32 + 1,
         spec,
         skip_phase2: false,
+        heuristic: None,
     };
     rec.branches.push(branch.clone());
     Ok(branch)
+}
+
+/// `s` cut to [`MAX_DETAIL_BYTES`] at a character boundary.
+pub(crate) fn cut(mut s: String) -> String {
+    if s.len() > MAX_DETAIL_BYTES {
+        let mut end = MAX_DETAIL_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 fn describe(d: &Decision) -> String {
@@ -223,7 +324,7 @@ fn describe(d: &Decision) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BranchSpec, Reason};
+    use super::super::{Heuristic, Reason};
     use super::*;
 
     fn spec(n: u32) -> BranchSpec {
@@ -415,23 +516,185 @@ mod tests {
         assert!(matches!(t.lookup(b), Lookup::Finished(_)));
     }
 
+    fn retention(t: &mut TxnTable, min_age_ms: u64, min_count: u64, max_count: u64) {
+        t.apply(Command::SetRetention(Retention {
+            min_age_ms,
+            min_count,
+            max_count,
+        }));
+    }
+
+    fn complete(t: &mut TxnTable, txn: u64, now_ms: u64) {
+        decide(t, txn, true, Reason::ClientCommit);
+        t.apply(Command::Complete {
+            txns: vec![txn],
+            now_ms,
+        });
+        assert!(matches!(t.lookup(txn), Lookup::Finished(_)));
+    }
+
     #[test]
     fn old_outcomes_are_forgotten_not_presumed_aborted() {
         let mut t = table();
-        t.next_txn = 10 + FINISHED_RETENTION as u64 + 3;
-        for i in 0..(FINISHED_RETENTION as u64 + 3) {
-            t.finish(10 + i, decision(true, Reason::ClientCommit), 0);
+        retention(&mut t, 0, 3, 100);
+        let first = begun(&mut t, 1);
+        complete(&mut t, first, 10);
+        for _ in 0..3 {
+            let n = begun(&mut t, 1);
+            complete(&mut t, n, 20);
         }
-        assert_eq!(t.finished.len(), FINISHED_RETENTION);
-        assert_eq!(t.lookup(10), Lookup::Forgotten);
+        assert_eq!(t.finished.len(), 3);
+        assert_eq!(t.lookup(first), Lookup::Forgotten);
         assert!(matches!(
-            decide(&mut t, 10, false, Reason::ParticipantInquiry),
+            decide(&mut t, first, false, Reason::ParticipantInquiry),
             CommandResult::Refused(Refusal::NotFound)
         ));
         assert_eq!(
-            t.lookup(10),
+            t.lookup(first),
             Lookup::Forgotten,
             "a forgotten commit must not turn into an abort"
         );
+    }
+
+    #[test]
+    fn outcomes_are_evicted_in_completion_order_not_by_number() {
+        let mut t = table();
+        retention(&mut t, 0, 2, 100);
+        let long_running = begun(&mut t, 1);
+        let a = begun(&mut t, 1);
+        let b = begun(&mut t, 1);
+        complete(&mut t, a, 10);
+        complete(&mut t, b, 11);
+        // The oldest number completes last: it must be the one kept longest.
+        complete(&mut t, long_running, 12);
+        assert_eq!(t.lookup(a), Lookup::Forgotten);
+        assert!(matches!(t.lookup(b), Lookup::Finished(_)));
+        assert!(
+            matches!(t.lookup(long_running), Lookup::Finished(_)),
+            "a long-running transaction's outcome was dropped the moment it completed"
+        );
+    }
+
+    #[test]
+    fn outcomes_younger_than_the_time_floor_are_kept_beyond_the_count() {
+        let mut t = table();
+        retention(&mut t, 1_000, 2, 100);
+        let mut txns = Vec::new();
+        for i in 0..10 {
+            let n = begun(&mut t, 1);
+            complete(&mut t, n, 5_000 + i);
+            txns.push(n);
+        }
+        assert_eq!(t.finished.len(), 10, "all are younger than the floor");
+        // Time passes: the next completion evicts every aged one down to the count.
+        let n = begun(&mut t, 1);
+        complete(&mut t, n, 7_000);
+        assert_eq!(t.finished.len(), 2);
+        assert_eq!(t.evicted_early, 0);
+        // The hard cap wins over the floor, and says so.
+        retention(&mut t, 1_000_000, 2, 3);
+        for _ in 0..3 {
+            let n = begun(&mut t, 1);
+            complete(&mut t, n, 8_000);
+        }
+        assert_eq!(t.finished.len(), 3);
+        assert_eq!(t.evicted_early, 2);
+    }
+
+    #[test]
+    fn a_handed_over_transaction_takes_only_its_participants_answer() {
+        let mut t = table();
+        let txn = begun(&mut t, 1);
+        assert_eq!(
+            t.apply(Command::HandOver { txn, branches: 1 }),
+            CommandResult::HandedOver
+        );
+        for reason in [
+            Reason::ClientRollback,
+            Reason::Timeout,
+            Reason::ParticipantInquiry,
+            Reason::Operator,
+            Reason::ClientCommit,
+        ] {
+            assert_eq!(
+                decide(&mut t, txn, false, reason),
+                CommandResult::HandedOver,
+                "{reason:?} must not decide a handed-over transaction"
+            );
+        }
+        assert!(matches!(
+            t.apply(Command::Enlist {
+                txn,
+                branch: spec(5)
+            }),
+            CommandResult::Refused(Refusal::HandedOver)
+        ));
+        let r = t.apply(Command::Decide {
+            txn,
+            decision: decision(true, Reason::OnePhase),
+            prepared_branches: Some(1),
+            skip_phase2: vec![1],
+            complete: true,
+        });
+        assert!(matches!(r, CommandResult::Decided(d) if d.commit));
+        assert!(matches!(t.lookup(txn), Lookup::Finished(f) if f.decision.commit));
+    }
+
+    #[test]
+    fn hand_over_is_refused_when_a_branch_sneaked_in() {
+        let mut t = table();
+        let txn = begun(&mut t, 1);
+        t.apply(Command::Enlist {
+            txn,
+            branch: spec(9),
+        });
+        assert!(matches!(
+            t.apply(Command::HandOver { txn, branches: 1 }),
+            CommandResult::Refused(Refusal::BranchSetChanged { .. })
+        ));
+        assert!(!t.live[&txn].handed_over);
+        // A decided transaction answers with its decision.
+        decide(&mut t, txn, false, Reason::ClientRollback);
+        assert!(matches!(
+            t.apply(Command::HandOver { txn, branches: 2 }),
+            CommandResult::Decided(d) if !d.commit
+        ));
+    }
+
+    #[test]
+    fn a_heuristic_transaction_stays_live_for_a_person() {
+        let mut t = table();
+        let txn = begun(&mut t, 2);
+        decide(&mut t, txn, true, Reason::ClientCommit);
+        t.apply(Command::Heuristic {
+            txn,
+            bqual: 2,
+            heuristic: Heuristic {
+                committed: false,
+                detail: "x".repeat(10 * MAX_DETAIL_BYTES),
+                at_ms: 3,
+            },
+        });
+        t.apply(Command::Complete {
+            txns: vec![txn],
+            now_ms: 4,
+        });
+        let Lookup::Live(rec) = t.lookup(txn) else {
+            panic!("a heuristic transaction must not complete silently");
+        };
+        assert!(rec.is_heuristic());
+        assert_eq!(
+            rec.pending_phase2().count(),
+            1,
+            "branch 1 still needs phase 2"
+        );
+        let h = rec.branches[1].heuristic.as_ref().expect("recorded");
+        assert_eq!(h.detail.len(), MAX_DETAIL_BYTES, "details are capped");
+    }
+
+    #[test]
+    fn long_details_are_cut_at_a_character_boundary() {
+        let s = cut("é".repeat(MAX_DETAIL_BYTES));
+        assert!(s.len() <= MAX_DETAIL_BYTES && s.chars().all(|c| c == 'é'));
     }
 }

@@ -60,7 +60,8 @@ enum Cmd {
 struct NodeArgs {
     /// TOML file with any of: id, raft_addr, api_addr, metrics_addr, data_dir, init, peers
     /// (["1=127.0.0.1:7001,127.0.0.1:7101", ...]), prepare_timeout_ms,
-    /// default_txn_timeout_ms, one_phase, propose_pipeline.
+    /// default_txn_timeout_ms, one_phase, propose_pipeline, retain_outcomes_secs,
+    /// retain_outcomes_min, retain_outcomes_max.
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's id (non-zero, unique in the cluster).
@@ -101,6 +102,18 @@ struct NodeArgs {
     /// next entry (default 2).
     #[arg(long)]
     propose_pipeline: Option<usize>,
+    /// Keep completed outcomes for late questions at least this long (default 86400,
+    /// 24 h), within --retain-outcomes-max.
+    #[arg(long)]
+    retain_outcomes_secs: Option<u64>,
+    /// Keep at least this many of the newest completed outcomes, whatever their age
+    /// (default 200000).
+    #[arg(long)]
+    retain_outcomes_min: Option<u64>,
+    /// Never keep more than this many completed outcomes (the memory bound; default
+    /// 2000000). Outcomes it evicts before the time floor are counted in the metrics.
+    #[arg(long)]
+    retain_outcomes_max: Option<u64>,
 }
 
 /// The node config file.
@@ -120,6 +133,9 @@ struct NodeFile {
     default_txn_timeout_ms: Option<u64>,
     one_phase: Option<bool>,
     propose_pipeline: Option<usize>,
+    retain_outcomes_secs: Option<u64>,
+    retain_outcomes_min: Option<u64>,
+    retain_outcomes_max: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -167,7 +183,8 @@ enum TxnCmd {
     List {
         #[command(flatten)]
         target: Target,
-        /// Only this state: active, preparing, committed, aborted.
+        /// Only this state: active, preparing, one_phase, committed, aborted, heuristic
+        /// (heuristic: a branch contradicted the decision; a person must repair it).
         #[arg(long)]
         state: Option<String>,
         /// At most this many.
@@ -284,6 +301,23 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         }
         driver.propose_pipeline = n;
     }
+    let r = &mut driver.retention;
+    if let Some(secs) = a.retain_outcomes_secs.or(file.retain_outcomes_secs) {
+        r.min_age_ms = secs.saturating_mul(1000);
+    }
+    if let Some(n) = a.retain_outcomes_min.or(file.retain_outcomes_min) {
+        r.min_count = n;
+    }
+    if let Some(n) = a.retain_outcomes_max.or(file.retain_outcomes_max) {
+        r.max_count = n;
+    }
+    if r.max_count == 0 || r.min_count > r.max_count {
+        bail!(
+            "--retain-outcomes-max ({}) must be at least 1 and at least --retain-outcomes-min ({})",
+            r.max_count,
+            r.min_count
+        );
+    }
     let config = NodeConfig {
         id,
         raft_addr,
@@ -391,6 +425,8 @@ fn state_name(s: i32) -> &'static str {
         Ok(pb::TxnState::Committed) => "COMMITTED",
         Ok(pb::TxnState::Aborted) => "ABORTED",
         Ok(pb::TxnState::Completed) => "COMPLETED",
+        Ok(pb::TxnState::OnePhase) => "ONE_PHASE",
+        Ok(pb::TxnState::Heuristic) => "HEURISTIC",
         _ => "?",
     }
 }
@@ -412,7 +448,7 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
                     pb::TxnState::from_str_name(&format!("TXN_STATE_{}", s.to_uppercase()))
                         .with_context(|| {
                             format!(
-                                "unknown state {s:?}: use active, preparing, committed or aborted"
+                                "unknown state {s:?}: use active, preparing, one_phase, committed, aborted or heuristic"
                             )
                         })?,
                 ),
@@ -441,8 +477,15 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
             let t = client_for(&target)?.get(&gtrid).await?;
             println!("gtrid     {}", t.gtrid);
             println!("state     {}", state_name(t.state));
+            let outcome = pb::Outcome::try_from(t.outcome).map_or_else(
+                |_| format!("outcome {}", t.outcome),
+                |o| o.as_str_name().to_string(),
+            );
+            println!("outcome   {outcome}");
             if t.reason != 0 {
                 println!("reason    {} {}", reason_name(t.reason), t.detail);
+            } else if !t.detail.is_empty() {
+                println!("detail    {}", t.detail);
             }
             println!(
                 "created   {} ms, deadline {} ms",
@@ -451,6 +494,12 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
             for b in &t.branches {
                 let bq = b.xid.as_ref().map(|x| x.bqual.clone()).unwrap_or_default();
                 println!("branch {bq:<3} {} / {}", b.endpoint, b.resource);
+                if !b.heuristic.is_empty() {
+                    println!(
+                        "  HEURISTIC {} (a person must repair the data)",
+                        b.heuristic
+                    );
+                }
             }
             for (k, v) in &t.labels {
                 println!("label     {k}={v}");
