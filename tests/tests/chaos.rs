@@ -29,7 +29,8 @@ async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
 
 /// Every component kind is killed at least once (leader, follower, two nodes, each
 /// application, postmaster, broker), fail points crash processes mid-protocol, the
-/// leader is partitioned away, and afterwards the checker finds every transaction
+/// leader is partitioned away and paused (SIGSTOP), one-phase transactions run (some
+/// giving up on a slow commit and rolling back), and afterwards the checker finds every transaction
 /// atomic, every acknowledged commit present, no leftovers and the money conserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bounded_chaos_run_keeps_every_rule() -> anyhow::Result<()> {
@@ -77,6 +78,16 @@ async fn bounded_chaos_run_keeps_every_rule() -> anyhow::Result<()> {
         s.kills_by_kind
     );
     assert!(s.partitions > 0, "the leader was never partitioned");
+    assert!(
+        s.pauses_by_kind.get("leader").copied().unwrap_or(0) > 0,
+        "the leader was never paused: {:?}",
+        s.pauses_by_kind
+    );
+    assert!(
+        s.txns.one_phase_committed > 0 && s.txns.commit_gave_up > 0,
+        "no one-phase commit, or none given up on: {:?}",
+        s.txns
+    );
     assert!(s.unexpected_exits.is_empty(), "{:?}", s.unexpected_exits);
     assert!(s.nemesis_errors.is_empty(), "{:?}", s.nemesis_errors);
     Ok(())
@@ -97,6 +108,9 @@ async fn the_checker_catches_a_commit_sent_before_the_decision() -> anyhow::Resu
     // The bug needs no help from the other faults; keep the run short.
     c.apps.retain(|k| *k != AppKind::Kafka);
     c.nemesis.faults = vec![chaos::nemesis::Fault::App(AppKind::Store)];
+    // Two-phase transactions only: the violation must come from this bug.
+    c.one_phase_share = 0.0;
+    c.slow_one_phase = None;
     c.nemesis.interval_ms = (3_000, 5_000);
     c.quiet_timeout = Duration::from_secs(30);
     let s = run(c).await?;

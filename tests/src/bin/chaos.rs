@@ -12,12 +12,13 @@ use ratify_tests::chaos::{self, world::AppKind, ChaosConfig};
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Chaos suite: kills, partitions and crash points under a transfer workload, then an atomicity check",
+    about = "Chaos suite: kills, pauses, partitions and crash points under a transfer workload, then an atomicity check",
     long_about = "Starts a 3-node Ratify cluster and three participant applications (Postgres bank, \
 embedded account store, Kafka events) as separate processes, runs concurrent transfers while a \
 seeded nemesis SIGKILLs and restarts the leader, followers, two nodes at once, the applications, \
-the postmaster and the broker, arms protocol fail points and partitions the leader away. Then it \
-heals everything, waits until the system is quiet and checks atomicity, exactly-once delivery, \
+the postmaster and the broker, arms protocol fail points, partitions the leader away and pauses it \
+(SIGSTOP, then SIGCONT). Some transfers stay inside one application: one branch, committed in one \
+phase, some with a short commit deadline and a slow answer. Then it heals everything, waits until the system is quiet and checks atomicity, exactly-once delivery, \
 acknowledged commits, leftovers and conservation of money. Exits 1 when a rule is broken."
 )]
 struct Args {
@@ -37,6 +38,9 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Share of transfers inside one application (one branch, committed in one phase).
+    #[arg(long, default_value_t = 0.2)]
+    one_phase_share: f64,
     /// Pause between faults, ms: MIN,MAX.
     #[arg(long, value_delimiter = ',', default_values_t = [300, 1500])]
     interval_ms: Vec<u64>,
@@ -70,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     config.kills = args.kills;
     config.min_rounds = args.min_rounds;
     config.clients = args.clients;
+    config.one_phase_share = args.one_phase_share;
     config.quiet_timeout = Duration::from_secs(args.quiet_timeout);
     match args.interval_ms[..] {
         [min, max] => config.nemesis.interval_ms = (min, max.max(min)),

@@ -11,9 +11,15 @@
 //! application's own work API on `--app`: a TCP socket taking one JSON object per line
 //! and answering each with one line, `{"ok":true,...}` or `{"ok":false,"error":...}`:
 //! - `{"op":"work","xid":"<rendered xid>","account":N,"delta":D}`: does the branch's
-//!   work (moves money, or stages an event carrying the gtrid);
+//!   work (moves money, or stages an event carrying the gtrid); with `"counter":M`
+//!   (Postgres and store) it also moves `-D` to account M in the same branch, a
+//!   transfer inside this application;
 //! - `{"op":"inspect"}`: the state a checker needs that only this process can read
 //!   (`store`: `total`, `prepared`, `committed` xids; `kafka`: `prepared`).
+//!
+//! With `--slow-one-phase SHARE,MAX_MS`, that share of one-phase commits is answered
+//! late, by 0 to MAX_MS ms, after the branch committed (a participant that commits at
+//! once but whose answer is slow, as a loaded database's is).
 //!
 //! Prints `ready` on stdout once both are serving.
 
@@ -22,12 +28,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use futures::future::BoxFuture;
+use rand::Rng;
 use ratify_participant_sdk::accounts::AccountStore;
 use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
 use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
 use ratify_participant_sdk::recovery::RecoveryLoop;
-use ratify_participant_sdk::resource::Resource;
+use ratify_participant_sdk::resource::{
+    CommitResult, Resource, ResourceError, RollbackResult, Vote,
+};
 use ratify_participant_sdk::server::ParticipantServer;
 use ratify_participant_sdk::xid::Xid;
 use serde_json::{json, Value};
@@ -86,6 +96,9 @@ struct Args {
     /// Recovery loop interval, ms.
     #[arg(long, default_value_t = 500)]
     recovery_ms: u64,
+    /// Answer this share of one-phase commits late, by up to this many ms: SHARE,MAX_MS.
+    #[arg(long, value_delimiter = ',')]
+    slow_one_phase: Option<Vec<f64>>,
 }
 
 /// The hosted resource, with what its work needs.
@@ -140,6 +153,15 @@ async fn main() -> anyhow::Result<()> {
             (App::Kafka(r.clone(), args.topic.clone()), r)
         }
     };
+    let resource: Arc<dyn Resource> = match args.slow_one_phase.as_deref() {
+        None => resource,
+        Some(&[share, max_ms]) => Arc::new(SlowOnePhase {
+            inner: resource,
+            share: share.clamp(0.0, 1.0),
+            max: Duration::from_secs_f64(max_ms.max(0.0) / 1000.0),
+        }),
+        Some(other) => anyhow::bail!("--slow-one-phase takes SHARE,MAX_MS, not {other:?}"),
+    };
     let name = resource_name(args.kind);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -164,6 +186,76 @@ async fn main() -> anyhow::Result<()> {
                 tracing::debug!("work connection ended: {e:#}");
             }
         });
+    }
+}
+
+/// A resource that answers some one-phase commits late, after committing them.
+struct SlowOnePhase {
+    /// The real resource.
+    inner: Arc<dyn Resource>,
+    /// Share of one-phase commits answered late.
+    share: f64,
+    /// Longest delay.
+    max: Duration,
+}
+
+type Answer<'a, T> = BoxFuture<'a, Result<T, ResourceError>>;
+
+// `Resource` is an `async_trait`: these are the signatures its macro produces.
+impl Resource for SlowOnePhase {
+    fn prepare<'a, 'b, 'f>(&'a self, xid: &'b Xid) -> Answer<'f, Vote>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.prepare(xid)
+    }
+
+    fn commit<'a, 'b, 'f>(&'a self, xid: &'b Xid, one_phase: bool) -> Answer<'f, CommitResult>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let result = self.inner.commit(xid, one_phase).await;
+            let delay = {
+                let mut rng = rand::thread_rng();
+                (one_phase && rng.gen_bool(self.share)).then(|| self.max.mul_f64(rng.gen()))
+            };
+            if let Some(d) = delay {
+                tracing::info!(%xid, ?result, ?d, "answering a one-phase commit late");
+                tokio::time::sleep(d).await;
+            }
+            result
+        })
+    }
+
+    fn rollback<'a, 'b, 'f>(&'a self, xid: &'b Xid) -> Answer<'f, RollbackResult>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.rollback(xid)
+    }
+
+    fn recover<'a, 'f>(&'a self) -> Answer<'f, Vec<Xid>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.recover()
+    }
+
+    fn forget<'a, 'b, 'f>(&'a self, xid: &'b Xid) -> Answer<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.forget(xid)
     }
 }
 
@@ -213,7 +305,12 @@ async fn handle(app: &App, line: &str) -> anyhow::Result<Value> {
                 .context("malformed xid")?;
             let account = req["account"].as_i64().context("work needs an account")?;
             let delta = req["delta"].as_i64().context("work needs a delta")?;
-            work(app, &xid, account, delta).await?;
+            let mut changes = vec![(account, delta)];
+            if let Some(counter) = req["counter"].as_i64() {
+                anyhow::ensure!(counter != account, "counter is the same account");
+                changes.push((counter, -delta));
+            }
+            work(app, &xid, &changes).await?;
             Ok(json!({}))
         }
         Some("inspect") => inspect(app),
@@ -221,38 +318,50 @@ async fn handle(app: &App, line: &str) -> anyhow::Result<Value> {
     }
 }
 
-async fn work(app: &App, xid: &Xid, account: i64, delta: i64) -> anyhow::Result<()> {
+/// Does a branch's work: each (account, delta) of `changes` (Kafka: one event, for the
+/// first).
+async fn work(app: &App, xid: &Xid, changes: &[(i64, i64)]) -> anyhow::Result<()> {
     match app {
         App::Pg(pg) => {
-            let id = i32::try_from(account).context("account out of range")?;
             let branch = pg.begin_branch(xid).await?;
             // A row held by a branch in doubt (its coordinator down) must not hang the
             // client: give up, and the transaction aborts.
             branch.execute("SET LOCAL lock_timeout = '2s'", &[]).await?;
-            let updated = branch
-                .execute(
-                    "UPDATE chaos_accounts SET balance = balance + $1 WHERE id = $2",
-                    &[&delta, &id],
-                )
-                .await?;
-            anyhow::ensure!(updated == 1, "no account {id}");
-            branch
-                .execute(
-                    "INSERT INTO chaos_ledger (gtrid, account, delta) VALUES ($1, $2, $3)",
-                    &[&xid.gtrid(), &id, &delta],
-                )
-                .await?;
+            // Rows in id order, so two transfers inside Postgres cannot deadlock.
+            let mut changes = changes.to_vec();
+            changes.sort_unstable();
+            for (account, delta) in changes {
+                let id = i32::try_from(account).context("account out of range")?;
+                let updated = branch
+                    .execute(
+                        "UPDATE chaos_accounts SET balance = balance + $1 WHERE id = $2",
+                        &[&delta, &id],
+                    )
+                    .await?;
+                anyhow::ensure!(updated == 1, "no account {id}");
+                branch
+                    .execute(
+                        "INSERT INTO chaos_ledger (gtrid, account, delta) VALUES ($1, $2, $3)",
+                        &[&xid.gtrid(), &id, &delta],
+                    )
+                    .await?;
+            }
         }
         App::Store(store) => {
             let branch = store.branch(xid)?;
-            let name = format!("acct-{account}");
-            if delta >= 0 {
-                branch.credit(&name, delta)?;
-            } else {
-                branch.debit(&name, -delta)?;
+            for &(account, delta) in changes {
+                let name = format!("acct-{account}");
+                if delta >= 0 {
+                    branch.credit(&name, delta)?;
+                } else {
+                    branch.debit(&name, -delta)?;
+                }
             }
         }
         App::Kafka(kafka, topic) => {
+            let &[(account, delta), ..] = changes else {
+                anyhow::bail!("no work");
+            };
             let branch = kafka.branch(xid)?;
             let value = json!({"gtrid": xid.gtrid(), "account": account, "delta": delta});
             branch.send(KafkaRecord::new(

@@ -6,8 +6,11 @@
 //!   recorded COMMITTED (Postgres: the branch's `chaos_ledger` row; account store: its
 //!   committed outcome; Kafka: its event, read `read_committed` by the Java client);
 //! - **exactly once**: no Kafka event appears twice;
-//! - **acknowledged means done**: a client told COMMITTED (ABORTED) finds the
-//!   coordinator's outcome COMMITTED (ABORTED);
+//! - **acknowledged means done**: a client told COMMITTED (ABORTED) finds its
+//!   branches committed (rolled back) and the coordinator's outcome COMMITTED
+//!   (ABORTED); for a one-phase transaction, whose single participant decides, this is
+//!   what shows a commit reported as an abort (including when the client gave up on
+//!   Commit and was told by Rollback);
 //! - **finished**: every transaction is COMPLETED at the coordinator;
 //! - **no leftovers**: no Postgres prepared transaction, no prepared store or Kafka
 //!   branch, no open Kafka transaction, no live coordinator transaction;
@@ -225,6 +228,30 @@ pub enum Recorded {
     Unreachable,
 }
 
+impl Recorded {
+    /// What a GetTransaction answer says: decided or not.
+    pub fn of(t: &pb::Transaction) -> Self {
+        let state = pb::TxnState::try_from(t.state).unwrap_or(pb::TxnState::Unspecified);
+        let outcome = pb::Outcome::try_from(t.outcome).unwrap_or(pb::Outcome::Unspecified);
+        let completed = state == pb::TxnState::Completed;
+        match (state, outcome) {
+            (pb::TxnState::Active | pb::TxnState::Preparing | pb::TxnState::OnePhase, _) => {
+                Recorded::Undecided
+            }
+            (_, pb::Outcome::Forgotten) => Recorded::Forgotten,
+            (_, pb::Outcome::Committed) => Recorded::Decided {
+                committed: true,
+                completed,
+            },
+            (_, pb::Outcome::Aborted) => Recorded::Decided {
+                committed: false,
+                completed,
+            },
+            _ => Recorded::Undecided,
+        }
+    }
+}
+
 /// Asks the coordinator about every gtrid.
 ///
 /// # Errors
@@ -236,24 +263,7 @@ pub async fn recorded(
     futures::stream::iter(gtrids)
         .map(|g| async move {
             let r = match client.get(&g).await {
-                Ok(t) => {
-                    let state =
-                        pb::TxnState::try_from(t.state).unwrap_or(pb::TxnState::Unspecified);
-                    let outcome =
-                        pb::Outcome::try_from(t.outcome).unwrap_or(pb::Outcome::Unspecified);
-                    match (state, outcome) {
-                        (pb::TxnState::Active | pb::TxnState::Preparing, _) => Recorded::Undecided,
-                        (_, pb::Outcome::Committed) => Recorded::Decided {
-                            committed: true,
-                            completed: state == pb::TxnState::Completed,
-                        },
-                        (_, pb::Outcome::Aborted) => Recorded::Decided {
-                            committed: false,
-                            completed: state == pb::TxnState::Completed,
-                        },
-                        _ => Recorded::Undecided,
-                    }
-                }
+                Ok(t) => Recorded::of(&t),
                 Err(ClientError::Rejected { message, .. }) if message.contains("forgotten") => {
                     Recorded::Forgotten
                 }
@@ -277,6 +287,29 @@ fn effects(ev: &Evidence, gtrid: &str) -> Vec<(&'static str, bool)> {
         ("store", ev.store.contains(gtrid)),
         ("kafka", ev.kafka.get(gtrid).copied().unwrap_or(0) > 0),
     ]
+}
+
+/// What the client of `t` was told, and how, for a violation's detail: "one-phase
+/// client was told ABORTED by rollback after its commit got no answer in time".
+fn told_how(t: &TxnRecord) -> String {
+    let what = match t.told {
+        Told::Committed => "COMMITTED",
+        Told::Aborted => "ABORTED",
+        Told::Unknown => "nothing (no answer)",
+        Told::BeginFailed => "that begin failed",
+    };
+    let shape = if t.one_phase { "one-phase " } else { "" };
+    let by = if t.told_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", t.told_by)
+    };
+    let after = if t.asked == super::workload::COMMIT_GAVE_UP {
+        " after its commit got no answer in time"
+    } else {
+        ""
+    };
+    format!("{shape}client was told {what}{by}{after}")
 }
 
 /// Applies every rule; returns the violations.
@@ -332,18 +365,13 @@ pub fn check(
             .collect();
         let all = present.iter().all(|p| *p);
         let none = !present.iter().any(|p| *p);
-        // What the client was told must hold whatever the coordinator remembers.
+        // What the client was told must hold whatever the coordinator remembers. For a
+        // one-phase transaction this is the rule that matters: the participant decided,
+        // and the client must have been told what it did.
+        let told = told_how(t);
         match t.told {
-            Told::Committed if !all => push(
-                "acknowledged",
-                &t.gtrid,
-                format!("client was told COMMITTED; {seen}"),
-            ),
-            Told::Aborted if !none => push(
-                "acknowledged",
-                &t.gtrid,
-                format!("client was told ABORTED; {seen}"),
-            ),
+            Told::Committed if !all => push("acknowledged", &t.gtrid, format!("{told}; {seen}")),
+            Told::Aborted if !none => push("acknowledged", &t.gtrid, format!("{told}; {seen}")),
             _ => {}
         }
         let (committed, completed) = match rec {
@@ -371,12 +399,12 @@ pub fn check(
             (Told::Committed, false) => push(
                 "acknowledged",
                 &t.gtrid,
-                "client was told COMMITTED, the coordinator recorded ABORTED".into(),
+                format!("{told}, the coordinator recorded ABORTED; {seen}"),
             ),
             (Told::Aborted, true) => push(
                 "acknowledged",
                 &t.gtrid,
-                "client was told ABORTED, the coordinator recorded COMMITTED".into(),
+                format!("{told}, the coordinator recorded COMMITTED; {seen}"),
             ),
             _ => {}
         }
@@ -395,10 +423,7 @@ pub fn check(
             push(
                 "atomicity",
                 &t.gtrid,
-                format!(
-                    "coordinator recorded {outcome}, client was told {:?}; {seen}",
-                    t.told
-                ),
+                format!("coordinator recorded {outcome}, {told}; {seen}"),
             );
         }
     }
@@ -469,8 +494,10 @@ mod tests {
                 })
                 .collect(),
             asked: "commit".into(),
+            one_phase: apps.len() == 1,
             amount: 5,
             told,
+            told_by: String::new(),
             detail: String::new(),
             start_ms: 0,
             end_ms: 1,
@@ -610,5 +637,67 @@ mod tests {
         let (txns, mut ev, rec) = clean();
         ev.store.insert("t9".into());
         assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["atomicity"]);
+    }
+
+    /// A one-phase transaction (one store branch) whose client gave up on Commit after
+    /// the short deadline and was told ABORTED by Rollback.
+    fn one_phase_told_aborted() -> TxnRecord {
+        let mut t = txn("t4", &["store"], Told::Aborted);
+        t.asked = crate::chaos::workload::COMMIT_GAVE_UP.into();
+        t.told_by = "rollback".into();
+        t
+    }
+
+    #[test]
+    fn one_phase_transactions_told_what_their_branch_did_are_fine() {
+        let (mut txns, mut ev, mut rec) = clean();
+        txns.push(one_phase_told_aborted());
+        txns.push(txn("t5", &["pg"], Told::Committed));
+        ev.pg.insert("t5".into());
+        rec.insert("t4".into(), decided(false));
+        rec.insert("t5".into(), decided(true));
+        assert!(check(&txns, &ev, &rec, 200).is_empty());
+    }
+
+    /// The coordinator bug the one-phase workload exists to catch: the participant
+    /// committed the single branch (answering late), the client's Commit gave up, its
+    /// Rollback answered ABORTED, and the transaction ended COMPLETED as ABORTED.
+    #[test]
+    fn a_one_phase_commit_reported_as_aborted_is_reported() {
+        let (mut txns, mut ev, mut rec) = clean();
+        txns.push(one_phase_told_aborted());
+        ev.store.insert("t4".into());
+        rec.insert("t4".into(), decided(false));
+        let v = check(&txns, &ev, &rec, 200);
+        assert_eq!(rules(&v), ["acknowledged", "atomicity"]);
+        assert!(v.iter().all(|v| v.gtrid == "t4"), "{v:?}");
+        assert!(
+            v[0].detail
+                .contains("one-phase client was told ABORTED by rollback")
+                && v[0].detail.contains("no answer in time")
+                && v[0].detail.contains("store present"),
+            "{}",
+            v[0].detail
+        );
+        // Whatever the coordinator recorded, or forgot: the client was told wrong.
+        for r in [decided(true), Recorded::Forgotten] {
+            rec.insert("t4".into(), r);
+            assert_eq!(
+                rules(&check(&txns, &ev, &rec, 200)),
+                ["acknowledged"],
+                "recorded {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_one_phase_commit_whose_branch_rolled_back_is_reported() {
+        let (mut txns, ev, mut rec) = clean();
+        txns.push(txn("t5", &["pg"], Told::Committed));
+        rec.insert("t5".into(), decided(true));
+        assert_eq!(
+            rules(&check(&txns, &ev, &rec, 200)),
+            ["acknowledged", "atomicity"]
+        );
     }
 }

@@ -45,13 +45,22 @@ pub struct TxnRecord {
     pub gtrid: String,
     /// Enlisted branches.
     pub branches: Vec<BranchRecord>,
-    /// What the client asked at the end: `commit`, or `rollback` (on purpose or after a
-    /// failed branch).
+    /// What the client asked at the end: `commit`, `rollback` (on purpose or after a
+    /// failed branch), or `commit_timeout_rollback` (Commit got no answer within its
+    /// short deadline, so the client called Rollback, as an application's error path
+    /// does).
     pub asked: String,
+    /// A single-branch transaction, which the coordinator commits in one phase.
+    #[serde(default)]
+    pub one_phase: bool,
     /// Amount moved.
     pub amount: i64,
     /// What it was told.
     pub told: Told,
+    /// Which call gave the answer in `told`: `commit`, `rollback`, `get` (the
+    /// client asked GetTransaction after getting no answer), or empty (no answer).
+    #[serde(default)]
+    pub told_by: String,
     /// Reason or error text.
     pub detail: String,
     /// Start (before Begin), ms since the run started.
@@ -65,11 +74,12 @@ pub struct TxnRecord {
 pub struct NemesisRecord {
     /// When, ms since the run started.
     pub at_ms: u64,
-    /// `kill`, `restart`, `partition`, `heal`, `crash` (a fail point fired) or
-    /// `unexpected_exit`.
+    /// `kill`, `restart`, `partition`, `pause` (SIGSTOP), `resume` (SIGCONT), `heal`,
+    /// `crash` (a fail point fired) or `unexpected_exit`.
     pub action: String,
     /// Fault kind (`leader`, `follower`, `two_nodes`, `app:pg`, `postmaster`, `broker`,
-    /// `failpoint:<name>`, `partition_leader`, ...).
+    /// `failpoint:<name>`, `partition_leader`, `paused_leader` (SIGKILLed while
+    /// stopped), ...).
     pub kind: String,
     /// The process or component affected (`node2`, `pg`, `postmaster`, ...).
     pub target: String,

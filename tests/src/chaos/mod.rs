@@ -4,8 +4,10 @@
 //! fault proxies), three participant applications (`chaos_participant`: Postgres bank
 //! accounts, the embedded account store, Kafka events), and concurrent clients moving
 //! money between Postgres and the store (half of the transfers also publish a Kafka
-//! event). Meanwhile a seeded nemesis kills and restarts every kind of component,
-//! arms protocol fail points, and partitions the leader away. Every client operation
+//! event; some move money inside one application, a single-branch transaction the
+//! coordinator commits in one phase). Meanwhile a seeded nemesis kills and restarts
+//! every kind of component, arms protocol fail points, partitions the leader away and
+//! pauses it (SIGSTOP, then SIGCONT). Every client operation
 //! and every fault goes to a JSON-lines history. Then everything is healed, the run
 //! waits until it is quiet, and the checker compares the history, the coordinator's
 //! records and what Postgres, the store and Kafka really hold.
@@ -68,12 +70,20 @@ pub struct ChaosConfig {
     pub accounts: i64,
     /// Opening balance of each account.
     pub balance: i64,
+    /// Share of the client transactions that have a single branch (committed in one
+    /// phase).
+    pub one_phase_share: f64,
+    /// The Postgres and store applications answer this share of one-phase commits
+    /// late, after committing, by up to this many ms (`chaos_participant
+    /// --slow-one-phase`); `None`: never.
+    pub slow_one_phase: Option<(f64, u64)>,
 }
 
 impl ChaosConfig {
     /// Defaults: every application and fault, 4 clients, faults every 0.3–1.5 s
     /// (broker kills in one round out of 3), half of the restarts armed with a fail
-    /// point that fires on 30 % of its passes.
+    /// point that fires on 30 % of its passes; one transaction in 5 one-phase, and
+    /// 30 % of one-phase commits answered up to 1.5 s late.
     pub fn new(seed: u64, duration: Duration, dir: PathBuf) -> Self {
         let apps = AppKind::ALL.to_vec();
         Self {
@@ -95,6 +105,8 @@ impl ChaosConfig {
             quiet_timeout: Duration::from_secs(120),
             accounts: 20,
             balance: 1_000,
+            one_phase_share: 0.2,
+            slow_one_phase: Some((0.3, 1_500)),
         }
     }
 }
@@ -114,6 +126,15 @@ pub struct TxnCounts {
     pub begin_failed: usize,
     /// Of the unknown ones, how many the coordinator recorded as committed.
     pub unknown_then_committed: usize,
+    /// Single-branch (one-phase) attempts, begin failures excluded.
+    pub one_phase: usize,
+    /// Of those, told COMMITTED.
+    pub one_phase_committed: usize,
+    /// One-phase commits that got no answer within the short deadline, after which
+    /// the client called Rollback.
+    pub commit_gave_up: usize,
+    /// Answers learned by asking again (GetTransaction) after a call got none.
+    pub told_by_get: usize,
 }
 
 /// The result of a run.
@@ -126,12 +147,17 @@ pub struct Summary {
     /// Time to get quiet after healing, s.
     pub quiet_seconds: f64,
     /// Processes killed, by kind (`leader`, `follower`, `two_nodes`, `app:pg`,
-    /// `postmaster`, `broker`, `failpoint:<name>`, `disarm`).
+    /// `postmaster`, `broker`, `paused_leader`, `failpoint:<name>`, `disarm`).
     pub kills_by_kind: BTreeMap<String, usize>,
     /// All kills.
     pub kills: usize,
     /// Leader partitions.
     pub partitions: usize,
+    /// All process pauses (SIGSTOP).
+    pub pauses: usize,
+    /// Pauses by kind (`leader`, `follower`); a leader SIGKILLed while stopped is in
+    /// `kills_by_kind` as `paused_leader`.
+    pub pauses_by_kind: BTreeMap<String, usize>,
     /// Processes restarted clean at the end because a fail point was armed in them
     /// (SIGKILLs, not counted in `kills`).
     pub disarm_restarts: usize,
@@ -142,11 +168,11 @@ pub struct Summary {
     pub unexpected_exits: Vec<String>,
     /// Transactions.
     pub txns: TxnCounts,
-    /// Longest time from a leader kill (alone or with a follower) or a leader
-    /// partition until a client got a COMMITTED answer again, ms. Other faults
+    /// Longest time from a leader kill (alone or with a follower), a leader
+    /// partition or a leader pause until a client got a COMMITTED answer again, ms. Other faults
     /// overlapping the window (an application or the postmaster down) count in it.
     pub longest_unavailability_ms: u64,
-    /// Longest time from a leader kill or partition (or, for two nodes killed, from
+    /// Longest time from a leader kill, partition or pause (or, for two nodes killed, from
     /// their restart) until another node reported itself leader, ms.
     pub longest_election_ms: u64,
     /// Leader elections measured.
@@ -176,6 +202,10 @@ impl Summary {
         for (k, n) in &self.kills_by_kind {
             let _ = writeln!(s, "    {k:<40} {n}");
         }
+        let _ = writeln!(s, "  pauses (SIGSTOP, then SIGCONT): {}", self.pauses);
+        for (k, n) in &self.pauses_by_kind {
+            let _ = writeln!(s, "    {k:<40} {n}");
+        }
         let t = &self.txns;
         let _ = writeln!(
             s,
@@ -184,7 +214,12 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "  after a leader kill or partition: new leader within {} ms at worst ({} elections), first commit answered within {} ms at worst",
+            "  one-phase: {} ({} committed), {} commits given up after the short deadline (then rolled back), {} answers learned by GetTransaction",
+            t.one_phase, t.one_phase_committed, t.commit_gave_up, t.told_by_get
+        );
+        let _ = writeln!(
+            s,
+            "  after a leader kill, partition or pause: new leader within {} ms at worst ({} elections), first commit answered within {} ms at worst",
             self.longest_election_ms, self.elections, self.longest_unavailability_ms
         );
         let _ = writeln!(s, "  nemesis errors: {}", self.nemesis_errors.len());
@@ -223,7 +258,8 @@ async fn setup_database(
     let c = ratify_examples::pg_bank::connect(&url).await?;
     c.batch_execute(
         "CREATE TABLE chaos_accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
-         CREATE TABLE chaos_ledger (gtrid text PRIMARY KEY, account int NOT NULL, delta bigint NOT NULL)",
+         CREATE TABLE chaos_ledger (gtrid text NOT NULL, account int NOT NULL, \
+             delta bigint NOT NULL, PRIMARY KEY (gtrid, account))",
     )
     .await?;
     c.execute(
@@ -280,7 +316,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     let history = History::create(&config.dir.join("history.jsonl"))?;
     let mut app_args = BTreeMap::new();
     for kind in &config.apps {
-        let args: Vec<String> = match kind {
+        let mut args: Vec<String> = match kind {
             AppKind::Pg => vec![
                 "--pg-url".into(),
                 db_url.clone(),
@@ -304,6 +340,11 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
                 tag.clone(),
             ],
         };
+        // The one-phase branches are Postgres or store branches.
+        if let (Some((share, max_ms)), AppKind::Pg | AppKind::Store) = (config.slow_one_phase, kind)
+        {
+            args.extend(["--slow-one-phase".into(), format!("{share},{max_ms}")]);
+        }
         app_args.insert(*kind, args);
     }
     let mut world = World::start(
@@ -316,6 +357,17 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     )
     .await?;
     let client = CoordinatorClient::new(world.cluster.api_endpoints(), ClientConfig::default())?;
+    let clients = workload::Clients {
+        patient: client.clone(),
+        impatient: CoordinatorClient::new(
+            world.cluster.api_endpoints(),
+            ClientConfig {
+                attempt_timeout: workload::IMPATIENT_DEADLINE,
+                deadline: workload::IMPATIENT_DEADLINE,
+                ..ClientConfig::default()
+            },
+        )?,
+    };
     let targets = workload::Targets {
         apps: config
             .apps
@@ -323,6 +375,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             .filter_map(|k| world.app_addrs(*k).map(|(e, a)| (*k, e, a)))
             .collect(),
         accounts: config.accounts,
+        one_phase_share: config.one_phase_share,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let clients: Vec<_> = (0..config.clients)
@@ -330,7 +383,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             tokio::spawn(workload::client_loop(
                 n,
                 config.seed,
-                client.clone(),
+                clients.clone(),
                 targets.clone(),
                 history.clone(),
                 stopped.clone(),
@@ -379,10 +432,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         }
     }
 
-    // Heal: every process clean and running, the network whole.
+    // Heal: every process clean and running (none stopped), the network whole.
     eprintln!("chaos: healing and waiting for quiet");
-    world.cluster.heal();
-    world.ensure_running().await?;
+    world.heal().await?;
     world.disarm_all()?;
     let quiet_start = Instant::now();
     let sources = Sources {
@@ -461,6 +513,12 @@ fn summarize(
         ..TxnCounts::default()
     };
     for t in &txns {
+        if t.one_phase && t.told != Told::BeginFailed {
+            counts.one_phase += 1;
+            counts.one_phase_committed += usize::from(t.told == Told::Committed);
+        }
+        counts.commit_gave_up += usize::from(t.asked == workload::COMMIT_GAVE_UP);
+        counts.told_by_get += usize::from(t.told_by == "get");
         match t.told {
             Told::Committed => counts.committed += 1,
             Told::Aborted => counts.aborted += 1,
@@ -484,6 +542,7 @@ fn summarize(
     let mut nemesis_errors = Vec::new();
     let mut disarm_restarts = 0;
     let mut partitions = 0;
+    let mut pauses_by_kind = BTreeMap::new();
     let mut leader_losses: Vec<u64> = Vec::new();
     for r in &nemesis {
         match r.action.as_str() {
@@ -492,6 +551,7 @@ fn summarize(
             "kill" if r.kind == "disarm" => disarm_restarts += 1,
             "kill" | "crash" => *kills_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
             "partition" => partitions += 1,
+            "pause" => *pauses_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
             "unexpected_exit" => {
                 unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail))
             }
@@ -500,10 +560,12 @@ fn summarize(
             }
             _ => {}
         }
-        // When the cluster lost its leader: a leader kill or partition at once; two
-        // nodes down only once they are back (the outage itself is deliberate).
+        // When the cluster lost its leader: a leader kill, partition or pause at once;
+        // two nodes down only once they are back (the outage itself is deliberate).
         let lost_at = match (r.action.as_str(), r.kind.as_str()) {
-            ("kill", "leader") | ("partition", _) | ("heal", "two_nodes") => Some(r.at_ms),
+            ("kill", "leader") | ("partition", _) | ("pause", "leader") | ("heal", "two_nodes") => {
+                Some(r.at_ms)
+            }
             _ => None,
         };
         leader_losses.extend(lost_at);
@@ -536,6 +598,8 @@ fn summarize(
         kills: kills_by_kind.values().sum(),
         kills_by_kind,
         partitions,
+        pauses: pauses_by_kind.values().sum(),
+        pauses_by_kind,
         nemesis_errors,
         disarm_restarts,
         unexpected_exits,

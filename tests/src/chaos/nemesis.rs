@@ -1,13 +1,15 @@
 //! The nemesis: at seeded random times it SIGKILLs and restarts coordinator nodes,
 //! participant applications, the postmaster and the broker, cuts the leader off from
-//! its followers, and arms fail points in the processes it restarts so that they
-//! crash at a chosen protocol step later on.
+//! its followers, pauses the leader (or a follower) with SIGSTOP and lets it go on with
+//! SIGCONT, and arms fail points in the processes it restarts so that they crash at a
+//! chosen protocol step later on.
 //!
 //! Faults are taken from the enabled list in shuffled rounds, so even a short run
-//! covers every kind: single-process kills of nodes and applications twice per round,
-//! the other faults once, and broker kills (a broker restart takes 10–40 s here) only
-//! in every [`NemesisConfig::broker_every`]-th round, starting with the first. Fail
-//! points are armed the same way, in shuffled rounds per process type.
+//! covers every kind: single-process kills of nodes and applications and leader
+//! pauses twice per round, the other faults once, and broker kills (a broker restart
+//! takes 10–40 s here) only in every [`NemesisConfig::broker_every`]-th round,
+//! starting with the first. Fail points are armed the same way, in shuffled rounds per
+//! process type.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -37,7 +39,16 @@ pub enum Fault {
     Broker,
     /// Cut the leader's Raft traffic off for a few seconds, then heal.
     PartitionLeader,
+    /// SIGSTOP the leader for 2–10 s (always longer than the election timeout, so a
+    /// new leader is elected meanwhile), then SIGCONT it; one time in
+    /// [`PAUSED_KILL_ONE_IN`] SIGKILL it while stopped instead, and restart it.
+    PauseLeader,
+    /// SIGSTOP a follower for 1–4 s, then SIGCONT it.
+    PauseFollower,
 }
+
+/// One leader pause in this many ends with a SIGKILL of the stopped process.
+pub const PAUSED_KILL_ONE_IN: u32 = 4;
 
 impl Fault {
     /// Every fault, for the given applications.
@@ -50,7 +61,11 @@ impl Fault {
         if apps.contains(&AppKind::Kafka) {
             v.push(Fault::Broker);
         }
-        v.push(Fault::PartitionLeader);
+        v.extend([
+            Fault::PartitionLeader,
+            Fault::PauseLeader,
+            Fault::PauseFollower,
+        ]);
         v
     }
 }
@@ -74,7 +89,7 @@ impl Fault {
     /// How many times it appears in a round (round `n`, counting from 0).
     fn per_round(self, n: usize, broker_every: usize) -> usize {
         match self {
-            Fault::Leader | Fault::Follower | Fault::App(_) => 2,
+            Fault::Leader | Fault::Follower | Fault::App(_) | Fault::PauseLeader => 2,
             Fault::Broker if !n.is_multiple_of(broker_every.max(1)) => 0,
             _ => 1,
         }
@@ -203,7 +218,8 @@ impl Nemesis {
         }
     }
 
-    fn pause(&mut self, range_ms: (u64, u64)) -> Duration {
+    /// A duration drawn uniformly from `range_ms`.
+    fn draw(&mut self, range_ms: (u64, u64)) -> Duration {
         Duration::from_millis(self.rng.gen_range(range_ms.0..=range_ms.1.max(range_ms.0)))
     }
 
@@ -212,7 +228,7 @@ impl Nemesis {
     /// # Errors
     /// When a process cannot be killed or restarted.
     pub async fn step(&mut self, world: &mut World) -> anyhow::Result<()> {
-        let wait = self.pause(self.config.interval_ms);
+        let wait = self.draw(self.config.interval_ms);
         self.sleep_supervised(world, wait).await?;
         let Some(fault) = self.next_fault() else {
             return Ok(());
@@ -226,8 +242,7 @@ impl Nemesis {
                 "",
                 &format!("{e:#}"),
             );
-            world.cluster.heal();
-            world.ensure_running().await?;
+            world.heal().await?;
         }
         Ok(())
     }
@@ -357,7 +372,7 @@ impl Nemesis {
                     self.watch_election(world, term, None);
                 }
                 self.history.nemesis("kill", kind, &format!("node{id}"), "");
-                let down = self.pause((0, 1_500));
+                let down = self.draw((0, 1_500));
                 self.sleep_supervised(world, down).await?;
                 self.restart(world, Process::Node(id))?;
             }
@@ -379,7 +394,7 @@ impl Nemesis {
                         "majority lost",
                     );
                 }
-                let down = self.pause((1_000, 4_000));
+                let down = self.draw((1_000, 4_000));
                 self.sleep_supervised(world, down).await?;
                 for id in [leader, follower] {
                     self.restart(world, Process::Node(id))?;
@@ -392,7 +407,7 @@ impl Nemesis {
                 world.kill_app(kind);
                 self.history
                     .nemesis("kill", &format!("app:{}", kind.name()), kind.name(), "");
-                let down = self.pause((0, 1_000));
+                let down = self.draw((0, 1_000));
                 self.sleep_supervised(world, down).await?;
                 self.restart(world, Process::App(kind))?;
             }
@@ -414,7 +429,7 @@ impl Nemesis {
                         &format!("not running: {e:#}"),
                     ),
                 }
-                let down = self.pause(down);
+                let down = self.draw(down);
                 self.sleep_supervised(world, down).await?;
                 let started = world.start_service(service);
                 self.supervise_until(world, started).await?;
@@ -434,11 +449,49 @@ impl Nemesis {
                     &format!("node{leader}"),
                     "Raft traffic to and from the leader dropped",
                 );
-                let cut = self.pause((2_000, 5_000));
+                let cut = self.draw((2_000, 5_000));
                 self.sleep_supervised(world, cut).await?;
                 world.cluster.heal();
                 self.history
                     .nemesis("heal", "partition_leader", &format!("node{leader}"), "");
+            }
+            Fault::PauseLeader | Fault::PauseFollower => {
+                let Some(leader) = self.leader(world).await else {
+                    self.skip(fault);
+                    return Ok(());
+                };
+                let (id, kind, stopped_ms) = if fault == Fault::PauseLeader {
+                    (leader, "leader", (2_000, 10_000))
+                } else {
+                    (self.follower_of(world, leader), "follower", (1_000, 4_000))
+                };
+                let stopped = self.draw(stopped_ms);
+                let kill_instead =
+                    fault == Fault::PauseLeader && self.rng.gen_ratio(1, PAUSED_KILL_ONE_IN);
+                let term = self.term(world).await;
+                let node = format!("node{id}");
+                world.pause(Process::Node(id))?;
+                if id == leader {
+                    // Stopped, it cannot answer; resumed, it may still call itself the
+                    // leader of its old term for a moment: only a later term counts.
+                    self.watch_election(world, term, Some(id));
+                }
+                self.history.nemesis(
+                    "pause",
+                    kind,
+                    &node,
+                    &format!("SIGSTOP for {} ms", stopped.as_millis()),
+                );
+                self.sleep_supervised(world, stopped).await?;
+                if kill_instead {
+                    world.kill_node(id)?;
+                    self.history
+                        .nemesis("kill", "paused_leader", &node, "SIGKILL while stopped");
+                    self.restart(world, Process::Node(id))?;
+                } else {
+                    world.resume(Process::Node(id))?;
+                    self.history.nemesis("resume", kind, &node, "SIGCONT");
+                }
             }
         }
         Ok(())

@@ -6,6 +6,12 @@
 //! step some time later. [`World::supervise`] notices every process that died by
 //! itself, tells an armed fail point's crash (the process logs
 //! `ratify failpoint <name>: Kill` first) from an unexpected exit, and starts it again.
+//!
+//! A process can also be paused ([`World::pause`], SIGSTOP) and resumed
+//! ([`World::resume`], SIGCONT). A stopped process is alive: the supervisor's
+//! `try_wait` (no `WUNTRACED`) does not report it, so it is never taken for a dead one;
+//! a SIGKILL ends it all the same, and [`World::heal`] resumes whatever is still
+//! stopped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -192,6 +198,8 @@ pub struct World {
     pub broker: BrokerEnv,
     /// Services killed and not known to be back.
     services_down: std::collections::BTreeSet<Service>,
+    /// Processes stopped with SIGSTOP and not resumed yet, with their pid.
+    paused: BTreeMap<Process, i32>,
     /// The run's folder (logs).
     dir: PathBuf,
     /// The history, where deaths and restarts are recorded.
@@ -234,6 +242,38 @@ fn failpoint_spec(base: &str, arm: Option<&Arm>) -> String {
         parts.push(format!("{}=kill@{}", a.point, a.probability));
     }
     parts.join(",")
+}
+
+/// Sends `sig` to `pid`.
+fn signal(pid: i32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    anyhow::ensure!(
+        rc == 0,
+        "kill -{sig} {pid} failed: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// The pid of a live child of this process that has `arg` among its arguments.
+fn child_pid_with_arg(arg: &str) -> Option<i32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        // `pid (comm) state ppid ...`: the fields after the last ')'.
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let (state, ppid) = (fields.next()?, fields.next()?);
+        if ppid != me || state == "Z" {
+            return None;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|a| a == arg.as_bytes())
+            .then_some(pid)
+    })
 }
 
 /// The error or panic message in what a process logged, or its last line.
@@ -295,6 +335,7 @@ impl World {
             pg,
             broker,
             services_down: std::collections::BTreeSet::new(),
+            paused: BTreeMap::new(),
             dir: dir.to_path_buf(),
             history,
         };
@@ -363,6 +404,8 @@ impl World {
 
     fn spawn_node(&mut self, id: NodeId, arm: Option<&Arm>) -> anyhow::Result<()> {
         let spec = failpoint_spec(&self.node_base_failpoints, arm);
+        // The restart SIGKILLs the old process first, stopped or not.
+        self.paused.remove(&Process::Node(id));
         self.node_log_offset.insert(id, log_len(&self.node_log(id)));
         self.cluster.restart_with_failpoints(id, &spec)?;
         match arm {
@@ -395,15 +438,78 @@ impl World {
         Ok(())
     }
 
-    /// SIGKILLs node `id`.
+    /// SIGKILLs node `id` (stopped or not).
     ///
     /// # Errors
     /// When the signal cannot be sent.
     pub fn kill_node(&mut self, id: NodeId) -> anyhow::Result<()> {
         // A node that already died by itself is recorded as such, not as this kill.
         self.reap(Process::Node(id));
+        self.paused.remove(&Process::Node(id));
         self.cluster.kill(id)?;
         Ok(())
+    }
+
+    /// The pid of a running process.
+    ///
+    /// # Errors
+    /// When it is not running (or, for a node, its process cannot be found).
+    fn pid(&self, process: Process) -> anyhow::Result<i32> {
+        match process {
+            Process::App(kind) => {
+                let child = self
+                    .apps
+                    .get(&kind)
+                    .and_then(|a| a.child.as_ref())
+                    .with_context(|| format!("{} is not running", kind.name()))?;
+                Ok(i32::try_from(child.id())?)
+            }
+            // The cluster keeps its children to itself: the node is the child of this
+            // process whose command line names its data folder.
+            Process::Node(id) => {
+                child_pid_with_arg(&self.cluster.data_dir(id).display().to_string())
+                    .with_context(|| format!("node{id} is not running"))
+            }
+        }
+    }
+
+    /// Stops `process` with SIGSTOP (it stays alive: see the module documentation).
+    ///
+    /// # Errors
+    /// When it is not running or the signal cannot be sent.
+    pub fn pause(&mut self, process: Process) -> anyhow::Result<()> {
+        let pid = self.pid(process)?;
+        signal(pid, libc::SIGSTOP)?;
+        self.paused.insert(process, pid);
+        Ok(())
+    }
+
+    /// Lets a paused `process` run on with SIGCONT (no-op when it is not paused, for
+    /// example because it was killed and restarted meanwhile).
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn resume(&mut self, process: Process) -> anyhow::Result<()> {
+        match self.paused.remove(&process) {
+            Some(pid) => signal(pid, libc::SIGCONT),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts everything back: the network whole, every stopped process resumed (and
+    /// the resume recorded), every service and process running (clean).
+    ///
+    /// # Errors
+    /// When a process or service cannot be started.
+    pub async fn heal(&mut self) -> anyhow::Result<()> {
+        self.cluster.heal();
+        let paused: Vec<Process> = self.paused.keys().copied().collect();
+        for p in paused {
+            self.resume(p)?;
+            self.history
+                .nemesis("resume", "heal", &p.name(), "SIGCONT while healing");
+        }
+        self.ensure_running().await
     }
 
     fn spawn_app(&mut self, kind: AppKind, arm: Option<&Arm>) -> anyhow::Result<()> {
@@ -428,10 +534,11 @@ impl World {
         Ok(())
     }
 
-    /// SIGKILLs application `kind` (no-op when it is not running).
+    /// SIGKILLs application `kind`, stopped or not (no-op when it is not running).
     pub fn kill_app(&mut self, kind: AppKind) {
         // An application that already died by itself is recorded as such.
         self.reap(Process::App(kind));
+        self.paused.remove(&Process::App(kind));
         if let Some(mut c) = self.apps.get_mut(&kind).and_then(|a| a.child.take()) {
             let _ = c.kill();
             let _ = c.wait();
@@ -513,9 +620,7 @@ impl World {
         let text = std::fs::read_to_string(&self.broker.pidfile)
             .with_context(|| format!("read {}", self.broker.pidfile.display()))?;
         let pid: i32 = text.trim().parse().context("broker pid")?;
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-        anyhow::ensure!(rc == 0, "kill -9 {pid} failed");
+        signal(pid, libc::SIGKILL)?;
         // Reap-free: the broker was started by a shell script (setsid), not by us;
         // wait until it is really gone so the restart can bind its ports.
         let start = Instant::now();
@@ -605,12 +710,12 @@ impl World {
         out
     }
 
-    /// Starts (clean) every node and application that is not running, for example
-    /// after a nemesis action failed half-way.
+    /// Starts (clean) every service, node and application that is not running, for
+    /// example after a nemesis action failed half-way (part of [`World::heal`]).
     ///
     /// # Errors
     /// When a process cannot be spawned.
-    pub async fn ensure_running(&mut self) -> anyhow::Result<()> {
+    async fn ensure_running(&mut self) -> anyhow::Result<()> {
         let down: Vec<Service> = self.services_down.iter().copied().collect();
         for service in down {
             self.start_service(service).await??;
@@ -653,7 +758,7 @@ impl Drop for World {
 }
 
 /// A process the supervisor restarts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Process {
     /// A coordinator node.
     Node(NodeId),
