@@ -12,6 +12,8 @@
 //!   what shows a commit reported as an abort (including when the client gave up on
 //!   Commit and was told by Rollback);
 //! - **finished**: every transaction is COMPLETED at the coordinator;
+//! - **heuristic**: no transaction is HEURISTIC (a branch answered phase 2 against
+//!   the decision, and the coordinator says so);
 //! - **no leftovers**: no Postgres prepared transaction, no prepared store or Kafka
 //!   branch, no open Kafka transaction, no live coordinator transaction;
 //! - **conservation**: the Postgres and store balances add up to the opening total.
@@ -34,7 +36,7 @@ use super::world::app_call;
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
     /// Which rule (`atomicity`, `exactly_once`, `acknowledged`, `finished`,
-    /// `leftover`, `conservation`).
+    /// `heuristic`, `leftover`, `conservation`).
     pub rule: String,
     /// The transaction concerned, if one.
     pub gtrid: String,
@@ -218,8 +220,14 @@ pub enum Recorded {
         /// Every branch acknowledged (COMPLETED)?
         completed: bool,
     },
-    /// Not decided (ACTIVE or PREPARING).
+    /// Not decided (ACTIVE, PREPARING, or ONE_PHASE: waiting for its participant).
     Undecided,
+    /// Decided, but a branch answered phase 2 against the decision (HEURISTIC): the
+    /// coordinator itself reports a contradiction.
+    Heuristic {
+        /// COMMITTED was the decision?
+        committed: bool,
+    },
     /// Completed so long ago that its outcome was dropped (FORGOTTEN).
     Forgotten,
     /// The coordinator does not know it.
@@ -239,6 +247,9 @@ impl Recorded {
                 Recorded::Undecided
             }
             (_, pb::Outcome::Forgotten) => Recorded::Forgotten,
+            (pb::TxnState::Heuristic, o) => Recorded::Heuristic {
+                committed: o == pb::Outcome::Committed,
+            },
             (_, pb::Outcome::Committed) => Recorded::Decided {
                 committed: true,
                 completed,
@@ -264,6 +275,7 @@ pub async fn recorded(
         .map(|g| async move {
             let r = match client.get(&g).await {
                 Ok(t) => Recorded::of(&t),
+                Err(ClientError::Forgotten(_)) => Recorded::Forgotten,
                 Err(ClientError::Rejected { message, .. }) if message.contains("forgotten") => {
                     Recorded::Forgotten
                 }
@@ -384,6 +396,18 @@ pub fn check(
                 if !all && !none {
                     push("atomicity", &t.gtrid, format!("outcome forgotten; {seen}"));
                 }
+                continue;
+            }
+            Recorded::Heuristic { committed } => {
+                let outcome = if committed { "COMMITTED" } else { "ABORTED" };
+                push(
+                    "heuristic",
+                    &t.gtrid,
+                    format!(
+                        "the coordinator decided {outcome} and reports a branch that answered \
+                         against it ({told}); {seen}"
+                    ),
+                );
                 continue;
             }
             other => {
@@ -699,5 +723,12 @@ mod tests {
             rules(&check(&txns, &ev, &rec, 200)),
             ["acknowledged", "atomicity"]
         );
+    }
+
+    #[test]
+    fn a_heuristic_outcome_is_reported() {
+        let (txns, ev, mut rec) = clean();
+        rec.insert("t1".into(), Recorded::Heuristic { committed: true });
+        assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["heuristic"]);
     }
 }

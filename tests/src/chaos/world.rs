@@ -198,8 +198,8 @@ pub struct World {
     pub broker: BrokerEnv,
     /// Services killed and not known to be back.
     services_down: std::collections::BTreeSet<Service>,
-    /// Processes stopped with SIGSTOP and not resumed yet, with their pid.
-    paused: BTreeMap<Process, i32>,
+    /// Processes stopped with SIGSTOP and not resumed (nor killed) yet.
+    paused: std::collections::BTreeSet<Process>,
     /// The run's folder (logs).
     dir: PathBuf,
     /// The history, where deaths and restarts are recorded.
@@ -254,26 +254,6 @@ fn signal(pid: i32, sig: libc::c_int) -> anyhow::Result<()> {
         std::io::Error::last_os_error()
     );
     Ok(())
-}
-
-/// The pid of a live child of this process that has `arg` among its arguments.
-fn child_pid_with_arg(arg: &str) -> Option<i32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        // `pid (comm) state ppid ...`: the fields after the last ')'.
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-        let (state, ppid) = (fields.next()?, fields.next()?);
-        if ppid != me || state == "Z" {
-            return None;
-        }
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|a| a == arg.as_bytes())
-            .then_some(pid)
-    })
 }
 
 /// The error or panic message in what a process logged, or its last line.
@@ -335,7 +315,7 @@ impl World {
             pg,
             broker,
             services_down: std::collections::BTreeSet::new(),
-            paused: BTreeMap::new(),
+            paused: std::collections::BTreeSet::new(),
             dir: dir.to_path_buf(),
             history,
         };
@@ -450,27 +430,24 @@ impl World {
         Ok(())
     }
 
-    /// The pid of a running process.
+    /// Sends SIGSTOP (`stop`) or SIGCONT to a running process.
     ///
     /// # Errors
-    /// When it is not running (or, for a node, its process cannot be found).
-    fn pid(&self, process: Process) -> anyhow::Result<i32> {
+    /// When it is not running or the signal cannot be sent.
+    fn stop_or_continue(&mut self, process: Process, stop: bool) -> anyhow::Result<()> {
         match process {
+            Process::Node(id) => self.cluster.pause(id, stop)?,
             Process::App(kind) => {
                 let child = self
                     .apps
                     .get(&kind)
                     .and_then(|a| a.child.as_ref())
                     .with_context(|| format!("{} is not running", kind.name()))?;
-                Ok(i32::try_from(child.id())?)
-            }
-            // The cluster keeps its children to itself: the node is the child of this
-            // process whose command line names its data folder.
-            Process::Node(id) => {
-                child_pid_with_arg(&self.cluster.data_dir(id).display().to_string())
-                    .with_context(|| format!("node{id} is not running"))
+                let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+                signal(i32::try_from(child.id())?, sig)?;
             }
         }
+        Ok(())
     }
 
     /// Stops `process` with SIGSTOP (it stays alive: see the module documentation).
@@ -478,9 +455,8 @@ impl World {
     /// # Errors
     /// When it is not running or the signal cannot be sent.
     pub fn pause(&mut self, process: Process) -> anyhow::Result<()> {
-        let pid = self.pid(process)?;
-        signal(pid, libc::SIGSTOP)?;
-        self.paused.insert(process, pid);
+        self.stop_or_continue(process, true)?;
+        self.paused.insert(process);
         Ok(())
     }
 
@@ -490,10 +466,10 @@ impl World {
     /// # Errors
     /// When the signal cannot be sent.
     pub fn resume(&mut self, process: Process) -> anyhow::Result<()> {
-        match self.paused.remove(&process) {
-            Some(pid) => signal(pid, libc::SIGCONT),
-            None => Ok(()),
+        if self.paused.remove(&process) {
+            self.stop_or_continue(process, false)?;
         }
+        Ok(())
     }
 
     /// Puts everything back: the network whole, every stopped process resumed (and
@@ -503,7 +479,7 @@ impl World {
     /// When a process or service cannot be started.
     pub async fn heal(&mut self) -> anyhow::Result<()> {
         self.cluster.heal();
-        let paused: Vec<Process> = self.paused.keys().copied().collect();
+        let paused: Vec<Process> = self.paused.iter().copied().collect();
         for p in paused {
             self.resume(p)?;
             self.history
