@@ -38,6 +38,16 @@
 //! - **rollback** first rolls back the branch if it is still open in this process,
 //!   then runs `ROLLBACK PREPARED <gid>` (a missing gid is fine), then commits a
 //!   tombstone: `INSERT ... VALUES (<gid>, 'r') ON CONFLICT DO NOTHING`.
+//! - **one-phase commit** sends `INSERT INTO ratify_fence VALUES (<gid>, 'b'); COMMIT`
+//!   on the branch's connection. A branch that ran no SQL is an empty transaction
+//!   that commits: its `'b'` row is committed in a transaction of its own, so a
+//!   retried one-phase commit (which finds no open branch and reads the fence) answers
+//!   COMMITTED for it too, never ROLLED_BACK.
+//! - **begin_branch** refuses an xid whose fence row is committed (rolled back or
+//!   committed: nobody would end such a branch, and it would hold its connection and
+//!   row locks for good). Xids rolled back by this process are found in memory (a
+//!   bounded set); any other xid costs one primary-key `SELECT` on the branch's own
+//!   connection, so a late branch is refused after a restart too.
 //!
 //! A prepare that arrives after the rollback (delayed in this process, or sent by a
 //! previous incarnation of it) then hits the tombstone's primary key, its insert
@@ -113,7 +123,8 @@ use pool::{Pool, Pooled};
 /// Connections reserved for phase 2, recovery, fencing and stats.
 const CONTROL_CONNECTIONS: usize = 4;
 
-/// Rolled-back xids remembered to refuse a late `begin_branch`.
+/// Finished xids remembered to refuse a late `begin_branch` without asking the fence
+/// table again.
 const CLOSED_REMEMBERED: usize = 100_000;
 
 /// Oldest supported server, as `server_version_num`.
@@ -128,6 +139,29 @@ const FENCE_DDL: &str = "CREATE TABLE IF NOT EXISTS ratify_fence (\
      gid text PRIMARY KEY, \
      state \"char\" NOT NULL CHECK (state IN ('b', 'r')), \
      at timestamptz NOT NULL DEFAULT now())";
+
+/// What a fence row written outside a branch says.
+#[derive(Debug, Clone, Copy)]
+enum FenceRow {
+    /// `'b'`: committed (here an empty branch committed in one phase).
+    Committed,
+    /// `'r'`: a rollback's tombstone.
+    Tombstone,
+}
+
+impl FenceRow {
+    /// The `state` column's value.
+    fn code(self) -> char {
+        match self {
+            Self::Committed => 'b',
+            Self::Tombstone => 'r',
+        }
+    }
+}
+
+/// A committed fence row by primary key. Prepared once per connection (statement
+/// cache), so a lookup is one round trip and one index probe.
+const FENCE_STATE_SQL: &str = "SELECT state FROM ratify_fence WHERE gid = $1";
 
 /// How often, and how long apart, a phase-2 statement on a busy gid is retried.
 const BUSY_RETRIES: u32 = 50;
@@ -234,9 +268,11 @@ pub struct PgResource {
     /// every branch connection waits on a row lock held by a prepared branch, the
     /// `COMMIT PREPARED` that releases it must not wait for one of them.
     control: Pool,
-    /// Xids rolled back in this process, newest last (bounded): an application that
-    /// opens a branch only after its rollback arrived must be refused, or the branch
-    /// would hold its connection and locks with nobody left to end it.
+    /// Xids known to be finished here (rolled back in this process, or refused
+    /// from the fence table), newest last (bounded): an application that opens a
+    /// branch only after its rollback arrived must be refused, or the branch would
+    /// hold its connection and locks with nobody left to end it. This is the fast
+    /// path; the fence table is the truth (it survives restarts and the bound).
     closed: Mutex<(HashSet<Xid>, VecDeque<Xid>)>,
     /// Branches opened in this process and not yet prepared or rolled back. Whoever
     /// removes a branch from here (prepare, rollback, one-phase commit) owns it.
@@ -320,14 +356,37 @@ impl PgResource {
     /// Opens branch `xid` (from the coordinator) on a pooled connection. The
     /// transaction starts with the first statement run on it.
     ///
+    /// A branch of an xid that is already finished here (rolled back, or committed)
+    /// is refused: after the rollback nobody would ever end it, so it would hold its
+    /// connection and row locks for good. Xids rolled back by this process are known
+    /// in memory; any other (a restart, or a rollback that reached another instance
+    /// with the same tag) costs one primary-key `SELECT` on `ratify_fence`, on the
+    /// connection the branch is about to use.
+    ///
     /// # Errors
-    /// [`PgError::BranchExists`] when it is already open here, [`PgError::Unavailable`]
-    /// when no connection can be made.
+    /// [`PgError::BranchExists`] when it is already open here,
+    /// [`PgError::BranchClosed`] when its fence row says it is finished,
+    /// [`PgError::Unavailable`] when no connection can be made.
     pub async fn begin_branch(self: &Arc<Self>, xid: &Xid) -> Result<PgBranch, PgError> {
         if self.lock_branches().contains_key(xid) {
             return Err(PgError::BranchExists(xid.clone()));
         }
+        if self.lock_closed().0.contains(xid) {
+            return Err(PgError::BranchClosed(xid.clone()));
+        }
         let mut conn = self.pool.get().await?;
+        // The branch's own connection, outside any transaction: the control
+        // connections stay free for phase 2, and the lookup needs no extra checkout.
+        // Only committed rows are visible, which is what "finished" means; a `'b'` row
+        // inside a still-prepared transaction is not, but that branch's key then
+        // makes this one's prepare vote NO.
+        if Self::fence_state(&mut conn, &self.gid(xid))
+            .await?
+            .is_some()
+        {
+            self.remember_closed(xid);
+            return Err(PgError::BranchClosed(xid.clone()));
+        }
         let cancel = conn.client()?.cancel_token();
         let slot = Arc::new(Slot {
             state: tokio::sync::Mutex::new(SlotState {
@@ -433,11 +492,24 @@ impl PgResource {
         self.branches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes ownership of open branch `xid`, if it is open here.
     fn lock_closed(&self) -> std::sync::MutexGuard<'_, (HashSet<Xid>, VecDeque<Xid>)> {
         self.closed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Adds `xid` to the bounded in-memory set of finished xids.
+    fn remember_closed(&self, xid: &Xid) {
+        let mut closed = self.lock_closed();
+        if closed.0.insert(xid.clone()) {
+            closed.1.push_back(xid.clone());
+            if closed.1.len() > CLOSED_REMEMBERED {
+                if let Some(old) = closed.1.pop_front() {
+                    closed.0.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Takes ownership of open branch `xid`, if it is open here.
     fn take_slot(&self, xid: &Xid) -> Option<Arc<Slot>> {
         self.lock_branches().remove(xid)
     }
@@ -456,15 +528,23 @@ impl PgResource {
     }
 
     /// The committed fence row of `gid`: `Some('b')` (committed), `Some('r')`
-    /// (rolled back) or `None`.
+    /// (rolled back) or `None`. `c` must be outside any transaction.
     async fn fence_state(c: &mut Pooled, gid: &Gid) -> Result<Option<char>, PgError> {
-        let row = c
-            .client()?
-            .query_opt(
-                "SELECT state FROM ratify_fence WHERE gid = $1",
-                &[&gid.as_str()],
-            )
-            .await?;
+        let conn = c.conn()?;
+        let read = match conn.statement(FENCE_STATE_SQL).await {
+            Ok(stmt) => conn.client.query_opt(&stmt, &[&gid.as_str()]).await,
+            Err(e) => Err(e),
+        };
+        let row = match read {
+            Ok(row) => row,
+            Err(e) => {
+                if e.as_db_error().is_none() {
+                    // Broken, or its state is unknown: never back to the pool.
+                    c.discard();
+                }
+                return Err(e.into());
+            }
+        };
         Ok(match row {
             Some(r) => Some(char::from(
                 u8::try_from(r.try_get::<_, i8>(0)?).unwrap_or(b'?'),
@@ -561,7 +641,14 @@ impl PgResource {
             // transaction and gives a definite answer: inserted means the first attempt
             // did not commit and now never can (its insert hits the key).
             let mut c = self.control.get().await?;
-            match insert_tombstone(&mut c, gid, self.config.fence_lock_wait).await? {
+            match insert_fence(
+                &mut c,
+                gid,
+                FenceRow::Tombstone,
+                self.config.fence_lock_wait,
+            )
+            .await?
+            {
                 Ok(true) => return Ok(CommitResult::RolledBack),
                 Ok(false) => {}
                 Err(e) if is(&e, &SqlState::LOCK_NOT_AVAILABLE) => {
@@ -594,7 +681,30 @@ impl PgResource {
             return Ok(CommitResult::RolledBack);
         }
         if !st.begun {
-            return Ok(CommitResult::Committed);
+            // No statement ran: an empty transaction, which commits. Its `'b'` row must
+            // still be written, in a transaction of its own: a retry finds no slot and
+            // reads the fence, and without the row it would insert a tombstone and
+            // answer ROLLED_BACK for a branch this call reported committed.
+            return match insert_fence(
+                &mut conn,
+                gid,
+                FenceRow::Committed,
+                self.config.fence_lock_wait,
+            )
+            .await?
+            {
+                Ok(true) => Ok(CommitResult::Committed),
+                // The key exists: a rollback (here before the restart, or at another
+                // instance) left its tombstone first, or a retry raced this call.
+                Ok(false) => Ok(match Self::fence_state(&mut conn, gid).await? {
+                    Some('b') => CommitResult::Committed,
+                    _ => CommitResult::RolledBack,
+                }),
+                Err(e) if is(&e, &SqlState::LOCK_NOT_AVAILABLE) => Err(PgError::Unavailable(
+                    format!("fence row of {gid} is held by another transaction; ask again"),
+                )),
+                Err(e) => Err(PgError::from(e)),
+            };
         }
         let sql = format!(
             "INSERT INTO ratify_fence (gid, state) VALUES ({}, 'b'); COMMIT",
@@ -647,15 +757,7 @@ impl PgResource {
             // Under the branches lock, so a concurrent `begin_branch` either got in
             // first (and its slot is taken here) or sees the xid closed.
             let mut branches = self.lock_branches();
-            let mut closed = self.lock_closed();
-            if closed.0.insert(xid.clone()) {
-                closed.1.push_back(xid.clone());
-                if closed.1.len() > CLOSED_REMEMBERED {
-                    if let Some(old) = closed.1.pop_front() {
-                        closed.0.remove(&old);
-                    }
-                }
-            }
+            self.remember_closed(xid);
             branches.remove(xid)
         };
         if let Some(slot) = slot {
@@ -672,7 +774,14 @@ impl PgResource {
                 Err(e) if is(&e, &SqlState::UNDEFINED_OBJECT) => {}
                 Err(e) => return Err(phase2_error(&mut c, e)),
             }
-            match insert_tombstone(&mut c, gid, self.config.fence_lock_wait).await? {
+            match insert_fence(
+                &mut c,
+                gid,
+                FenceRow::Tombstone,
+                self.config.fence_lock_wait,
+            )
+            .await?
+            {
                 Ok(true) => return Ok(RollbackResult::RolledBack),
                 Ok(false) => {
                     // The key existed: a tombstone (a retry) or a committed branch.
@@ -752,22 +861,25 @@ fn phase2_error(c: &mut Pooled, e: tokio_postgres::Error) -> PgError {
     PgError::from(e)
 }
 
-/// Commits `gid`'s `'r'` tombstone unless its fence row exists, and says whether this
-/// call inserted it. A transaction holding the key (a branch preparing or prepared,
-/// or a one-phase commit under way) is waited for at most `lock_wait`; then the error
-/// is `LOCK_NOT_AVAILABLE`. On a server error the attempt is rolled back, so `c` is
-/// clean (or discarded).
+/// Commits a fence row for `gid` in a transaction of its own, unless one exists, and
+/// says whether this call inserted it. A transaction holding the key (a branch
+/// preparing or prepared, or a one-phase commit under way) is waited for at most
+/// `lock_wait`; then the error is `LOCK_NOT_AVAILABLE`. `c` must be outside any
+/// transaction; on a server error the attempt is rolled back, so `c` is clean (or
+/// discarded).
 ///
 /// # Errors
 /// The outer error when `c` was discarded before; the inner one is the server's.
-async fn insert_tombstone(
+async fn insert_fence(
     c: &mut Pooled,
     gid: &Gid,
+    row: FenceRow,
     lock_wait: Duration,
 ) -> Result<Result<bool, tokio_postgres::Error>, PgError> {
+    let state = row.code();
     let sql = format!(
         "BEGIN; SET LOCAL lock_timeout = '{}ms'; \
-         INSERT INTO ratify_fence (gid, state) VALUES ({}, 'r') ON CONFLICT (gid) DO NOTHING RETURNING state; \
+         INSERT INTO ratify_fence (gid, state) VALUES ({}, '{state}') ON CONFLICT (gid) DO NOTHING RETURNING state; \
          COMMIT",
         lock_wait.as_millis().max(1),
         gid.quoted()

@@ -433,3 +433,92 @@ async fn phase_two_is_not_starved_by_blocked_branches() -> anyhow::Result<()> {
     assert_eq!(balance(&url, 1).await?, 99);
     Ok(())
 }
+
+/// After a restart the in-memory record of rolled-back xids is empty: a branch opened
+/// for an xid that was rolled back (or committed) before the restart is refused from
+/// the fence table, so it never holds a pooled connection, and the row locks its SQL
+/// would take, with nobody left to end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_opened_after_a_restart_for_a_finished_xid_is_refused() -> anyhow::Result<()> {
+    let url = fresh_db("late_open_restart").await?;
+    let before = PgResource::connect(PgConfig::new(&url, "t_late_restart")).await?;
+    let rolled_back = xid()?;
+    assert_eq!(
+        before.rollback(&rolled_back).await?,
+        RollbackResult::RolledBack
+    );
+    let committed = xid()?;
+    debit(&before, &committed, 1, 1).await?;
+    assert_eq!(before.prepare(&committed).await?, Vote::Yes);
+    assert_eq!(
+        before.commit(&committed, false).await?,
+        CommitResult::Committed
+    );
+    drop(before);
+
+    // The restarted resource, with a single branch connection: a refused branch that
+    // kept it would block the next one.
+    let mut config = PgConfig::new(&url, "t_late_restart");
+    config.pool_size = 1;
+    let after = PgResource::connect(config).await?;
+    for (what, x) in [("rolled back", &rolled_back), ("committed", &committed)] {
+        match after.begin_branch(x).await {
+            Err(PgError::BranchClosed(_)) => {}
+            other => panic!("a branch of a {what} xid was not refused: {other:?}"),
+        }
+        // Refused again, now from the in-memory fast path for the rolled-back one.
+        assert!(matches!(
+            after.begin_branch(x).await,
+            Err(PgError::BranchClosed(_))
+        ));
+    }
+    assert_eq!(after.open_branches(), 0);
+    let fresh = xid()?;
+    let branch = tokio::time::timeout(Duration::from_secs(5), debit(&after, &fresh, 2, 1))
+        .await
+        .map_err(|_| anyhow::anyhow!("the refused branches kept the only connection"))??;
+    assert_eq!(
+        after.commit(branch.xid(), true).await?,
+        CommitResult::Committed
+    );
+    assert_eq!(balance(&url, 1).await?, 99);
+    assert_eq!(balance(&url, 2).await?, 99);
+    Ok(())
+}
+
+/// A one-phase commit of a branch that ran no SQL is a committed (empty) transaction:
+/// it leaves a `'b'` fence row, so a retry of the commit (in this process or after a
+/// restart) answers COMMITTED, not ROLLED_BACK, and a later rollback reports the
+/// heuristic mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_phase_commit_of_an_empty_branch_is_remembered() -> anyhow::Result<()> {
+    let url = fresh_db("onephase_empty").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t_empty")).await?;
+    let x = xid()?;
+    let _branch = r.begin_branch(&x).await?;
+    assert_eq!(r.commit(&x, true).await?, CommitResult::Committed);
+    assert_eq!(
+        r.commit(&x, true).await?,
+        CommitResult::Committed,
+        "a retried one-phase commit of the empty branch"
+    );
+    let restarted = PgResource::connect(PgConfig::new(&url, "t_empty")).await?;
+    assert_eq!(
+        restarted.commit(&x, true).await?,
+        CommitResult::Committed,
+        "the retry after a restart"
+    );
+    assert_eq!(
+        restarted.rollback(&x).await?,
+        RollbackResult::AlreadyCommitted
+    );
+    // Rolled back before its one-phase commit (from another instance, as after a
+    // restart): the commit finds the tombstone and answers what happened.
+    let y = xid()?;
+    let _branch = r.begin_branch(&y).await?;
+    assert_eq!(restarted.rollback(&y).await?, RollbackResult::RolledBack);
+    assert_eq!(r.commit(&y, true).await?, CommitResult::RolledBack);
+    assert_eq!(r.commit(&y, true).await?, CommitResult::RolledBack, "retry");
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
