@@ -16,9 +16,16 @@
 //!   the branch as published (fsynced) and answers.
 //! - **Recovery**: every (re)start of the producer calls `init_transactions`, which
 //!   fences older instances with the same `transactional.id` and aborts their open
-//!   transaction, then reads the ledger `read_committed` and records every xid whose
-//!   marker committed but whose outcome was not yet recorded. So an xid is never
-//!   published twice, whatever the crash point (see [`publisher`] for the argument).
+//!   transaction, then reads the ledger `read_committed` up to the end offsets taken
+//!   at that moment and records every xid whose marker committed but whose outcome
+//!   was not yet recorded. So an xid is never published twice, whatever the crash
+//!   point (see [`publisher`] for the argument). The read waits only for transactions
+//!   that were open on the ledger when it started, never for later ones, so other
+//!   producers busy on a shared ledger do not hold a restart up.
+//! - **Ledger topic**: created compacted if missing; an existing one must have
+//!   `cleanup.policy=compact` exactly, or [`KafkaResource::open`] refuses to start
+//!   ([`KafkaError::LedgerNotCompacted`]), since `delete` retention could remove the
+//!   newest marker.
 //! - **Rollback** discards the stage and leaves a tombstone.
 //!
 //! One `transactional.id` per adapter instance (and per stage folder): two live
@@ -72,7 +79,8 @@ pub struct KafkaConfig {
     /// same instance (it is how a restart fences its predecessor), unique across
     /// instances. Also the ledger key of its markers.
     pub transactional_id: String,
-    /// Compacted topic that holds the markers (created if missing).
+    /// Compacted topic that holds the markers (created if missing; an existing one
+    /// must have `cleanup.policy=compact`).
     pub ledger_topic: String,
     /// Replication factor used when the ledger topic is created (-1: the broker's
     /// default).
@@ -173,6 +181,23 @@ pub enum KafkaError {
     /// Stored state could not be read; needs an operator.
     #[error("corrupt kafka adapter state: {0}")]
     Corrupt(String),
+    /// The ledger topic's `cleanup.policy` is not exactly `compact`: retention could
+    /// delete the adapter's newest marker, and a restart would then publish a
+    /// committed branch again. Not retryable: fix the topic.
+    #[error(
+        "ledger topic {topic} has cleanup.policy={policy:?}; the Kafka adapter needs exactly \
+         \"compact\" (\"delete\", also in \"compact,delete\", lets retention remove the newest \
+         ledger marker, after which a restart could publish a committed branch twice). Fix it \
+         with `kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics \
+         --entity-name {topic} --add-config cleanup.policy=compact`, or configure a ledger \
+         topic that does not exist yet (the adapter creates it compacted)"
+    )]
+    LedgerNotCompacted {
+        /// The ledger topic.
+        topic: String,
+        /// Its `cleanup.policy` as the broker reported it (empty: not reported).
+        policy: String,
+    },
 }
 
 impl KafkaError {
@@ -238,9 +263,11 @@ impl KafkaResource {
     ///
     /// # Errors
     /// [`KafkaError::InvalidConfig`], [`KafkaError::Open`] when the folder cannot be
-    /// opened (for example another process holds it), [`KafkaError::Kafka`] when the
-    /// broker cannot be reached or refuses, [`KafkaError::Corrupt`] for unreadable
-    /// stored state.
+    /// opened (for example another process holds it),
+    /// [`KafkaError::LedgerNotCompacted`] when the ledger topic exists with a
+    /// `cleanup.policy` other than `compact`, [`KafkaError::Kafka`] when the broker
+    /// cannot be reached or refuses, or the ledger catch-up does not reach its end
+    /// offsets in time (retry), [`KafkaError::Corrupt`] for unreadable stored state.
     pub async fn open(dir: impl AsRef<Path>, config: KafkaConfig) -> Result<Arc<Self>, KafkaError> {
         config.validate()?;
         let config = Arc::new(config);
@@ -597,6 +624,9 @@ impl KafkaBranch {
 }
 
 #[cfg(test)]
+mod broker_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -605,6 +635,26 @@ mod tests {
         assert!(is_valid_topic("orders.v1-x_y"));
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"a".repeat(250)] {
             assert!(!is_valid_topic(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_compacted_ledger_is_accepted() {
+        for ok in ["compact", " compact ", "compact,compact"] {
+            assert!(publisher::check_ledger_policy("l", ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["delete", "compact,delete", "delete,compact", ""] {
+            match publisher::check_ledger_policy("l", bad) {
+                Err(e @ KafkaError::LedgerNotCompacted { .. }) => {
+                    assert!(!e.is_retryable());
+                    assert!(
+                        e.to_string()
+                            .contains("--entity-name l --add-config cleanup.policy=compact"),
+                        "{e}"
+                    );
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 

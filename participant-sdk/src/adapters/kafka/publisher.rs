@@ -15,15 +15,21 @@
 //! also the only time the adapter can be unsure whether a commit happened,
 //! `init_transactions` first fences older producers with this `transactional.id` and
 //! finishes or aborts their open transaction; then the ledger is read
-//! `read_committed` to its end and every marker after the recorded sequence is
-//! recorded. A branch is therefore published only while its outcome says it was not,
-//! and that is never true after a marker naming it committed.
+//! `read_committed` up to the end offsets taken at that moment (see [`read_ledger`]
+//! for why that is its end for our markers, and why the wait is bounded) and every
+//! marker after the recorded sequence is recorded. A branch is therefore published
+//! only while its outcome says it was not, and that is never true after a marker
+//! naming it committed.
 //!
 //! A producer that is fenced (a newer instance called `init_transactions` with the same
 //! `transactional.id`) stops for good: it answers every request with a failure and
 //! never re-initialises, which would fence the newer instance back.
+//!
+//! The ledger topic must be compacted and only compacted (checked at start): with
+//! `delete` in its `cleanup.policy`, retention could remove the newest marker, and a
+//! restart that lost its local record too would publish that branch again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,6 +150,8 @@ impl Publisher {
             .set("linger.ms", "1")
             .create()
             .map_err(kafka_unavailable)?;
+        // First init_transactions, then the ledger read: the read is complete only
+        // once no older instance can commit a marker any more (see `read_ledger`).
         producer
             .init_transactions(self.config.request_timeout)
             .map_err(|e| {
@@ -489,9 +497,12 @@ fn kafka_unavailable(e: impl std::fmt::Display) -> ResourceError {
     ResourceError::Unavailable(format!("kafka: {e}"))
 }
 
-/// Creates the compacted ledger topic unless it exists.
+/// Creates the compacted ledger topic unless it exists, then checks that it is
+/// compacted (an existing or auto-created topic may not be).
 fn ensure_ledger_topic(config: &KafkaConfig) -> Result<(), AdapterError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+    };
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
@@ -516,18 +527,112 @@ fn ensure_ledger_topic(config: &KafkaConfig) -> Result<(), AdapterError> {
             }
         }
     }
-    Ok(())
+    let topic = ResourceSpecifier::Topic(&config.ledger_topic);
+    let deadline = Instant::now() + config.request_timeout;
+    let policy = loop {
+        let described = futures::executor::block_on(admin.describe_configs([&topic], &opts))
+            .map_err(|e| {
+                AdapterError::Kafka(format!(
+                    "describe ledger topic {}: {e}",
+                    config.ledger_topic
+                ))
+            })?;
+        match described.into_iter().next() {
+            Some(Ok(resource)) => {
+                break resource
+                    .get("cleanup.policy")
+                    .and_then(|e| e.value.clone())
+                    .unwrap_or_default()
+            }
+            // Just created: another broker may not know it yet.
+            Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Retrying will not grant the permission.
+            Some(Err(
+                code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed),
+            )) => {
+                return Err(AdapterError::InvalidConfig(format!(
+                    "cannot check the cleanup.policy of ledger topic {} ({code}): the \
+                     adapter's principal needs DescribeConfigs on it",
+                    config.ledger_topic
+                )))
+            }
+            Some(Err(code)) => {
+                return Err(AdapterError::Kafka(format!(
+                    "describe ledger topic {}: {code}",
+                    config.ledger_topic
+                )))
+            }
+            None => {
+                return Err(AdapterError::Kafka(format!(
+                    "describe ledger topic {}: no answer for the topic",
+                    config.ledger_topic
+                )))
+            }
+        }
+    };
+    check_ledger_policy(&config.ledger_topic, &policy)
 }
 
-/// Reads the ledger `read_committed` to its end and returns this adapter's markers
-/// by sequence.
+/// Accepts exactly `cleanup.policy=compact`. `delete`, alone or in `compact,delete`,
+/// lets retention remove records by age or size, the newest marker included.
+pub(super) fn check_ledger_policy(topic: &str, policy: &str) -> Result<(), AdapterError> {
+    let mut policies: Vec<&str> = policy
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    policies.dedup();
+    if policies == ["compact"] {
+        return Ok(());
+    }
+    Err(AdapterError::LedgerNotCompacted {
+        topic: topic.to_owned(),
+        policy: policy.to_owned(),
+    })
+}
+
+/// Reads the ledger `read_committed` up to the end offsets taken once, at the start,
+/// and returns this adapter's markers by sequence.
 ///
-/// "Its end" is the high watermark taken first: a `read_committed` consumer stops at
-/// the last stable offset, which another producer's open transaction can hold below
-/// our own committed markers, so this waits until the last stable offset has passed
-/// the high watermark before reading.
+/// # Why the end offsets taken at the start are enough
+/// The caller has just run `init_transactions`. It returns only once the transaction
+/// of any older instance with our `transactional.id` is finished: committed if its
+/// commit had been requested, aborted otherwise, its transaction markers written to
+/// every partition it touched. So when the end offsets (high watermarks) are taken
+/// here, every marker of ours that will ever be committed is committed, and sits
+/// below its transaction's commit record, itself below the high watermark; no older
+/// instance can commit one later (its epoch is fenced), and this instance writes none
+/// before the read is done. Reading every committed record below the high watermarks
+/// taken now therefore sees all our committed markers.
+///
+/// # Why the wait is bounded
+/// A `read_committed` consumer is only given records below the last stable offset
+/// (LSO): the first offset of the oldest transaction still open on the partition.
+/// Another producer's transaction that was open at the start, at an offset below our
+/// newest marker, holds the LSO below that marker, and there is no way around it with
+/// `read_committed`: we wait until the consumer's *position* reaches the fixed end
+/// offset. That happens once the transactions open at the start have ended, which
+/// their producers (or, for a dead producer, the broker after its
+/// `transaction.timeout.ms`) bound; transactions begun afterwards start above the
+/// end offset and cannot hold the LSO below it. What must not be done is chase a
+/// moving end: waiting for an end-of-partition event, or for the LSO to reach the
+/// current high watermark, never finishes while other producers keep committing on a
+/// shared ledger (restarts took 7–21 s, or timed out).
+///
+/// The position, not the last record delivered, is what counts: transaction control
+/// records and aborted records deliver nothing but move it.
+///
+/// # Errors
+/// [`ResourceError::Unavailable`] (retryable) when the position is still below the
+/// end offsets after `transaction_timeout + request_timeout`, or the broker fails;
+/// [`ResourceError::Failed`] for a corrupt marker.
 fn read_ledger(config: &KafkaConfig) -> Result<BTreeMap<u64, Marker>, ResourceError> {
-    let deadline = Instant::now() + config.transaction_timeout + config.request_timeout;
+    let started = Instant::now();
+    let limit = config.transaction_timeout + config.request_timeout;
+    let deadline = started + limit;
     let topic = config.ledger_topic.as_str();
     let uncommitted: BaseConsumer = config
         .client_config()
@@ -548,10 +653,24 @@ fn read_ledger(config: &KafkaConfig) -> Result<BTreeMap<u64, Marker>, ResourceEr
             "ledger topic {topic} has no partitions"
         )));
     }
+    // The end offsets, taken once (see above): partition → high watermark. An empty
+    // partition has nothing to read.
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for &p in &partitions {
+        let (low, high) = uncommitted
+            .fetch_watermarks(topic, p, config.request_timeout)
+            .map_err(kafka_unavailable)?;
+        if high > low {
+            ends.insert(p, high);
+        }
+    }
+    let mut markers = BTreeMap::new();
+    if ends.is_empty() {
+        return Ok(markers);
+    }
     let committed: BaseConsumer = config
         .client_config()
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .set(
             "group.id",
@@ -559,60 +678,95 @@ fn read_ledger(config: &KafkaConfig) -> Result<BTreeMap<u64, Marker>, ResourceEr
         )
         .create()
         .map_err(kafka_unavailable)?;
-    for &p in &partitions {
-        let (_, high) = uncommitted
-            .fetch_watermarks(topic, p, config.request_timeout)
-            .map_err(kafka_unavailable)?;
-        loop {
-            let (_, stable) = committed
-                .fetch_watermarks(topic, p, config.request_timeout)
-                .map_err(kafka_unavailable)?;
-            if stable >= high {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(kafka_unavailable(format!(
-                    "ledger partition {p}: last stable offset {stable} stays below {high}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    // Learn the partitions' leaders first: an assignment made before this consumer
+    // knows them starts fetching only after a retry, about 500 ms later.
+    committed
+        .fetch_metadata(Some(topic), config.request_timeout)
+        .map_err(kafka_unavailable)?;
     let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
+    for &p in ends.keys() {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(kafka_unavailable)?;
     }
     committed.assign(&tpl).map_err(kafka_unavailable)?;
-    let mut at_end: HashSet<i32> = HashSet::new();
-    let mut markers = BTreeMap::new();
-    while at_end.len() < partitions.len() {
+    let mut waiting_logged = false;
+    while !ends.is_empty() {
         if Instant::now() > deadline {
-            return Err(kafka_unavailable("timed out reading the ledger"));
+            return Err(catch_up_timeout(&committed, topic, &ends, limit));
         }
-        match committed.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
+        if !waiting_logged && started.elapsed() > Duration::from_secs(2) {
+            waiting_logged = true;
+            tracing::info!(
+                topic,
+                ?ends,
+                "ledger catch-up waits for transactions that were open on the ledger at start"
+            );
+        }
+        match committed.poll(Duration::from_millis(50)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => return Err(kafka_unavailable(e)),
             Some(Ok(m)) => {
-                if m.key() != Some(config.transactional_id.as_bytes()) {
-                    continue;
+                if m.key() == Some(config.transactional_id.as_bytes()) {
+                    if let Some(payload) = m.payload() {
+                        let marker: Marker = serde_json::from_slice(payload).map_err(|e| {
+                            ResourceError::Failed(format!(
+                                "corrupt ledger marker at {topic}/{}@{}: {e}",
+                                m.partition(),
+                                m.offset()
+                            ))
+                        })?;
+                        markers.insert(marker.seq, marker);
+                    }
                 }
-                let Some(payload) = m.payload() else { continue };
-                let marker: Marker = serde_json::from_slice(payload).map_err(|e| {
-                    ResourceError::Failed(format!(
-                        "corrupt ledger marker at {topic}/{}@{}: {e}",
-                        m.partition(),
-                        m.offset()
-                    ))
-                })?;
-                markers.insert(marker.seq, marker);
+                let (p, next) = (m.partition(), m.offset() + 1);
+                if ends.get(&p).is_some_and(|&end| next >= end) {
+                    ends.remove(&p);
+                }
+            }
+        }
+        if !ends.is_empty() {
+            // Control records and aborted transactions move the position without a
+            // message; a local call.
+            for e in committed.position().map_err(kafka_unavailable)?.elements() {
+                if let Offset::Offset(at) = e.offset() {
+                    if ends.get(&e.partition()).is_some_and(|&end| at >= end) {
+                        ends.remove(&e.partition());
+                    }
+                }
             }
         }
     }
+    tracing::debug!(topic, took = ?started.elapsed(), markers = markers.len(), "ledger read");
     Ok(markers)
+}
+
+/// The retryable error of a catch-up that did not reach its end offsets in time.
+fn catch_up_timeout(
+    committed: &BaseConsumer,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    limit: Duration,
+) -> ResourceError {
+    let positions = committed.position().ok();
+    let behind: Vec<String> = ends
+        .iter()
+        .map(|(&p, &end)| {
+            let at = positions
+                .as_ref()
+                .and_then(|t| t.find_partition(topic, p))
+                .map_or_else(|| "?".to_owned(), |e| format!("{:?}", e.offset()));
+            let stable = committed
+                .fetch_watermarks(topic, p, Duration::from_secs(1))
+                .map_or_else(|_| "?".to_owned(), |(_, lso)| lso.to_string());
+            format!("partition {p} at {at}, end {end}, last stable offset {stable}")
+        })
+        .collect();
+    kafka_unavailable(format!(
+        "ledger catch-up on {topic} did not reach the end offsets taken at start within {limit:?} \
+         ({}): a transaction that was open on the ledger then is still open (another \
+         producer's, bounded by its transaction.timeout.ms); retry later",
+        behind.join("; ")
+    ))
 }
 
 /// Waits until everything written to the store so far is durable.
