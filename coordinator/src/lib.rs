@@ -5,8 +5,8 @@
 //! - [`types`]: Raft type config and aliases, node identity, the gtrid encoding.
 //! - [`txn`]: transaction states, decisions, log commands and the table they change —
 //!   the only place a transaction's state changes.
-//! - [`raft`]: where bytes hit disk and cross between nodes (sled log with real
-//!   fdatasync, state machine snapshots, Raft network).
+//! - [`raft`]: where bytes hit disk and cross between nodes (the segment-file log with
+//!   real fdatasync, state machine snapshots in a synced file, Raft network).
 //! - [`driver`]: leader-only 2PC engine (prepare fan-out, decisions, phase 2,
 //!   timeouts, failover recovery).
 //! - [`service`]: the gRPC services; the only place errors become `Status`. Also the

@@ -206,7 +206,10 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
 }
 
 /// Rule 3 through the participant's recovery loop: a branch left prepared by a client
-/// that vanished is rolled back once the transaction times out.
+/// that vanished is rolled back, never left in doubt. Its recovery loop reports it
+/// prepared, so the leader takes the commit over (a prepared branch means a commit
+/// was asked for) and the other branch, which holds no work, votes NO; had it not,
+/// the timeout would abort it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_branch_of_a_vanished_client_is_rolled_back_after_its_timeout(
 ) -> anyhow::Result<()> {

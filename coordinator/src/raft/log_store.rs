@@ -21,6 +21,7 @@ use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
 
+use super::snapshot_file::{DurabilityEvent, Journal};
 use super::wal::{frame, replay, segment_path, Record, WalError, Writer, SEGMENT_BYTES};
 use crate::types::typ::{Entry, LogId, StorageError, Vote};
 use crate::types::TypeConfig;
@@ -88,6 +89,8 @@ struct Inner {
     /// Highest log index covered by a completed fdatasync round. Raised before
     /// openraft is told, so anything acknowledged is at or below it.
     durable_upto: AtomicU64,
+    /// Test hook: where purges are reported, to check they follow a durable snapshot.
+    journal: Option<Journal>,
 }
 
 /// The Raft log store. Cloning shares it.
@@ -128,8 +131,18 @@ impl LogStore {
                 state: RwLock::new(state),
                 writer,
                 durable_upto: AtomicU64::new(0),
+                journal: None,
             }),
         })
+    }
+
+    /// Reports purges to `journal` (tests). Call before sharing the store.
+    #[must_use]
+    pub fn with_journal(mut self, journal: Option<Journal>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.journal = journal;
+        }
+        self
     }
 
     /// Highest log index known to be fdatasynced (0 before the first append).
@@ -290,6 +303,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(j) = &self.inner.journal {
+            j.note(DurabilityEvent::Purged(log_id.index));
+        }
         self.change_synced(Record::Purge { upto: log_id }).await?;
         // Only once the purge point is durable may the files it covers go.
         let doomed: Vec<u64> = {

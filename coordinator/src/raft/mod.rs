@@ -1,23 +1,25 @@
-//! Where bytes hit disk and cross between nodes: the sled log store, the state
+//! Where bytes hit disk and cross between nodes: the log store, the state
 //! machine and its snapshots, the Raft network, and their encoding.
 //!
 //! # Layout
 //! - [`codec`]: the versioned binary encoding of log entries, snapshots and RPCs.
 //! - [`wal`]: the log's append-only, checksummed segment files and their writer.
 //! - [`log_store`]: the Raft log (in memory + [`wal`]), fdatasynced before acknowledging.
-//! - [`state_machine`]: the transaction table in memory, snapshots on sled.
+//! - [`state_machine`]: the transaction table in memory, snapshots in [`snapshot_file`].
+//! - [`snapshot_file`]: the snapshot file, written and synced before any purge.
 //! - [`network`]: openraft RPCs over the internal gRPC `Raft` service.
 
 pub mod codec;
 pub mod log_store;
 pub mod network;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use ratify_participant_sdk::durable::DurableSled;
+use snapshot_file::{Journal, SnapshotFiles};
 
 use crate::types::typ::{Raft, StorageError};
 use crate::types::NodeId;
@@ -29,9 +31,9 @@ pub use state_machine::{SharedSm, SmData, StateMachineStore};
 /// Why the stores could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// The sled folder (missing permissions, or held by another process).
-    #[error(transparent)]
-    Durable(#[from] ratify_participant_sdk::durable::DurableError),
+    /// The snapshot folder.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] snapshot_file::SnapshotFileError),
     /// Reading what was stored.
     #[error("storage: {0}")]
     Storage(StorageError),
@@ -41,14 +43,25 @@ pub enum OpenError {
 }
 
 /// Opens the node's stores in `dir`: the Raft log (with the vote) in `dir/wal`, the
-/// state machine's snapshots in a sled database in `dir`.
+/// state machine's snapshot in `dir/snapshot`.
 ///
 /// # Errors
-/// When the folder cannot be opened (for example another process holds it).
+/// When the folders cannot be opened or what they hold cannot be read.
 pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
-    let durable = DurableSled::open(dir)?;
-    let log = LogStore::open(&dir.join("wal"))?;
-    let sm = StateMachineStore::open(durable).map_err(OpenError::Storage)?;
+    open_stores_with(dir, None)
+}
+
+/// [`open_stores`], reporting every write, sync and purge to `journal` (tests).
+///
+/// # Errors
+/// As [`open_stores`].
+pub fn open_stores_with(
+    dir: &Path,
+    journal: Option<Journal>,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let log = LogStore::open(&dir.join("wal"))?.with_journal(journal.clone());
+    let snapshots = SnapshotFiles::open(&dir.join("snapshot"), journal)?;
+    let sm = StateMachineStore::open(snapshots).map_err(OpenError::Storage)?;
     Ok((log, sm))
 }
 

@@ -1,23 +1,23 @@
-//! The replicated state machine: the [`TxnTable`] in memory, snapshots on sled.
+//! The replicated state machine: the [`TxnTable`] in memory, snapshots in a file.
 //!
 //! The table lives in memory and is rebuilt on start from the latest snapshot plus the
-//! log entries after it (openraft re-applies them). A snapshot is written to the tree
-//! `snapshot` and fdatasynced before openraft may purge the log entries it covers.
+//! log entries after it (openraft re-applies them). A snapshot is written by
+//! [`SnapshotFiles::save`] (temp file, fsync, rename, folder fsync) before openraft
+//! learns it exists, so before it may purge the log entries it covers
+//! (docs/design.md, rule 14).
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use ratify_participant_sdk::durable::DurableSled;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
+use super::snapshot_file::SnapshotFiles;
 use crate::txn::{CommandResult, TxnTable};
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use crate::types::TypeConfig;
-
-const KEY_SNAPSHOT: &[u8] = b"current";
 
 /// Everything the state machine holds; also the snapshot payload.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,9 +60,7 @@ pub struct StateMachineStore {
     /// The live data.
     data: SharedSm,
     /// Where snapshots are kept (and synced).
-    durable: DurableSled,
-    /// The snapshot tree.
-    snapshots: sled::Tree,
+    snapshots: SnapshotFiles,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -77,12 +75,10 @@ impl StateMachineStore {
     /// Opens the store, loading the latest snapshot if there is one.
     ///
     /// # Errors
-    /// When sled fails or the stored snapshot cannot be decoded.
-    pub fn open(durable: DurableSled) -> Result<Self, StorageError> {
-        let snapshots = durable.db().open_tree("snapshot").map_err(snap_err)?;
+    /// When the snapshot cannot be read or decoded.
+    pub fn open(snapshots: SnapshotFiles) -> Result<Self, StorageError> {
         let store = Self {
             data: SharedSm::default(),
-            durable,
             snapshots,
         };
         if let Some(snap) = store.load_snapshot()? {
@@ -97,18 +93,21 @@ impl StateMachineStore {
     }
 
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        match self.snapshots.get(KEY_SNAPSHOT).map_err(snap_err)? {
+        match self.snapshots.load().map_err(snap_err)? {
             Some(bytes) => Ok(Some(decode(&bytes).map_err(snap_err)?)),
             None => Ok(None),
         }
     }
 
+    /// Writes `snap` durably (on a blocking thread: it writes and fsyncs megabytes).
     async fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let bytes = encode(snap).map_err(snap_err)?;
-        self.snapshots
-            .insert(KEY_SNAPSHOT, bytes)
-            .map_err(snap_err)?;
-        self.durable.sync().await.map_err(snap_err)
+        let covers = snap.meta.last_log_id.map_or(0, |l| l.index);
+        let files = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || files.save(&bytes, covers))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Storage tests: openraft's own suite against the sled stores, and the proof that an
+//! Storage tests: openraft's own suite against the stores, and the proof that an
 //! entry is fdatasynced before openraft may acknowledge it.
 
 use std::collections::BTreeMap;
@@ -71,5 +71,130 @@ async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Resul
     // Group commit: 64 concurrent writes should need far fewer than 64 syncs.
     println!("64 concurrent writes took {syncs} fdatasync rounds");
     raft.shutdown().await?;
+    Ok(())
+}
+
+/// A snapshot far over sled's 2 MiB blob threshold (100k kept outcomes) is written,
+/// fsynced, renamed and its folder fsynced before openraft may purge the log it
+/// replaces (docs/design.md, rule 14); a node reopened from it, with that log purged,
+/// has every outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Result<()> {
+    use crate::raft::open_stores_with;
+    use crate::raft::snapshot_file::{DurabilityEvent, Journal};
+    use crate::txn::{Decision, Reason};
+    use std::time::Duration;
+
+    const TXNS: u64 = 100_000;
+    const PER_ENTRY: u64 = 500;
+    let dir = tempfile::tempdir()?;
+    let journal = Journal::default();
+    let (log, sm) = open_stores_with(dir.path(), Some(journal.clone()))?;
+    let raft = new_raft(1, raft_config("test")?, Network::default(), log, sm).await?;
+    let node = NodeInfo {
+        raft_addr: "127.0.0.1:1".into(),
+        api_addr: "127.0.0.1:2".into(),
+    };
+    raft.initialize(BTreeMap::from([(1, node)])).await?;
+    raft.wait(Some(Duration::from_secs(5)))
+        .state(openraft::ServerState::Leader, "leader")
+        .await?;
+    raft.client_write(Command::SetClusterId { cluster_id: 7 }.into())
+        .await?;
+    for _ in 0..TXNS / PER_ENTRY {
+        let begins = (0..PER_ENTRY)
+            .map(|_| Command::Begin {
+                now_ms: 1,
+                timeout_ms: 1_000,
+                labels: BTreeMap::new(),
+                branches: vec![],
+            })
+            .collect();
+        let resp = raft
+            .client_write(crate::txn::Proposal { commands: begins })
+            .await?;
+        let decides = resp
+            .data
+            .iter()
+            .map(|r| match r {
+                CommandResult::Begun { txn, .. } => Ok(Command::Decide {
+                    txn: *txn,
+                    decision: Decision {
+                        commit: true,
+                        reason: Reason::ClientCommit,
+                        detail: String::new(),
+                        decided_ms: 2,
+                    },
+                    prepared_branches: Some(0),
+                    skip_phase2: vec![],
+                    complete: true,
+                }),
+                other => Err(anyhow::anyhow!("begin answered {other:?}")),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        raft.client_write(crate::txn::Proposal { commands: decides })
+            .await?;
+    }
+    raft.trigger().snapshot().await?;
+    let m = raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.snapshot.is_some(), "snapshot built")
+        .await?;
+    let upto = m.snapshot.map_or(0, |s| s.index);
+    raft.trigger().purge_log(upto).await?;
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index == upto), "log purged")
+        .await?;
+    raft.shutdown().await?;
+
+    let events = journal.events();
+    let purged_at = events
+        .iter()
+        .position(|e| matches!(e, DurabilityEvent::Purged(p) if *p == upto))
+        .ok_or_else(|| anyhow::anyhow!("no purge up to {upto} in {events:?}"))?;
+    let before = &events[..purged_at];
+    let durable_at = before
+        .iter()
+        .rposition(|e| matches!(e, DurabilityEvent::SnapshotDurable(c) if *c >= upto))
+        .ok_or_else(|| anyhow::anyhow!("purged to {upto} with no durable snapshot first"))?;
+    let steps: Vec<_> = before[..durable_at]
+        .iter()
+        .rev()
+        .take(4)
+        .map(std::mem::discriminant)
+        .collect();
+    let expected: Vec<_> = [
+        DurabilityEvent::SyncedDir(Default::default()),
+        DurabilityEvent::Renamed {
+            from: Default::default(),
+            to: Default::default(),
+        },
+        DurabilityEvent::SyncedFile(Default::default()),
+        DurabilityEvent::Wrote(Default::default()),
+    ]
+    .iter()
+    .map(std::mem::discriminant)
+    .collect();
+    assert_eq!(
+        steps, expected,
+        "write, fsync, rename, folder fsync: {before:?}"
+    );
+    let size = std::fs::metadata(dir.path().join("snapshot/current"))?.len();
+    assert!(
+        size > 2 * 1024 * 1024,
+        "snapshot of {size} bytes is not large"
+    );
+
+    // Reopen from the snapshot alone: the entries it replaced are gone from the log.
+    let (mut log, sm) = open_stores(dir.path())?;
+    let st = openraft::storage::RaftLogStorage::get_log_state(&mut log).await?;
+    assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(upto));
+    let table = sm.shared().read().table.clone();
+    assert_eq!(
+        table.finished.len() as u64,
+        TXNS,
+        "outcomes lost on restart"
+    );
+    assert!(table.live.is_empty());
     Ok(())
 }
