@@ -21,6 +21,9 @@ pub struct Counters {
     pub proposed_commands: AtomicU64,
     /// Proposals that failed (lost leadership, no quorum).
     pub proposal_failures: AtomicU64,
+    /// Proposals whose entry was not answered within the propose timeout (their
+    /// pipeline slot was released; see `driver/batcher.rs`).
+    pub proposal_timeouts: AtomicU64,
     /// Time from proposing an entry until it was committed and applied, summed, µs.
     pub proposal_micros: AtomicU64,
     /// Commit decisions this node logged.
@@ -92,6 +95,12 @@ pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String 
         "ratify_proposal_failures_total",
         "Proposals that did not commit (leadership lost, no quorum).",
         get(&c.proposal_failures),
+    );
+    counter(
+        &mut out,
+        "ratify_proposal_timeouts_total",
+        "Proposals not answered within the propose timeout (their pipeline slot was released).",
+        get(&c.proposal_timeouts),
     );
     family(
         &mut out,

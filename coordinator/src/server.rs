@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub init: bool,
     /// Driver tunables.
     pub driver: DriverConfig,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_every: u64,
 }
 
 /// Why a node could not start.
@@ -177,7 +179,8 @@ pub async fn run(
     };
     let raft = new_raft(
         config.id,
-        raft_config("ratify").map_err(|e| StartError::Raft(e.to_string()))?,
+        raft_config("ratify", config.snapshot_every)
+            .map_err(|e| StartError::Raft(e.to_string()))?,
         Network {
             source_ip: config.raft_source_ip,
         },

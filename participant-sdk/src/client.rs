@@ -508,20 +508,12 @@ impl CoordinatorClient {
 
     /// Asks what happened to `xid`'s transaction. When nothing was decided and it can
     /// no longer commit, the leader durably decides ABORT first (presumed abort).
-    /// `prepared` says the asking branch is prepared (voted YES): a leader that finds
-    /// the transaction undecided and undriven then takes its commit over at once
-    /// (its previous driver died mid-prepare). Pass false for unprepared branches.
     ///
     /// # Errors
     /// [`ClientError::Rejected`], [`ClientError::DeadlineExceeded`].
-    pub async fn query_outcome(
-        &self,
-        xid: &Xid,
-        prepared: bool,
-    ) -> Result<pb::QueryOutcomeResponse, ClientError> {
+    pub async fn query_outcome(&self, xid: &Xid) -> Result<pb::QueryOutcomeResponse, ClientError> {
         let request = pb::QueryOutcomeRequest {
             xid: Some(xid.to_pb()),
-            prepared,
         };
         self.leader_call("query_outcome", request, |ch, r| async move {
             CoordinatorRpc::new(ch).query_outcome(r).await

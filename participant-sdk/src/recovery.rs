@@ -135,7 +135,7 @@ impl RecoveryLoop {
             }
         };
         for xid in xids {
-            let outcome = match self.client.query_outcome(&xid, true).await {
+            let outcome = match self.client.query_outcome(&xid).await {
                 Ok(answer) => answer.outcome(),
                 Err(e) if e.is_retryable() => {
                     // The coordinator is unreachable: asking about the other branches

@@ -344,7 +344,10 @@ async fn an_enlist_cannot_slip_under_a_one_phase_commit() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heuristic_outcome_stays_visible() -> anyhow::Result<()> {
     let c = TestCluster::start(&[]).await?;
-    let bank = Bank::open(&c).await?;
+    let healthy = Arc::new(Scripted {
+        accept_commit: AtomicBool::new(true),
+        ..Default::default()
+    });
     let p = Arc::new(Scripted {
         heuristic_rollback: true,
         accept_commit: AtomicBool::new(true),
@@ -353,11 +356,13 @@ async fn a_heuristic_outcome_stays_visible() -> anyhow::Result<()> {
     let t = c
         .client
         .begin(BeginOptions {
-            branches: vec![bank.branches()[0].clone(), (serve(&p).await?, "r".into())],
+            branches: vec![
+                (serve(&healthy).await?, "r".into()),
+                (serve(&p).await?, "r".into()),
+            ],
             ..Default::default()
         })
         .await?;
-    bank.a.branch(&t.branches[0].xid)?.credit("acct1", 5)?;
     must_commit(&c.client.commit(&t.gtrid).await?);
     let start = Instant::now();
     let got = loop {
@@ -384,13 +389,50 @@ async fn a_heuristic_outcome_stays_visible() -> anyhow::Result<()> {
         m.get("ratify_transactions{state=\"heuristic_needs_person\"}") >= Some(&1.0),
         "{m:?}"
     );
-    // Still there a while later: it waits for a person, not for a retry.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Still there a while later: it waits for a person, and the branch that
+    // acknowledged is not asked again and again.
+    let settled = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         c.client.get(&t.gtrid).await?.state,
         pb::TxnState::Heuristic as i32
     );
-    assert_eq!(bank.a.balance("acct1")?, INITIAL + 5);
+    let again = healthy.calls_since(settled);
+    assert!(
+        again.len() <= 1,
+        "the acknowledged branch was asked again: {again:?}"
+    );
+    Ok(())
+}
+
+/// A QueryOutcome for a transaction whose commit was never asked for (a confused
+/// participant's, or anyone's: the API is open) must not make the coordinator
+/// prepare and commit work the application is still doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_does_not_commit_an_active_transaction() -> anyhow::Result<()> {
+    let c = TestCluster::start(&[]).await?;
+    let (a, b) = (Arc::new(Scripted::default()), Arc::new(Scripted::default()));
+    let t = c
+        .client
+        .begin(BeginOptions {
+            branches: vec![
+                (serve(&a).await?, "r".into()),
+                (serve(&b).await?, "r".into()),
+            ],
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await?;
+    for _ in 0..5 {
+        let q = c.client.query_outcome(&t.branches[0].xid).await?;
+        assert_eq!(q.outcome, pb::Outcome::InProgress as i32, "{q:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = c.client.get(&t.gtrid).await?;
+    assert_eq!(got.state, pb::TxnState::Active as i32, "{got:?}");
+    assert!(a
+        .calls_since(Instant::now() - Duration::from_secs(60))
+        .is_empty());
     Ok(())
 }
 
@@ -540,13 +582,10 @@ async fn a_node_that_is_not_ready_redirects_instead_of_not_found() -> anyhow::Re
         .await
         .err()
         .map(|s| s.code()),
-        rpc.query_outcome(pb::QueryOutcomeRequest {
-            xid: Some(xid),
-            prepared: true,
-        })
-        .await
-        .err()
-        .map(|s| s.code()),
+        rpc.query_outcome(pb::QueryOutcomeRequest { xid: Some(xid) })
+            .await
+            .err()
+            .map(|s| s.code()),
     ];
     for code in codes {
         assert_eq!(code, Some(tonic::Code::Unavailable), "{codes:?}");

@@ -155,7 +155,7 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
 
     let live = bank.transfer(&c.client, 1, 2, 10).await?;
     let xid = &live.branches[0].xid;
-    let q = c.client.query_outcome(xid, false).await?;
+    let q = c.client.query_outcome(xid).await?;
     assert_eq!(q.outcome, pb::Outcome::InProgress as i32, "{q:?}");
 
     // Begun, never committed, past its timeout: the answer is ABORTED, logged first
@@ -170,7 +170,7 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
         .await?;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let never = &stale.branches[0].xid;
-    let q = c.client.query_outcome(never, false).await?;
+    let q = c.client.query_outcome(never).await?;
     assert_eq!(q.outcome, pb::Outcome::Aborted as i32, "{q:?}");
     assert!(
         [
@@ -186,7 +186,7 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
     let stale_index = u64::from_str_radix(&stale.gtrid[16..], 16)?;
     for index in [stale_index + 1, u64::MAX / 2] {
         let future = Xid::new(format!("{}{index:016x}", &live.gtrid[..16]), "1")?;
-        assert!(c.client.query_outcome(&future, false).await.is_err());
+        assert!(c.client.query_outcome(&future).await.is_err());
     }
 
     // The presumed abort survives a leader change.
@@ -198,7 +198,7 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
 
     // The live transaction can still commit on the new leader; then the answer follows.
     must_commit(&c.client.commit(&live.gtrid).await?);
-    let q = c.client.query_outcome(xid, false).await?;
+    let q = c.client.query_outcome(xid).await?;
     assert_eq!(q.outcome, pb::Outcome::Committed as i32, "{q:?}");
     bank.wait_settled(Duration::from_secs(10)).await?;
     assert_eq!(bank.total()?, 2 * ratify_tests::ACCOUNTS as i64 * INITIAL);
@@ -206,10 +206,8 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
 }
 
 /// Rule 3 through the participant's recovery loop: a branch left prepared by a client
-/// that vanished is rolled back, never left in doubt. Its recovery loop reports it
-/// prepared, so the leader takes the commit over (a prepared branch means a commit
-/// was asked for) and the other branch, which holds no work, votes NO; had it not,
-/// the timeout would abort it.
+/// that vanished (its commit was never asked for) is rolled back once the
+/// transaction times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_branch_of_a_vanished_client_is_rolled_back_after_its_timeout(
 ) -> anyhow::Result<()> {

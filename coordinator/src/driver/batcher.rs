@@ -4,11 +4,24 @@
 //! keeps one AppendEntries in flight per follower, so one command per entry caps the
 //! cluster at one fsync round trip per transaction step. The batcher keeps at most
 //! `pipeline` entries in flight; while they are being replicated, new commands queue,
-//! and the next entry takes everything queued (up to `max_batch`). A lone client still
-//! gets a one-command entry at once; under load, one fsync on each node serves many
-//! transactions.
+//! and the next entry takes everything queued (up to `max_batch` commands, and about
+//! [`MAX_ENTRY_BYTES`], so one entry stays small enough to replicate within a
+//! heartbeat interval). A lone client still gets a one-command entry at once; under
+//! load, one fsync on each node serves many transactions.
+//!
+//! # Every proposal resolves
+//! openraft 0.9 answers a pending `client_write` only when its entry is applied or
+//! truncated by a conflict. A leader cut off with entries in flight, while the
+//! majority snapshots and purges past them, installs that snapshot on return without
+//! a conflict: those writes never resolve. A pipeline slot held by such a write would
+//! be lost for good, and once every slot was lost the node, leader again, could
+//! commit nothing while it kept heartbeating. So each write is bounded by
+//! `propose_timeout`: when it passes, the slot is released and the callers are told
+//! to retry (the entry may still commit later; every command is safe to re-propose
+//! or to be answered from the table).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -16,6 +29,7 @@ use super::DriveError;
 use crate::metrics::Counters;
 use crate::txn::{Command, CommandResult, Proposal};
 use crate::types::typ::{ClientWriteError, Raft, RaftError};
+use ratify_participant_sdk::failpoint;
 
 /// A command waiting for its entry, and where its answer goes.
 struct Pending {
@@ -39,10 +53,16 @@ impl Batcher {
         raft: Raft,
         pipeline: usize,
         max_batch: usize,
+        write_timeout: Duration,
         counters: Arc<Counters>,
     ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, pipeline.max(1), max_batch.max(1), counters));
+        let limits = Limits {
+            pipeline: pipeline.max(1),
+            max_batch: max_batch.max(1),
+            write_timeout,
+        };
+        tokio::spawn(run(raft, rx, limits, counters));
         Self { queue }
     }
 
@@ -63,13 +83,31 @@ impl Batcher {
     }
 }
 
+/// Roughly the most bytes of commands one entry carries (one command may exceed it).
+pub(super) const MAX_ENTRY_BYTES: usize = 512 * 1024;
+
+/// The batcher's bounds.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Entries in flight at once.
+    pipeline: usize,
+    /// Most commands per entry.
+    max_batch: usize,
+    /// Longest wait for one entry before its slot is released.
+    write_timeout: Duration,
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Pending>,
-    pipeline: usize,
-    max_batch: usize,
+    limits: Limits,
     counters: Arc<Counters>,
 ) {
+    let Limits {
+        pipeline,
+        max_batch,
+        write_timeout,
+    } = limits;
     let slots = Arc::new(Semaphore::new(pipeline));
     loop {
         // Take a pipeline slot first: while every slot is busy, commands queue up and
@@ -80,10 +118,14 @@ async fn run(
         let Some(first) = rx.recv().await else {
             return;
         };
+        let mut bytes = first.cmd.approx_bytes();
         let mut batch = vec![first];
-        while batch.len() < max_batch {
+        while batch.len() < max_batch && bytes < MAX_ENTRY_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.cmd.approx_bytes();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -96,22 +138,32 @@ async fn run(
             Counters::inc(&counters.proposals);
             Counters::add(&counters.proposed_commands, n as u64);
             let started = std::time::Instant::now();
-            let result = raft.client_write(Proposal { commands }).await;
+            let write = async {
+                failpoint::hit("coord.client_write").await;
+                raft.client_write(Proposal { commands }).await
+            };
+            let result = tokio::time::timeout(write_timeout, write).await;
             drop(slot);
             Counters::add(
                 &counters.proposal_micros,
                 started.elapsed().as_micros() as u64,
             );
             let answers = match result {
-                Ok(resp) if resp.data.len() == n => Ok(resp.data),
-                Ok(resp) => Err(DriveError::Unavailable(format!(
+                Ok(Ok(resp)) if resp.data.len() == n => Ok(resp.data),
+                Ok(Ok(resp)) => Err(DriveError::Unavailable(format!(
                     "the state machine answered {} results for {n} commands",
                     resp.data.len()
                 ))),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     Err(DriveError::NotLeader(f.leader_node))
                 }
-                Err(e) => Err(DriveError::Unavailable(e.to_string())),
+                Ok(Err(e)) => Err(DriveError::Unavailable(e.to_string())),
+                Err(_) => {
+                    Counters::inc(&counters.proposal_timeouts);
+                    Err(DriveError::Unavailable(format!(
+                        "the log did not commit the request within {write_timeout:?}; retry"
+                    )))
+                }
             };
             match answers {
                 Ok(answers) => {

@@ -15,7 +15,7 @@
 //! by a quorum that still acknowledged this one. Under load, entries commit all the
 //! time and the check costs nothing; an idle leader pays one heartbeat round.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
 use ratify_participant_sdk::failpoint;
@@ -25,6 +25,26 @@ use tracing::Instrument;
 use super::{decision, lock, Driver};
 use crate::txn::{Command, Reason};
 use crate::types::now_ms;
+
+/// Time since boot, counting time the machine spent suspended (CLOCK_BOOTTIME): a VM
+/// that was suspended or migrated resumes with its lease expired. `Instant` is
+/// CLOCK_MONOTONIC, which stops while suspended.
+pub(super) fn boot_clock() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        // Not on Linux: fall back to the monotonic clock.
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        return START.get_or_init(std::time::Instant::now).elapsed();
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
 
 impl Driver {
     pub(super) async fn run_leadership(self, mut shutdown: watch::Receiver<bool>) {
@@ -65,7 +85,7 @@ impl Driver {
     }
 
     /// Records a quorum confirmation of leadership in `term` that started at `at`.
-    pub(super) fn renew_lease(&self, term: u64, at: Instant) {
+    pub(super) fn renew_lease(&self, term: u64, at: Duration) {
         let mut lease = lock(&self.inner.lease);
         if lease.is_none_or(|(t, prev)| t < term || (t == term && prev < at)) {
             *lease = Some((term, at));
@@ -73,7 +93,7 @@ impl Driver {
     }
 
     fn lease_holds(&self, term: u64) -> bool {
-        matches!(*lock(&self.inner.lease), Some((t, at)) if t == term && at.elapsed() < self.inner.config.leader_lease)
+        matches!(*lock(&self.inner.lease), Some((t, at)) if t == term && boot_clock().saturating_sub(at) < self.inner.config.leader_lease)
     }
 
     /// May this node call participants for `term` now? It must be the ready leader
@@ -87,7 +107,7 @@ impl Driver {
         }
         let _renewal = self.inner.lease_renewal.lock().await;
         if !self.lease_holds(term) {
-            let started = Instant::now();
+            let started = boot_clock();
             let confirmed = tokio::time::timeout(
                 self.inner
                     .config
@@ -190,10 +210,10 @@ impl Driver {
     /// One pass over the live table.
     async fn scan(&self) {
         let now = now_ms();
-        let (decided, handed_over, expired) = {
+        let (decided, undriven, expired) = {
             let sm = self.inner.sm.read();
             let inflight = lock(&self.inner.inflight);
-            let (mut decided, mut handed_over, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut decided, mut undriven, mut expired) = (Vec::new(), Vec::new(), Vec::new());
             for (&txn, rec) in &sm.table.live {
                 if rec.decision.is_some() {
                     // A heuristic transaction with nothing left to send waits for a
@@ -203,20 +223,23 @@ impl Driver {
                     }
                 } else if inflight.contains_key(&txn) {
                     // Driven here right now.
-                } else if rec.handed_over {
-                    handed_over.push(txn);
+                } else if rec.handed_over || (rec.committing && rec.deadline_ms > now) {
+                    // Its commit was asked for and its driver is gone (a previous
+                    // leader died mid-prepare or mid-one-phase): take it over.
+                    undriven.push(txn);
                 } else if rec.deadline_ms <= now {
                     expired.push(txn);
                 }
             }
-            (decided, handed_over, expired)
+            (decided, undriven, expired)
         };
         for txn in decided {
             self.ensure_phase2(txn);
         }
-        // A one-phase commit whose driver died (or a previous leader's): only the
-        // participant knows the outcome, and it is asked again, never timed out.
-        for txn in handed_over {
+        // A one-phase commit whose driver died: only the participant knows the
+        // outcome, and it is asked again, never timed out. A two-phase one is prepared
+        // again and decided, instead of holding its branches' locks until its deadline.
+        for txn in undriven {
             drop(self.start_commit(txn));
         }
         for txn in expired {

@@ -28,7 +28,7 @@ mod phase2;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use ratify_participant_sdk::failpoint;
@@ -150,6 +150,8 @@ enum Settled {
         branches: Vec<BranchRecord>,
         /// A one-phase commit may have been sent: the participant decides.
         handed_over: bool,
+        /// A prepare may have been sent: the commit stays two-phase.
+        committing: bool,
     },
 }
 
@@ -187,7 +189,7 @@ struct Inner {
     leader_term: watch::Sender<Option<u64>>,
     /// The latest quorum confirmation of this node's leadership: (term, a time before
     /// the confirming round started). See `may_drive`.
-    lease: Mutex<Option<(u64, Instant)>>,
+    lease: Mutex<Option<(u64, Duration)>>,
     /// Serialises lease renewals, so many waiting calls share one heartbeat round.
     lease_renewal: tokio::sync::Mutex<()>,
 }
@@ -213,6 +215,7 @@ impl Driver {
             raft.clone(),
             config.propose_pipeline,
             config.max_batch,
+            config.propose_timeout,
             counters.clone(),
         );
         let driver = Self {
@@ -326,7 +329,7 @@ impl Driver {
     /// entry is a quorum's confirmation of this node's leadership: it renews the
     /// lease from the moment the proposal started.
     async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
-        let started = Instant::now();
+        let started = leader::boot_clock();
         let term = *self.inner.leader_term.borrow();
         let write = self.inner.batcher.propose(cmd);
         let result = tokio::time::timeout(self.inner.config.propose_timeout, write)
@@ -503,6 +506,7 @@ impl Driver {
                 None => Ok(Settled::Undecided {
                     branches: rec.branches.clone(),
                     handed_over: rec.handed_over,
+                    committing: rec.committing,
                 }),
             },
             Lookup::Finished(f) => Ok(Settled::Decided(f.decision.clone())),
@@ -529,12 +533,13 @@ impl Driver {
     async fn drive_commit(&self, txn: u64) -> Result<Decision, DriveError> {
         let term = self.ready_term()?;
         loop {
-            let (branches, handed_over) = match self.settled(txn)? {
+            let (branches, handed_over, committing) = match self.settled(txn)? {
                 Settled::Decided(d) => return Ok(d),
                 Settled::Undecided {
                     branches,
                     handed_over,
-                } => (branches, handed_over),
+                    committing,
+                } => (branches, handed_over, committing),
             };
             match branches.as_slice() {
                 [] => {
@@ -548,14 +553,17 @@ impl Driver {
                         .await
                 }
                 [only] if handed_over => return self.one_phase(txn, only, term).await,
-                [only] if self.inner.config.one_phase => {
+                [only] if self.inner.config.one_phase && !committing => {
                     // Record the hand-over before anything is sent: once the call may
                     // be on the wire, the branch may commit, and nobody may abort.
                     match self.propose(Command::HandOver { txn, branches: 1 }).await? {
                         CommandResult::HandedOver => return self.one_phase(txn, only, term).await,
                         CommandResult::Decided(d) => return Ok(d),
-                        // An Enlist slipped in: commit in two phases (read again).
-                        CommandResult::Refused(Refusal::BranchSetChanged { .. }) => continue,
+                        // An Enlist slipped in (commit in two phases), or a prepare went
+                        // out from a leader without one phase: read again.
+                        CommandResult::Refused(
+                            Refusal::BranchSetChanged { .. } | Refusal::Committing,
+                        ) => continue,
                         CommandResult::Refused(r) => return Err(refusal(r)),
                         other => return Err(unexpected(other)),
                     }
@@ -580,6 +588,67 @@ impl Driver {
                 "leadership lost before prepare; retry".into(),
             ));
         }
+        // The commit request is logged alongside the prepare round (it costs no wait):
+        // from then on no branch can be enlisted, no leader switches the transaction
+        // to one phase, and a new leader takes the commit over if this one dies.
+        let marker = self.propose(Command::CommitStarted { txn, branches: n });
+        let votes = self.collect_votes(gtrid, &branches, timeout);
+        let (marker, (read_only, failure)) = tokio::join!(marker, votes);
+        match marker {
+            Ok(CommandResult::Decided(d)) => {
+                // Decided meanwhile (a rollback, the timeout): that decision stands,
+                // and its phase 2 covers the branches just prepared.
+                self.ensure_phase2(txn);
+                return Ok(d);
+            }
+            Ok(CommandResult::HandedOver) => return Err(DriveError::HandedOver),
+            // Any other answer: the decision below is what counts (a branch that
+            // sneaked in makes the state machine refuse the commit).
+            _ => {}
+        }
+        if failure.is_none() && failpoint::is_on("bug.commit_before_decision") {
+            self.bug_commit_before_decision(txn, &branches, &read_only)
+                .await;
+        }
+        failpoint::hit("coord.after_votes").await;
+        if let Some((reason, detail)) = failure {
+            tracing::debug!(?reason, %detail, "aborting");
+            return self
+                .decide(txn, decision(false, reason, detail), None, read_only)
+                .await;
+        }
+        match self
+            .decide(
+                txn,
+                decision(true, Reason::ClientCommit, String::new()),
+                Some(n),
+                read_only.clone(),
+            )
+            .await
+        {
+            Err(DriveError::Precondition(detail)) => {
+                // A branch was enlisted while we prepared: it was never prepared, so
+                // the commit cannot stand. Abort (the branch set is now fixed).
+                self.decide(
+                    txn,
+                    decision(false, Reason::ProtocolError, detail),
+                    None,
+                    read_only,
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Prepares every branch in parallel; returns the READ_ONLY branches and the first
+    /// failure (a NO, an unreachable branch, a garbage answer), which ends the round.
+    async fn collect_votes(
+        &self,
+        gtrid: Gtrid,
+        branches: &[BranchRecord],
+        timeout: Duration,
+    ) -> (Vec<u32>, Option<(Reason, String)>) {
         let mut votes: FuturesUnordered<_> = branches
             .iter()
             .map(|b| {
@@ -624,40 +693,8 @@ impl Driver {
                 }
             }
         }
-        drop(votes);
-        if failure.is_none() && failpoint::is_on("bug.commit_before_decision") {
-            self.bug_commit_before_decision(txn, &branches, &read_only)
-                .await;
-        }
-        failpoint::hit("coord.after_votes").await;
-        if let Some((reason, detail)) = failure {
-            tracing::debug!(?reason, %detail, "aborting");
-            return self
-                .decide(txn, decision(false, reason, detail), None, read_only)
-                .await;
-        }
-        match self
-            .decide(
-                txn,
-                decision(true, Reason::ClientCommit, String::new()),
-                Some(n),
-                read_only.clone(),
-            )
-            .await
-        {
-            Err(DriveError::Precondition(detail)) => {
-                // A branch was enlisted while we prepared: it was never prepared, so
-                // the commit cannot stand. Abort (the branch set is now fixed).
-                self.decide(
-                    txn,
-                    decision(false, Reason::ProtocolError, detail),
-                    None,
-                    read_only,
-                )
-                .await
-            }
-            other => other,
-        }
+
+        (read_only, failure)
     }
 
     /// A DELIBERATE BUG, off unless the `bug.commit_before_decision` switch is on (see
@@ -775,15 +812,14 @@ impl Driver {
     /// transaction cannot still commit, logs ABORT first (docs/design.md, rule 3):
     /// the read is linearizable, so no decision from an earlier term can still
     /// appear. A transaction handed to its one-phase participant is never presumed
-    /// aborted. A `prepared` branch of an undecided transaction that no run drives
-    /// here proves its commit was asked for (only a commit run prepares): the
-    /// previous driver died mid-prepare, so this leader takes the commit over
+    /// aborted. One whose commit was logged as started (`CommitStarted`) but that no
+    /// run drives here lost its driver mid-prepare: this leader takes the commit over
     /// (re-running prepare, which prepared branches answer YES again) instead of
-    /// leaving the branch locked until the deadline.
+    /// leaving its branches locked until the deadline (the scan does too).
     ///
     /// # Errors
     /// `NotLeader`, `NotFound` (a gtrid this cluster never issued), `Unavailable`.
-    pub async fn query(&self, gtrid: Gtrid, prepared: bool) -> Result<QueryAnswer, DriveError> {
+    pub async fn query(&self, gtrid: Gtrid) -> Result<QueryAnswer, DriveError> {
         match self.inner.raft.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(crate::types::typ::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -792,7 +828,7 @@ impl Driver {
             Err(e) => return Err(DriveError::Unavailable(e.to_string())),
         }
         let txn = gtrid.index;
-        let (inflight, handed_over, before_deadline) = {
+        let (inflight, handed_over, committing, before_deadline) = {
             let sm = self.inner.sm.read();
             match sm.table.lookup(txn) {
                 Lookup::Live(rec) => match &rec.decision {
@@ -800,6 +836,7 @@ impl Driver {
                     None => (
                         lock(&self.inner.inflight).contains_key(&txn),
                         rec.handed_over,
+                        rec.committing,
                         now_ms() < rec.deadline_ms,
                     ),
                 },
@@ -815,7 +852,7 @@ impl Driver {
         if inflight {
             return Ok(QueryAnswer::InProgress);
         }
-        if handed_over || (prepared && before_deadline) {
+        if handed_over || (committing && before_deadline) {
             // Nobody drives it here: take it over (one-phase: ask the participant;
             // two-phase: prepare again and decide).
             if self.inner.leader_term.borrow().is_some() {
@@ -867,11 +904,13 @@ async fn wait_slot(mut slot: CommitSlot) -> Result<Decision, DriveError> {
     }
 }
 
+/// A decision made now. The detail is cut before it reaches the log (a participant's
+/// NO reason may be megabytes; every entry must stay small).
 fn decision(commit: bool, reason: Reason, detail: String) -> Decision {
     Decision {
         commit,
         reason,
-        detail,
+        detail: crate::txn::cut_detail(detail),
         decided_ms: now_ms(),
     }
 }
@@ -895,9 +934,27 @@ fn refusal(r: Refusal) -> DriveError {
     match r {
         Refusal::NotFound => DriveError::NotFound("no such transaction".into()),
         Refusal::NoClusterId => DriveError::Unavailable(r.to_string()),
+        Refusal::Forgotten => DriveError::Forgotten(
+            "the transaction completed and its outcome was forgotten (older than the \
+             coordinator's outcome retention); ask the participants"
+                .into(),
+        ),
         Refusal::AlreadyDecided(_)
         | Refusal::TooManyBranches
         | Refusal::BranchSetChanged { .. }
-        | Refusal::HandedOver => DriveError::Precondition(r.to_string()),
+        | Refusal::HandedOver
+        | Refusal::Committing => DriveError::Precondition(r.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn::MAX_DETAIL_BYTES;
+
+    #[test]
+    fn a_huge_detail_is_cut_before_it_reaches_the_log() {
+        let d = decision(false, Reason::VotedNo, "x".repeat(4 << 20));
+        assert!(d.detail.len() <= MAX_DETAIL_BYTES);
     }
 }

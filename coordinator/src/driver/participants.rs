@@ -19,6 +19,9 @@ pub fn endpoint_uri(endpoint: &str) -> String {
     }
 }
 
+/// Largest participant answer accepted.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// A participant's answer to prepare, as the driver sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrepareOutcome {
@@ -62,7 +65,10 @@ impl ParticipantPool {
             .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let client = ParticipantClient::new(ep.connect_lazy());
+        // A participant's answer is a vote and a short detail: anything larger is
+        // refused by the decoder rather than buffered.
+        let client =
+            ParticipantClient::new(ep.connect_lazy()).max_decoding_message_size(MAX_ANSWER_BYTES);
         clients.insert(endpoint.to_string(), client.clone());
         Ok(client)
     }

@@ -17,7 +17,7 @@ use crate::types::now_ms;
 /// How one branch's phase 2 ended on this node.
 enum Ack {
     /// Acknowledged as decided.
-    Done,
+    Done(u32),
     /// Answered against the decision (logged as a heuristic outcome).
     Contradicted,
     /// Stopped: leadership lost (the next leader re-drives it).
@@ -90,11 +90,11 @@ impl Driver {
                     match answer {
                         Phase2Outcome::Committed if commit => {
                             failpoint::hit("coord.after_phase2_ack").await;
-                            return Ack::Done;
+                            return Ack::Done(b.bqual);
                         }
                         Phase2Outcome::RolledBack if !commit => {
                             failpoint::hit("coord.after_phase2_ack").await;
-                            return Ack::Done;
+                            return Ack::Done(b.bqual);
                         }
                         Phase2Outcome::Committed | Phase2Outcome::RolledBack => {
                             // The branch decided on its own against the log: a heuristic
@@ -114,11 +114,20 @@ impl Driver {
         }))
         .await;
         let mut stopped = false;
+        let mut acked = Vec::new();
         for ack in &acks {
             match ack {
-                Ack::Done => {}
+                Ack::Done(bqual) => acked.push(*bqual),
                 Ack::Contradicted => heuristic = true,
                 Ack::Stopped => stopped = true,
+            }
+        }
+        if heuristic && !acked.is_empty() {
+            // The transaction will not complete (a person must look): log which
+            // branches are done, so no pass asks them again.
+            let cmd = Command::Acknowledged { txn, bquals: acked };
+            if let Err(e) = self.propose(cmd).await {
+                tracing::debug!(error = %e, "acknowledgements not logged; asked again later");
             }
         }
         // A heuristic transaction is not completed: it stays live, listed for a

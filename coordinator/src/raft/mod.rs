@@ -65,12 +65,20 @@ pub fn open_stores_with(
     Ok((log, sm))
 }
 
+/// How many entries pass between snapshots by default.
+pub const SNAPSHOT_EVERY: u64 = 20_000;
+
 /// The Raft configuration Ratify runs with: short elections so a leader kill stalls
-/// clients well under two seconds, and snapshots often enough to bound replay.
+/// clients well under two seconds, and a snapshot every `snapshot_every` entries to
+/// bound replay (the log keeps a tenth of that behind the snapshot, for followers
+/// that lag a little).
 ///
 /// # Errors
-/// Never for these constants; openraft validates them anyway.
-pub fn raft_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+/// When `snapshot_every` is 0; openraft validates the rest.
+pub fn raft_config(
+    cluster_name: &str,
+    snapshot_every: u64,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: 100,
@@ -78,8 +86,8 @@ pub fn raft_config(cluster_name: &str) -> Result<Arc<openraft::Config>, openraft
         election_timeout_max: 600,
         install_snapshot_timeout: 2_000,
         max_payload_entries: 1_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every / 10,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))

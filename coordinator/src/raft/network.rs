@@ -1,10 +1,21 @@
 //! The Raft network: openraft RPCs carried over the internal `ratify.v1.raft.Raft`
 //! gRPC service, one lazily connected channel per peer.
+//!
+//! # Bounded AppendEntries
+//! openraft 0.9 gives each AppendEntries one heartbeat interval (100 ms) and sends up
+//! to `max_payload_entries` entries in it, whatever their size; a follower that fell
+//! behind by a burst of large entries would get the same oversized batch, time out,
+//! and get it again, forever. So an AppendEntries over [`MAX_APPEND_BYTES`] with more
+//! than one entry is not sent: it answers `PayloadTooLarge` with how many entries
+//! would fit, and openraft sends that many (for its next few RPCs). One entry is at
+//! most about 512 KiB (the batcher bounds entries by bytes), so every batch fits.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -19,6 +30,9 @@ use tonic::transport::{Channel, Endpoint};
 use super::codec::{decode, encode};
 use crate::types::typ::{RaftError, RpcError};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
+
+/// Largest AppendEntries sent with more than one entry, encoded.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
 /// Builds one [`PeerConnection`] per target node.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +105,19 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let data = encode(req).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        self.call_encoded(rpc, data, option).await
+    }
+
+    async fn call_encoded<Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let mut client = self.client().map_err(RpcError::Unreachable)?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
@@ -119,7 +146,21 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let data = encode(&rpc).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        let n = rpc.entries.len();
+        if n > 1 && data.len() > MAX_APPEND_BYTES {
+            let fit = (n * MAX_APPEND_BYTES / data.len()).clamp(1, n - 1);
+            tracing::debug!(
+                entries = n,
+                bytes = data.len(),
+                fit,
+                "AppendEntries too large; asking openraft for a smaller batch"
+            );
+            return Err(RpcError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
+        }
+        self.call_encoded(Rpc::Append, data, &option).await
     }
 
     async fn install_snapshot(

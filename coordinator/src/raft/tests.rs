@@ -35,7 +35,14 @@ fn openraft_storage_suite_passes() -> Result<(), StorageError> {
 async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (log, sm) = open_stores(dir.path())?;
-    let raft = new_raft(1, raft_config("test")?, Network::default(), log.clone(), sm).await?;
+    let raft = new_raft(
+        1,
+        raft_config("test", super::SNAPSHOT_EVERY)?,
+        Network::default(),
+        log.clone(),
+        sm,
+    )
+    .await?;
     let node = NodeInfo {
         raft_addr: "127.0.0.1:1".into(),
         api_addr: "127.0.0.1:2".into(),
@@ -90,7 +97,14 @@ async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let journal = Journal::default();
     let (log, sm) = open_stores_with(dir.path(), Some(journal.clone()))?;
-    let raft = new_raft(1, raft_config("test")?, Network::default(), log, sm).await?;
+    let raft = new_raft(
+        1,
+        raft_config("test", super::SNAPSHOT_EVERY)?,
+        Network::default(),
+        log,
+        sm,
+    )
+    .await?;
     let node = NodeInfo {
         raft_addr: "127.0.0.1:1".into(),
         api_addr: "127.0.0.1:2".into(),

@@ -83,6 +83,21 @@ pub enum WalError {
     /// The writer thread is gone (the node is shutting down, or an earlier write failed).
     #[error("the log writer has stopped")]
     Stopped,
+    /// A whole record (its checksum verifies) that this version cannot read: written
+    /// by another version of Ratify. Never cut as a torn tail.
+    #[error(
+        "{path} holds a record at byte {offset} that this version cannot read ({why}); it was \
+         written by another version of Ratify. Start the version that wrote it, let every \
+         transaction complete, and move the node to a fresh data folder"
+    )]
+    Unsupported {
+        /// The segment.
+        path: PathBuf,
+        /// Where the record starts.
+        offset: u64,
+        /// What the decoder said.
+        why: String,
+    },
 }
 
 /// What a completed round reports to a waiting caller.
@@ -165,7 +180,16 @@ pub fn replay(dir: &Path) -> Result<Replayed, WalError> {
                     out.push((seq, record));
                     at += used;
                 }
-                Err(why) if i + 1 == seqs.len() => {
+                // A record whose checksum verifies is whole: failing to decode it is
+                // not a torn write, and cutting it would erase the vote and entries.
+                Err(Bad::Undecodable(why)) => {
+                    return Err(WalError::Unsupported {
+                        path,
+                        offset: at as u64,
+                        why,
+                    })
+                }
+                Err(Bad::Torn(why)) if i + 1 == seqs.len() => {
                     // Torn tail of the segment being written at the crash: never
                     // acknowledged, so cut it off.
                     tracing::warn!(path = %path.display(), offset = at, %why, "cutting a torn log tail");
@@ -178,7 +202,7 @@ pub fn replay(dir: &Path) -> Result<Replayed, WalError> {
                         .map_err(|e| WalError::Io(path.clone(), e))?;
                     break;
                 }
-                Err(why) => {
+                Err(Bad::Torn(why)) => {
                     return Err(WalError::Corrupt {
                         path,
                         offset: at as u64,
@@ -194,21 +218,31 @@ pub fn replay(dir: &Path) -> Result<Replayed, WalError> {
     })
 }
 
-fn parse_record(bytes: &[u8]) -> Result<(Record, usize), String> {
+/// Why a record could not be read.
+enum Bad {
+    /// Incomplete or damaged bytes (a torn write at the tail, or corruption).
+    Torn(String),
+    /// Whole bytes (checksum verified) that do not decode.
+    Undecodable(String),
+}
+
+fn parse_record(bytes: &[u8]) -> Result<(Record, usize), Bad> {
     if bytes.len() < 8 {
-        return Err("short header".into());
+        return Err(Bad::Torn("short header".into()));
     }
     let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     if len > MAX_RECORD_BYTES {
-        return Err(format!("implausible length {len}"));
+        return Err(Bad::Torn(format!("implausible length {len}")));
     }
     let end = 8 + len as usize;
-    let payload = bytes.get(8..end).ok_or("short payload")?;
+    let payload = bytes
+        .get(8..end)
+        .ok_or_else(|| Bad::Torn("short payload".into()))?;
     if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch".into());
+        return Err(Bad::Torn("checksum mismatch".into()));
     }
-    let record = decode(payload).map_err(|e| e.to_string())?;
+    let record = decode(payload).map_err(|e| Bad::Undecodable(e.to_string()))?;
     Ok((record, end))
 }
 
@@ -398,6 +432,28 @@ mod tests {
             )?;
             rx.await?.map_err(anyhow::Error::msg)
         }
+    }
+
+    /// A whole record of another encoding version (an older Ratify's log) is refused,
+    /// never cut as a torn tail: cutting it erased the vote and every entry.
+    #[tokio::test]
+    async fn a_record_of_another_encoding_version_is_refused_not_cut() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let w = Writer::start(dir.path(), 1)?;
+        w.write_synced(frame(&vote(1))?).await?;
+        let mut payload = encode(&vote(2))?;
+        payload[0] = 2; // the version byte of the previous encoding
+        let mut raw = (payload.len() as u32).to_le_bytes().to_vec();
+        raw.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        raw.extend_from_slice(&payload);
+        w.write_synced(raw).await?;
+        drop(w);
+        let path = segment_path(dir.path(), 1);
+        let before = std::fs::metadata(&path)?.len();
+        let r = replay(dir.path());
+        assert!(matches!(r, Err(WalError::Unsupported { .. })), "{r:?}");
+        assert_eq!(std::fs::metadata(&path)?.len(), before, "the log was cut");
+        Ok(())
     }
 
     #[tokio::test]

@@ -141,7 +141,7 @@ impl CoordinatorService {
             None => {
                 let state = if rec.handed_over {
                     pb::TxnState::OnePhase
-                } else if self.driver.is_preparing(gtrid.index) {
+                } else if rec.committing || self.driver.is_preparing(gtrid.index) {
                     pb::TxnState::Preparing
                 } else {
                     pb::TxnState::Active
@@ -353,9 +353,10 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::QueryOutcomeRequest>,
     ) -> Result<Response<pb::QueryOutcomeResponse>, Status> {
-        let req = req.into_inner();
-        let prepared = req.prepared;
-        let xid = req.xid.ok_or_else(|| invalid("xid is required"))?;
+        let xid = req
+            .into_inner()
+            .xid
+            .ok_or_else(|| invalid("xid is required"))?;
         if xid.format_id != ratify_proto::XID_FORMAT_ID {
             return Err(invalid(format!(
                 "xid format id {:#x} is not Ratify's",
@@ -369,11 +370,7 @@ impl Coordinator for CoordinatorService {
             return Err(invalid("xid bqual must be 1 to 8 decimal digits"));
         }
         let gtrid = self.leader_gtrid(&xid.gtrid).await?;
-        let answer = self
-            .driver
-            .query(gtrid, prepared)
-            .await
-            .map_err(to_status)?;
+        let answer = self.driver.query(gtrid).await.map_err(to_status)?;
         let (outcome, reason) = match answer {
             QueryAnswer::Decided(d) => (d.outcome() as i32, pb::Reason::from(d.reason) as i32),
             QueryAnswer::InProgress => (pb::Outcome::InProgress as i32, 0),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use ratify_proto::pb;
 
-pub use table::{Lookup, TxnTable};
+pub use table::{cut as cut_detail, Lookup, TxnTable};
 
 /// Most branches one transaction may have.
 pub const MAX_BRANCHES: usize = 64;
@@ -187,6 +187,9 @@ pub struct TxnRecord {
     /// outcome is the participant's, and only its answer may decide (docs/design.md,
     /// rule 10). Set by [`Command::HandOver`], never cleared.
     pub handed_over: bool,
+    /// Commit was asked for and prepare sent (PREPARING, durably). Set by
+    /// [`Command::CommitStarted`], never cleared.
+    pub committing: bool,
 }
 
 impl TxnRecord {
@@ -231,26 +234,6 @@ pub enum Command {
         /// Branches enlisted at once.
         branches: Vec<BranchSpec>,
     },
-    /// Hands the outcome of a single-branch transaction to its participant, before a
-    /// one-phase commit is sent. Refused unless the transaction is undecided and has
-    /// exactly `branches` branches (an Enlist that slipped in makes it two-phase).
-    HandOver {
-        /// Target transaction.
-        txn: u64,
-        /// Branches the driver saw (1).
-        branches: u32,
-    },
-    /// Records a phase-2 answer that contradicts the decision.
-    Heuristic {
-        /// Target transaction.
-        txn: u64,
-        /// The branch that answered.
-        bqual: u32,
-        /// What it did.
-        heuristic: Heuristic,
-    },
-    /// Sets the outcome retention in force (the leader proposes its configuration).
-    SetRetention(Retention),
     /// Enlists one branch in an undecided transaction.
     Enlist {
         /// Target transaction (its number).
@@ -279,6 +262,79 @@ pub enum Command {
         /// Proposer's clock, Unix ms.
         now_ms: u64,
     },
+    // New variants go last: bincode numbers variants by position.
+    /// Hands the outcome of a single-branch transaction to its participant, before a
+    /// one-phase commit is sent. Refused unless the transaction is undecided and has
+    /// exactly `branches` branches (an Enlist that slipped in makes it two-phase).
+    HandOver {
+        /// Target transaction.
+        txn: u64,
+        /// Branches the driver saw (1).
+        branches: u32,
+    },
+    /// Records a phase-2 answer that contradicts the decision.
+    Heuristic {
+        /// Target transaction.
+        txn: u64,
+        /// The branch that answered.
+        bqual: u32,
+        /// What it did.
+        heuristic: Heuristic,
+    },
+    /// Sets the outcome retention in force (the leader proposes its configuration).
+    SetRetention(Retention),
+    /// The client asked to commit and prepare is going out to `branches` branches
+    /// (logged alongside the prepare round). A transaction marked so takes no more
+    /// branches and no one-phase hand-over, and a new leader takes its commit over.
+    CommitStarted {
+        /// Target transaction.
+        txn: u64,
+        /// Branches being prepared.
+        branches: u32,
+    },
+    /// These branches of a decided transaction acknowledged phase 2 (logged only when
+    /// the transaction cannot complete, so they are not asked again).
+    Acknowledged {
+        /// Target transaction.
+        txn: u64,
+        /// The branches.
+        bquals: Vec<u32>,
+    },
+}
+
+impl BranchSpec {
+    fn approx_bytes(&self) -> usize {
+        self.endpoint.len() + self.resource.len() + 24
+    }
+}
+
+impl Command {
+    /// Roughly how many bytes the command takes in a log entry (to bound entries).
+    pub fn approx_bytes(&self) -> usize {
+        let labels = |l: &BTreeMap<String, String>| {
+            l.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
+        };
+        32 + match self {
+            Command::Begin {
+                labels: l,
+                branches,
+                ..
+            } => labels(l) + branches.iter().map(BranchSpec::approx_bytes).sum::<usize>(),
+            Command::Enlist { branch, .. } => branch.approx_bytes(),
+            Command::Decide {
+                decision,
+                skip_phase2,
+                ..
+            } => decision.detail.len().min(MAX_DETAIL_BYTES) + 4 * skip_phase2.len(),
+            Command::Heuristic { heuristic, .. } => heuristic.detail.len().min(MAX_DETAIL_BYTES),
+            Command::Complete { txns, .. } => 8 * txns.len(),
+            Command::Acknowledged { bquals, .. } => 4 * bquals.len(),
+            Command::SetClusterId { .. }
+            | Command::SetRetention(_)
+            | Command::HandOver { .. }
+            | Command::CommitStarted { .. } => 0,
+        }
+    }
 }
 
 /// What one Raft log entry carries: commands proposed together, applied in order.
@@ -326,6 +382,12 @@ pub enum Refusal {
     /// transaction takes no more branches and no other decision.
     #[error("a one-phase commit is under way; its participant decides the outcome")]
     HandedOver,
+    /// Commit has started (prepare went out): no more branches, no one-phase.
+    #[error("the transaction is committing; it takes no more branches")]
+    Committing,
+    /// Completed so long ago that its outcome is no longer kept.
+    #[error("the transaction completed and its outcome was forgotten")]
+    Forgotten,
 }
 
 /// The state machine's answer to a command.
@@ -349,11 +411,14 @@ pub enum CommandResult {
     Enlisted(BranchRecord),
     /// The decision in force: the one proposed, or an earlier one that won.
     Decided(Decision),
-    /// The transaction's outcome is now its one-phase participant's (HandOver
-    /// applied, or applied earlier).
-    HandedOver,
     /// Completion recorded.
     Completed,
     /// Refused; nothing changed.
     Refused(Refusal),
+    // New variants go last: bincode numbers variants by position.
+    /// The transaction's outcome is now its one-phase participant's (HandOver
+    /// applied, or applied earlier).
+    HandedOver,
+    /// The transaction is marked committing (CommitStarted applied now or earlier).
+    CommitStarted,
 }

@@ -92,6 +92,7 @@ impl TxnTable {
                     branches: Vec::new(),
                     decision: None,
                     handed_over: false,
+                    committing: false,
                 };
                 for spec in branches {
                     if let Err(refusal) = enlist(&mut rec, spec) {
@@ -115,10 +116,22 @@ impl TxnTable {
                 },
                 None => CommandResult::Refused(match self.lookup(txn) {
                     Lookup::Finished(f) => Refusal::AlreadyDecided(describe(&f.decision)),
+                    Lookup::Forgotten => Refusal::Forgotten,
                     _ => Refusal::NotFound,
                 }),
             },
             Command::HandOver { txn, branches } => self.hand_over(txn, branches),
+            Command::CommitStarted { txn, branches } => self.commit_started(txn, branches),
+            Command::Acknowledged { txn, bquals } => {
+                if let Some(rec) = self.live.get_mut(&txn).filter(|r| r.decision.is_some()) {
+                    for b in &mut rec.branches {
+                        if bquals.contains(&b.bqual) {
+                            b.skip_phase2 = true;
+                        }
+                    }
+                }
+                CommandResult::None
+            }
             Command::Decide {
                 txn,
                 decision,
@@ -165,15 +178,54 @@ impl TxnTable {
         }
     }
 
-    fn hand_over(&mut self, txn: u64, branches: u32) -> CommandResult {
-        let Some(rec) = self.live.get_mut(&txn) else {
-            return match self.lookup(txn) {
+    /// The live, undecided record of `txn`, or the answer to give instead.
+    fn undecided(&mut self, txn: u64) -> Result<&mut TxnRecord, CommandResult> {
+        if !self.live.contains_key(&txn) {
+            return Err(match self.lookup(txn) {
                 Lookup::Finished(f) => CommandResult::Decided(f.decision.clone()),
+                Lookup::Forgotten => CommandResult::Refused(Refusal::Forgotten),
                 _ => CommandResult::Refused(Refusal::NotFound),
-            };
+            });
+        }
+        match self.live.get_mut(&txn) {
+            Some(rec) => match &rec.decision {
+                Some(existing) => Err(CommandResult::Decided(existing.clone())),
+                None => Ok(rec),
+            },
+            None => Err(CommandResult::Refused(Refusal::NotFound)),
+        }
+    }
+
+    fn commit_started(&mut self, txn: u64, branches: u32) -> CommandResult {
+        let rec = match self.undecided(txn) {
+            Ok(rec) => rec,
+            Err(answer) => return answer,
         };
-        if let Some(existing) = &rec.decision {
-            return CommandResult::Decided(existing.clone());
+        if rec.handed_over {
+            return CommandResult::HandedOver;
+        }
+        if !rec.committing {
+            let enlisted = rec.branches.len() as u32;
+            if enlisted != branches {
+                return CommandResult::Refused(Refusal::BranchSetChanged {
+                    prepared: branches,
+                    enlisted,
+                });
+            }
+            rec.committing = true;
+        }
+        CommandResult::CommitStarted
+    }
+
+    fn hand_over(&mut self, txn: u64, branches: u32) -> CommandResult {
+        let rec = match self.undecided(txn) {
+            Ok(rec) => rec,
+            Err(answer) => return answer,
+        };
+        // A prepare may have been sent (by a leader without one phase): the branch
+        // may be prepared, so the commit stays two-phase.
+        if rec.committing && !rec.handed_over {
+            return CommandResult::Refused(Refusal::Committing);
         }
         if !rec.handed_over {
             let enlisted = rec.branches.len() as u32;
@@ -196,19 +248,14 @@ impl TxnTable {
         skip_phase2: &[u32],
         complete: bool,
     ) -> CommandResult {
-        let Some(rec) = self.live.get_mut(&txn) else {
-            // Not live: either completed (the recorded decision answers) or never
-            // issued / forgotten. Recording an abort for a number never issued would
-            // collide with the Begin that later takes it, so that is refused; presumed
-            // abort applies to issued, undecided transactions, which are live.
-            return match self.lookup(txn) {
-                Lookup::Finished(f) => CommandResult::Decided(f.decision.clone()),
-                _ => CommandResult::Refused(Refusal::NotFound),
-            };
+        // Not live: either completed (the recorded decision answers) or never issued /
+        // forgotten. Recording an abort for a number never issued would collide with
+        // the Begin that later takes it, so that is refused; presumed abort applies to
+        // issued, undecided transactions, which are live.
+        let rec = match self.undecided(txn) {
+            Ok(rec) => rec,
+            Err(answer) => return answer,
         };
-        if let Some(existing) = &rec.decision {
-            return CommandResult::Decided(existing.clone());
-        }
         // Once a one-phase commit may have been sent, only the participant's answer
         // decides: a client rollback, the timeout scan, a presumed abort or a new
         // leader must learn that answer instead (docs/design.md, rule 10).
@@ -241,7 +288,9 @@ impl TxnTable {
         CommandResult::Decided(decision)
     }
 
-    fn finish(&mut self, txn: u64, decision: Decision, completed_ms: u64) {
+    fn finish(&mut self, txn: u64, mut decision: Decision, completed_ms: u64) {
+        // Kept for up to millions of outcomes: a short detail is enough there.
+        decision.detail = cut_to(decision.detail, FINISHED_DETAIL_BYTES);
         self.finished.insert(
             txn,
             FinishedRecord {
@@ -286,6 +335,9 @@ fn enlist(rec: &mut TxnRecord, spec: BranchSpec) -> Result<BranchRecord, Refusal
     if rec.handed_over {
         return Err(Refusal::HandedOver);
     }
+    if rec.committing {
+        return Err(Refusal::Committing);
+    }
     if let Some(existing) = rec.branches.iter().find(|b| b.spec == spec) {
         return Ok(existing.clone());
     }
@@ -302,10 +354,17 @@ fn enlist(rec: &mut TxnRecord, spec: BranchSpec) -> Result<BranchRecord, Refusal
     Ok(branch)
 }
 
+/// Longest detail kept with a completed outcome.
+const FINISHED_DETAIL_BYTES: usize = 128;
+
 /// `s` cut to [`MAX_DETAIL_BYTES`] at a character boundary.
-pub(crate) fn cut(mut s: String) -> String {
-    if s.len() > MAX_DETAIL_BYTES {
-        let mut end = MAX_DETAIL_BYTES;
+pub fn cut(s: String) -> String {
+    cut_to(s, MAX_DETAIL_BYTES)
+}
+
+fn cut_to(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
         while !s.is_char_boundary(end) {
             end -= 1;
         }
@@ -547,7 +606,7 @@ mod tests {
         assert_eq!(t.lookup(first), Lookup::Forgotten);
         assert!(matches!(
             decide(&mut t, first, false, Reason::ParticipantInquiry),
-            CommandResult::Refused(Refusal::NotFound)
+            CommandResult::Refused(Refusal::Forgotten)
         ));
         assert_eq!(
             t.lookup(first),
@@ -659,6 +718,69 @@ mod tests {
             t.apply(Command::HandOver { txn, branches: 2 }),
             CommandResult::Decided(d) if !d.commit
         ));
+    }
+
+    #[test]
+    fn a_committing_transaction_takes_no_branch_and_no_hand_over() {
+        let mut t = table();
+        let txn = begun(&mut t, 1);
+        assert!(matches!(
+            t.apply(Command::CommitStarted { txn, branches: 2 }),
+            CommandResult::Refused(Refusal::BranchSetChanged { .. })
+        ));
+        assert_eq!(
+            t.apply(Command::CommitStarted { txn, branches: 1 }),
+            CommandResult::CommitStarted
+        );
+        assert!(matches!(
+            t.apply(Command::Enlist {
+                txn,
+                branch: spec(3)
+            }),
+            CommandResult::Refused(Refusal::Committing)
+        ));
+        // A prepare may be out: a later leader must not switch to one phase.
+        assert!(matches!(
+            t.apply(Command::HandOver { txn, branches: 1 }),
+            CommandResult::Refused(Refusal::Committing)
+        ));
+        // The other way round: handed over first, so no two-phase marker.
+        let other = begun(&mut t, 1);
+        t.apply(Command::HandOver {
+            txn: other,
+            branches: 1,
+        });
+        assert_eq!(
+            t.apply(Command::CommitStarted {
+                txn: other,
+                branches: 1
+            }),
+            CommandResult::HandedOver
+        );
+    }
+
+    #[test]
+    fn acknowledged_branches_of_a_heuristic_transaction_are_not_asked_again() {
+        let mut t = table();
+        let txn = begun(&mut t, 2);
+        decide(&mut t, txn, true, Reason::ClientCommit);
+        t.apply(Command::Heuristic {
+            txn,
+            bqual: 2,
+            heuristic: Heuristic {
+                committed: false,
+                detail: String::new(),
+                at_ms: 3,
+            },
+        });
+        t.apply(Command::Acknowledged {
+            txn,
+            bquals: vec![1],
+        });
+        let Lookup::Live(rec) = t.lookup(txn) else {
+            panic!("must stay live");
+        };
+        assert_eq!(rec.pending_phase2().count(), 0);
     }
 
     #[test]

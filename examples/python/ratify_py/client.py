@@ -294,18 +294,16 @@ class CoordinatorClient:
         req = coordinator_pb2.GetTransactionRequest(gtrid=validate_gtrid(gtrid))
         return self._call("GetTransaction", req).transaction
 
-    def query_outcome(self, xid: Xid, prepared: bool = False) -> tuple[str, str]:
+    def query_outcome(self, xid: Xid) -> tuple[str, str]:
         """(outcome, reason) of ``xid``'s transaction, as a participant asks it.
 
         The outcome is COMMITTED, ABORTED, IN_PROGRESS (ask later) or FORGOTTEN.
-        ``prepared`` says the asking branch is prepared: a leader that finds the
-        transaction undecided and undriven then takes its commit over at once.
 
         Raises:
             Rejected: malformed xid.
             DeadlineExceeded: no leader answered in time.
         """
-        resp = self._call("QueryOutcome", coordinator_pb2.QueryOutcomeRequest(xid=xid.to_pb(), prepared=prepared))
+        resp = self._call("QueryOutcome", coordinator_pb2.QueryOutcomeRequest(xid=xid.to_pb()))
         return outcome_name(resp.outcome), reason_name(resp.reason)
 
     def leader(self) -> str | None:

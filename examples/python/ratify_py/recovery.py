@@ -63,7 +63,7 @@ class RecoveryLoop:
                 continue
             for xid in xids:
                 try:
-                    outcome, reason = self.client.query_outcome(xid, prepared=True)
+                    outcome, reason = self.client.query_outcome(xid)
                     if outcome == "COMMITTED":
                         store.commit(xid, one_phase=False)
                         report.committed.append(xid.render())

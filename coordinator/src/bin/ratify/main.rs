@@ -60,8 +60,8 @@ enum Cmd {
 struct NodeArgs {
     /// TOML file with any of: id, raft_addr, api_addr, metrics_addr, data_dir, init, peers
     /// (["1=127.0.0.1:7001,127.0.0.1:7101", ...]), prepare_timeout_ms,
-    /// default_txn_timeout_ms, one_phase, propose_pipeline, retain_outcomes_secs,
-    /// retain_outcomes_min, retain_outcomes_max.
+    /// default_txn_timeout_ms, one_phase, propose_pipeline, propose_timeout_ms,
+    /// snapshot_every, retain_outcomes_secs, retain_outcomes_min, retain_outcomes_max.
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's id (non-zero, unique in the cluster).
@@ -102,6 +102,14 @@ struct NodeArgs {
     /// next entry (default 2).
     #[arg(long)]
     propose_pipeline: Option<usize>,
+    /// How long a log write may take before its callers are told to retry (default
+    /// 5000).
+    #[arg(long)]
+    propose_timeout_ms: Option<u64>,
+    /// Build a snapshot every this many log entries and purge the log behind it
+    /// (default 20000).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Keep completed outcomes for late questions at least this long (default 86400,
     /// 24 h), within --retain-outcomes-max.
     #[arg(long)]
@@ -133,6 +141,8 @@ struct NodeFile {
     default_txn_timeout_ms: Option<u64>,
     one_phase: Option<bool>,
     propose_pipeline: Option<usize>,
+    propose_timeout_ms: Option<u64>,
+    snapshot_every: Option<u64>,
     retain_outcomes_secs: Option<u64>,
     retain_outcomes_min: Option<u64>,
     retain_outcomes_max: Option<u64>,
@@ -301,6 +311,19 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         }
         driver.propose_pipeline = n;
     }
+    if let Some(ms) = a.propose_timeout_ms.or(file.propose_timeout_ms) {
+        if ms == 0 {
+            bail!("--propose-timeout-ms must be at least 1");
+        }
+        driver.propose_timeout = Duration::from_millis(ms);
+    }
+    let snapshot_every = a
+        .snapshot_every
+        .or(file.snapshot_every)
+        .unwrap_or(ratify_coordinator::raft::SNAPSHOT_EVERY);
+    if snapshot_every < 10 {
+        bail!("--snapshot-every must be at least 10");
+    }
     let r = &mut driver.retention;
     if let Some(secs) = a.retain_outcomes_secs.or(file.retain_outcomes_secs) {
         r.min_age_ms = secs.saturating_mul(1000);
@@ -328,6 +351,7 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         peers,
         init: a.init || file.init,
         driver,
+        snapshot_every,
     };
     run(config, shutdown_signal()).await?;
     Ok(())
