@@ -8,8 +8,9 @@
 //! - `accounts.balances`: account name → balance, `i64` big-endian.
 //! - `accounts.prepared`: rendered xid → prepared record (JSON, versioned): the net
 //!   change per account and when it was prepared.
-//! - `accounts.outcomes`: rendered xid → `C` (committed) or `R` (rolled back, also the
-//!   tombstone that refuses a late prepare).
+//! - `accounts.outcomes`: rendered xid → `C` (committed), `R` (rolled back, also the
+//!   tombstone that refuses a late prepare) or `O` (voted READ_ONLY, so a retried
+//!   prepare votes READ_ONLY again).
 //!
 //! # Concurrency
 //! One `std` mutex guards the in-memory state (pending work, account locks held by
@@ -507,6 +508,9 @@ impl AccountStore {
             Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
             // Only committing is consistent with what happened; YES leads there.
             Some(Finished::Committed) => return Ok(Vote::Yes),
+            // A retried prepare (a new leader re-running the prepare round): the same
+            // vote, not NO, which would abort a transaction that can commit.
+            Some(Finished::ReadOnly) => return Ok(Vote::ReadOnly),
             None => {}
         }
         if state.prepared.contains_key(xid) {
@@ -518,6 +522,8 @@ impl AccountStore {
             return Ok(Vote::No("unknown branch".into()));
         };
         if deltas.is_empty() {
+            // Remembered: a retried prepare must find this vote, not "unknown branch".
+            branch_log::write_outcome(&self.outcomes, xid, Finished::ReadOnly)?;
             state.pending.remove(xid);
             return Ok(Vote::ReadOnly);
         }
@@ -545,15 +551,19 @@ impl AccountStore {
     fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
         let mut state = self.state();
         match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::Committed) => return Ok(CommitResult::Committed),
-            Some(Finished::RolledBack) if one_phase => return Ok(CommitResult::RolledBack),
+            // Read-only: nothing to commit, so it is trivially committed.
+            Some(Finished::Committed | Finished::ReadOnly) => return Ok(CommitResult::Committed),
+            // Two-phase too: a heuristic answer the coordinator records (contract).
             Some(Finished::RolledBack) => {
-                return Err(ResourceError::Failed(format!(
-                    "{xid} was rolled back and cannot be committed"
-                )))
+                if !one_phase {
+                    tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
+                }
+                return Ok(CommitResult::RolledBack);
             }
             None => {}
         }
+        // Also for a one-phase commit: a leader without one phase prepared the branch
+        // and died, and the next one, with one phase on, asks for a one-phase commit.
         if state.prepared.contains_key(xid) {
             let record = self.read_prepared(xid)?;
             self.apply_committed(xid, &record.deltas, true)?;
@@ -590,7 +600,11 @@ impl AccountStore {
         let mut state = self.state();
         match branch_log::read_outcome(&self.outcomes, xid)? {
             Some(Finished::Committed) => return Ok(RollbackResult::AlreadyCommitted),
-            Some(Finished::RolledBack) => return Ok(RollbackResult::RolledBack),
+            // Read-only: nothing to undo. The record stays, so a retried prepare still
+            // votes READ_ONLY (harmless: nothing is prepared by it).
+            Some(Finished::RolledBack | Finished::ReadOnly) => {
+                return Ok(RollbackResult::RolledBack)
+            }
             None => {}
         }
         self.record_rolled_back(xid)?;
@@ -606,8 +620,9 @@ impl Resource for AccountStore {
     async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let vote = self.prepare_locked(xid)?;
         // A NO needs no sync: if its tombstone is lost in a crash, so is the pending
-        // work, and a later prepare still votes NO.
-        if vote != Vote::Yes {
+        // work, and a later prepare still votes NO. A READ_ONLY does: a retry after a
+        // crash that lost its record would vote NO and abort a commit.
+        if matches!(vote, Vote::No(_)) {
             return Ok(vote);
         }
         branch_log::sync(&self.durable).await?;
@@ -847,9 +862,10 @@ mod tests {
         assert_eq!(store.prepare(&y).await?, Vote::Yes);
         assert_eq!(store.rollback(&y).await?, RollbackResult::RolledBack);
         assert_eq!(store.rollback(&y).await?, RollbackResult::RolledBack);
-        assert!(
-            store.commit(&y, false).await.is_err(),
-            "commit after rollback must fail"
+        assert_eq!(
+            store.commit(&y, false).await?,
+            CommitResult::RolledBack,
+            "a commit after the rollback is a heuristic answer, not a commit"
         );
 
         // Committed and forgotten: still success.
@@ -942,6 +958,67 @@ mod tests {
             "open_accounts must be idempotent"
         );
         assert_eq!(store.balance("a")?, 10);
+        Ok(())
+    }
+
+    /// A leader without one phase prepared the single branch and died; the next one
+    /// sends a one-phase commit, which commits the prepared branch.
+    #[tokio::test]
+    async fn one_phase_commit_of_a_prepared_branch_commits_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = store_with(dir.path(), &["a", "b"], 10).await?;
+        let x = xid(1)?;
+        transfer(&store, &x, "a", "b", 4)?;
+        assert_eq!(store.prepare(&x).await?, Vote::Yes);
+        assert_eq!(store.commit(&x, true).await?, CommitResult::Committed);
+        assert_eq!(store.commit(&x, true).await?, CommitResult::Committed);
+        assert_eq!((store.balance("a")?, store.balance("b")?), (6, 14));
+        assert_eq!(store.prepared_count(), 0);
+        Ok(())
+    }
+
+    /// A two-phase commit of a rolled-back branch answers ROLLED_BACK (a heuristic
+    /// outcome the coordinator records), not an error it would retry for ever.
+    #[tokio::test]
+    async fn a_two_phase_commit_of_a_rolled_back_branch_answers_rolled_back() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let store = store_with(dir.path(), &["a", "b"], 10).await?;
+        let x = xid(1)?;
+        transfer(&store, &x, "a", "b", 4)?;
+        assert_eq!(store.prepare(&x).await?, Vote::Yes);
+        assert_eq!(store.rollback(&x).await?, RollbackResult::RolledBack);
+        assert_eq!(store.commit(&x, false).await?, CommitResult::RolledBack);
+        assert_eq!((store.balance("a")?, store.balance("b")?), (10, 10));
+        Ok(())
+    }
+
+    /// A retried prepare of a branch with no work (a new leader re-running the
+    /// prepare round) answers READ_ONLY again, not NO; the xid takes no more work; a
+    /// rollback of it (the transaction aborted for another branch) is no heuristic.
+    #[tokio::test]
+    async fn a_retried_prepare_of_a_read_only_branch_answers_read_only() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let x = xid(1)?;
+        {
+            let store = store_with(dir.path(), &["a"], 10).await?;
+            store.branch(&x)?;
+            assert_eq!(store.prepare(&x).await?, Vote::ReadOnly);
+            assert_eq!(
+                store.prepare(&x).await?,
+                Vote::ReadOnly,
+                "the retried prepare"
+            );
+        }
+        let store = AccountStore::open(dir.path())?;
+        assert_eq!(store.prepare(&x).await?, Vote::ReadOnly, "after a reopen");
+        assert!(matches!(
+            store.branch(&x),
+            Err(AccountsError::BranchClosed(_))
+        ));
+        assert_eq!(store.commit(&x, false).await?, CommitResult::Committed);
+        assert_eq!(store.rollback(&x).await?, RollbackResult::RolledBack);
+        assert!(store.committed_xids()?.is_empty());
         Ok(())
     }
 }

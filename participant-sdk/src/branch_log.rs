@@ -17,6 +17,10 @@ pub(crate) enum Finished {
     Committed,
     /// Rolled back; also the tombstone that refuses a late prepare.
     RolledBack,
+    /// Voted READ_ONLY: nothing to commit or undo. Kept so a retried prepare votes
+    /// READ_ONLY again and later work for the xid is refused; a commit of it answers
+    /// committed and a rollback rolled back, neither a heuristic.
+    ReadOnly,
 }
 
 impl Finished {
@@ -25,6 +29,7 @@ impl Finished {
         match self {
             Self::Committed => b"C",
             Self::RolledBack => b"R",
+            Self::ReadOnly => b"O",
         }
     }
 
@@ -32,6 +37,7 @@ impl Finished {
         match bytes {
             b"C" => Some(Self::Committed),
             b"R" => Some(Self::RolledBack),
+            b"O" => Some(Self::ReadOnly),
             _ => None,
         }
     }

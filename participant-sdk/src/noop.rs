@@ -3,7 +3,8 @@
 //! the floor any real participant pays.
 //!
 //! Storage (sled trees): `noop.prepared` (rendered xid → empty) and `noop.outcomes`
-//! (rendered xid → `C` committed / `R` rolled back, the tombstone).
+//! (rendered xid → `C` committed / `R` rolled back, the tombstone; this resource never
+//! votes READ_ONLY, so it writes no `O`).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -93,6 +94,8 @@ impl NoopResource {
             Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
             // Only committing is consistent with what happened; YES leads there.
             Some(Finished::Committed) => return Ok(Vote::Yes),
+            // Never written here; answered as the contract says, for completeness.
+            Some(Finished::ReadOnly) => return Ok(Vote::ReadOnly),
             None => {}
         }
         if self.vote_no_for_all {
@@ -108,11 +111,14 @@ impl NoopResource {
     fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
         let _guard = self.guard();
         match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::Committed) => Ok(CommitResult::Committed),
-            Some(Finished::RolledBack) if one_phase => Ok(CommitResult::RolledBack),
-            Some(Finished::RolledBack) => Err(ResourceError::Failed(format!(
-                "{xid} was rolled back and cannot be committed"
-            ))),
+            Some(Finished::Committed | Finished::ReadOnly) => Ok(CommitResult::Committed),
+            // Two-phase too: a heuristic answer the coordinator records (contract).
+            Some(Finished::RolledBack) => {
+                if !one_phase {
+                    tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
+                }
+                Ok(CommitResult::RolledBack)
+            }
             None if one_phase && self.vote_no_for_all => {
                 self.finish(xid, Finished::RolledBack)?;
                 Ok(CommitResult::RolledBack)
@@ -128,7 +134,7 @@ impl NoopResource {
         let _guard = self.guard();
         match branch_log::read_outcome(&self.outcomes, xid)? {
             Some(Finished::Committed) => Ok(RollbackResult::AlreadyCommitted),
-            Some(Finished::RolledBack) => Ok(RollbackResult::RolledBack),
+            Some(Finished::RolledBack | Finished::ReadOnly) => Ok(RollbackResult::RolledBack),
             None => {
                 self.finish(xid, Finished::RolledBack)?;
                 Ok(RollbackResult::RolledBack)
@@ -214,7 +220,11 @@ mod tests {
         assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
         assert!(matches!(r.prepare(&x).await?, Vote::No(_)));
         assert!(r.recover().await?.is_empty());
-        assert!(r.commit(&x, false).await.is_err());
+        assert_eq!(
+            r.commit(&x, false).await?,
+            CommitResult::RolledBack,
+            "a two-phase commit of a rolled-back branch is a heuristic answer, not an error"
+        );
         Ok(())
     }
 
@@ -225,6 +235,20 @@ mod tests {
         assert!(matches!(r.prepare(&xid(1)?).await?, Vote::No(_)));
         assert_eq!(r.commit(&xid(2)?, true).await?, CommitResult::RolledBack);
         assert!(r.recover().await?.is_empty());
+        Ok(())
+    }
+
+    /// A leader without one phase prepared the single branch and died; the next one
+    /// sends a one-phase commit, which commits the prepared branch.
+    #[tokio::test]
+    async fn one_phase_commit_of_a_prepared_branch_commits_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = NoopResource::open(dir.path())?;
+        let x = xid(1)?;
+        assert_eq!(r.prepare(&x).await?, Vote::Yes);
+        assert_eq!(r.commit(&x, true).await?, CommitResult::Committed);
+        assert!(r.recover().await?.is_empty());
+        assert_eq!(r.rollback(&x).await?, RollbackResult::AlreadyCommitted);
         Ok(())
     }
 }

@@ -36,7 +36,11 @@ pub enum Vote {
 pub enum CommitResult {
     /// The branch is committed, now or earlier.
     Committed,
-    /// One-phase commit only: the resource could not commit and rolled back instead.
+    /// The branch did not commit and never will. For a one-phase commit: the
+    /// resource could not commit and rolled back instead. For a two-phase commit: the
+    /// branch is known to be rolled back (a rollback or tombstone got there first, or
+    /// a person rolled it back), a heuristic answer the coordinator records and shows
+    /// (DESIGN §4 rule 11).
     RolledBack,
 }
 
@@ -87,7 +91,23 @@ impl ResourceError {
 ///   [`RollbackResult::RolledBack`].
 /// - **Fencing** (rule 5): a rollback, and a NO vote, leave a tombstone so a later
 ///   (delayed) prepare of the same xid votes NO.
-/// - [`CommitResult::RolledBack`] is only legal when `one_phase` is true.
+/// - **Read-only is remembered**: a [`Vote::ReadOnly`] leaves a record, so a retried
+///   prepare (a new leader re-running the prepare round) votes
+///   [`Vote::ReadOnly`] again, not NO (which would abort a transaction that can
+///   commit) nor YES; work registered for the xid later is refused; a commit of it
+///   answers [`CommitResult::Committed`] and a rollback
+///   [`RollbackResult::RolledBack`] (there was nothing to undo, so no heuristic).
+/// - **One phase over a prepared branch**: a one-phase commit of a branch that is
+///   already prepared (a leader without one phase prepared it and died; the next
+///   one, with one phase on, asks for a one-phase commit) commits it, as a
+///   two-phase commit would, and answers [`CommitResult::Committed`].
+/// - **A rolled-back branch is said so**: a two-phase commit of a branch the
+///   resource knows is rolled back (its tombstone, or rolled-back record) returns
+///   `Ok(`[`CommitResult::RolledBack`]`)`, a heuristic answer the coordinator logs and
+///   lists (rule 11), never an error: errors are retried, so that branch would be
+///   asked for ever and never show up for a person.
+///   [`ResourceError::Failed`] stays for "cannot tell" (corrupt state, a protocol
+///   violation such as a two-phase commit of a branch that was never prepared).
 /// - Answers are given only once the state they report is durable.
 ///
 /// Calls for different xids may run concurrently; calls for the same xid may too
@@ -104,9 +124,12 @@ pub trait Resource: Send + Sync + 'static {
     /// Phase 2 commit of a prepared branch, or (`one_phase`) commit-or-rollback of a
     /// branch that was never prepared.
     ///
+    /// A branch known to be rolled back answers `Ok(`[`CommitResult::RolledBack`]`)`
+    /// in both modes (see the contract).
+    ///
     /// # Errors
     /// [`ResourceError::Unavailable`] to be retried later; [`ResourceError::Failed`]
-    /// when the branch cannot be committed (for example it was rolled back).
+    /// when the resource cannot tell what happened to the branch.
     async fn commit(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError>;
 
     /// Phase 2 rollback (or rollback of a branch that was never prepared).

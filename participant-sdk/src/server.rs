@@ -235,6 +235,7 @@ impl pb::participant_server::Participant for ParticipantServer {
     ) -> Result<Response<pb::BranchCommitResponse>, Status> {
         let req = request.into_inner();
         let one_phase = req.one_phase;
+        let xid = req.xid.clone();
         crate::failpoint::hit("participant.before_commit").await;
         let result = self
             .run(
@@ -248,12 +249,23 @@ impl pb::participant_server::Participant for ParticipantServer {
         crate::failpoint::hit("participant.after_commit").await;
         let result = match result {
             CommitResult::Committed => pb::BranchCommitResult::Committed,
-            // Two-phase commits must not roll back; saying so plainly lets the
-            // coordinator flag a broken resource instead of trusting the answer.
+            // A branch rolled back under a COMMIT decision (a person, or a tombstone
+            // that got there first): passed on as it is, so the coordinator records a
+            // heuristic outcome for a person (rule 11). An error status would be
+            // retried for ever and the contradiction never seen.
             CommitResult::RolledBack if !one_phase => {
-                return Err(status_of(CallError::Resource(ResourceError::Failed(
-                    "resource rolled back a prepared branch on a two-phase commit".into(),
-                ))))
+                // `run` accepted the xid, so it parses; the fallback is never used.
+                let xid = xid
+                    .as_ref()
+                    .and_then(|x| Xid::from_pb(x).ok())
+                    .map(|x| x.render())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    resource = %req.resource,
+                    %xid,
+                    "two-phase commit of a branch that was rolled back: heuristic outcome"
+                );
+                pb::BranchCommitResult::RolledBack
             }
             CommitResult::RolledBack => pb::BranchCommitResult::RolledBack,
         };
@@ -465,6 +477,41 @@ mod tests {
         assert_eq!(late.vote(), pb::Vote::No);
         assert!(!late.detail.is_empty(), "a NO vote should say why");
         assert_eq!(f.store.total()?, 200);
+        Ok(())
+    }
+
+    /// A two-phase commit of a rolled-back branch reaches the coordinator as
+    /// ROLLED_BACK, the heuristic answer it records, not as an error status it would
+    /// retry for ever.
+    #[tokio::test]
+    async fn a_two_phase_commit_of_a_rolled_back_branch_answers_rolled_back() -> anyhow::Result<()>
+    {
+        let mut f = start().await?;
+        let x = xid(1)?;
+        f.store.branch(&x)?.debit("a", 10)?;
+        let vote = f
+            .client
+            .prepare(prepare_req("accounts", x.to_pb()))
+            .await?
+            .into_inner();
+        assert_eq!(vote.vote(), pb::Vote::Yes);
+        f.client
+            .rollback(pb::BranchRollbackRequest {
+                resource: "accounts".into(),
+                xid: Some(x.to_pb()),
+            })
+            .await?;
+        let answer = f
+            .client
+            .commit(pb::BranchCommitRequest {
+                resource: "accounts".into(),
+                xid: Some(x.to_pb()),
+                one_phase: false,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(answer.result(), pb::BranchCommitResult::RolledBack);
+        assert_eq!(f.store.balance("a")?, 100);
         Ok(())
     }
 

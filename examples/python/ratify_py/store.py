@@ -23,6 +23,7 @@ across processes) and under a thread lock (one connection per store object).
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import threading
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ratify_py.xid import Xid
+
+log = logging.getLogger("ratify_py.store")
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -85,9 +88,11 @@ class RollbackResult(Enum):
 
 
 class ProtocolViolation(StoreError):
-    """A phase-2 request that contradicts what the branch did (for example a two-phase
-    commit of a branch that was rolled back). The participant answers with an error
-    status; the coordinator retries and an operator looks."""
+    """A phase-2 request the store cannot make sense of (a two-phase commit of a branch
+    that was never prepared). The participant answers with an error status; the
+    coordinator retries and an operator looks. A two-phase commit of a branch that was
+    rolled back is not one: it answers ROLLED_BACK, a heuristic outcome the coordinator
+    records and lists (errors would be retried for ever and never show up)."""
 
 
 def _now_ms() -> int:
@@ -235,8 +240,11 @@ class AccountStore:
     def commit(self, xid: Xid, one_phase: bool) -> CommitResult:
         """Phase 2 commit (idempotent), or one-phase commit of an unprepared branch.
 
+        A two-phase commit of a rolled-back branch answers ROLLED_BACK: the heuristic
+        answer the coordinator records, not an error it would retry for ever.
+
         Raises:
-            ProtocolViolation: two-phase commit of a rolled-back or never-prepared branch.
+            ProtocolViolation: two-phase commit of a never-prepared branch.
         """
         key = xid.render()
         with self._tx() as db:
@@ -244,9 +252,9 @@ class AccountStore:
             if state in ("committed", "read_only"):
                 return CommitResult.COMMITTED
             if state == "rolled_back":
-                if one_phase:
-                    return CommitResult.ROLLED_BACK
-                raise ProtocolViolation(f"{key} was rolled back and cannot be committed")
+                if not one_phase:
+                    log.warning("two-phase commit of %s, which was rolled back: heuristic outcome", key)
+                return CommitResult.ROLLED_BACK
             if state == "prepared":
                 _apply(db, key, _deltas(db, key))
                 return CommitResult.COMMITTED

@@ -46,8 +46,8 @@ def test_no_vote_and_tombstones(store: AccountStore) -> None:
         store.branch(xid(3))
     assert store.rollback(xid(4)) == RollbackResult.ROLLED_BACK
     assert store.prepare(xid(4))[0] == Vote.NO
-    with pytest.raises(ProtocolViolation):
-        store.commit(xid(4), one_phase=False)
+    # A two-phase commit of a rolled-back branch is a heuristic answer, not an error.
+    assert store.commit(xid(4), one_phase=False) == CommitResult.ROLLED_BACK
     assert store.total() == 200
 
 

@@ -201,3 +201,81 @@ async fn restart_catch_up_is_bounded_on_a_busy_ledger() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An adapter on a ledger and a data topic of its own.
+async fn open_adapter(dir: &Path, what: &str) -> anyhow::Result<(Arc<KafkaResource>, String)> {
+    let data = unique(&format!("data-{what}"));
+    create_topic(&data, &[]).await?;
+    let mut config = KafkaConfig::new(bootstrap(), unique("tx"));
+    config.ledger_topic = unique(&format!("ledger-{what}"));
+    config.transaction_timeout = Duration::from_secs(10);
+    config.request_timeout = Duration::from_secs(10);
+    Ok((KafkaResource::open(dir, config).await?, data))
+}
+
+/// A leader without one phase staged the single branch and died; the next one sends
+/// a one-phase commit: the stage is published and the answer is COMMITTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_phase_commit_of_a_prepared_branch_commits_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (adapter, data) = open_adapter(dir.path(), "op-prepared").await?;
+    let x = xid(0)?;
+    adapter
+        .branch(&x)?
+        .send(KafkaRecord::new(&data, "k", "v"))?;
+    assert_eq!(adapter.prepare(&x).await?, Vote::Yes);
+    assert_eq!(adapter.commit(&x, true).await?, CommitResult::Committed);
+    assert_eq!(adapter.prepared_count(), 0);
+    assert_eq!(
+        adapter.commit(&x, true).await?,
+        CommitResult::Committed,
+        "retry"
+    );
+    assert_eq!(
+        adapter.rollback(&x).await?,
+        RollbackResult::AlreadyCommitted
+    );
+    Ok(())
+}
+
+/// A two-phase commit of a rolled-back staged branch is a heuristic answer
+/// (ROLLED_BACK), not an error the coordinator would retry for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_phase_commit_of_a_rolled_back_branch_answers_rolled_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (adapter, data) = open_adapter(dir.path(), "commit-rb").await?;
+    let x = xid(0)?;
+    adapter
+        .branch(&x)?
+        .send(KafkaRecord::new(&data, "k", "v"))?;
+    assert_eq!(adapter.prepare(&x).await?, Vote::Yes);
+    assert_eq!(adapter.rollback(&x).await?, RollbackResult::RolledBack);
+    assert_eq!(adapter.commit(&x, false).await?, CommitResult::RolledBack);
+    assert_eq!(adapter.prepared_count(), 0);
+    Ok(())
+}
+
+/// A retried prepare of a branch with no work answers READ_ONLY again (not YES, which
+/// would make a later rollback look like a heuristic commit), and a rollback of it
+/// answers ROLLED_BACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_prepare_of_a_read_only_branch_answers_read_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (adapter, _data) = open_adapter(dir.path(), "ro-retry").await?;
+    let x = xid(0)?;
+    adapter.branch(&x)?;
+    assert_eq!(adapter.prepare(&x).await?, Vote::ReadOnly);
+    assert_eq!(
+        adapter.prepare(&x).await?,
+        Vote::ReadOnly,
+        "the retried prepare"
+    );
+    assert!(matches!(
+        adapter.branch(&x),
+        Err(KafkaError::BranchClosed(_))
+    ));
+    assert_eq!(adapter.commit(&x, false).await?, CommitResult::Committed);
+    assert_eq!(adapter.rollback(&x).await?, RollbackResult::RolledBack);
+    assert_eq!(adapter.prepared_count(), 0);
+    Ok(())
+}

@@ -26,7 +26,11 @@
 //!   `cleanup.policy=compact` exactly, or [`KafkaResource::open`] refuses to start
 //!   ([`KafkaError::LedgerNotCompacted`]), since `delete` retention could remove the
 //!   newest marker.
-//! - **Rollback** discards the stage and leaves a tombstone.
+//!   A branch with no work votes READ_ONLY and records that, so a retried prepare
+//!   votes READ_ONLY again and a rollback of it is no heuristic.
+//! - **Rollback** discards the stage and leaves a tombstone. A two-phase commit that
+//!   finds the tombstone answers ROLLED_BACK (a heuristic outcome for the
+//!   coordinator to record); a one-phase commit of a staged branch publishes it.
 //!
 //! One `transactional.id` per adapter instance (and per stage folder): two live
 //! instances with the same id fence each other, and only the newest publishes.
@@ -355,6 +359,9 @@ impl KafkaResource {
             Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
             // Only committing is consistent with what happened; YES leads there.
             Some(Finished::Committed) => return Ok(Vote::Yes),
+            // A retried prepare (a new leader re-running the prepare round): the same
+            // vote. YES would make a later rollback of it look like a heuristic.
+            Some(Finished::ReadOnly) => return Ok(Vote::ReadOnly),
             None => {}
         }
         if self
@@ -373,7 +380,10 @@ impl KafkaResource {
         if work.is_empty() {
             // Phase 2 skips a read-only branch, so close the xid here: work added to
             // it later would otherwise wait forever, neither prepared nor rolled back.
-            branch_log::write_outcome(&self.store.outcomes, xid, Finished::Committed)?;
+            // Recorded as read-only, not committed: a retried prepare must vote
+            // READ_ONLY again, and a rollback (the transaction aborted for another
+            // branch) is no heuristic.
+            branch_log::write_outcome(&self.store.outcomes, xid, Finished::ReadOnly)?;
             return Ok(Vote::ReadOnly);
         }
         let bytes = stage::encode(&work, now_unix_ms())?;
@@ -393,12 +403,16 @@ impl KafkaResource {
     ) -> Result<Result<CommitResult, Option<Staged>>, ResourceError> {
         let mut state = self.state();
         match branch_log::read_outcome(&self.store.outcomes, xid)? {
-            Some(Finished::Committed) => return Ok(Ok(CommitResult::Committed)),
-            Some(Finished::RolledBack) if one_phase => return Ok(Ok(CommitResult::RolledBack)),
+            // Read-only: nothing to publish, so it is trivially committed.
+            Some(Finished::Committed | Finished::ReadOnly) => {
+                return Ok(Ok(CommitResult::Committed))
+            }
+            // Two-phase too: a heuristic answer the coordinator records (contract).
             Some(Finished::RolledBack) => {
-                return Err(ResourceError::Failed(format!(
-                    "{xid} was rolled back and cannot be committed"
-                )))
+                if !one_phase {
+                    tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
+                }
+                return Ok(Ok(CommitResult::RolledBack));
             }
             None => {}
         }
@@ -409,6 +423,9 @@ impl KafkaResource {
                 "{xid} is being published; ask again"
             )));
         }
+        // A staged branch is published whether the commit is one-phase or not: a
+        // leader without one phase staged it and died, and the next one, with one
+        // phase on, asks for a one-phase commit of it.
         let to_publish = if self
             .store
             .staged
@@ -487,7 +504,11 @@ impl KafkaResource {
         }
         match branch_log::read_outcome(&self.store.outcomes, xid)? {
             Some(Finished::Committed) => return Ok(RollbackResult::AlreadyCommitted),
-            Some(Finished::RolledBack) => return Ok(RollbackResult::RolledBack),
+            // Read-only: nothing to undo; the record stays (a retried prepare still
+            // votes READ_ONLY, which prepares nothing).
+            Some(Finished::RolledBack | Finished::ReadOnly) => {
+                return Ok(RollbackResult::RolledBack)
+            }
             None => {}
         }
         let key = xid.render();
@@ -509,12 +530,15 @@ impl Resource for KafkaResource {
     async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let vote = self.prepare_locked(xid)?;
         // A NO needs no sync: if its tombstone is lost in a crash, so is the pending
-        // work, and a later prepare still votes NO.
-        if vote != Vote::Yes {
+        // work, and a later prepare still votes NO. A READ_ONLY does: a retry after a
+        // crash that lost its record would vote NO and abort a commit.
+        if matches!(vote, Vote::No(_)) {
             return Ok(vote);
         }
         branch_log::sync(&self.store.durable).await?;
-        failpoint::hit("kafka.after_stage").await;
+        if vote == Vote::Yes {
+            failpoint::hit("kafka.after_stage").await;
+        }
         Ok(vote)
     }
 

@@ -240,7 +240,9 @@ impl Publisher {
     /// What `req` still needs published: `None` when it already is.
     fn resolve(&self, req: &PublishRequest) -> Result<Option<Staged>, ResourceError> {
         match branch_log::read_outcome(&self.store.outcomes, &req.xid)? {
-            Some(Finished::Committed) => return Ok(None),
+            // Read-only: there is nothing to publish (and commit answers it before
+            // asking the publisher anyway).
+            Some(Finished::Committed | Finished::ReadOnly) => return Ok(None),
             Some(Finished::RolledBack) => {
                 return Err(ResourceError::Failed(format!(
                     "{} was rolled back and cannot be published",

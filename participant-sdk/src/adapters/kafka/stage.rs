@@ -3,8 +3,9 @@
 //! # Storage (sled trees, in the adapter's [`DurableSled`](crate::durable::DurableSled))
 //! - `kafka.staged`: rendered xid → [`Staged`], bincode with a leading version
 //!   ([`STAGE_VERSION`]): the records and consumer offsets of a prepared branch.
-//! - `kafka.outcomes`: rendered xid → `C` (published) or `R` (rolled back, also the
-//!   tombstone that refuses a late prepare).
+//! - `kafka.outcomes`: rendered xid → `C` (published), `R` (rolled back, also the
+//!   tombstone that refuses a late prepare) or `O` (voted READ_ONLY: nothing to
+//!   publish; a retried prepare votes READ_ONLY again).
 //! - `kafka.meta`: [`RECORDED_SEQ_KEY`] → the sequence number (u64, big-endian) of the
 //!   last ledger marker whose xids are recorded in `kafka.outcomes`.
 
@@ -187,7 +188,7 @@ pub(crate) struct Store {
     pub(crate) durable: crate::durable::DurableSled,
     /// xid → stage of a prepared branch.
     pub(crate) staged: sled::Tree,
-    /// xid → `C` / `R`.
+    /// xid → `C` / `R` / `O`.
     pub(crate) outcomes: sled::Tree,
     /// Adapter-wide values ([`RECORDED_SEQ_KEY`]).
     pub(crate) meta: sled::Tree,

@@ -38,11 +38,24 @@
 //! - **rollback** first rolls back the branch if it is still open in this process,
 //!   then runs `ROLLBACK PREPARED <gid>` (a missing gid is fine), then commits a
 //!   tombstone: `INSERT ... VALUES (<gid>, 'r') ON CONFLICT DO NOTHING`.
+//! - **a read-only vote** (prepare of a branch that ran no SQL) commits a row
+//!   `(<gid>, 'o')` in a transaction of its own before it answers, so a retried
+//!   prepare (a new leader re-running the prepare round, which finds no open branch)
+//!   reads it and votes READ_ONLY again instead of NO, and `begin_branch` refuses the
+//!   xid. A commit of such an xid answers COMMITTED (there was nothing to commit); a
+//!   rollback answers ROLLED_BACK (nothing to undo), not the heuristic
+//!   ALREADY_COMMITTED a `'b'` row would give, which is why it is a state of its own.
 //! - **one-phase commit** sends `INSERT INTO ratify_fence VALUES (<gid>, 'b'); COMMIT`
 //!   on the branch's connection. A branch that ran no SQL is an empty transaction
 //!   that commits: its `'b'` row is committed in a transaction of its own, so a
 //!   retried one-phase commit (which finds no open branch and reads the fence) answers
-//!   COMMITTED for it too, never ROLLED_BACK.
+//!   COMMITTED for it too, never ROLLED_BACK. A one-phase commit that finds no open
+//!   branch but the gid prepared (a leader without one phase prepared it and died,
+//!   and the next one has one phase on) commits it with `COMMIT PREPARED`.
+//! - **two-phase commit** of a gid that is not prepared answers from the fence: a
+//!   tombstone means the branch was rolled back (by a rollback that got there first,
+//!   or a person), answered ROLLED_BACK: a heuristic outcome for the coordinator to
+//!   record, not an error it would retry for ever.
 //! - **begin_branch** refuses an xid whose fence row is committed (rolled back or
 //!   committed: nobody would end such a branch, and it would hold its connection and
 //!   row locks for good). Xids rolled back by this process are found in memory (a
@@ -77,6 +90,18 @@
 //! and the only wait that could last forever is cut by the timeout. The loop is bounded
 //! by [`PgConfig::rollback_deadline`], after which the rollback reports
 //! [`ResourceError::Unavailable`] and the coordinator retries it.
+//!
+//! ## Upgrading the fence table
+//! Tables created before the `'o'` state have `CHECK (state IN ('b', 'r'))`.
+//! [`PgResource::connect`] probes whether an `'o'` row would be accepted (an insert it
+//! rolls back) and, if not, replaces the check
+//! (`ALTER TABLE ratify_fence DROP CONSTRAINT IF EXISTS ratify_fence_state_check, ADD
+//! CONSTRAINT ratify_fence_state_check CHECK (state IN ('b', 'r', 'o'))`) with a
+//! short `lock_timeout`. That needs the table's owner, and an `ACCESS EXCLUSIVE` lock
+//! that prepared branches (which hold locks on the table until phase 2) block. When
+//! the upgrade cannot be done now the resource still starts, logs a warning with the
+//! statement to run, and votes READ_ONLY without a fence row as before (a retried
+//! prepare of such a branch then votes NO); the next connect tries again.
 //!
 //! Fence rows are kept until [`Resource::forget`] or [`PgResource::purge_fences`];
 //! purge only rows older than any transaction can live (default timeout 30 s, so an
@@ -133,12 +158,30 @@ pub const MIN_SERVER_VERSION_NUM: i32 = 130_000;
 /// The fence table, created in the connection's current schema.
 pub const FENCE_TABLE: &str = "ratify_fence";
 
-/// Its definition. `state` is `b` (the branch committed, inserted by the branch) or
-/// `r` (rolled back: a tombstone).
+/// Its definition. `state` is `b` (the branch committed, inserted by the branch), `r`
+/// (rolled back: a tombstone) or `o` (voted READ_ONLY). The check is named, so an
+/// upgrade can replace it ([`FENCE_UPGRADE`]).
 const FENCE_DDL: &str = "CREATE TABLE IF NOT EXISTS ratify_fence (\
      gid text PRIMARY KEY, \
-     state \"char\" NOT NULL CHECK (state IN ('b', 'r')), \
+     state \"char\" NOT NULL CONSTRAINT ratify_fence_state_check CHECK (state IN ('b', 'r', 'o')), \
      at timestamptz NOT NULL DEFAULT now())";
+
+/// Replaces the check of a fence table created before the `o` state (Postgres named
+/// that unnamed check `ratify_fence_state_check` too).
+const FENCE_UPGRADE: &str =
+    "ALTER TABLE ratify_fence DROP CONSTRAINT IF EXISTS ratify_fence_state_check, \
+     ADD CONSTRAINT ratify_fence_state_check CHECK (state IN ('b', 'r', 'o'))";
+
+/// Does the fence table take an `o` row? An insert that is rolled back: it tests the
+/// table as it is, whatever its checks are called. The gid cannot be a branch's (those
+/// start with `rtfy.`).
+const FENCE_PROBE: &str = "BEGIN; \
+     INSERT INTO ratify_fence (gid, state) VALUES ('ratify.probe', 'o') ON CONFLICT (gid) DO NOTHING; \
+     ROLLBACK";
+
+/// How long the fence upgrade waits for its `ACCESS EXCLUSIVE` lock: other sessions'
+/// fence inserts queue behind it meanwhile, so keep it short.
+const FENCE_UPGRADE_LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// What a fence row written outside a branch says.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +190,8 @@ enum FenceRow {
     Committed,
     /// `'r'`: a rollback's tombstone.
     Tombstone,
+    /// `'o'`: the branch voted READ_ONLY (it ran no SQL).
+    ReadOnly,
 }
 
 impl FenceRow {
@@ -155,6 +200,7 @@ impl FenceRow {
         match self {
             Self::Committed => 'b',
             Self::Tombstone => 'r',
+            Self::ReadOnly => 'o',
         }
     }
 }
@@ -281,6 +327,9 @@ pub struct PgResource {
     config: PgConfig,
     /// What the startup checks saw.
     server: ServerInfo,
+    /// The fence table takes `'o'` rows (it is new, or was upgraded at connect): a
+    /// READ_ONLY vote is then remembered. See the module docs.
+    read_only_fence: bool,
 }
 
 impl std::fmt::Debug for PgResource {
@@ -317,7 +366,7 @@ impl PgResource {
             .map_err(|e| PgError::Config(format!("bad Postgres URL: {e}")))?;
         let pool = Pool::new(pg.clone(), config.pool_size);
         let control = Pool::new(pg, CONTROL_CONNECTIONS);
-        let server = check_server(&pool).await?;
+        let (server, read_only_fence) = check_server(&pool).await?;
         if usize::try_from(server.max_prepared_transactions).unwrap_or(0) < config.pool_size {
             tracing::warn!(
                 max_prepared_transactions = server.max_prepared_transactions,
@@ -335,6 +384,7 @@ impl PgResource {
             branches: Mutex::new(HashMap::new()),
             config,
             server,
+            read_only_fence,
         }))
     }
 
@@ -527,8 +577,26 @@ impl PgResource {
         Ok(row.try_get::<_, i64>(0)? > 0)
     }
 
+    /// The vote for a gid with no open branch here that is not prepared, from its
+    /// committed fence row: a retried prepare of a READ_ONLY branch (a new leader
+    /// re-running the prepare round) votes READ_ONLY again, one of a committed branch
+    /// YES (only committing is consistent with it); anything else is NO.
+    async fn prepare_closed(&self, gid: &Gid) -> Result<Vote, PgError> {
+        let mut c = self.control.get().await?;
+        Ok(match Self::fence_state(&mut c, gid).await? {
+            Some('o') => Vote::ReadOnly,
+            Some('b') => Vote::Yes,
+            Some('r') => Vote::No("branch was rolled back".into()),
+            _ => Vote::No(
+                "no open branch for this xid here (never opened, lost in a restart, or rolled back)"
+                    .into(),
+            ),
+        })
+    }
+
     /// The committed fence row of `gid`: `Some('b')` (committed), `Some('r')`
-    /// (rolled back) or `None`. `c` must be outside any transaction.
+    /// (rolled back), `Some('o')` (voted READ_ONLY) or `None`. `c` must be outside any
+    /// transaction.
     async fn fence_state(c: &mut Pooled, gid: &Gid) -> Result<Option<char>, PgError> {
         let conn = c.conn()?;
         let read = match conn.statement(FENCE_STATE_SQL).await {
@@ -599,7 +667,7 @@ impl PgResource {
         }
         if !st.begun {
             // No statement ran: nothing to prepare or commit.
-            return Ok(Vote::ReadOnly);
+            return self.vote_read_only(&mut conn, gid).await;
         }
         // Here a prepare is "delayed": the branch is owned by this call but nothing
         // is fenced yet, so a rollback can overtake it (what the fence is for).
@@ -633,8 +701,47 @@ impl PgResource {
         }
     }
 
+    /// READ_ONLY for an open branch that ran no SQL, once a `'o'` fence row records
+    /// it: a retried prepare finds no open branch and must read the same vote there,
+    /// not vote NO. `conn` (the branch's) is outside any transaction.
+    async fn vote_read_only(&self, conn: &mut Pooled, gid: &Gid) -> Result<Vote, PgError> {
+        if !self.read_only_fence {
+            // A fence table not upgraded yet (see the module docs): as before.
+            return Ok(Vote::ReadOnly);
+        }
+        match insert_fence(conn, gid, FenceRow::ReadOnly, self.config.fence_lock_wait).await? {
+            Ok(true) => Ok(Vote::ReadOnly),
+            // The key was there first: a rollback's tombstone (from another instance,
+            // or before a restart) or an earlier vote.
+            Ok(false) => Ok(match Self::fence_state(conn, gid).await? {
+                Some('o') => Vote::ReadOnly,
+                // Committed (an empty one-phase commit elsewhere): only committing is
+                // consistent with that, and YES leads there.
+                Some('b') => Vote::Yes,
+                _ => {
+                    Vote::No("fenced: the branch was rolled back before its prepare arrived".into())
+                }
+            }),
+            // Another transaction holds the key (a rollback's tombstone on its way in):
+            // no vote now; the coordinator counts it as unreachable and aborts.
+            Err(e) if is(&e, &SqlState::LOCK_NOT_AVAILABLE) => Err(PgError::Unavailable(format!(
+                "fence row of {gid} is held by another transaction"
+            ))),
+            Err(e) => Err(PgError::from(e)),
+        }
+    }
+
     async fn commit_one_phase(&self, xid: &Xid, gid: &Gid) -> Result<CommitResult, PgError> {
         let Some(slot) = self.take_slot(xid) else {
+            // Prepared already: a leader without one phase prepared the branch and
+            // died, and this one-phase commit comes from the next leader. The decision
+            // was handed to this resource, so commit it. Checked first because the
+            // fence insert below would wait on the prepared transaction's `'b'` key
+            // until its lock timeout, every time, and never answer.
+            if self.is_prepared(gid).await? {
+                tracing::info!(%gid, "one-phase commit of a prepared branch: committing it");
+                return self.commit_prepared(gid).await;
+            }
             // A retry. The first attempt may still be running, its `'b'` fence row not
             // yet committed, so a plain read could say "rolled back" for a branch about
             // to commit. Inserting the tombstone instead waits for that row's
@@ -659,7 +766,8 @@ impl PgResource {
                 Err(e) => return Err(PgError::from(e)),
             }
             return Ok(match Self::fence_state(&mut c, gid).await? {
-                Some('b') => CommitResult::Committed,
+                // `'o'`: voted READ_ONLY earlier, nothing to commit.
+                Some('b' | 'o') => CommitResult::Committed,
                 _ => CommitResult::RolledBack,
             });
         };
@@ -697,7 +805,7 @@ impl PgResource {
                 // The key exists: a rollback (here before the restart, or at another
                 // instance) left its tombstone first, or a retry raced this call.
                 Ok(false) => Ok(match Self::fence_state(&mut conn, gid).await? {
-                    Some('b') => CommitResult::Committed,
+                    Some('b' | 'o') => CommitResult::Committed,
                     _ => CommitResult::RolledBack,
                 }),
                 Err(e) if is(&e, &SqlState::LOCK_NOT_AVAILABLE) => Err(PgError::Unavailable(
@@ -739,12 +847,15 @@ impl PgResource {
             }
             Err(e) if is(&e, &SqlState::UNDEFINED_OBJECT) => {
                 // Not prepared any more: committed earlier (a retry, or recovery and
-                // the coordinator raced), unless the fence says it was rolled back.
+                // the coordinator raced; or it voted READ_ONLY), unless the fence says
+                // it was rolled back. That is a heuristic answer for the coordinator to
+                // record (a rollback got there first, or a person rolled it back), not
+                // an error: errors are retried for ever.
                 match Self::fence_state(&mut c, gid).await? {
-                    Some('r') => Err(PgError::Db {
-                        code: "42704".into(),
-                        message: format!("{gid} was rolled back and cannot be committed"),
-                    }),
+                    Some('r') => {
+                        tracing::warn!(%gid, "commit of a branch that was rolled back");
+                        Ok(CommitResult::RolledBack)
+                    }
                     _ => Ok(CommitResult::Committed),
                 }
             }
@@ -784,7 +895,8 @@ impl PgResource {
             {
                 Ok(true) => return Ok(RollbackResult::RolledBack),
                 Ok(false) => {
-                    // The key existed: a tombstone (a retry) or a committed branch.
+                    // The key existed: a tombstone (a retry), a committed branch, or a
+                    // READ_ONLY vote (nothing to undo: rolled back, no heuristic).
                     return Ok(match Self::fence_state(&mut c, gid).await? {
                         Some('b') => RollbackResult::AlreadyCommitted,
                         _ => RollbackResult::RolledBack,
@@ -903,8 +1015,9 @@ async fn rollback_conn(c: &mut Pooled) -> Result<(), PgError> {
     Ok(())
 }
 
-/// Startup checks; see [`PgResource::connect`].
-async fn check_server(pool: &Pool) -> Result<ServerInfo, PgError> {
+/// Startup checks; see [`PgResource::connect`]. Also says whether the fence table
+/// takes `'o'` rows (after upgrading it if needed and possible).
+async fn check_server(pool: &Pool) -> Result<(ServerInfo, bool), PgError> {
     let conn = pool.connect().await?;
     let c = &conn.client;
     let row = c
@@ -964,7 +1077,63 @@ async fn check_server(pool: &Pool) -> Result<ServerInfo, PgError> {
             info.user, info.database
         )));
     }
-    Ok(info)
+    let read_only_fence = upgrade_fence(c, &info).await?;
+    Ok((info, read_only_fence))
+}
+
+/// Does the fence table take an `'o'` row? Probed with an insert that is rolled back.
+async fn fence_takes_read_only(c: &Client) -> Result<bool, PgError> {
+    match c.batch_execute(FENCE_PROBE).await {
+        Ok(()) => Ok(true),
+        Err(e) if is(&e, &SqlState::CHECK_VIOLATION) => {
+            c.batch_execute("ROLLBACK").await?;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes a fence table created before the `'o'` state take it, if it does not yet and
+/// that can be done now, and says whether it takes it. Failing to upgrade is not
+/// fatal (see the module docs): the resource then works as before, and says so.
+async fn upgrade_fence(c: &Client, info: &ServerInfo) -> Result<bool, PgError> {
+    if fence_takes_read_only(c).await? {
+        return Ok(true);
+    }
+    let sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'; {FENCE_UPGRADE}; COMMIT",
+        FENCE_UPGRADE_LOCK_WAIT.as_millis()
+    );
+    match c.batch_execute(&sql).await {
+        Ok(()) => {
+            tracing::info!(database = %info.database, "fence table upgraded: it now records READ_ONLY votes");
+        }
+        Err(e) if e.as_db_error().is_some() => {
+            c.batch_execute("ROLLBACK").await?;
+            // Not the owner, or prepared branches hold locks on the table (they do
+            // until phase 2): start anyway, as before the upgrade.
+            tracing::warn!(
+                database = %info.database,
+                user = %info.user,
+                error = %e,
+                "cannot upgrade {FENCE_TABLE} to record READ_ONLY votes now; a retried \
+                 prepare of a read-only branch will vote NO until it is. Run as its owner, \
+                 with no branch prepared: {FENCE_UPGRADE}"
+            );
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // A check of another name (the table made by hand) would still refuse `'o'`.
+    let upgraded = fence_takes_read_only(c).await?;
+    if !upgraded {
+        tracing::warn!(
+            database = %info.database,
+            "{FENCE_TABLE} still refuses state 'o' after the upgrade (a check of another \
+             name?); READ_ONLY votes are not recorded: drop that check"
+        );
+    }
+    Ok(upgraded)
 }
 
 #[async_trait]
@@ -976,7 +1145,7 @@ impl Resource for PgResource {
             // A retried prepare that already succeeded, or a branch this process
             // never opened (lost in a restart) or already rolled back.
             None if self.is_prepared(&gid).await? => Vote::Yes,
-            None => Vote::No("no open branch for this xid here (never opened, lost in a restart, or rolled back)".into()),
+            None => self.prepare_closed(&gid).await?,
         };
         if vote == Vote::Yes {
             failpoint::hit("pg.after_prepare").await;

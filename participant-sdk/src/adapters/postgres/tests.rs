@@ -143,8 +143,8 @@ async fn rollback_of_prepared_and_unknown_branches() -> anyhow::Result<()> {
     );
     assert!(prepared_gids(&url).await?.is_empty());
     assert_eq!(balance(&url, 1).await?, 100);
-    // Committing a rolled-back branch is refused, not reported as committed.
-    assert!(r.commit(&x, false).await.is_err());
+    // Committing a rolled-back branch is a heuristic answer, not a commit.
+    assert_eq!(r.commit(&x, false).await?, CommitResult::RolledBack);
     // Rolling back a branch never seen leaves a tombstone that fences it.
     let y = xid()?;
     assert_eq!(r.rollback(&y).await?, RollbackResult::RolledBack);
@@ -519,6 +519,144 @@ async fn one_phase_commit_of_an_empty_branch_is_remembered() -> anyhow::Result<(
     assert_eq!(restarted.rollback(&y).await?, RollbackResult::RolledBack);
     assert_eq!(r.commit(&y, true).await?, CommitResult::RolledBack);
     assert_eq!(r.commit(&y, true).await?, CommitResult::RolledBack, "retry");
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
+
+/// A leader without one phase prepared the single branch (its `'b'` fence row sits
+/// inside the prepared transaction) and died; the next leader, with one phase on,
+/// sends a one-phase commit. There is no open branch any more, and the retry path's
+/// fence insert would wait on the prepared transaction's key for good: the commit
+/// must see the branch is prepared and commit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_phase_commit_of_a_prepared_branch_commits_it() -> anyhow::Result<()> {
+    let url = fresh_db("onephase_prepared").await?;
+    let config = PgConfig::new(&url, "t_op_prepared");
+    let wait = config.fence_lock_wait;
+    let r = PgResource::connect(config).await?;
+    let x = xid()?;
+    debit(&r, &x, 1, 7).await?;
+    assert_eq!(r.prepare(&x).await?, Vote::Yes);
+    let commit = tokio::time::timeout(wait, r.commit(&x, true)).await;
+    assert!(
+        matches!(commit, Ok(Ok(CommitResult::Committed))),
+        "a one-phase commit of a prepared branch answered {commit:?}"
+    );
+    assert_eq!(balance(&url, 1).await?, 93);
+    assert!(prepared_gids(&url).await?.is_empty());
+    assert_eq!(r.commit(&x, true).await?, CommitResult::Committed, "retry");
+    assert_eq!(r.rollback(&x).await?, RollbackResult::AlreadyCommitted);
+    Ok(())
+}
+
+/// A two-phase commit of a branch that was rolled back (by a person, or a tombstone
+/// that got there first) is a heuristic answer the coordinator records, not an error
+/// it would retry for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_phase_commit_of_a_rolled_back_branch_answers_rolled_back() -> anyhow::Result<()> {
+    let url = fresh_db("commit_rolled_back").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t_commit_rb")).await?;
+    let x = xid()?;
+    debit(&r, &x, 1, 3).await?;
+    assert_eq!(r.prepare(&x).await?, Vote::Yes);
+    assert_eq!(r.rollback(&x).await?, RollbackResult::RolledBack);
+    assert_eq!(r.commit(&x, false).await?, CommitResult::RolledBack);
+    assert_eq!(
+        r.commit(&x, false).await?,
+        CommitResult::RolledBack,
+        "retry"
+    );
+    assert_eq!(balance(&url, 1).await?, 100);
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
+
+/// A branch that ran no SQL votes READ_ONLY and keeps a fence row saying so: a retried
+/// prepare (a new leader re-running the prepare round) answers READ_ONLY again, not NO
+/// (which would abort a transaction that can commit); a late branch for the xid is
+/// refused; a rollback (the transaction aborted for another branch's NO) answers
+/// ROLLED_BACK, not a heuristic ALREADY_COMMITTED; a commit answers COMMITTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_prepare_of_a_read_only_branch_answers_read_only() -> anyhow::Result<()> {
+    let url = fresh_db("read_only_retry").await?;
+    let r = PgResource::connect(PgConfig::new(&url, "t_ro_retry")).await?;
+    let x = xid()?;
+    let _branch = r.begin_branch(&x).await?;
+    assert_eq!(r.prepare(&x).await?, Vote::ReadOnly);
+    assert_eq!(r.prepare(&x).await?, Vote::ReadOnly, "the retried prepare");
+    let restarted = PgResource::connect(PgConfig::new(&url, "t_ro_retry")).await?;
+    assert_eq!(
+        restarted.prepare(&x).await?,
+        Vote::ReadOnly,
+        "the retried prepare after a restart"
+    );
+    assert!(matches!(
+        restarted.begin_branch(&x).await,
+        Err(PgError::BranchClosed(_))
+    ));
+    assert_eq!(restarted.commit(&x, false).await?, CommitResult::Committed);
+    assert_eq!(restarted.commit(&x, true).await?, CommitResult::Committed);
+    assert_eq!(restarted.rollback(&x).await?, RollbackResult::RolledBack);
+
+    // Aborted (another branch voted NO): the rollback is not a heuristic.
+    let y = xid()?;
+    let _branch = r.begin_branch(&y).await?;
+    assert_eq!(r.prepare(&y).await?, Vote::ReadOnly);
+    assert_eq!(r.rollback(&y).await?, RollbackResult::RolledBack);
+    assert!(prepared_gids(&url).await?.is_empty());
+    Ok(())
+}
+
+/// A fence table made before the `'o'` state (`CHECK (state IN ('b', 'r'))`) is
+/// upgraded at connect. While a prepared transaction holds a lock on it the upgrade
+/// cannot run: the resource starts anyway, working as before, and the next connect
+/// upgrades it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_fence_table_is_upgraded_at_connect() -> anyhow::Result<()> {
+    let url = fresh_db("fence_upgrade").await?;
+    let a = admin(&url).await?;
+    a.batch_execute(
+        "CREATE TABLE ratify_fence (gid text PRIMARY KEY, \
+         state \"char\" NOT NULL CHECK (state IN ('b', 'r')), \
+         at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let hold = format!("sdk_fence_hold_{}", std::process::id());
+    a.batch_execute(&format!(
+        "BEGIN; INSERT INTO ratify_fence (gid, state) VALUES ('{hold}', 'b'); PREPARE TRANSACTION '{hold}'"
+    ))
+    .await?;
+    let started = std::time::Instant::now();
+    let held = PgResource::connect(PgConfig::new(&url, "t_upgrade")).await;
+    a.batch_execute(&format!("ROLLBACK PREPARED '{hold}'"))
+        .await?;
+    let held = held?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "connect waited for the prepared transaction"
+    );
+    assert!(
+        !held.read_only_fence,
+        "upgraded under a prepared transaction"
+    );
+    let x = xid()?;
+    let _branch = held.begin_branch(&x).await?;
+    assert_eq!(
+        held.prepare(&x).await?,
+        Vote::ReadOnly,
+        "as before the upgrade"
+    );
+
+    let upgraded = PgResource::connect(PgConfig::new(&url, "t_upgrade")).await?;
+    assert!(upgraded.read_only_fence);
+    let y = xid()?;
+    let _branch = upgraded.begin_branch(&y).await?;
+    assert_eq!(upgraded.prepare(&y).await?, Vote::ReadOnly);
+    assert_eq!(
+        upgraded.prepare(&y).await?,
+        Vote::ReadOnly,
+        "the retried prepare"
+    );
     assert!(prepared_gids(&url).await?.is_empty());
     Ok(())
 }
