@@ -351,6 +351,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGSTOP (`stop`) or SIGCONT to node `id`: a process pause, as a long
     /// stall, a debugger or a VM migration would cause. A stopped node keeps its
     /// sockets; peers and clients see it stop answering.

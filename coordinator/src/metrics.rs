@@ -21,6 +21,10 @@ pub struct Counters {
     pub proposed_commands: AtomicU64,
     /// Proposals that failed (lost leadership, no quorum).
     pub proposal_failures: AtomicU64,
+    /// Begins refused because the live table was full.
+    pub begins_refused: AtomicU64,
+    /// Branches of aborted transactions given up on after the retry window.
+    pub phase2_abandoned: AtomicU64,
     /// Proposals whose entry was not answered within the propose timeout (their
     /// pipeline slot was released; see `driver/batcher.rs`).
     pub proposal_timeouts: AtomicU64,
@@ -68,7 +72,24 @@ fn get(c: &AtomicU64) -> f64 {
 }
 
 /// Renders every metric in the Prometheus text exposition format (version 0.0.4).
-pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String {
+/// What only this node's driver knows (its calls that keep failing, its channels).
+#[derive(Debug, Default, Clone)]
+pub struct LeaderView {
+    /// Branches whose phase-2 or one-phase calls are failing now.
+    pub retrying_branches: usize,
+    /// When the oldest of those started failing, Unix ms.
+    pub oldest_retrying_ms: Option<u64>,
+    /// Open participant channels.
+    pub channels: usize,
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(
+    counters: &Counters,
+    sm: &SharedSm,
+    raft: &RaftMetrics,
+    local: &LeaderView,
+) -> String {
     let mut out = String::new();
     let c = counters;
     let counter = |out: &mut String, name, help, v| family(out, name, "counter", help, &[("", v)]);
@@ -202,6 +223,39 @@ pub fn render(counters: &Counters, sm: &SharedSm, raft: &RaftMetrics) -> String 
     );
     counter(
         &mut out,
+        "ratify_begins_refused_total",
+        "Begins refused because the live table held --max-live-txns transactions.",
+        get(&c.begins_refused),
+    );
+    counter(
+        &mut out,
+        "ratify_phase2_abandoned_total",
+        "Branches of aborted transactions no longer retried after the retry window (they pull the logged abort).",
+        get(&c.phase2_abandoned),
+    );
+    family(
+        &mut out,
+        "ratify_branches_retrying",
+        "gauge",
+        "Branches whose phase-2 or one-phase calls are failing on this leader (stuck branches).",
+        &[("", local.retrying_branches as f64)],
+    );
+    family(
+        &mut out,
+        "ratify_oldest_retrying_branch_seconds",
+        "gauge",
+        "How long the longest-failing branch has been failing; 0 when none.",
+        &[("", age(local.oldest_retrying_ms))],
+    );
+    family(
+        &mut out,
+        "ratify_participant_channels",
+        "gauge",
+        "Open gRPC channels to participants (idle ones are closed).",
+        &[("", local.channels as f64)],
+    );
+    counter(
+        &mut out,
         "ratify_outcomes_evicted_early_total",
         "Completed outcomes forgotten before the retention's time floor because the count cap was reached.",
         evicted_early as f64,
@@ -290,7 +344,7 @@ mod tests {
         Counters::inc(&c.decisions_abort);
         let sm = SharedSm::default();
         let raft = RaftMetrics::new_initial(1);
-        let m = parse_text(&render(&c, &sm, &raft));
+        let m = parse_text(&render(&c, &sm, &raft, &LeaderView::default()));
         assert_eq!(m["ratify_proposed_commands_total"], 12.0);
         assert_eq!(m["ratify_proposals_total"], 1.0);
         assert_eq!(m["ratify_decisions_total{outcome=\"abort\"}"], 1.0);

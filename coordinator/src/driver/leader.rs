@@ -46,6 +46,9 @@ pub(super) fn boot_clock() -> Duration {
     )
 }
 
+/// Timeout aborts proposed at once by one scan step.
+const TIMEOUT_ABORTS_AT_ONCE: usize = 512;
+
 impl Driver {
     pub(super) async fn run_leadership(self, mut shutdown: watch::Receiver<bool>) {
         let mut metrics = self.inner.raft.metrics();
@@ -73,6 +76,7 @@ impl Driver {
                 tracing::info!(term = ?current, "no longer leader; stopping the driver");
                 started = None;
                 self.inner.leader_term.send_replace(None);
+                lock(&self.inner.trouble).clear();
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
@@ -242,21 +246,33 @@ impl Driver {
         for txn in undriven {
             drop(self.start_commit(txn));
         }
-        for txn in expired {
+        // Aborts go out concurrently, so they share entries: a flood of expired
+        // transactions costs a few log entries, not one round trip each.
+        for chunk in expired.chunks(TIMEOUT_ABORTS_AT_ONCE) {
             failpoint::hit("coord.before_timeout_abort").await;
-            let d = decision(
-                false,
-                Reason::Timeout,
-                "transaction outlived its timeout".into(),
-            );
-            let span = tracing::info_span!("timeout_abort", gtrid = %self.gtrid(txn));
-            match self.decide(txn, d, None, vec![]).instrument(span).await {
-                Ok(_) => {}
-                // Handed over since the pass began: ask its participant instead.
-                Err(super::DriveError::HandedOver) => drop(self.start_commit(txn)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "timeout abort not logged");
-                    return;
+            let aborts = chunk.iter().map(|&txn| {
+                let d = decision(
+                    false,
+                    Reason::Timeout,
+                    "transaction outlived its timeout".into(),
+                );
+                let span = tracing::debug_span!("timeout_abort", gtrid = %self.gtrid(txn));
+                async move {
+                    (
+                        txn,
+                        self.decide(txn, d, None, vec![]).instrument(span).await,
+                    )
+                }
+            });
+            for (txn, result) in futures::future::join_all(aborts).await {
+                match result {
+                    Ok(_) => {}
+                    // Handed over since the pass began: ask its participant instead.
+                    Err(super::DriveError::HandedOver) => drop(self.start_commit(txn)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "timeout abort not logged");
+                        return;
+                    }
                 }
             }
         }

@@ -71,6 +71,13 @@ pub struct DriverConfig {
     pub leader_lease: Duration,
     /// How long completed outcomes are kept (proposed by each new leader).
     pub retention: Retention,
+    /// Most live (not completed) transactions; Begin is refused past it.
+    pub max_live: usize,
+    /// How long an aborted transaction's unreachable branches are retried before
+    /// it completes anyway (its prepared branches pull the logged abort).
+    pub abandon_rollback_after: Duration,
+    /// Participant channels unused this long are closed.
+    pub channel_idle: Duration,
 }
 
 impl Default for DriverConfig {
@@ -86,6 +93,9 @@ impl Default for DriverConfig {
             scan_interval: Duration::from_millis(200),
             leader_lease: Duration::from_millis(150),
             retention: Retention::default(),
+            max_live: 100_000,
+            abandon_rollback_after: Duration::from_secs(300),
+            channel_idle: Duration::from_secs(60),
         }
     }
 }
@@ -112,6 +122,9 @@ pub enum DriveError {
     /// retention); distinct from a gtrid this cluster never issued.
     #[error("{0}")]
     Forgotten(String),
+    /// Too much live state: refused, nothing changed; retry later.
+    #[error("{0}")]
+    Exhausted(String),
     /// A one-phase commit is under way: only its participant's answer decides. The
     /// driver learns that answer instead (never surfaced to clients as such).
     #[error("a one-phase commit of this transaction is under way; its participant decides")]
@@ -139,6 +152,9 @@ pub struct Begun {
     /// Branches enlisted with it.
     pub branches: Vec<BranchRecord>,
 }
+
+/// Longest wait between two calls to a branch that does not answer.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A transaction as `commit` and `rollback` find it.
 enum Settled {
@@ -192,6 +208,20 @@ struct Inner {
     lease: Mutex<Option<(u64, Duration)>>,
     /// Serialises lease renewals, so many waiting calls share one heartbeat round.
     lease_renewal: tokio::sync::Mutex<()>,
+    /// Branches whose phase-2 (or one-phase) calls are failing, by (txn, bqual): what
+    /// an operator sees as stuck. Leader-local, dropped when the call succeeds.
+    trouble: Mutex<HashMap<(u64, u32), BranchTrouble>>,
+}
+
+/// A branch whose calls keep failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchTrouble {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the first failure happened, Unix ms.
+    pub since_ms: u64,
+    /// The last failure, short.
+    pub last_error: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -233,6 +263,7 @@ impl Driver {
                 leader_term,
                 lease: Mutex::new(None),
                 lease_renewal: tokio::sync::Mutex::new(()),
+                trouble: Mutex::new(HashMap::new()),
             }),
         };
         tokio::spawn(
@@ -392,6 +423,14 @@ impl Driver {
         branches: Vec<BranchSpec>,
     ) -> Result<Begun, DriveError> {
         self.ensure_leader().await?;
+        let live = self.inner.sm.read().table.live.len();
+        if live >= self.inner.config.max_live {
+            Counters::inc(&self.inner.counters.begins_refused);
+            return Err(DriveError::Exhausted(format!(
+                "{live} transactions are live, the most this cluster takes \
+                 (--max-live-txns); retry later"
+            )));
+        }
         let cmd = Command::Begin {
             now_ms: now_ms(),
             timeout_ms: timeout.as_millis() as u64,
@@ -763,11 +802,13 @@ impl Driver {
                 Phase2Outcome::Retry(d) => {
                     tracing::debug!(detail = %d, "one-phase commit retry");
                     Counters::inc(&self.inner.counters.phase2_retries);
+                    self.note_trouble(txn, branch.bqual, &d);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
+            self.clear_trouble(txn, branch.bqual);
             failpoint::hit("coord.after_one_phase").await;
             return self
                 .decide(
@@ -881,6 +922,41 @@ impl Driver {
             Err(DriveError::HandedOver) => Ok(QueryAnswer::InProgress),
             Err(e) => Err(e),
         }
+    }
+
+    /// Records a failed call to branch `bqual` of `txn`.
+    pub(crate) fn note_trouble(&self, txn: u64, bqual: u32, error: &str) {
+        let mut trouble = lock(&self.inner.trouble);
+        let t = trouble
+            .entry((txn, bqual))
+            .or_insert_with(|| BranchTrouble {
+                attempts: 0,
+                since_ms: now_ms(),
+                last_error: String::new(),
+            });
+        t.attempts = t.attempts.saturating_add(1);
+        t.last_error = crate::txn::cut_detail(error.chars().take(256).collect());
+    }
+
+    /// Forgets the failures of branch `bqual` of `txn` (it answered).
+    pub(crate) fn clear_trouble(&self, txn: u64, bqual: u32) {
+        lock(&self.inner.trouble).remove(&(txn, bqual));
+    }
+
+    /// The failures of branch `bqual` of `txn`, if its calls are failing.
+    pub fn trouble(&self, txn: u64, bqual: u32) -> Option<BranchTrouble> {
+        lock(&self.inner.trouble).get(&(txn, bqual)).cloned()
+    }
+
+    /// How many branches have failing calls, and since when the oldest (Unix ms).
+    pub fn trouble_summary(&self) -> (usize, Option<u64>) {
+        let trouble = lock(&self.inner.trouble);
+        (trouble.len(), trouble.values().map(|t| t.since_ms).min())
+    }
+
+    /// Open participant channels after closing the idle ones.
+    pub fn close_idle_channels(&self) -> usize {
+        self.inner.pool.close_idle(self.inner.config.channel_idle)
     }
 
     /// Is a commit of `txn` being driven on this node right now?

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ratify_proto::pb;
 use ratify_proto::pb::participant_client::ParticipantClient;
@@ -48,18 +48,49 @@ pub enum Phase2Outcome {
     Retry(String),
 }
 
-/// Cached gRPC channels to participants.
+/// Most participant channels kept open; past it the least recently used goes.
+pub const MAX_CHANNELS: usize = 4_096;
+
+/// A cached channel and when it was last used.
+#[derive(Debug)]
+struct Cached {
+    /// The client (a tonic channel reconnects by itself).
+    client: ParticipantClient<Channel>,
+    /// Last use, for closing idle channels.
+    used: Instant,
+}
+
+/// Cached gRPC channels to participants, bounded: idle ones are closed by
+/// [`ParticipantPool::close_idle`], and at most [`MAX_CHANNELS`] are kept (endpoint
+/// strings come from clients, so they cannot be trusted to be few).
 #[derive(Debug, Default)]
 pub struct ParticipantPool {
-    /// Channel per endpoint string; a tonic channel reconnects by itself.
-    clients: Mutex<HashMap<String, ParticipantClient<Channel>>>,
+    /// Channel per endpoint string.
+    clients: Mutex<HashMap<String, Cached>>,
 }
 
 impl ParticipantPool {
+    /// Closes channels unused for `idle` or longer; returns how many remain.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|_, c| c.used.elapsed() < idle);
+        clients.len()
+    }
+
     fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, String> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(endpoint) {
-            return Ok(c.clone());
+        if let Some(c) = clients.get_mut(endpoint) {
+            c.used = Instant::now();
+            return Ok(c.client.clone());
+        }
+        if clients.len() >= MAX_CHANNELS {
+            if let Some(oldest) = clients
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+            {
+                clients.remove(&oldest);
+            }
         }
         let ep = Endpoint::from_shared(endpoint_uri(endpoint))
             .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
@@ -69,7 +100,13 @@ impl ParticipantPool {
         // refused by the decoder rather than buffered.
         let client =
             ParticipantClient::new(ep.connect_lazy()).max_decoding_message_size(MAX_ANSWER_BYTES);
-        clients.insert(endpoint.to_string(), client.clone());
+        clients.insert(
+            endpoint.to_string(),
+            Cached {
+                client: client.clone(),
+                used: Instant::now(),
+            },
+        );
         Ok(client)
     }
 

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::participants::Phase2Outcome;
-use super::{lock, xid_pb, Driver};
+use super::{lock, xid_pb, Driver, MAX_BACKOFF};
 use crate::metrics::Counters;
 use crate::txn::{Command, Heuristic, Lookup};
 use crate::types::now_ms;
@@ -65,6 +65,10 @@ impl Driver {
             let xid = xid_pb(gtrid, b.bqual);
             let driver = &self;
             let commit = decision.commit;
+            let give_up_ms = decision.decided_ms.saturating_add(
+                u64::try_from(driver.inner.config.abandon_rollback_after.as_millis())
+                    .unwrap_or(u64::MAX),
+            );
             async move {
                 let mut backoff = Duration::from_millis(50);
                 loop {
@@ -87,6 +91,9 @@ impl Driver {
                         pool.rollback(&b.spec.endpoint, &b.spec.resource, xid.clone(), timeout)
                             .await
                     };
+                    if !matches!(answer, Phase2Outcome::Retry(_)) {
+                        driver.clear_trouble(txn, b.bqual);
+                    }
                     match answer {
                         Phase2Outcome::Committed if commit => {
                             failpoint::hit("coord.after_phase2_ack").await;
@@ -105,8 +112,21 @@ impl Driver {
                         Phase2Outcome::Retry(detail) => {
                             tracing::debug!(bqual = b.bqual, %detail, "phase 2 retry");
                             Counters::inc(&driver.inner.counters.phase2_retries);
+                            driver.note_trouble(txn, b.bqual, &detail);
+                            if !commit && now_ms() >= give_up_ms {
+                                // Bounded state (rule 12): an abort needs no answer to
+                                // stand. The branch, if prepared, asks for the logged
+                                // outcome itself (kept for the retention period).
+                                Counters::inc(&driver.inner.counters.phase2_abandoned);
+                                tracing::debug!(
+                                    bqual = b.bqual,
+                                    "rollback abandoned after the retry window"
+                                );
+                                driver.clear_trouble(txn, b.bqual);
+                                return Ack::Done(b.bqual);
+                            }
                             tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
                 }

@@ -99,6 +99,7 @@ fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
             .as_ref()
             .map(|h| h.detail.clone())
             .unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -155,7 +156,18 @@ impl CoordinatorService {
             outcome,
             reason,
             detail,
-            branches: rec.branches.iter().map(|b| branch_pb(gtrid, b)).collect(),
+            branches: rec
+                .branches
+                .iter()
+                .map(|b| {
+                    let mut pb = branch_pb(gtrid, b);
+                    if let Some(t) = self.driver.trouble(gtrid.index, b.bqual) {
+                        pb.failed_calls = t.attempts;
+                        pb.last_error = t.last_error;
+                    }
+                    pb
+                })
+                .collect(),
             labels: rec.labels.clone().into_iter().collect(),
             created_unix_ms: rec.created_ms,
             deadline_unix_ms: rec.deadline_ms,

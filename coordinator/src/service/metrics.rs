@@ -8,7 +8,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::driver::Driver;
-use crate::metrics::render;
+use crate::metrics::{render, LeaderView};
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.
 ///
@@ -29,6 +29,12 @@ pub async fn serve(
 
 async fn metrics(State(driver): State<Driver>) -> impl IntoResponse {
     let raft = driver.raft().metrics().borrow().clone();
-    let body = render(driver.counters(), driver.sm(), &raft);
+    let (retrying, oldest) = driver.trouble_summary();
+    let local = LeaderView {
+        retrying_branches: retrying,
+        oldest_retrying_ms: oldest,
+        channels: driver.close_idle_channels(),
+    };
+    let body = render(driver.counters(), driver.sm(), &raft, &local);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

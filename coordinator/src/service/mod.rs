@@ -36,6 +36,7 @@ pub fn to_status(e: DriveError) -> Status {
         DriveError::Invalid(m) => Status::invalid_argument(m),
         DriveError::NotFound(m) | DriveError::Forgotten(m) => Status::not_found(m),
         DriveError::HandedOver => Status::unavailable(DriveError::HandedOver.to_string()),
+        DriveError::Exhausted(m) => Status::resource_exhausted(m),
         DriveError::Precondition(m) => Status::failed_precondition(m),
         DriveError::Unavailable(m) => Status::unavailable(m),
     }

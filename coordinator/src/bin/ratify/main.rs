@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one coordinator node (flags override the optional --config file).
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Start a local 3-node cluster on loopback (data in a temp dir) until Ctrl-C.
     Dev(DevArgs),
     /// End-to-end demo on embedded defaults: a 3-node cluster, two account
@@ -61,7 +61,8 @@ struct NodeArgs {
     /// TOML file with any of: id, raft_addr, api_addr, metrics_addr, data_dir, init, peers
     /// (["1=127.0.0.1:7001,127.0.0.1:7101", ...]), prepare_timeout_ms,
     /// default_txn_timeout_ms, one_phase, propose_pipeline, propose_timeout_ms,
-    /// snapshot_every, retain_outcomes_secs, retain_outcomes_min, retain_outcomes_max.
+    /// snapshot_every, retain_outcomes_secs, retain_outcomes_min, retain_outcomes_max,
+    /// max_live_txns, abandon_rollback_after_secs.
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's id (non-zero, unique in the cluster).
@@ -122,6 +123,14 @@ struct NodeArgs {
     /// 2000000). Outcomes it evicts before the time floor are counted in the metrics.
     #[arg(long)]
     retain_outcomes_max: Option<u64>,
+    /// Most live (not completed) transactions; Begin answers RESOURCE_EXHAUSTED past
+    /// it (default 100000).
+    #[arg(long)]
+    max_live_txns: Option<usize>,
+    /// Retry the rollback of an aborted transaction's unreachable branches this long,
+    /// then complete it anyway: prepared branches pull the logged abort (default 300).
+    #[arg(long)]
+    abandon_rollback_after_secs: Option<u64>,
 }
 
 /// The node config file.
@@ -146,6 +155,8 @@ struct NodeFile {
     retain_outcomes_secs: Option<u64>,
     retain_outcomes_min: Option<u64>,
     retain_outcomes_max: Option<u64>,
+    max_live_txns: Option<usize>,
+    abandon_rollback_after_secs: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -232,7 +243,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Node(a) => node(a).await,
+            Cmd::Node(a) => node(*a).await,
             Cmd::Dev(a) => dev(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
@@ -323,6 +334,18 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         .unwrap_or(ratify_coordinator::raft::SNAPSHOT_EVERY);
     if snapshot_every < 10 {
         bail!("--snapshot-every must be at least 10");
+    }
+    if let Some(n) = a.max_live_txns.or(file.max_live_txns) {
+        if n == 0 {
+            bail!("--max-live-txns must be at least 1");
+        }
+        driver.max_live = n;
+    }
+    if let Some(secs) = a
+        .abandon_rollback_after_secs
+        .or(file.abandon_rollback_after_secs)
+    {
+        driver.abandon_rollback_after = Duration::from_secs(secs);
     }
     let r = &mut driver.retention;
     if let Some(secs) = a.retain_outcomes_secs.or(file.retain_outcomes_secs) {
@@ -479,15 +502,16 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
             };
             let page = client_for(&target)?.list(state, limit, "").await?;
             println!(
-                "{:<34} {:<10} {:>8} {:<28}",
-                "GTRID", "STATE", "BRANCHES", "REASON"
+                "{:<34} {:<10} {:>8} {:>8} {:<28}",
+                "GTRID", "STATE", "BRANCHES", "FAILING", "REASON"
             );
             for t in &page.transactions {
                 println!(
-                    "{:<34} {:<10} {:>8} {:<28}",
+                    "{:<34} {:<10} {:>8} {:>8} {:<28}",
                     t.gtrid,
                     state_name(t.state),
                     t.branches.len(),
+                    t.branches.iter().filter(|b| b.failed_calls > 0).count(),
                     if t.reason == 0 {
                         String::new()
                     } else {
@@ -523,6 +547,9 @@ async fn txn(c: TxnCmd) -> anyhow::Result<()> {
                         "  HEURISTIC {} (a person must repair the data)",
                         b.heuristic
                     );
+                }
+                if b.failed_calls > 0 {
+                    println!("  {} failed calls, last: {}", b.failed_calls, b.last_error);
                 }
             }
             for (k, v) in &t.labels {
