@@ -78,6 +78,10 @@ pub enum StartError {
     /// The metrics server failed.
     #[error("metrics server: {0}")]
     Metrics(#[source] std::io::Error),
+    /// The node stopped on a storage failure (a failed write or fdatasync of the log,
+    /// a full disk): it must not go on serving (docs/design.md, rule 13).
+    #[error("the node stopped: {0}")]
+    Fatal(String),
 }
 
 /// Records the node id in the data dir on first start and refuses a different one later.
@@ -241,8 +245,31 @@ pub async fn run(
         "node running"
     );
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    // Fail-stop (docs/design.md, rule 13): when the log cannot be written or synced,
+    // openraft stops the Raft core; the node then exits rather than serve on.
+    let fatal = {
+        let mut m = raft.metrics();
+        async move {
+            loop {
+                if let Err(f) = &m.borrow_and_update().running_state {
+                    return f.to_string();
+                }
+                if m.changed().await.is_err() {
+                    return "the Raft core stopped".to_string();
+                }
+            }
+        }
+    };
+    let failure = tokio::select! {
+        () = shutdown => None,
+        f = fatal => Some(f),
+    };
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(f) => {
+            tracing::error!(error = %f, "the Raft core stopped on a storage failure; the node stops")
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
     for task in [raft_task, api_task] {
@@ -255,7 +282,10 @@ pub async fn run(
             return Err(StartError::Metrics(e));
         }
     }
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => Err(StartError::Fatal(f)),
+    }
 }
 
 /// An incoming stream with Nagle off: small RPCs must not wait for delayed ACKs.

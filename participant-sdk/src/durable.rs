@@ -6,6 +6,14 @@
 //! runs flush + fdatasync rounds, and every request queued before a round starts is
 //! acknowledged by that round, so N concurrent writers pay for about one sync.
 //!
+//! A failed flush or fdatasync is final: the kernel may have dropped the dirty pages
+//! and marked them clean (PostgreSQL's "fsyncgate"), so a later sync could succeed
+//! without writing them. After the first failure every sync of this handle fails
+//! (nothing written since the last good sync is reported durable, so no YES vote is
+//! sent for it); reopen the store (restart the participant) once the disk is fine.
+//! ENOSPC is reported as such. Fail point `durable.sync` (`error:EIO`,
+//! `error:ENOSPC`) injects a failure.
+//!
 //! Values larger than [`MAX_VALUE_BYTES`] must not be written: sled stores values above
 //! a quarter of its segment size as separate "blob" files that it never syncs. The
 //! segment size is raised to 8 MiB so that the blob threshold (2 MiB) is far above
@@ -64,6 +72,9 @@ pub struct DurableSled {
     syncer: Arc<Syncer>,
     /// Completed flush + fdatasync rounds, for observability and tests.
     syncs: Arc<AtomicU64>,
+    /// An OS error code the next syncs fail with (tests), 0 for none.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fault: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// Owns the syncer thread. Dropping the last [`DurableSled`] clone closes the queue
@@ -126,9 +137,11 @@ impl DurableSled {
         let syncs = Arc::new(AtomicU64::new(0));
         let thread_db = db.clone();
         let thread_syncs = Arc::clone(&syncs);
+        let fault = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let thread_fault = Arc::clone(&fault);
         let thread = std::thread::Builder::new()
             .name("ratify-fsync".into())
-            .spawn(move || sync_loop(&thread_db, &data_file, &rx, &thread_syncs))
+            .spawn(move || sync_loop(&thread_db, &data_file, &rx, &thread_syncs, &thread_fault))
             .map_err(DurableError::Sync)?;
         Ok(Self {
             db,
@@ -137,7 +150,14 @@ impl DurableSled {
                 thread: Some(thread),
             }),
             syncs,
+            fault,
         })
+    }
+
+    /// Makes later syncs fail with OS error `code` (0: none), as a failing disk would.
+    #[cfg(test)]
+    fn inject_sync_error(&self, code: i32) {
+        self.fault.store(code, Ordering::Release);
     }
 
     /// The underlying database.
@@ -202,14 +222,42 @@ fn sync_loop(
     data_file: &File,
     rx: &mpsc::Receiver<SyncCallback>,
     syncs: &AtomicU64,
+    fault: &std::sync::atomic::AtomicI32,
 ) {
+    // Set by the first failed round; every later round fails with it (module docs).
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let result = db
-            .flush()
-            .map_err(io::Error::other)
-            .and_then(|_| data_file.sync_data());
+        let result = match &failed {
+            Some(why) => Err(io::Error::other(format!(
+                "an earlier sync of this store failed ({why}); nothing written since is \
+                 durable: reopen the store once the disk is fine"
+            ))),
+            None => {
+                let injected = match fault.load(Ordering::Acquire) {
+                    0 => crate::failpoint::io_error("durable.sync"),
+                    code => Some(io::Error::from_raw_os_error(code)),
+                };
+                let r = match injected {
+                    Some(e) => Err(e),
+                    None => db
+                        .flush()
+                        .map_err(io::Error::other)
+                        .and_then(|_| data_file.sync_data()),
+                };
+                r.map_err(|e| {
+                    let why = if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                        format!("no space left on the participant's disk: {e}")
+                    } else {
+                        format!("flush + fdatasync failed: {e}")
+                    };
+                    tracing::error!(error = %why, "durable store sync failed; every later sync fails too");
+                    failed = Some(why.clone());
+                    io::Error::new(e.kind(), why)
+                })
+            }
+        };
         if result.is_ok() {
             syncs.fetch_add(1, Ordering::AcqRel);
         }
@@ -225,6 +273,39 @@ fn sync_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed sync is final: the write it covered is not reported durable, and no
+    /// later sync succeeds on this handle, even once the disk is fine again.
+    #[tokio::test]
+    async fn a_failed_sync_is_final_until_reopen() -> anyhow::Result<()> {
+        for code in [libc::EIO, libc::ENOSPC] {
+            let dir = tempfile::tempdir()?;
+            let d = DurableSled::open(dir.path())?;
+            d.db().insert("a", "1")?;
+            d.sync().await?;
+            d.inject_sync_error(code);
+            d.db().insert("b", "2")?;
+            let err = d
+                .sync()
+                .await
+                .expect_err("a failed sync was reported durable");
+            if code == libc::ENOSPC {
+                assert!(err.to_string().contains("no space left"), "{err}");
+            }
+            d.inject_sync_error(0);
+            d.db().insert("c", "3")?;
+            let again = d
+                .sync()
+                .await
+                .expect_err("a sync after a failure succeeded");
+            assert!(again.to_string().contains("earlier sync"), "{again}");
+            drop(d);
+            let reopened = DurableSled::open(dir.path())?;
+            reopened.db().insert("d", "4")?;
+            reopened.sync().await?;
+        }
+        Ok(())
+    }
 
     #[tokio::test]
     async fn sync_completes_after_a_round_and_data_survives_reopen() -> anyhow::Result<()> {

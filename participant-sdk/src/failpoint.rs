@@ -8,6 +8,8 @@
 //! `RATIFY_FAILPOINTS="name=action[@probability][,name=action...]"` where action is
 //! - `kill`: SIGKILL this process (nothing is flushed, like a power cut for the process);
 //! - `sleep:MS`: stall this task for MS milliseconds;
+//! - `error:ERRNO`: make the I/O at this place fail with `EIO`, `ENOSPC`, `EDQUOT` or
+//!   a number (places that do I/O ask with [`io_error`]);
 //! - `off`: nothing (handy to switch one off in a list);
 //! - `on`: a switch read with [`is_on`] rather than a place passed with [`hit`].
 //!
@@ -54,6 +56,8 @@ pub enum Action {
     Kill,
     /// Stall for this long.
     Sleep(Duration),
+    /// Fail the I/O with this OS error code.
+    Error(i32),
     /// Nothing.
     Off,
     /// A switch: [`is_on`] answers true; [`hit`] does nothing.
@@ -107,11 +111,21 @@ pub fn parse(spec: &str) -> Result<HashMap<String, Spec>, ParseError> {
             "kill" => Action::Kill,
             "off" => Action::Off,
             "on" => Action::On,
-            other => match other.strip_prefix("sleep:") {
-                Some(ms) => Action::Sleep(Duration::from_millis(
+            other => match (other.strip_prefix("sleep:"), other.strip_prefix("error:")) {
+                (Some(ms), _) => Action::Sleep(Duration::from_millis(
                     ms.parse().map_err(|_| bad("sleep:MS needs milliseconds"))?,
                 )),
-                None => return Err(bad("action must be kill, sleep:MS, off or on")),
+                (_, Some(errno)) => Action::Error(match errno {
+                    "EIO" => libc::EIO,
+                    "ENOSPC" => libc::ENOSPC,
+                    "EDQUOT" => libc::EDQUOT,
+                    n => n
+                        .parse()
+                        .map_err(|_| bad("error:ERRNO needs EIO, ENOSPC, EDQUOT or a number"))?,
+                }),
+                (None, None) => {
+                    return Err(bad("action must be kill, sleep:MS, error:ERRNO, off or on"))
+                }
             },
         };
         if name.is_empty() {
@@ -171,7 +185,7 @@ pub async fn hit(name: &str) {
     match fires(name) {
         Some(Action::Kill) => kill_self(),
         Some(Action::Sleep(d)) => tokio::time::sleep(d).await,
-        Some(Action::Off | Action::On) | None => {}
+        Some(Action::Off | Action::On | Action::Error(_)) | None => {}
     }
 }
 
@@ -180,7 +194,22 @@ pub fn hit_blocking(name: &str) {
     match fires(name) {
         Some(Action::Kill) => kill_self(),
         Some(Action::Sleep(d)) => std::thread::sleep(d),
-        Some(Action::Off | Action::On) | None => {}
+        Some(Action::Off | Action::On | Action::Error(_)) | None => {}
+    }
+}
+
+/// Passes I/O fail point `name`: the error to fail the I/O with, when it is
+/// configured `error:ERRNO` and fires (also `kill` and `sleep` act, as in
+/// [`hit_blocking`]).
+pub fn io_error(name: &str) -> Option<std::io::Error> {
+    match fires(name) {
+        Some(Action::Error(code)) => Some(std::io::Error::from_raw_os_error(code)),
+        Some(Action::Kill) => kill_self(),
+        Some(Action::Sleep(d)) => {
+            std::thread::sleep(d);
+            None
+        }
+        Some(Action::Off | Action::On) | None => None,
     }
 }
 
@@ -199,7 +228,10 @@ mod tests {
 
     #[test]
     fn parses_actions_and_probabilities() {
-        let p = parse("a=kill, b=sleep:25@0.5,c=off,d=on").expect("valid");
+        let p =
+            parse("a=kill, b=sleep:25@0.5,c=off,d=on,e=error:ENOSPC,f=error:5@0.1").expect("valid");
+        assert_eq!(p["e"].action, Action::Error(libc::ENOSPC));
+        assert_eq!(p["f"].action, Action::Error(5));
         assert_eq!(p["d"].action, Action::On);
         assert_eq!(p["a"].action, Action::Kill);
         assert_eq!(p["a"].probability, 1.0);
@@ -218,6 +250,7 @@ mod tests {
             "a=kill@0",
             "a=kill@1.5",
             "a=kill@x",
+            "a=error:EWHAT",
             "=kill",
         ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");

@@ -19,6 +19,18 @@
 //! sequential), and replay cuts the file there. A bad record anywhere else is
 //! corruption and refuses to open.
 //!
+//! # A failed write or sync is final (docs/design.md, rule 13)
+//! After a failed fdatasync the kernel may have dropped the dirty pages and marked
+//! them clean (PostgreSQL's 2018 "fsyncgate"): a second fdatasync would succeed
+//! without writing them. So the first failed write or sync answers every waiting
+//! caller with the error and stops the writer; every later append fails, nothing
+//! written since the last good sync is ever acknowledged, and the node stops (the
+//! server exits when openraft reports the storage error). ENOSPC is the same, with
+//! a message that says so: free space and start the node again. Replay drops the
+//! file's cached pages first (`POSIX_FADV_DONTNEED`), so what it reads after such a
+//! failure is what is on the disk, and a tail that never got there is cut as torn.
+//! Fail points `wal.write` and `wal.sync` (`error:EIO`, `error:ENOSPC`) inject both.
+//!
 //! A new segment starts with the state records that older segments might still hold
 //! (vote, purge point, committed hint), so a segment whose entries are all purged can
 //! be deleted without losing anything.
@@ -171,7 +183,10 @@ pub fn replay(dir: &Path) -> Result<Replayed, WalError> {
         let path = segment_path(dir, seq);
         let mut bytes = Vec::new();
         File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .and_then(|mut f| {
+                drop_cached_pages(&f);
+                f.read_to_end(&mut bytes)
+            })
             .map_err(|e| WalError::Io(path.clone(), e))?;
         let mut at = 0usize;
         while at < bytes.len() {
@@ -253,6 +268,54 @@ pub struct Writer {
     ops: mpsc::Sender<Op>,
     /// Completed fdatasync rounds.
     syncs: Arc<AtomicU64>,
+    /// Faults injected by unit tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    faults: Arc<Faults>,
+}
+
+/// I/O errors a test makes the writer meet: an OS error code, 0 for none.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Fails the next writes.
+    write: std::sync::atomic::AtomicI32,
+    /// Fails the next syncs.
+    sync: std::sync::atomic::AtomicI32,
+}
+
+impl Faults {
+    /// The error to fail this write (`sync` false) or sync with, if any.
+    fn check(&self, sync: bool) -> Option<std::io::Error> {
+        let (injected, point) = if sync {
+            (&self.sync, "wal.sync")
+        } else {
+            (&self.write, "wal.write")
+        };
+        match injected.load(Ordering::Acquire) {
+            0 => ratify_participant_sdk::failpoint::io_error(point),
+            code => Some(std::io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
+/// Evicts `f`'s clean cached pages so that reads come from the disk. After a failed
+/// writeback Linux keeps the pages cached but marks them clean: without this, replay
+/// would read data that never reached the disk.
+fn drop_cached_pages(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; a failure only means
+    // the cache was not dropped, which is the status quo.
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Describes a failed write or sync of the log.
+fn io_failure(what: &str, path: &Path, e: &std::io::Error) -> String {
+    let hint = if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        "no space left for the Raft log: free space on this node's disk, then start it again"
+    } else {
+        "the disk may have lost it: nothing written since the last good sync is acknowledged, \
+         and the node stops rather than retry (check the disk, then start it again)"
+    };
+    format!("{what} of {} failed: {e}; {hint}", path.display())
 }
 
 impl std::fmt::Debug for Op {
@@ -277,13 +340,25 @@ impl Writer {
         let file = open_segment(dir, &path)?;
         let (ops, rx) = mpsc::channel();
         let syncs = Arc::new(AtomicU64::new(0));
-        let thread_syncs = Arc::clone(&syncs);
+        let faults = Arc::new(Faults::default());
+        let (thread_syncs, thread_faults) = (Arc::clone(&syncs), Arc::clone(&faults));
         let dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("ratify-wal".into())
-            .spawn(move || write_loop(&dir, file, path, &rx, &thread_syncs))
+            .spawn(move || write_loop(&dir, file, path, &rx, &thread_syncs, &thread_faults))
             .map_err(|e| WalError::Io(PathBuf::from("ratify-wal thread"), e))?;
-        Ok(Self { ops, syncs })
+        Ok(Self { ops, syncs, faults })
+    }
+
+    /// Makes later writes (`sync` false) or syncs fail with OS error `code` (tests).
+    #[cfg(test)]
+    fn inject(&self, sync: bool, code: i32) {
+        let f = if sync {
+            &self.faults.sync
+        } else {
+            &self.faults.write
+        };
+        f.store(code, Ordering::Release);
     }
 
     /// Queues bytes; `done` (if any) runs after a fdatasync that covers them.
@@ -347,7 +422,20 @@ fn write_loop(
     mut path: PathBuf,
     rx: &mpsc::Receiver<Op>,
     syncs: &AtomicU64,
+    faults: &Faults,
 ) {
+    let write = |file: &mut File, path: &Path, buf: &[u8]| match faults.check(false) {
+        Some(e) => Err(io_failure("write", path, &e)),
+        None => file
+            .write_all(buf)
+            .map_err(|e| io_failure("write", path, &e)),
+    };
+    let sync = |file: &File, path: &Path| match faults.check(true) {
+        Some(e) => Err(io_failure("fdatasync", path, &e)),
+        None => file
+            .sync_data()
+            .map_err(|e| io_failure("fdatasync", path, &e)),
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -363,11 +451,9 @@ fn write_loop(
                     waiting.extend(done);
                 }
                 Op::Rotate { seq, header } => {
-                    result = result.and_then(|()| {
-                        file.write_all(&buf)
-                            .and_then(|_| file.sync_data())
-                            .map_err(|e| format!("{}: {e}", path.display()))
-                    });
+                    result = result
+                        .and_then(|()| write(&mut file, &path, &buf))
+                        .and_then(|()| sync(&file, &path));
                     buf.clear();
                     buf.extend_from_slice(&header);
                     if result.is_ok() {
@@ -389,14 +475,10 @@ fn write_loop(
             }
         }
         if result.is_ok() && !buf.is_empty() {
-            result = file
-                .write_all(&buf)
-                .map_err(|e| format!("{}: {e}", path.display()));
+            result = write(&mut file, &path, &buf);
         }
         if result.is_ok() && !waiting.is_empty() {
-            result = file
-                .sync_data()
-                .map_err(|e| format!("{}: {e}", path.display()));
+            result = sync(&file, &path);
             if result.is_ok() {
                 syncs.fetch_add(1, Ordering::AcqRel);
             }
@@ -406,7 +488,7 @@ fn write_loop(
             done(result.clone());
         }
         if failed {
-            tracing::error!(error = ?result, "the Raft log writer failed; stopping it");
+            tracing::error!(error = ?result, "the Raft log writer failed; it stops, and so does the node");
             return;
         }
     }
@@ -432,6 +514,44 @@ mod tests {
             )?;
             rx.await?.map_err(anyhow::Error::msg)
         }
+    }
+
+    /// A failed fdatasync (or write) is never acknowledged, and it is final: nothing
+    /// after it is written or acknowledged either, even once the disk is fine again.
+    #[tokio::test]
+    async fn a_failed_sync_is_not_acknowledged_and_stops_the_writer() -> anyhow::Result<()> {
+        for (sync, code) in [(true, libc::EIO), (false, libc::ENOSPC)] {
+            let dir = tempfile::tempdir()?;
+            let w = Writer::start(dir.path(), 1)?;
+            w.write_synced(frame(&vote(1))?).await?;
+            w.inject(sync, code);
+            let failed = w.write_synced(frame(&vote(2))?).await;
+            let msg = format!("{:#}", failed.expect_err("a failed sync was acknowledged"));
+            if code == libc::ENOSPC {
+                assert!(msg.contains("no space left"), "{msg}");
+            } else {
+                assert!(msg.contains("fdatasync") && msg.contains("stops"), "{msg}");
+            }
+            w.inject(sync, 0);
+            assert!(
+                w.write_synced(frame(&vote(3))?).await.is_err(),
+                "the writer went on after a failed {}",
+                if sync { "sync" } else { "write" }
+            );
+            drop(w);
+            // Only what was acknowledged is certain; the failed round may or may not
+            // have reached the file, and nothing after it did.
+            let votes: Vec<_> = replay(dir.path())?
+                .records
+                .into_iter()
+                .filter_map(|(_, r)| match r {
+                    Record::Vote(v) => Some(v.leader_id().get_term()),
+                    _ => None,
+                })
+                .collect();
+            assert!(votes.starts_with(&[1]) && !votes.contains(&3), "{votes:?}");
+        }
+        Ok(())
     }
 
     /// A whole record of another encoding version (an older Ratify's log) is refused,
