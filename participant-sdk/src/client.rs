@@ -1,4 +1,4 @@
-//! The coordinator client: leader discovery, retries, deadlines (DESIGN §4.9).
+//! The coordinator client: leader discovery, retries, deadlines (docs/design.md, rule 9).
 //!
 //! Only the Raft leader serves the `Coordinator` API. [`CoordinatorClient`] remembers
 //! the current leader; a node that is not the leader answers UNAVAILABLE with the

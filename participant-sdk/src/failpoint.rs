@@ -36,7 +36,7 @@
 //! node running one is no longer correct.
 //! - `bug.commit_before_decision`: the coordinator sends COMMIT to every prepared
 //!   branch as soon as the votes are in, *before* the decision is logged (breaks
-//!   DESIGN rule 2). A leader that dies in between leaves committed branches of a
+//!   docs/design.md, rule 2). A leader that dies in between leaves committed branches of a
 //!   transaction the next leader aborts.
 //!
 //! Each hit that fires is logged on stderr as `ratify failpoint <name>: <action>` before

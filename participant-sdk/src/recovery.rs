@@ -1,4 +1,4 @@
-//! The participant-side loop that resolves in-doubt branches (DESIGN §4 rule 7).
+//! The participant-side loop that resolves in-doubt branches (docs/design.md, rule 7).
 //!
 //! A branch stays prepared until the coordinator tells the participant the outcome.
 //! If that message is lost (coordinator failover, participant restart), the

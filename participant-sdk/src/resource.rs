@@ -2,7 +2,7 @@
 //!
 //! The coordinator drives a resource through [`crate::server::ParticipantServer`]; the
 //! recovery loop ([`crate::recovery`]) drives it after crashes. Both rely on the
-//! contract below, which is what makes two-phase commit correct (DESIGN §4 rules 4-6).
+//! contract below, which is what makes two-phase commit correct (docs/design.md, rules 4-6).
 
 use async_trait::async_trait;
 
@@ -40,7 +40,7 @@ pub enum CommitResult {
     /// resource could not commit and rolled back instead. For a two-phase commit: the
     /// branch is known to be rolled back (a rollback or tombstone got there first, or
     /// a person rolled it back), a heuristic answer the coordinator records and shows
-    /// (DESIGN §4 rule 11).
+    /// (docs/design.md, rule 11).
     RolledBack,
 }
 

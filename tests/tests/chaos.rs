@@ -94,7 +94,7 @@ async fn bounded_chaos_run_keeps_every_rule() -> anyhow::Result<()> {
 }
 
 /// With the test-only switch that makes the coordinator send COMMIT before the decision
-/// is logged (DESIGN rule 2), and leaders dying between the two, the checker reports
+/// is logged (docs/design.md, rule 2), and leaders dying between the two, the checker reports
 /// atomicity violations: it is able to see the bug this suite exists to catch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_checker_catches_a_commit_sent_before_the_decision() -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! Coordinator process kills (SIGKILL) and restarts under a transfer workload: atomicity,
-//! durability and availability as promised in DESIGN §1.
+//! durability and availability as promised in docs/design.md §1.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

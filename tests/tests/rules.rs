@@ -1,4 +1,4 @@
-//! The protocol rules of DESIGN §4 that need the whole system to observe: decision
+//! The protocol rules of docs/design.md §4 that need the whole system to observe: decision
 //! before phase 2 (rule 2) and "unknown means aborted, durably" (rule 3).
 
 use std::sync::{Arc, Mutex};

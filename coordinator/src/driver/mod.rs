@@ -738,7 +738,7 @@ impl Driver {
 
     /// A DELIBERATE BUG, off unless the `bug.commit_before_decision` switch is on (see
     /// [`failpoint`]): sends COMMIT to every prepared branch before the decision is
-    /// logged, breaking DESIGN rule 2. It exists so the chaos suite can show that its
+    /// logged, breaking docs/design.md, rule 2. It exists so the chaos suite can show that its
     /// checker catches a broken rule.
     async fn bug_commit_before_decision(
         &self,

@@ -1,6 +1,6 @@
 //! The Raft log: entries in memory, every change appended to the checksummed segment
 //! files of [`super::wal`] and fdatasynced before openraft is told it is durable
-//! (DESIGN §4.6).
+//! (docs/design.md, rule 6).
 //!
 //! `append` updates memory at once (so replication can read the entries) and hands
 //! the records to the WAL writer with openraft's flush callback; the callback runs only

@@ -4,7 +4,7 @@
 //! This folder is the only place a transaction's state changes. Every change is a
 //! [`Command`] applied in log order by [`TxnTable::apply`], on every node alike; the
 //! first decision for a gtrid wins and later ones get the recorded outcome back
-//! (DESIGN §4.1).
+//! (docs/design.md, rule 1).
 //!
 //! # Layout
 //! - this file: the persisted types (they are part of the log and snapshot encoding).

@@ -211,7 +211,7 @@ async fn pg_setup(url: &str) -> anyhow::Result<String> {
     Ok(db_url)
 }
 
-/// One Kafka transaction: deliveries drained before commit (DESIGN §6 pitfall).
+/// One Kafka transaction: deliveries drained before commit (docs/design.md §9).
 fn kafka_only_txn(
     p: &FutureProducer,
     topic: &str,

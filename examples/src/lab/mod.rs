@@ -1,4 +1,4 @@
-//! The trade-off lab (DESIGN §7): one workload — service A places an order (a
+//! The trade-off lab (docs/design.md §10): one workload — service A places an order (a
 //! Postgres row and an event), service B consumes it, writes its own row and emits a
 //! second event, consumer C receives it (A → Kafka → B → Kafka → C) — implemented
 //! five ways on the same Postgres and Kafka, each run for the same time with the

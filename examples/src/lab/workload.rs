@@ -224,7 +224,7 @@ pub async fn publish_acked(
 
 /// One Kafka transaction on `producer`: the events of `orders` to `topic` and, if
 /// given, consumer offsets. Deliveries are awaited before `commit_transaction`
-/// (DESIGN §6: a commit with records in flight costs a 100 ms flush poll). Blocking.
+/// (docs/design.md §9: a commit with records in flight costs a 100 ms flush poll). Blocking.
 ///
 /// # Errors
 /// Kafka failures; the transaction is then aborted (best effort).

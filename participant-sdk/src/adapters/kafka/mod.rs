@@ -1,6 +1,6 @@
 //! Exactly-once publication to Apache Kafka as a branch of a Ratify transaction.
 //!
-//! Kafka has no prepared state that a new producer could resume (DESIGN §5), so
+//! Kafka has no prepared state that a new producer could resume (docs/design.md §7), so
 //! [`KafkaResource`] builds one:
 //! - **Work**: the application adds records (topic, key, value, headers) and
 //!   optionally consumer offsets to commit (consume-process-produce) to a

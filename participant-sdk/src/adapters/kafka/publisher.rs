@@ -380,7 +380,7 @@ impl Publisher {
                     tracing::warn!(group, "send_offsets_to_transaction failed");
                 })?;
         }
-        // DESIGN §6: commit_transaction flushes, and a flush with anything in flight
+        // docs/design.md §9: commit_transaction flushes, and a flush with anything in flight
         // sleeps 100 ms per poll. Waiting for every delivery first makes it free.
         for d in deliveries {
             match futures::executor::block_on(d) {

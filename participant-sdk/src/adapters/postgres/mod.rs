@@ -29,7 +29,7 @@
 //! [`crate::server::ParticipantServer`] before a resource is called, and [`Xid`]
 //! cannot hold anything else.
 //!
-//! # Fencing (DESIGN §4 rule 5)
+//! # Fencing (docs/design.md, rule 5)
 //! Every database holds a table `ratify_fence (gid PRIMARY KEY, state, at)`:
 //! - **prepare** sends, in one round trip,
 //!   `INSERT INTO ratify_fence VALUES (<gid>, 'b'); PREPARE TRANSACTION <gid>`: the
