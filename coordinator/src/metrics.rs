@@ -162,7 +162,10 @@ pub fn render(
 
     let now = now_ms();
     let (mut one_phase, mut heuristic) = (0u64, 0u64);
-    let evicted_early = sm.read().table.evicted_early;
+    let (evicted_early, pinned) = {
+        let t = &sm.read().table;
+        (t.evicted_early, t.pinned.len())
+    };
     let (begun, live, undecided, in_phase2, oldest_undecided, oldest_phase2, kept) = {
         let d = sm.read();
         let t = &d.table;
@@ -217,6 +220,7 @@ pub fn render(
             ("{state=\"undecided\"}", undecided as f64),
             ("{state=\"decided_phase2_pending\"}", in_phase2 as f64),
             ("{state=\"completed_kept\"}", kept as f64),
+            ("{state=\"completed_pinned\"}", pinned as f64),
             ("{state=\"one_phase_in_doubt\"}", one_phase as f64),
             ("{state=\"heuristic_needs_person\"}", heuristic as f64),
         ],

@@ -89,9 +89,18 @@ async fn a_paused_follower_catches_up_after_a_burst_of_large_entries() -> anyhow
     c.nodes.pause(follower, true)?;
     let burst = Instant::now();
     let mut tasks = Vec::new();
-    // Many at once, so the leader packs many of them into each entry.
+    // Many at once, so the leader packs many of them into each entry; a patient
+    // client, since the machine is busy while they queue.
+    let patient = CoordinatorClient::new(
+        c.nodes.api_endpoints(),
+        ClientConfig {
+            attempt_timeout: Duration::from_secs(20),
+            deadline: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )?;
     for _ in 0..1000 {
-        let client = c.client.clone();
+        let client = patient.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..8 {
                 client.begin(large_begin()).await?;

@@ -24,6 +24,8 @@ struct Scripted {
     accept_commit: AtomicBool,
     /// Answer a two-phase COMMIT with ROLLED_BACK (a heuristic outcome).
     heuristic_rollback: bool,
+    /// Rollbacks answer UNAVAILABLE (the participant is down for the coordinator).
+    refuse_rollback: bool,
     /// The branch's work is committed.
     committed: AtomicBool,
     /// One-phase commits received.
@@ -113,6 +115,9 @@ impl pb::participant_server::Participant for Served {
         _r: Request<pb::BranchRollbackRequest>,
     ) -> Result<Response<pb::BranchRollbackResponse>, Status> {
         self.note("rollback");
+        if self.refuse_rollback {
+            return Err(Status::unavailable("down"));
+        }
         let result = if self.committed.load(Ordering::SeqCst) {
             pb::BranchRollbackResult::AlreadyCommitted
         } else {
@@ -637,5 +642,46 @@ async fn outcomes_are_kept_by_completion_and_forgotten_ones_say_so() -> anyhow::
         ),
         "{r:?}"
     );
+    Ok(())
+}
+
+/// An abort whose prepared branch could not be told (its participant was down past
+/// the retry window) completes, but its outcome is pinned: however many outcomes the
+/// count cap evicts meanwhile, the branch that comes back and asks learns ABORTED,
+/// not FORGOTTEN (which would leave it locked for a person).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_abort_is_still_answered_when_its_branch_comes_back() -> anyhow::Result<()> {
+    let c = TestCluster::start(&[
+        "--abandon-rollback-after-secs",
+        "1",
+        "--retain-outcomes-max",
+        "10",
+        "--retain-outcomes-min",
+        "10",
+    ])
+    .await?;
+    let p = Arc::new(Scripted {
+        refuse_rollback: true,
+        ..Default::default()
+    });
+    let t = c
+        .client
+        .begin(BeginOptions {
+            branches: vec![
+                (serve(&p).await?, "r".into()),
+                ("127.0.0.1:1".into(), "gone".into()),
+            ],
+            ..Default::default()
+        })
+        .await?;
+    let d = c.client.commit(&t.gtrid).await?;
+    assert_eq!(d.outcome, ratify_participant_sdk::client::Outcome::Aborted);
+    c.wait_all_completed(Duration::from_secs(20)).await?;
+    for _ in 0..20 {
+        let g = begin(&c.client, vec![], Duration::from_secs(60)).await?;
+        must_commit(&c.client.commit(&g).await?);
+    }
+    let q = c.client.query_outcome(&t.branches[0].xid).await?;
+    assert_eq!(q.outcome, pb::Outcome::Aborted as i32, "{q:?}");
     Ok(())
 }

@@ -200,7 +200,7 @@ struct Inner {
     /// Transactions whose phase 2 runs on this node (until their completion is logged).
     phase2: Mutex<HashSet<u64>>,
     /// Fully acknowledged transactions waiting to be logged as completed, in batches.
-    completions: mpsc::UnboundedSender<u64>,
+    completions: mpsc::UnboundedSender<(u64, bool)>,
     /// `Some(term)` while this node is the leader and has caught up in that term.
     leader_term: watch::Sender<Option<u64>>,
     /// The latest quorum confirmation of this node's leadership: (term, a time before

@@ -18,6 +18,8 @@ use crate::types::now_ms;
 enum Ack {
     /// Acknowledged as decided.
     Done(u32),
+    /// An abort's rollback given up after the retry window (the branch pulls it).
+    Abandoned,
     /// Answered against the decision (logged as a heuristic outcome).
     Contradicted,
     /// Stopped: leadership lost (the next leader re-drives it).
@@ -123,7 +125,7 @@ impl Driver {
                                     "rollback abandoned after the retry window"
                                 );
                                 driver.clear_trouble(txn, b.bqual);
-                                return Ack::Done(b.bqual);
+                                return Ack::Abandoned;
                             }
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -134,10 +136,12 @@ impl Driver {
         }))
         .await;
         let mut stopped = false;
+        let mut abandoned = false;
         let mut acked = Vec::new();
         for ack in &acks {
             match ack {
                 Ack::Done(bqual) => acked.push(*bqual),
+                Ack::Abandoned => abandoned = true,
                 Ack::Contradicted => heuristic = true,
                 Ack::Stopped => stopped = true,
             }
@@ -155,7 +159,7 @@ impl Driver {
         if !stopped && !heuristic {
             // Stays in `phase2` until the completion is logged, so the scanner does
             // not start a second run meanwhile.
-            if self.inner.completions.send(txn).is_ok() {
+            if self.inner.completions.send((txn, abandoned)).is_ok() {
                 return;
             }
         }
@@ -208,7 +212,7 @@ impl Driver {
     /// being committed goes into the next entry.
     pub(super) async fn run_completer(
         self,
-        mut rx: mpsc::UnboundedReceiver<u64>,
+        mut rx: mpsc::UnboundedReceiver<(u64, bool)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
@@ -216,17 +220,24 @@ impl Driver {
                 t = rx.recv() => match t { Some(t) => t, None => return },
                 _ = shutdown.changed() => return,
             };
-            let mut txns = vec![first];
-            while txns.len() < MAX_COMPLETIONS_PER_ENTRY {
+            let mut batch = vec![first];
+            while batch.len() < MAX_COMPLETIONS_PER_ENTRY {
                 match rx.try_recv() {
-                    Ok(t) => txns.push(t),
+                    Ok(t) => batch.push(t),
                     Err(_) => break,
                 }
             }
+            let txns: Vec<u64> = batch.iter().map(|&(t, _)| t).collect();
+            let abandoned = batch
+                .iter()
+                .filter(|&&(_, abandoned)| abandoned)
+                .map(|&(t, _)| t)
+                .collect();
             failpoint::hit("coord.before_complete").await;
             let cmd = Command::Complete {
                 txns: txns.clone(),
                 now_ms: now_ms(),
+                abandoned,
             };
             if let Err(e) = self.propose(cmd).await {
                 // Not fatal: a later leader (or the scanner here) re-drives phase 2,

@@ -3,13 +3,16 @@
 //!
 //! A reader that meets an unknown version refuses the bytes instead of guessing.
 
+use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The current encoding version. 2: log entries carry a batch of commands; transactions
 /// are numbered by the table. 3: one-phase hand-over, heuristic outcomes, outcome
-/// retention by completion order.
-const VERSION: u8 = 3;
+/// retention by completion order. 4: commit markers, acknowledgements, pinned
+/// abandoned aborts (3 was only ever on a development branch: its variants were
+/// numbered differently). Any change to a persisted type's layout bumps it.
+const VERSION: u8 = 4;
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +45,12 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::Empty),
-        Some((&VERSION, rest)) => Ok(bincode::deserialize(rest)?),
+        // Same layout as `bincode::serialize` (fixed-width integers), but bytes left
+        // over are an error: a value of another layout must not decode as a prefix.
+        Some((&VERSION, rest)) => Ok(bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes()
+            .deserialize(rest)?),
         Some((&v, _)) => Err(CodecError::Version(v)),
     }
 }
@@ -64,5 +72,50 @@ mod tests {
             Err(CodecError::Version(9))
         ));
         assert!(decode::<(u64, String)>(&[VERSION, 1]).is_err());
+    }
+
+    /// A value whose bytes are longer than its layout (another version's command
+    /// read as this version's) is refused, not decoded as a prefix.
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&7u64).expect("encode");
+        bytes.push(0);
+        assert!(decode::<u64>(&bytes).is_err());
+    }
+
+    /// The layout of the log's commands, pinned: changing a persisted type without
+    /// bumping VERSION fails here.
+    #[test]
+    fn command_layout_is_pinned() {
+        use crate::txn::{Command, Proposal};
+        let p = Proposal {
+            commands: vec![
+                Command::CommitStarted {
+                    txn: 5,
+                    branches: 2,
+                },
+                Command::Complete {
+                    txns: vec![5],
+                    now_ms: 9,
+                    abandoned: vec![],
+                },
+            ],
+        };
+        let bytes = encode(&p).expect("encode");
+        let expected: Vec<u8> = [
+            &[VERSION][..],
+            &2u64.to_le_bytes(),
+            &8u32.to_le_bytes(),
+            &5u64.to_le_bytes(),
+            &2u32.to_le_bytes(),
+            &4u32.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            &5u64.to_le_bytes(),
+            &9u64.to_le_bytes(),
+            &0u64.to_le_bytes(),
+        ]
+        .concat();
+        assert_eq!(bytes, expected);
+        assert_eq!(decode::<Proposal>(&bytes).expect("decode"), p);
     }
 }

@@ -220,6 +220,21 @@ impl LogStore {
     }
 }
 
+/// Roughly the most bytes of entries one replication read returns (see
+/// [`RaftLogReader::limited_get_log_entries`]): with `MAX_APPEND_BYTES` in the network
+/// as the backstop, the leader never clones or encodes much more than it sends.
+const MAX_READ_BYTES: usize = 1024 * 1024;
+
+/// A cheap upper-bound estimate of an entry's encoded size.
+fn approx_entry_bytes(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(p) => {
+            64 + p.commands.iter().map(|c| c.approx_bytes()).sum::<usize>()
+        }
+        _ => 1024,
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -231,6 +246,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .range(range)
             .map(|(_, e)| e.clone())
             .collect())
+    }
+
+    /// At most about [`MAX_READ_BYTES`] of entries from `start` (at least one).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let state = self.state();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (_, e) in state.entries.range(start..end) {
+            bytes += approx_entry_bytes(e);
+            if !out.is_empty() && bytes > MAX_READ_BYTES {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 }
 
@@ -353,6 +387,38 @@ mod tests {
 
     fn indexes(store: &LogStore) -> Vec<u64> {
         store.state().entries.keys().copied().collect()
+    }
+
+    /// A replication read stops at about a megabyte, however many entries were asked
+    /// for: the leader never clones (and encodes) hundreds of megabytes for a follower
+    /// far behind.
+    #[tokio::test]
+    async fn a_replication_read_is_bounded_by_bytes() -> anyhow::Result<()> {
+        use crate::txn::{Command, Proposal};
+        let dir = tempfile::tempdir()?;
+        let mut store = LogStore::open(dir.path())?;
+        let big = |i: u64| Entry {
+            log_id: log_id(1, 1, i),
+            payload: openraft::EntryPayload::Normal(Proposal {
+                commands: vec![
+                    Command::Complete {
+                        txns: vec![1; 500_000 / 8],
+                        now_ms: 0,
+                        abandoned: vec![],
+                    };
+                    1
+                ],
+            }),
+        };
+        synced(&store, (1..=20).map(|i| Record::Entry(big(i))).collect()).await?;
+        let got = store.limited_get_log_entries(1, 21).await?;
+        assert!(
+            (1..=3).contains(&got.len()),
+            "{} entries of 500 KB in one read",
+            got.len()
+        );
+        assert_eq!(store.limited_get_log_entries(20, 21).await?.len(), 1);
+        Ok(())
     }
 
     /// Everything the store was told survives a reopen: entries, truncation, purge,

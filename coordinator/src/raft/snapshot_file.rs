@@ -85,6 +85,8 @@ pub struct SnapshotFiles {
     dir: PathBuf,
     /// Test hook.
     journal: Option<Journal>,
+    /// One save at a time: openraft may build a snapshot while it installs one.
+    saving: Arc<Mutex<u64>>,
 }
 
 impl SnapshotFiles {
@@ -97,6 +99,7 @@ impl SnapshotFiles {
         Ok(Self {
             dir: dir.to_path_buf(),
             journal,
+            saving: Arc::new(Mutex::new(0)),
         })
     }
 
@@ -122,6 +125,9 @@ impl SnapshotFiles {
     /// # Errors
     /// Any I/O failure; the previous snapshot is then still the current one.
     pub fn save(&self, payload: &[u8], covers: u64) -> Result<(), SnapshotFileError> {
+        // Serialised, so two saves never write the temporary file at once.
+        let mut saves = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        *saves += 1;
         let tmp = self.dir.join("current.tmp");
         let io = |p: &Path| {
             let p = p.to_path_buf();

@@ -250,6 +250,11 @@ fn parse_record(bytes: &[u8]) -> Result<(Record, usize), Bad> {
     if len > MAX_RECORD_BYTES {
         return Err(Bad::Torn(format!("implausible length {len}")));
     }
+    if len == 0 {
+        // A real record is never empty (it has a version byte); zeros are what a
+        // power cut leaves at the end of a file (and crc32 of nothing is 0).
+        return Err(Bad::Torn("zero-length record".into()));
+    }
     let end = 8 + len as usize;
     let payload = bytes
         .get(8..end)
@@ -551,6 +556,25 @@ mod tests {
                 .collect();
             assert!(votes.starts_with(&[1]) && !votes.contains(&3), "{votes:?}");
         }
+        Ok(())
+    }
+
+    /// Zeros at the end of the last segment (a power cut on many filesystems) are a
+    /// torn tail, cut; not a record of another version.
+    #[tokio::test]
+    async fn a_zero_filled_tail_is_cut_as_torn() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let w = Writer::start(dir.path(), 1)?;
+        w.write_synced(frame(&vote(1))?).await?;
+        drop(w);
+        let path = segment_path(dir.path(), 1);
+        let good = std::fs::metadata(&path)?.len();
+        let mut f = OpenOptions::new().append(true).open(&path)?;
+        f.write_all(&[0u8; 16])?;
+        drop(f);
+        let replayed = replay(dir.path())?;
+        assert_eq!(replayed.records.len(), 1);
+        assert_eq!(std::fs::metadata(&path)?.len(), good);
         Ok(())
     }
 

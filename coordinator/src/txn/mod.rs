@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use ratify_proto::pb;
 
-pub use table::{cut as cut_detail, Lookup, TxnTable};
+pub use table::{cut as cut_detail, Lookup, TxnTable, MAX_PINNED};
 
 /// Most branches one transaction may have.
 pub const MAX_BRANCHES: usize = 64;
@@ -261,6 +261,10 @@ pub enum Command {
         txns: Vec<u64>,
         /// Proposer's clock, Unix ms.
         now_ms: u64,
+        /// Those of `txns` that complete without every branch's answer (aborts whose
+        /// rollback was abandoned): their outcome is pinned for the retention's time
+        /// floor whatever the count cap, since a branch may still be prepared.
+        abandoned: Vec<u64>,
     },
     // New variants go last: bincode numbers variants by position.
     /// Hands the outcome of a single-branch transaction to its participant, before a
@@ -314,7 +318,8 @@ impl Command {
         let labels = |l: &BTreeMap<String, String>| {
             l.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
         };
-        32 + match self {
+        // bincode: a variant tag, a u64 per integer field, a length per collection.
+        48 + match self {
             Command::Begin {
                 labels: l,
                 branches,
@@ -327,7 +332,9 @@ impl Command {
                 ..
             } => decision.detail.len().min(MAX_DETAIL_BYTES) + 4 * skip_phase2.len(),
             Command::Heuristic { heuristic, .. } => heuristic.detail.len().min(MAX_DETAIL_BYTES),
-            Command::Complete { txns, .. } => 8 * txns.len(),
+            Command::Complete {
+                txns, abandoned, ..
+            } => 8 * (txns.len() + abandoned.len()),
             Command::Acknowledged { bquals, .. } => 4 * bquals.len(),
             Command::SetClusterId { .. }
             | Command::SetRetention(_)

@@ -30,7 +30,16 @@ pub struct TxnTable {
     /// Outcomes evicted by `retention.max_count` while younger than
     /// `retention.min_age_ms`: the time floor could not be honoured.
     pub evicted_early: u64,
+    /// Aborts completed without every branch's answer (rollback abandoned), kept for
+    /// the time floor whatever `retention.max_count` says: a branch may still be
+    /// prepared and will ask. Bounded by [`MAX_PINNED`].
+    pub pinned: BTreeMap<u64, FinishedRecord>,
+    /// The numbers in `pinned`, in completion order.
+    pub pinned_order: VecDeque<u64>,
 }
+
+/// Most pinned outcomes (see [`TxnTable::pinned`]); past it the oldest go.
+pub const MAX_PINNED: usize = 100_000;
 
 /// Where a transaction stands, as found in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +59,7 @@ impl TxnTable {
     pub fn lookup(&self, txn: u64) -> Lookup<'_> {
         if let Some(r) = self.live.get(&txn) {
             Lookup::Live(r)
-        } else if let Some(f) = self.finished.get(&txn) {
+        } else if let Some(f) = self.finished.get(&txn).or_else(|| self.pinned.get(&txn)) {
             Lookup::Finished(f)
         } else if txn == 0 || txn >= self.next_txn {
             Lookup::Unknown
@@ -157,7 +166,11 @@ impl TxnTable {
                 }
                 CommandResult::None
             }
-            Command::Complete { txns, now_ms } => {
+            Command::Complete {
+                txns,
+                now_ms,
+                abandoned,
+            } => {
                 for txn in txns {
                     let Some(rec) = self.live.get(&txn) else {
                         continue;
@@ -170,7 +183,11 @@ impl TxnTable {
                     }
                     if let Some(decision) = rec.decision.clone() {
                         self.live.remove(&txn);
-                        self.finish(txn, decision, now_ms);
+                        if !decision.commit && abandoned.contains(&txn) {
+                            self.pin(txn, decision, now_ms);
+                        } else {
+                            self.finish(txn, decision, now_ms);
+                        }
                     }
                 }
                 CommandResult::Completed
@@ -300,6 +317,31 @@ impl TxnTable {
         );
         self.finished_order.push_back(txn);
         self.evict(completed_ms);
+    }
+
+    /// Keeps an abandoned abort's outcome apart from the count cap (see `pinned`).
+    fn pin(&mut self, txn: u64, mut decision: Decision, completed_ms: u64) {
+        decision.detail = cut_to(decision.detail, FINISHED_DETAIL_BYTES);
+        self.pinned.insert(
+            txn,
+            FinishedRecord {
+                decision,
+                completed_ms,
+            },
+        );
+        self.pinned_order.push_back(txn);
+        let floor = self.retention.min_age_ms;
+        while let Some(&oldest) = self.pinned_order.front() {
+            let aged = self
+                .pinned
+                .get(&oldest)
+                .is_none_or(|f| f.completed_ms.saturating_add(floor) <= completed_ms);
+            if !(aged || self.pinned.len() > MAX_PINNED) {
+                break;
+            }
+            self.pinned.remove(&oldest);
+            self.pinned_order.pop_front();
+        }
     }
 
     /// Forgets the outcomes that completed first, while more than `min_count` are
@@ -550,6 +592,7 @@ mod tests {
         t.apply(Command::Complete {
             txns: vec![a, b],
             now_ms: 3_000,
+            abandoned: vec![],
         });
         assert!(matches!(t.lookup(a), Lookup::Finished(f) if f.decision.commit));
         assert!(
@@ -588,6 +631,7 @@ mod tests {
         t.apply(Command::Complete {
             txns: vec![txn],
             now_ms,
+            abandoned: vec![],
         });
         assert!(matches!(t.lookup(txn), Lookup::Finished(_)));
     }
@@ -800,6 +844,7 @@ mod tests {
         t.apply(Command::Complete {
             txns: vec![txn],
             now_ms: 4,
+            abandoned: vec![],
         });
         let Lookup::Live(rec) = t.lookup(txn) else {
             panic!("a heuristic transaction must not complete silently");
@@ -812,6 +857,36 @@ mod tests {
         );
         let h = rec.branches[1].heuristic.as_ref().expect("recorded");
         assert_eq!(h.detail.len(), MAX_DETAIL_BYTES, "details are capped");
+    }
+
+    #[test]
+    fn an_abandoned_abort_is_kept_whatever_the_count_cap() {
+        let mut t = table();
+        retention(&mut t, 1_000, 1, 2);
+        let abandoned = begun(&mut t, 1);
+        decide(&mut t, abandoned, false, Reason::ParticipantUnreachable);
+        t.apply(Command::Complete {
+            txns: vec![abandoned],
+            now_ms: 10,
+            abandoned: vec![abandoned],
+        });
+        for _ in 0..5 {
+            let n = begun(&mut t, 1);
+            complete(&mut t, n, 20);
+        }
+        assert!(
+            matches!(t.lookup(abandoned), Lookup::Finished(f) if !f.decision.commit),
+            "a branch may still be prepared: its abort must still be answered"
+        );
+        // Past the time floor it goes like any other.
+        let late = begun(&mut t, 1);
+        decide(&mut t, late, false, Reason::Timeout);
+        t.apply(Command::Complete {
+            txns: vec![late],
+            now_ms: 5_000,
+            abandoned: vec![late],
+        });
+        assert_eq!(t.lookup(abandoned), Lookup::Forgotten);
     }
 
     #[test]
