@@ -29,7 +29,10 @@ async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
 
 /// Every component kind is killed at least once (leader, follower, two nodes, each
 /// application, postmaster, broker), fail points crash processes mid-protocol, the
-/// leader is partitioned away and paused (SIGSTOP), one-phase transactions run (some
+/// leader is partitioned away (briefly, and once long enough for the majority to
+/// snapshot and purge past its log) and paused (SIGSTOP), a disk fault fires (a node
+/// fail-stops on a failed log write or sync, or the store's sync fails), one-phase
+/// transactions run (some
 /// giving up on a slow commit and rolling back), and afterwards the checker finds every transaction
 /// atomic, every acknowledged commit present, no leftovers and the money conserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -77,7 +80,18 @@ async fn bounded_chaos_run_keeps_every_rule() -> anyhow::Result<()> {
         "no fail point crash in {:?}",
         s.kills_by_kind
     );
-    assert!(s.partitions > 0, "the leader was never partitioned");
+    for k in ["partition_leader", "long_partition"] {
+        assert!(
+            s.partitions_by_kind.get(k).copied().unwrap_or(0) > 0,
+            "no {k} in {:?}",
+            s.partitions_by_kind
+        );
+    }
+    assert!(
+        s.disk_faults > 0,
+        "no disk fault fired ({} armed)",
+        s.disk_faults_armed
+    );
     assert!(
         s.pauses_by_kind.get("leader").copied().unwrap_or(0) > 0,
         "the leader was never paused: {:?}",
@@ -113,6 +127,9 @@ async fn the_checker_catches_a_commit_sent_before_the_decision() -> anyhow::Resu
     c.slow_one_phase = None;
     c.nemesis.interval_ms = (3_000, 5_000);
     c.quiet_timeout = Duration::from_secs(30);
+    // No long partitions here: the coordinator's default snapshot interval, as before
+    // the long faults came.
+    c.snapshot_every = 20_000;
     let s = run(c).await?;
     // The bug's signature: a transaction the coordinator aborted with a branch that
     // committed (not merely slow or unfinished work).

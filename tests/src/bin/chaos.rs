@@ -12,12 +12,13 @@ use ratify_tests::chaos::{self, world::AppKind, ChaosConfig};
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Chaos suite: kills, pauses, partitions and crash points under a transfer workload, then an atomicity check",
+    about = "Chaos suite: kills, pauses, partitions, crash points and disk faults under a transfer workload, then an atomicity check",
     long_about = "Starts a 3-node Ratify cluster and three participant applications (Postgres bank, \
 embedded account store, Kafka events) as separate processes, runs concurrent transfers while a \
 seeded nemesis SIGKILLs and restarts the leader, followers, two nodes at once, the applications, \
-the postmaster and the broker, arms protocol fail points, partitions the leader away and pauses it \
-(SIGSTOP, then SIGCONT). Some transfers stay inside one application: one branch, committed in one \
+the postmaster and the broker, arms protocol fail points, partitions the leader away (for 2-5 s, \
+and for 8-15 s, past a snapshot and purge of the majority) and pauses it (SIGSTOP, then SIGCONT), \
+and arms disk faults (failing Raft log writes and syncs, a failing store sync). Some transfers stay inside one application: one branch, committed in one \
 phase, some with a short commit deadline and a slow answer. Then it heals everything, waits until the system is quiet and checks atomicity, exactly-once delivery, \
 acknowledged commits, leftovers and conservation of money. Exits 1 when a rule is broken."
 )]
@@ -53,6 +54,10 @@ struct Args {
     /// Longest wait for quiet after healing, seconds.
     #[arg(long, default_value_t = 120)]
     quiet_timeout: u64,
+    /// `ratify node --snapshot-every` of the cluster (small, so that a long partition
+    /// of the leader ends in a snapshot install).
+    #[arg(long, default_value_t = 200)]
+    snapshot_every: u64,
     /// Break a rule on purpose (to see the checker catch it): `commit-before-decision`.
     #[arg(long)]
     bug: Option<String>,
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     config.clients = args.clients;
     config.one_phase_share = args.one_phase_share;
     config.quiet_timeout = Duration::from_secs(args.quiet_timeout);
+    config.snapshot_every = args.snapshot_every;
     match args.interval_ms[..] {
         [min, max] => config.nemesis.interval_ms = (min, max.max(min)),
         _ => anyhow::bail!("--interval-ms takes MIN,MAX"),

@@ -6,8 +6,10 @@
 //! money between Postgres and the store (half of the transfers also publish a Kafka
 //! event; some move money inside one application, a single-branch transaction the
 //! coordinator commits in one phase). Meanwhile a seeded nemesis kills and restarts
-//! every kind of component, arms protocol fail points, partitions the leader away and
-//! pauses it (SIGSTOP, then SIGCONT). Every client operation
+//! every kind of component, arms protocol fail points, partitions the leader away
+//! (briefly, and long enough for a snapshot install on return), pauses it (SIGSTOP, then
+//! SIGCONT) and arms disk faults (failing Raft log writes and syncs, a failing store
+//! sync). Every client operation
 //! and every fault goes to a JSON-lines history. Then everything is healed, the run
 //! waits until it is quiet, and the checker compares the history, the coordinator's
 //! records and what Postgres, the store and Kafka really hold.
@@ -64,6 +66,9 @@ pub struct ChaosConfig {
     /// `RATIFY_FAILPOINTS` entries every coordinator node always runs with (the
     /// deliberate-bug switches of the checker's own test; empty for a real run).
     pub node_failpoints: String,
+    /// `ratify node --snapshot-every`: small, so that a long partition of the leader
+    /// outlasts a snapshot and purge of the majority.
+    pub snapshot_every: u64,
     /// Longest wait for the healed system to finish every transaction.
     pub quiet_timeout: Duration,
     /// Accounts per application.
@@ -83,7 +88,8 @@ impl ChaosConfig {
     /// Defaults: every application and fault, 4 clients, faults every 0.3–1.5 s
     /// (broker kills in one round out of 3), half of the restarts armed with a fail
     /// point that fires on 30 % of its passes; one transaction in 5 one-phase, and
-    /// 30 % of one-phase commits answered up to 1.5 s late.
+    /// 30 % of one-phase commits answered up to 1.5 s late; a snapshot every 200 log
+    /// entries.
     pub fn new(seed: u64, duration: Duration, dir: PathBuf) -> Self {
         let apps = AppKind::ALL.to_vec();
         Self {
@@ -102,6 +108,7 @@ impl ChaosConfig {
             },
             apps,
             node_failpoints: String::new(),
+            snapshot_every: 200,
             quiet_timeout: Duration::from_secs(120),
             accounts: 20,
             balance: 1_000,
@@ -151,8 +158,27 @@ pub struct Summary {
     pub kills_by_kind: BTreeMap<String, usize>,
     /// All kills.
     pub kills: usize,
-    /// Leader partitions.
+    /// Leader partitions, short and long.
     pub partitions: usize,
+    /// Leader partitions by kind (`partition_leader`: 2–5 s; `long_partition`: 8–15 s).
+    pub partitions_by_kind: BTreeMap<String, usize>,
+    /// Long partitions after which the returning leader was given a snapshot.
+    pub snapshot_installs: usize,
+    /// Snapshot installs of any node, for any reason (a follower back from a kill or a
+    /// pause too), from the nodes' logs.
+    pub snapshot_installs_all: usize,
+    /// Long partitions after which it was not (caught up by replication, or not seen
+    /// catching up), and why.
+    pub no_snapshot_installs: Vec<String>,
+    /// Processes restarted with a disk fault armed.
+    pub disk_faults_armed: usize,
+    /// Disk faults that fired (a node stopped on a failed log write or sync, or the
+    /// store's sync failed).
+    pub disk_faults: usize,
+    /// Those by fail point (`disk_fault:wal.sync`, ...).
+    pub disk_faults_by_kind: BTreeMap<String, usize>,
+    /// Nodes that logged the fail-stop line on their disk fault.
+    pub disk_fail_stops: usize,
     /// All process pauses (SIGSTOP).
     pub pauses: usize,
     /// Pauses by kind (`leader`, `follower`); a leader SIGKILLed while stopped is in
@@ -194,12 +220,30 @@ impl Summary {
             "  chaos phase {:.0} s, quiet after {:.1} s",
             self.chaos_seconds, self.quiet_seconds
         );
+        let _ = writeln!(s, "  kills: {}", self.kills);
+        for (k, n) in &self.kills_by_kind {
+            let _ = writeln!(s, "    {k:<40} {n}");
+        }
         let _ = writeln!(
             s,
-            "  kills: {} ({} partitions of the leader as well)",
-            self.kills, self.partitions
+            "  partitions of the leader: {}, long ones followed by a snapshot install: {} (not: {}); snapshot installs in all: {}",
+            self.partitions,
+            self.snapshot_installs,
+            self.no_snapshot_installs.len(),
+            self.snapshot_installs_all
         );
-        for (k, n) in &self.kills_by_kind {
+        for (k, n) in &self.partitions_by_kind {
+            let _ = writeln!(s, "    {k:<40} {n}");
+        }
+        for m in self.no_snapshot_installs.iter().take(5) {
+            let _ = writeln!(s, "    no install: {m}");
+        }
+        let _ = writeln!(
+            s,
+            "  disk faults: {} armed, {} fired ({} node fail-stops)",
+            self.disk_faults_armed, self.disk_faults, self.disk_fail_stops
+        );
+        for (k, n) in &self.disk_faults_by_kind {
             let _ = writeln!(s, "    {k:<40} {n}");
         }
         let _ = writeln!(s, "  pauses (SIGSTOP, then SIGCONT): {}", self.pauses);
@@ -353,6 +397,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         broker,
         app_args,
         &config.node_failpoints,
+        vec!["--snapshot-every".into(), config.snapshot_every.to_string()],
         history.clone(),
     )
     .await?;
@@ -482,8 +527,14 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     let violations = checker::check(&txns, &evidence, &recorded, opening);
     history.flush()?;
     world.shutdown();
+    let snapshot_installs_all = world
+        .cluster
+        .ids()
+        .into_iter()
+        .map(|id| nemesis::count_snapshot_installs(&world.node_log(id)))
+        .sum();
 
-    let summary = summarize(
+    let mut summary = summarize(
         &config,
         &history,
         &recorded,
@@ -491,6 +542,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         chaos_seconds,
         quiet_seconds,
     );
+    summary.snapshot_installs_all = snapshot_installs_all;
     std::fs::write(
         config.dir.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
@@ -541,7 +593,12 @@ fn summarize(
     let mut unexpected_exits = Vec::new();
     let mut nemesis_errors = Vec::new();
     let mut disarm_restarts = 0;
-    let mut partitions = 0;
+    let mut partitions_by_kind = BTreeMap::new();
+    let mut snapshot_installs = 0;
+    let mut no_snapshot_installs = Vec::new();
+    let mut disk_faults_armed = 0;
+    let mut disk_faults_by_kind = BTreeMap::new();
+    let mut disk_fail_stops = 0;
     let mut pauses_by_kind = BTreeMap::new();
     let mut leader_losses: Vec<u64> = Vec::new();
     for r in &nemesis {
@@ -550,7 +607,16 @@ fn summarize(
             // not counted.
             "kill" if r.kind == "disarm" => disarm_restarts += 1,
             "kill" | "crash" => *kills_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
-            "partition" => partitions += 1,
+            "partition" => *partitions_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
+            "snapshot_install" => snapshot_installs += 1,
+            "no_snapshot_install" => {
+                no_snapshot_installs.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail))
+            }
+            "disk_fault_armed" => disk_faults_armed += 1,
+            "disk_fault" => {
+                *disk_faults_by_kind.entry(r.kind.clone()).or_insert(0) += 1;
+                disk_fail_stops += usize::from(r.detail.starts_with("fail-stop"));
+            }
             "pause" => *pauses_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
             "unexpected_exit" => {
                 unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail))
@@ -560,12 +626,15 @@ fn summarize(
             }
             _ => {}
         }
-        // When the cluster lost its leader: a leader kill, partition or pause at once;
+        // When the cluster lost its leader: a leader kill, partition, pause or disk-fault
+        // restart at once;
         // two nodes down only once they are back (the outage itself is deliberate).
         let lost_at = match (r.action.as_str(), r.kind.as_str()) {
             ("kill", "leader") | ("partition", _) | ("pause", "leader") | ("heal", "two_nodes") => {
                 Some(r.at_ms)
             }
+            // A leader restarted to arm a disk fault.
+            ("disk_fault_armed", _) if r.detail.contains("(leader,") => Some(r.at_ms),
             _ => None,
         };
         leader_losses.extend(lost_at);
@@ -597,7 +666,15 @@ fn summarize(
         quiet_seconds,
         kills: kills_by_kind.values().sum(),
         kills_by_kind,
-        partitions,
+        partitions: partitions_by_kind.values().sum(),
+        partitions_by_kind,
+        snapshot_installs,
+        snapshot_installs_all: 0,
+        no_snapshot_installs,
+        disk_faults_armed,
+        disk_faults: disk_faults_by_kind.values().sum(),
+        disk_faults_by_kind,
+        disk_fail_stops,
         pauses: pauses_by_kind.values().sum(),
         pauses_by_kind,
         nemesis_errors,

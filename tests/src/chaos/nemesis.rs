@@ -2,7 +2,13 @@
 //! participant applications, the postmaster and the broker, cuts the leader off from
 //! its followers, pauses the leader (or a follower) with SIGSTOP and lets it go on with
 //! SIGCONT, and arms fail points in the processes it restarts so that they crash at a
-//! chosen protocol step later on.
+//! chosen protocol step later on. Two longer faults: the leader cut off for 8–15 s (long
+//! enough, with the cluster's small `--snapshot-every`, for the majority to snapshot and
+//! purge past the isolated leader's log, so that it needs a snapshot install when it
+//! returns: watched for and recorded), and disk faults (a node restarted with its Raft
+//! log's write or fdatasync failing now and then, so that it fail-stops; or the store
+//! application with its durable store's fdatasync failing, after which it can vote YES
+//! no more until it is restarted).
 //!
 //! Faults are taken from the enabled list in shuffled rounds, so even a short run
 //! covers every kind: single-process kills of nodes and applications and leader
@@ -20,7 +26,9 @@ use rand::{Rng, SeedableRng};
 use ratify_coordinator::types::NodeId;
 
 use super::history::History;
-use super::world::{AppKind, Arm, Process, Service, World, NODE_FAILPOINTS};
+use super::world::{
+    AppKind, Arm, Process, Service, World, NODE_DISK_FAULTS, NODE_FAILPOINTS, STORE_DISK_FAULT,
+};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +53,43 @@ pub enum Fault {
     PauseLeader,
     /// SIGSTOP a follower for 1–4 s, then SIGCONT it.
     PauseFollower,
+    /// Cut the leader's Raft traffic off for 8–15 s (past a snapshot and purge of the
+    /// majority, so it returns to a snapshot install), then heal and watch for the
+    /// install.
+    LongPartition,
+    /// Restart a node (leader or follower) with a failing Raft log write or sync armed
+    /// ([`DISK_FAULT_PROBABILITY`] of them fail), or the store application with a
+    /// failing durable-store sync; wait up to [`DISK_FAULT_WINDOW`] for it to fire; the
+    /// node then stops by itself and is restarted clean by the supervisor, the store is
+    /// restarted clean by the nemesis after a while.
+    DiskFault,
+}
+
+/// Chance that an armed disk fault fails each write or sync it is passed by.
+pub const DISK_FAULT_PROBABILITY: f64 = 0.05;
+
+/// Longest wait for an armed disk fault to fire before the process is restarted clean.
+pub const DISK_FAULT_WINDOW: Duration = Duration::from_secs(10);
+
+/// How long a node whose disk fault fired may take to stop.
+const DISK_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long after a long partition heals the nemesis watches for a snapshot install.
+const INSTALL_WATCH: Duration = Duration::from_secs(30);
+
+/// What openraft logs (at info) when a node is given a snapshot to install.
+const INSTALL_LINE: &str = "install_full_snapshot: meta:";
+
+/// What it logs next when the snapshot turns out not to be needed.
+const NO_INSTALL_LINE: &str = "No need to install snapshot";
+
+/// One disk fault: where, and which fail point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskTarget {
+    /// A coordinator node's Raft log (fail point, action).
+    Node(&'static str, &'static str),
+    /// The store application's durable store.
+    Store,
 }
 
 /// One leader pause in this many ends with a SIGKILL of the stopped process.
@@ -65,6 +110,8 @@ impl Fault {
             Fault::PartitionLeader,
             Fault::PauseLeader,
             Fault::PauseFollower,
+            Fault::LongPartition,
+            Fault::DiskFault,
         ]);
         v
     }
@@ -89,7 +136,11 @@ impl Fault {
     /// How many times it appears in a round (round `n`, counting from 0).
     fn per_round(self, n: usize, broker_every: usize) -> usize {
         match self {
-            Fault::Leader | Fault::Follower | Fault::App(_) | Fault::PauseLeader => 2,
+            Fault::Leader
+            | Fault::Follower
+            | Fault::App(_)
+            | Fault::PauseLeader
+            | Fault::DiskFault => 2,
             Fault::Broker if !n.is_multiple_of(broker_every.max(1)) => 0,
             _ => 1,
         }
@@ -140,6 +191,8 @@ pub struct Nemesis {
     rounds: usize,
     /// Fail points to arm, in rounds, per process type (`node`, or the app name).
     failpoints: BTreeMap<&'static str, Rounds<&'static str>>,
+    /// Disk faults, in rounds.
+    disk_faults: Rounds<DiskTarget>,
     /// The history.
     history: History,
 }
@@ -152,6 +205,13 @@ impl Nemesis {
         for k in apps {
             failpoints.insert(k.name(), Rounds::new(k.failpoints()));
         }
+        let mut disk: Vec<DiskTarget> = NODE_DISK_FAULTS
+            .iter()
+            .map(|(p, a)| DiskTarget::Node(p, a))
+            .collect();
+        if apps.contains(&AppKind::Store) {
+            disk.push(DiskTarget::Store);
+        }
         Self {
             rng: StdRng::seed_from_u64(seed),
             arm_rng: StdRng::seed_from_u64(seed ^ 0x5eed_a4a4),
@@ -160,6 +220,7 @@ impl Nemesis {
             rounds: 0,
             config,
             failpoints,
+            disk_faults: Rounds::new(disk),
             history,
         }
     }
@@ -177,10 +238,7 @@ impl Nemesis {
             Process::App(k) => k.name(),
         };
         let point = self.failpoints.get_mut(key)?.pick(&mut self.arm_rng)?;
-        Some(Arm {
-            point: point.to_string(),
-            probability: self.config.failpoint_probability,
-        })
+        Some(Arm::kill(point, self.config.failpoint_probability))
     }
 
     /// Sleeps for `d` while restarting processes that die by themselves.
@@ -336,6 +394,208 @@ impl Nemesis {
         });
     }
 
+    /// Watches, in the background, whether node `id`, back from a long partition with
+    /// its log ending at `last_log`, is given a snapshot (the majority purged the log it
+    /// lacks) or catches up by plain replication; records `snapshot_install` or
+    /// `no_snapshot_install` in the history.
+    ///
+    /// Evidence, read every 250 ms for [`INSTALL_WATCH`]: openraft's info line
+    /// [`INSTALL_LINE`] in the node's log since the heal (not followed by
+    /// [`NO_INSTALL_LINE`]); or, when the node exports a `ratify_raft_*purged*` gauge,
+    /// its last purged index past `last_log` once it has applied past `last_log` (a
+    /// snapshot install purges the whole log it replaces). A node that applied past
+    /// `last_log` with neither caught up by replication.
+    fn watch_snapshot_install(&self, world: &World, id: NodeId, last_log: u64) {
+        let log = world.node_log(id);
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let metrics = world.cluster.metrics_addr(id).ok();
+        let history = self.history.clone();
+        let node = format!("node{id}");
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut seen_applied = 0.0;
+            while start.elapsed() < INSTALL_WATCH {
+                let text = read_from(&log, offset);
+                if let Some(at) = text.find(INSTALL_LINE) {
+                    let line = text[at..].lines().next().unwrap_or("");
+                    let rest = &text[at + line.len()..];
+                    let next = rest.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    if !next.contains(NO_INSTALL_LINE) {
+                        let index =
+                            snapshot_index(line).map_or_else(|| "?".to_string(), |i| i.to_string());
+                        history.nemesis(
+                            "snapshot_install",
+                            "long_partition",
+                            &node,
+                            &format!(
+                                "installed a snapshot up to index {index} (its log ended at {last_log}) after {} ms",
+                                start.elapsed().as_millis()
+                            ),
+                        );
+                        return;
+                    }
+                }
+                if let Some(addr) = &metrics {
+                    if let Ok(m) = ratify_coordinator::metrics::scrape(addr).await {
+                        let applied = m
+                            .get("ratify_raft_last_applied_index")
+                            .copied()
+                            .unwrap_or(0.0);
+                        seen_applied = f64::max(seen_applied, applied);
+                        let purged = m
+                            .iter()
+                            .find(|(k, _)| k.starts_with("ratify_raft_") && k.contains("purged"))
+                            .map(|(_, v)| *v);
+                        if applied > last_log as f64 {
+                            match purged {
+                                Some(p) if p > last_log as f64 => {
+                                    history.nemesis(
+                                        "snapshot_install",
+                                        "long_partition",
+                                        &node,
+                                        &format!(
+                                            "last purged index {p} past its log's end {last_log} (metrics)"
+                                        ),
+                                    );
+                                    return;
+                                }
+                                // Give the log line a moment: it comes before the install
+                                // is applied, but is written by another process.
+                                _ if start.elapsed() > Duration::from_secs(2) => {
+                                    history.nemesis(
+                                        "no_snapshot_install",
+                                        "long_partition",
+                                        &node,
+                                        &format!(
+                                            "caught up by replication: applied {applied} past its log's end {last_log}"
+                                        ),
+                                    );
+                                    return;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            history.nemesis(
+                "no_snapshot_install",
+                "long_partition",
+                &node,
+                &format!(
+                    "not caught up after {} s (applied {seen_applied}, its log ended at {last_log})",
+                    INSTALL_WATCH.as_secs()
+                ),
+            );
+        });
+    }
+
+    /// Restarts `target` with its disk fault armed, waits for it to fire (up to
+    /// [`DISK_FAULT_WINDOW`]), and leaves it clean: a node stops by itself and the
+    /// supervisor restarts it clean; the store, which goes on with every sync failing,
+    /// is left so for a moment, then restarted clean; a fault that did not fire is
+    /// disarmed by a clean restart.
+    async fn disk_fault(&mut self, world: &mut World, target: DiskTarget) -> anyhow::Result<()> {
+        let (process, point, action, role) = match target {
+            DiskTarget::Node(point, action) => {
+                let Some(leader) = self.leader(world).await else {
+                    self.skip(Fault::DiskFault);
+                    return Ok(());
+                };
+                let id = if self.rng.gen_bool(0.5) {
+                    leader
+                } else {
+                    self.follower_of(world, leader)
+                };
+                let role = if id == leader { "leader" } else { "follower" };
+                (Process::Node(id), point, action, role)
+            }
+            DiskTarget::Store => (
+                Process::App(AppKind::Store),
+                STORE_DISK_FAULT.0,
+                STORE_DISK_FAULT.1,
+                "application",
+            ),
+        };
+        let arm = Arm {
+            point: point.to_string(),
+            action: action.to_string(),
+            probability: DISK_FAULT_PROBABILITY,
+        };
+        let spec = arm.spec();
+        let term = self.term(world).await;
+        world.restart(process, Some(arm))?;
+        if role == "leader" {
+            self.watch_election(world, term, None);
+        }
+        self.history.nemesis(
+            "disk_fault_armed",
+            "disk_fault",
+            &process.name(),
+            &format!("{spec} ({role}, restarted)"),
+        );
+        let until = Instant::now() + DISK_FAULT_WINDOW;
+        let armed = |w: &World| w.armed(process) == Some(point);
+        let mut fired: Option<(String, Instant)> = None;
+        loop {
+            if !armed(world) {
+                // It stopped on the fault (recorded by the supervisor) and runs clean
+                // again, or another restart replaced it.
+                return Ok(());
+            }
+            if fired.is_none() {
+                fired = world.disk_fault_fired(process).map(|f| (f, Instant::now()));
+            }
+            match (&fired, process) {
+                // The store goes on after a failed sync.
+                (Some(_), Process::App(_)) => break,
+                // A node must stop: the supervisor sees it exit and restarts it clean.
+                (Some((f, at)), Process::Node(_)) if at.elapsed() > DISK_STOP_GRACE => {
+                    self.history.nemesis(
+                        "nemesis_error",
+                        "disk_fault",
+                        &process.name(),
+                        &format!(
+                            "{f} failed, and the node still runs {} s later",
+                            DISK_STOP_GRACE.as_secs()
+                        ),
+                    );
+                    world.restart(process, None)?;
+                    return Ok(());
+                }
+                (None, _) if Instant::now() >= until => break,
+                _ => {}
+            }
+            self.sleep_supervised(world, Duration::from_millis(200))
+                .await?;
+        }
+        if let Some((fired, _)) = fired {
+            // Every later sync fails, so it answers its prepares with errors until it
+            // is restarted, as a supervisor would.
+            self.history.nemesis(
+                "disk_fault",
+                &format!("disk_fault:{fired}"),
+                &process.name(),
+                "sync failed; every later sync of the store fails until a restart",
+            );
+            let failing = self.draw((500, 3_000));
+            self.sleep_supervised(world, failing).await?;
+            if armed(world) {
+                world.restart(process, None)?;
+            }
+        } else {
+            self.history.nemesis(
+                "kill",
+                "disarm",
+                &process.name(),
+                "disk fault did not fire; restart clean",
+            );
+            world.restart(process, None)?;
+        }
+        Ok(())
+    }
+
     /// A node other than `leader`, at random.
     fn follower_of(&mut self, world: &World, leader: NodeId) -> NodeId {
         let followers: Vec<NodeId> = world
@@ -435,25 +695,49 @@ impl Nemesis {
                 self.supervise_until(world, started).await?;
                 world.service_up(service);
             }
-            Fault::PartitionLeader => {
+            Fault::PartitionLeader | Fault::LongPartition => {
                 let Some(leader) = self.leader(world).await else {
                     self.skip(fault);
                     return Ok(());
                 };
+                let (kind, cut_ms) = if fault == Fault::LongPartition {
+                    ("long_partition", (8_000, 15_000))
+                } else {
+                    ("partition_leader", (2_000, 5_000))
+                };
                 let term = self.term(world).await;
+                // Where its log ended when it was cut off: a snapshot it is given on
+                // return must reach past it to replace the log it had.
+                let last_log = world
+                    .cluster
+                    .status(leader)
+                    .await
+                    .map_or(0, |s| s.last_log_index);
                 world.cluster.isolate(leader)?;
                 self.watch_election(world, term, Some(leader));
+                let cut = self.draw(cut_ms);
                 self.history.nemesis(
                     "partition",
-                    "partition_leader",
+                    kind,
                     &format!("node{leader}"),
-                    "Raft traffic to and from the leader dropped",
+                    &format!(
+                        "Raft traffic to and from the leader dropped for {} ms (its last log index {last_log})",
+                        cut.as_millis()
+                    ),
                 );
-                let cut = self.draw((2_000, 5_000));
                 self.sleep_supervised(world, cut).await?;
                 world.cluster.heal();
                 self.history
-                    .nemesis("heal", "partition_leader", &format!("node{leader}"), "");
+                    .nemesis("heal", kind, &format!("node{leader}"), "");
+                if fault == Fault::LongPartition {
+                    self.watch_snapshot_install(world, leader, last_log);
+                }
+            }
+            Fault::DiskFault => {
+                let Some(target) = self.disk_faults.pick(&mut self.rng) else {
+                    return Ok(());
+                };
+                self.disk_fault(world, target).await?;
             }
             Fault::PauseLeader | Fault::PauseFollower => {
                 let Some(leader) = self.leader(world).await else {
@@ -496,4 +780,49 @@ impl Nemesis {
         }
         Ok(())
     }
+}
+
+/// Snapshot installs in a node's log (every process it ran): openraft's
+/// [`INSTALL_LINE`]s not followed by [`NO_INSTALL_LINE`]. Streams the file (a long
+/// run's log is large); 0 when it cannot be read.
+pub fn count_snapshot_installs(path: &std::path::Path) -> usize {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let (mut n, mut pending) = (0, false);
+    for line in std::io::BufReader::new(f)
+        .split(b'\n')
+        .map_while(Result::ok)
+    {
+        let line = String::from_utf8_lossy(&line);
+        if pending && !line.contains(NO_INSTALL_LINE) {
+            n += 1;
+        }
+        pending = line.contains(INSTALL_LINE);
+    }
+    n + usize::from(pending)
+}
+
+/// What a file holds from byte `offset` on, as text (empty when unreadable).
+fn read_from(path: &std::path::Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_end(&mut buf);
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The last log index of the snapshot in openraft's `install_full_snapshot` line
+/// (`... last_log_id: Some(LogId { leader_id: ..., index: N }) ...`).
+fn snapshot_index(line: &str) -> Option<u64> {
+    let after = &line[line.find("last_log_id")?..];
+    let digits: String = after[after.find("index: ")? + "index: ".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }

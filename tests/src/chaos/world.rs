@@ -7,6 +7,14 @@
 //! itself, tells an armed fail point's crash (the process logs
 //! `ratify failpoint <name>: Kill` first) from an unexpected exit, and starts it again.
 //!
+//! A restarted process can instead come back with a disk fault armed
+//! (`wal.sync=error:EIO@p`, `wal.write=error:ENOSPC@p` in a node, `durable.sync=error:EIO@p`
+//! in the store application): a node then stops by itself on the failed write or sync
+//! (`the Raft core stopped on a storage failure; the node stops`, then an error exit),
+//! and the store keeps running with every later sync failing. The supervisor tells a
+//! node's disk-fault stop from an unexpected exit by the fail point's line
+//! (`ratify failpoint wal.sync: Error(5)`) and starts it again without the fault.
+//!
 //! A process can also be paused ([`World::pause`], SIGSTOP) and resumed
 //! ([`World::resume`], SIGCONT). A stopped process is alive: the supervisor's
 //! `try_wait` (no `WUNTRACED`) does not report it, so it is never taken for a dead one;
@@ -64,6 +72,21 @@ const KAFKA_FAILPOINTS: &[&str] = &[
     "kafka.after_produce",
     "kafka.after_kafka_commit",
 ];
+
+/// Disk faults a coordinator node can be armed with: (fail point, action).
+pub const NODE_DISK_FAULTS: &[(&str, &str)] =
+    &[("wal.sync", "error:EIO"), ("wal.write", "error:ENOSPC")];
+
+/// The disk fault of the store application (its durable store's fdatasync).
+pub const STORE_DISK_FAULT: (&str, &str) = ("durable.sync", "error:EIO");
+
+/// What a node logs when it stops on a failed write or sync of its Raft log.
+pub const FAIL_STOP_LINE: &str = "the Raft core stopped on a storage failure; the node stops";
+
+/// Is `point` one of the disk-fault fail points?
+fn is_disk_point(point: &str) -> bool {
+    NODE_DISK_FAULTS.iter().any(|(p, _)| *p == point) || point == STORE_DISK_FAULT.0
+}
 
 /// A participant application kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -228,18 +251,42 @@ fn tail(path: &Path, n: u64) -> String {
 pub struct Arm {
     /// Its name.
     pub point: String,
+    /// What it does when it fires: `kill` (a crash point) or `error:ERRNO` (a disk
+    /// fault).
+    pub action: String,
     /// Chance that it fires each time it is passed.
     pub probability: f64,
 }
 
-/// The `RATIFY_FAILPOINTS` value: the base switches, plus `<point>=kill@<p>`.
+impl Arm {
+    /// A crash point: the process SIGKILLs itself at `point`.
+    pub fn kill(point: &str, probability: f64) -> Self {
+        Self {
+            point: point.to_string(),
+            action: "kill".into(),
+            probability,
+        }
+    }
+
+    /// Is it a disk fault (an injected I/O error)?
+    pub fn is_disk_fault(&self) -> bool {
+        self.action.starts_with("error:")
+    }
+
+    /// `<point>=<action>@<p>`, as in `RATIFY_FAILPOINTS`.
+    pub fn spec(&self) -> String {
+        format!("{}={}@{}", self.point, self.action, self.probability)
+    }
+}
+
+/// The `RATIFY_FAILPOINTS` value: the base switches, plus the armed point.
 fn failpoint_spec(base: &str, arm: Option<&Arm>) -> String {
     let mut parts: Vec<String> = Vec::new();
     if !base.is_empty() {
         parts.push(base.to_string());
     }
     if let Some(a) = arm {
-        parts.push(format!("{}=kill@{}", a.point, a.probability));
+        parts.push(a.spec());
     }
     parts.join(",")
 }
@@ -287,6 +334,27 @@ fn fired_point(logged: &str) -> Option<String> {
     )
 }
 
+/// The disk fault that fired in a process, from what it logged (an I/O fail point logs
+/// `ratify failpoint <name>: Error(<errno>)` when it fails the write or sync).
+fn fired_disk_fault(logged: &str) -> Option<String> {
+    logged.lines().find_map(|l| {
+        let rest = l.strip_prefix("ratify failpoint ")?;
+        let (name, action) = rest.split_once(": ")?;
+        (is_disk_point(name) && action.starts_with("Error(")).then(|| name.to_string())
+    })
+}
+
+/// How a process that exited by itself died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// An armed crash point SIGKILLed it.
+    Crash,
+    /// It stopped after an armed disk fault failed a write or sync.
+    DiskFault,
+    /// Neither: worth reading about.
+    Unexpected,
+}
+
 impl World {
     /// Starts the cluster and the applications.
     ///
@@ -298,6 +366,7 @@ impl World {
         broker: BrokerEnv,
         app_args: BTreeMap<AppKind, Vec<String>>,
         node_base_failpoints: &str,
+        node_args: Vec<String>,
         history: History,
     ) -> anyhow::Result<Self> {
         let ratify = match std::env::var_os("RATIFY_BIN") {
@@ -305,7 +374,7 @@ impl World {
             None => sibling_binary("ratify")?,
         };
         let cluster =
-            LocalCluster::start_partitionable(&ratify, &dir.join("cluster"), 3, vec![]).await?;
+            LocalCluster::start_partitionable(&ratify, &dir.join("cluster"), 3, node_args).await?;
         let mut world = Self {
             cluster,
             node_base_failpoints: node_base_failpoints.to_string(),
@@ -395,8 +464,35 @@ impl World {
         Ok(())
     }
 
-    fn node_log(&self, id: NodeId) -> PathBuf {
+    /// Node `id`'s log (stderr of every process it ran, appended).
+    pub fn node_log(&self, id: NodeId) -> PathBuf {
         self.dir.join("cluster").join(format!("node{id}.log"))
+    }
+
+    /// Where `process`'s log is and where its running process's lines begin.
+    fn log_of(&self, process: Process) -> Option<(PathBuf, u64)> {
+        match process {
+            Process::Node(id) => Some((
+                self.node_log(id),
+                self.node_log_offset.get(&id).copied().unwrap_or(0),
+            )),
+            Process::App(kind) => self.apps.get(&kind).map(|a| (a.log.clone(), a.log_offset)),
+        }
+    }
+
+    /// The fail point armed in `process`'s running process, if any.
+    pub fn armed(&self, process: Process) -> Option<&str> {
+        match process {
+            Process::Node(id) => self.node_armed.get(&id).map(String::as_str),
+            Process::App(kind) => self.apps.get(&kind)?.armed.as_deref(),
+        }
+    }
+
+    /// The disk fault that fired in `process`'s running process, if one did (for the
+    /// store application, which keeps running with every sync failing).
+    pub fn disk_fault_fired(&self, process: Process) -> Option<String> {
+        let (log, offset) = self.log_of(process)?;
+        fired_disk_fault(&log_since(&log, offset))
     }
 
     /// (Re)starts a node or an application (without waiting for it to get ready), with
@@ -411,7 +507,13 @@ impl World {
         }
         let detail = arm.map_or_else(
             || "clean".to_string(),
-            |a| format!("armed {}@{}", a.point, a.probability),
+            |a| {
+                if a.is_disk_fault() {
+                    format!("armed {}", a.spec())
+                } else {
+                    format!("armed {}@{}", a.point, a.probability)
+                }
+            },
         );
         self.history
             .nemesis("restart", "", &process.name(), &detail);
@@ -608,7 +710,8 @@ impl World {
     }
 
     /// Finds every node and application that died by itself, records why, and starts
-    /// it again (re-armed with a fail point chosen by `rearm`, or clean).
+    /// it again (re-armed with a fail point chosen by `rearm`, or clean; always clean
+    /// after a disk fault, as once the disk is fine again).
     ///
     /// # Errors
     /// When a process cannot be restarted.
@@ -617,15 +720,17 @@ impl World {
         mut rearm: impl FnMut(Process) -> Option<Arm>,
     ) -> anyhow::Result<()> {
         for p in self.processes_where(|_, _| true) {
-            if self.reap(p) {
-                self.restart(p, rearm(p))?;
+            match self.reap(p) {
+                None => {}
+                Some(Death::DiskFault) => self.restart(p, None)?,
+                Some(_) => self.restart(p, rearm(p))?,
             }
         }
         Ok(())
     }
 
-    /// If `process` exited by itself, reaps it, records why, and returns true.
-    fn reap(&mut self, process: Process) -> bool {
+    /// If `process` exited by itself, reaps it, records why, and says how it died.
+    fn reap(&mut self, process: Process) -> Option<Death> {
         let dead = match process {
             Process::Node(id) => self.cluster.exited(id).map(|status| {
                 let offset = self.node_log_offset.get(&id).copied().unwrap_or(0);
@@ -637,13 +742,9 @@ impl World {
                 Some((a.log.clone(), a.log_offset, status))
             }),
         };
-        match dead {
-            Some((log, offset, status)) => {
-                self.record_death(&process.name(), &log, offset, status);
-                true
-            }
-            None => false,
-        }
+        let (log, offset, status) = dead?;
+        let armed_disk = self.armed(process).is_some_and(is_disk_point);
+        Some(self.record_death(&process.name(), &log, offset, status, armed_disk))
     }
 
     fn record_death(
@@ -652,20 +753,43 @@ impl World {
         log: &Path,
         offset: u64,
         status: std::process::ExitStatus,
-    ) {
+        armed_disk: bool,
+    ) -> Death {
         use std::os::unix::process::ExitStatusExt;
         let logged = log_since(log, offset);
-        match fired_point(&logged) {
-            Some(point) if status.signal() == Some(libc::SIGKILL) => {
+        if let Some(point) = fired_point(&logged) {
+            if status.signal() == Some(libc::SIGKILL) {
                 self.history
                     .nemesis("crash", &format!("failpoint:{point}"), target, "");
+                return Death::Crash;
             }
-            _ => self.history.nemesis(
-                "unexpected_exit",
-                "unexpected_exit",
-                target,
-                &format!("{status}: {}", exit_reason(&logged)),
-            ),
+        }
+        // An error exit (not a signal) after an armed disk fault failed an I/O: the
+        // fail-stop the fault is there to cause.
+        match fired_disk_fault(&logged) {
+            Some(point) if armed_disk && status.signal().is_none() => {
+                let stop = if logged.contains(FAIL_STOP_LINE) {
+                    "fail-stop"
+                } else {
+                    "exited"
+                };
+                self.history.nemesis(
+                    "disk_fault",
+                    &format!("disk_fault:{point}"),
+                    target,
+                    &format!("{stop}, {status}: {}", exit_reason(&logged)),
+                );
+                Death::DiskFault
+            }
+            _ => {
+                self.history.nemesis(
+                    "unexpected_exit",
+                    "unexpected_exit",
+                    target,
+                    &format!("{status}: {}", exit_reason(&logged)),
+                );
+                Death::Unexpected
+            }
         }
     }
 
