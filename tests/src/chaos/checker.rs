@@ -408,6 +408,14 @@ pub fn check(
                          against it ({told}); {seen}"
                     ),
                 );
+                // Visible is not atomic: the branches still disagree.
+                if !all && !none {
+                    push(
+                        "atomicity",
+                        &t.gtrid,
+                        format!("recorded {outcome} (heuristic); {seen}"),
+                    );
+                }
                 continue;
             }
             other => {
@@ -730,5 +738,20 @@ mod tests {
         let (txns, ev, mut rec) = clean();
         rec.insert("t1".into(), Recorded::Heuristic { committed: true });
         assert_eq!(rules(&check(&txns, &ev, &rec, 200)), ["heuristic"]);
+    }
+
+    #[test]
+    fn a_heuristic_outcome_with_branches_that_disagree_is_not_atomic() {
+        let (txns, mut ev, mut rec) = clean();
+        ev.pg.insert("t2".into());
+        rec.insert("t2".into(), Recorded::Heuristic { committed: false });
+        let v = check(&txns, &ev, &rec, 200);
+        assert!(v.iter().any(|v| v.rule == "heuristic"), "{v:?}");
+        assert!(
+            v.iter().any(|v| v.rule == "atomicity"
+                && v.detail.contains("recorded ABORTED")
+                && v.detail.contains("present")),
+            "{v:?}"
+        );
     }
 }
