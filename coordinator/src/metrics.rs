@@ -300,6 +300,18 @@ pub fn render(
         "Last log index applied to the state machine on this node.",
         raft.last_applied.map_or(0, |l| l.index) as f64,
     );
+    gauge(
+        &mut out,
+        "ratify_raft_snapshot_index",
+        "Last log index covered by this node's snapshot (0: none).",
+        raft.snapshot.map_or(0, |l| l.index) as f64,
+    );
+    gauge(
+        &mut out,
+        "ratify_raft_purged_index",
+        "Last log index purged from this node's log (0: none).",
+        raft.purged.map_or(0, |l| l.index) as f64,
+    );
     out
 }
 
