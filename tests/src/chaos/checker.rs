@@ -408,12 +408,13 @@ pub fn check(
                          against it ({told}); {seen}"
                     ),
                 );
-                // Visible is not atomic: the branches still disagree.
-                if !all && !none {
+                // Visible is not atomic: a branch committed under an abort (or missing
+                // under a commit) is broken, whatever the coordinator now shows.
+                if (committed && !all) || (!committed && !none) {
                     push(
                         "atomicity",
                         &t.gtrid,
-                        format!("recorded {outcome} (heuristic); {seen}"),
+                        format!("coordinator recorded {outcome} (heuristic), {told}; {seen}"),
                     );
                 }
                 continue;
