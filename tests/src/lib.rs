@@ -166,6 +166,38 @@ impl TestCluster {
         Ok(self.nodes.wait_for_leader(Duration::from_secs(10)).await?)
     }
 
+    /// A node other than `leader`.
+    ///
+    /// # Errors
+    /// When the cluster has no other node.
+    pub fn follower(&self, leader: u64) -> anyhow::Result<u64> {
+        self.nodes
+            .ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .context("no follower")
+    }
+
+    /// Waits until node `id` has applied the log up to `index`.
+    ///
+    /// # Errors
+    /// When it has not after `timeout`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(s) = self.nodes.status(id).await {
+                if s.last_applied >= index {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "node {id} did not apply up to {index} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the leader's live table is empty (every transaction completed).
     ///
     /// # Errors

@@ -80,12 +80,7 @@ fn large_begin() -> BeginOptions {
 async fn a_paused_follower_catches_up_after_a_burst_of_large_entries() -> anyhow::Result<()> {
     let mut c = TestCluster::start(&[]).await?;
     let leader = c.leader().await?;
-    let follower = c
-        .nodes
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let follower = c.follower(leader)?;
     c.nodes.pause(follower, true)?;
     let burst = Instant::now();
     let mut tasks = Vec::new();
@@ -118,18 +113,8 @@ async fn a_paused_follower_catches_up_after_a_burst_of_large_entries() -> anyhow
     );
     c.nodes.pause(follower, false)?;
     let resumed = Instant::now();
-    loop {
-        if let Ok(s) = c.nodes.status(follower).await {
-            if s.last_applied >= target {
-                break;
-            }
-        }
-        anyhow::ensure!(
-            resumed.elapsed() < Duration::from_secs(60),
-            "the follower did not catch up to {target} in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_applied(follower, target, Duration::from_secs(60))
+        .await?;
     println!("follower caught up in {:?}", resumed.elapsed());
     Ok(())
 }

@@ -119,12 +119,7 @@ async fn a_full_disk_stops_the_node_clearly_and_it_recovers_when_space_returns(
 ) -> anyhow::Result<()> {
     let mut c = TestCluster::start(&[]).await?;
     let leader = c.leader().await?;
-    let victim = c
-        .nodes
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let victim = c.follower(leader)?;
     // Move its data onto a small disk of its own. (Not a wiped one: a voter that
     // lost its log and vote must be replaced through a membership change, and
     // openraft stops a leader that sees a follower's log go backwards.)
@@ -174,19 +169,11 @@ async fn a_full_disk_stops_the_node_clearly_and_it_recovers_when_space_returns(
     disk.resize("256m")?;
     c.nodes.restart(victim)?;
     let target = c.nodes.status(leader).await?.last_log_index;
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = c.nodes.status(victim).await {
-            if s.last_applied >= target {
-                break;
-            }
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "the node did not catch up after space returned:\n{}",
-            log_tail(&c, victim)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = c
+        .wait_applied(victim, target, Duration::from_secs(30))
+        .await
+    {
+        anyhow::bail!("{e} after space returned:\n{}", log_tail(&c, victim));
     }
     c.nodes.kill(victim)?;
     drop(disk);

@@ -174,12 +174,7 @@ async fn follower_kill_does_not_interrupt_commits() -> anyhow::Result<()> {
     let mut c = TestCluster::start(&[]).await?;
     let bank = Arc::new(Bank::open(&c).await?);
     let leader = c.leader().await?;
-    let follower = c
-        .nodes
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let follower = c.follower(leader)?;
     let stop = Arc::new(AtomicBool::new(false));
     let run = tokio::spawn(workload(c.client.clone(), bank.clone(), 4, stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -11,9 +11,9 @@ use crate::txn::{Command, CommandResult};
 use crate::types::typ::StorageError;
 use crate::types::{NodeInfo, TypeConfig};
 
-struct SledBuilder;
+struct StoreBuilderImpl;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for StoreBuilderImpl {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir()
             .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
@@ -25,21 +25,19 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
 
 #[test]
 fn openraft_storage_suite_passes() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+    Suite::test_all(StoreBuilderImpl)
 }
 
-/// Every write acknowledged by a (single-node) cluster must already be covered by a
-/// completed fdatasync: if the log store reported entries flushed before syncing,
-/// writes would return while `durable_upto` still lags behind them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (log, sm) = open_stores(dir.path())?;
+/// A one-node cluster over the given stores, initialised and leading.
+async fn single_node(
+    log: LogStore,
+    sm: StateMachineStore,
+) -> anyhow::Result<crate::types::typ::Raft> {
     let raft = new_raft(
         1,
         raft_config("test", super::SNAPSHOT_EVERY)?,
         Network::default(),
-        log.clone(),
+        log,
         sm,
     )
     .await?;
@@ -51,6 +49,17 @@ async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Resul
     raft.wait(Some(std::time::Duration::from_secs(5)))
         .state(openraft::ServerState::Leader, "leader")
         .await?;
+    Ok(raft)
+}
+
+/// Every write acknowledged by a (single-node) cluster must already be covered by a
+/// completed fdatasync: if the log store reported entries flushed before syncing,
+/// writes would return while `durable_upto` still lags behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (log, sm) = open_stores(dir.path())?;
+    let raft = single_node(log.clone(), sm).await?;
     let syncs_before = log.sync_count();
     let mut writes = Vec::new();
     for i in 0..64u64 {
@@ -97,22 +106,7 @@ async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let journal = Journal::default();
     let (log, sm) = open_stores_with(dir.path(), Some(journal.clone()))?;
-    let raft = new_raft(
-        1,
-        raft_config("test", super::SNAPSHOT_EVERY)?,
-        Network::default(),
-        log,
-        sm,
-    )
-    .await?;
-    let node = NodeInfo {
-        raft_addr: "127.0.0.1:1".into(),
-        api_addr: "127.0.0.1:2".into(),
-    };
-    raft.initialize(BTreeMap::from([(1, node)])).await?;
-    raft.wait(Some(Duration::from_secs(5)))
-        .state(openraft::ServerState::Leader, "leader")
-        .await?;
+    let raft = single_node(log, sm).await?;
     raft.client_write(Command::SetClusterId { cluster_id: 7 }.into())
         .await?;
     for _ in 0..TXNS / PER_ENTRY {

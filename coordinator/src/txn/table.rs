@@ -222,12 +222,8 @@ impl TxnTable {
             return CommandResult::HandedOver;
         }
         if !rec.committing {
-            let enlisted = rec.branches.len() as u32;
-            if enlisted != branches {
-                return CommandResult::Refused(Refusal::BranchSetChanged {
-                    prepared: branches,
-                    enlisted,
-                });
+            if let Err(refused) = same_branches(rec, branches) {
+                return refused;
             }
             rec.committing = true;
         }
@@ -245,12 +241,8 @@ impl TxnTable {
             return CommandResult::Refused(Refusal::Committing);
         }
         if !rec.handed_over {
-            let enlisted = rec.branches.len() as u32;
-            if enlisted != branches {
-                return CommandResult::Refused(Refusal::BranchSetChanged {
-                    prepared: branches,
-                    enlisted,
-                });
+            if let Err(refused) = same_branches(rec, branches) {
+                return refused;
             }
             rec.handed_over = true;
         }
@@ -366,6 +358,20 @@ impl TxnTable {
             self.finished.remove(&oldest);
             self.finished_order.pop_front();
         }
+    }
+}
+
+/// Refuses a step taken for `branches` branches when the transaction now has another
+/// number (an Enlist slipped in after the driver read them).
+fn same_branches(rec: &TxnRecord, branches: u32) -> Result<(), CommandResult> {
+    let enlisted = rec.branches.len() as u32;
+    if enlisted == branches {
+        Ok(())
+    } else {
+        Err(CommandResult::Refused(Refusal::BranchSetChanged {
+            prepared: branches,
+            enlisted,
+        }))
     }
 }
 
