@@ -580,18 +580,39 @@ impl PgResource {
     /// The vote for a gid with no open branch here that is not prepared, from its
     /// committed fence row: a retried prepare of a READ_ONLY branch (a new leader
     /// re-running the prepare round) votes READ_ONLY again, one of a committed branch
-    /// YES (only committing is consistent with it); anything else is NO.
+    /// YES (only committing is consistent with it); anything else is NO, and a NO for
+    /// an xid with no fence row leaves a tombstone first (rule 5: a late
+    /// `begin_branch` and prepare of it are then refused, not left prepared).
     async fn prepare_closed(&self, gid: &Gid) -> Result<Vote, PgError> {
         let mut c = self.control.get().await?;
-        Ok(match Self::fence_state(&mut c, gid).await? {
-            Some('o') => Vote::ReadOnly,
-            Some('b') => Vote::Yes,
-            Some('r') => Vote::No("branch was rolled back".into()),
-            _ => Vote::No(
-                "no open branch for this xid here (never opened, lost in a restart, or rolled back)"
-                    .into(),
-            ),
-        })
+        let mut tombstoned = false;
+        loop {
+            return Ok(match Self::fence_state(&mut c, gid).await? {
+                Some('o') => Vote::ReadOnly,
+                Some('b') => Vote::Yes,
+                Some('r') => Vote::No(if tombstoned {
+                    "no open branch for this xid here (never opened, lost in a restart, or \
+                     rolled back); fenced"
+                        .into()
+                } else {
+                    "branch was rolled back".into()
+                }),
+                _ if !tombstoned => {
+                    // Whatever row wins the insert (ours, or one that appeared), the
+                    // next pass answers from it.
+                    insert_fence(
+                        &mut c,
+                        gid,
+                        FenceRow::Tombstone,
+                        self.config.fence_lock_wait,
+                    )
+                    .await??;
+                    tombstoned = true;
+                    continue;
+                }
+                _ => Vote::No("no open branch for this xid here".into()),
+            });
+        }
     }
 
     /// The committed fence row of `gid`: `Some('b')` (committed), `Some('r')`

@@ -660,3 +660,24 @@ async fn an_old_fence_table_is_upgraded_at_connect() -> anyhow::Result<()> {
     assert!(prepared_gids(&url).await?.is_empty());
     Ok(())
 }
+
+/// A NO vote for an xid this resource never opened (lost in a restart, or a prepare
+/// that overtook its branch) leaves a tombstone (rule 5): the branch opened late for
+/// that xid is refused, instead of preparing work of a transaction already aborted.
+#[tokio::test]
+async fn a_no_vote_for_an_unknown_xid_fences_a_late_branch() -> anyhow::Result<()> {
+    let url = fresh_db("no_vote_fence").await?;
+    let pg = PgResource::connect(PgConfig::new(&url, "t_no_fence")).await?;
+    let x = xid()?;
+    assert!(matches!(pg.prepare(&x).await?, Vote::No(_)));
+    assert!(
+        matches!(pg.prepare(&x).await?, Vote::No(_)),
+        "a retry answers NO too"
+    );
+    match pg.begin_branch(&x).await {
+        Err(PgError::BranchClosed(_)) => {}
+        other => panic!("a branch of an xid that voted NO was opened: {other:?}"),
+    }
+    assert_eq!(pg.rollback(&x).await?, RollbackResult::RolledBack);
+    Ok(())
+}
