@@ -28,7 +28,8 @@
 //!   `coord.after_one_phase` (the participant answered, its answer not logged),
 //!   `coord.before_timeout_abort` (the scan chose an expired transaction, the abort
 //!   is not proposed yet), `coord.before_enlist` (an Enlist passed its checks, not
-//!   proposed yet);
+//!   proposed yet), `sm.before_install_save` (a follower received a snapshot and has
+//!   not written it yet);
 //! - adapters add their own (`pg.*`, `kafka.*`), documented in their modules.
 //!
 //! # Deliberate bugs (switches, `name=on`)

@@ -238,3 +238,51 @@ async fn begin_past_the_live_cap_is_refused_until_transactions_finish() -> anyho
     rpc.begin(ratify_proto::pb::BeginRequest::default()).await?;
     Ok(())
 }
+
+/// A follower cut off while the majority snapshots and purges past its log gets the
+/// snapshot when it returns — and is killed while it writes it (a fail point holds it
+/// there). openraft 0.9 purges the log as soon as it accepts the snapshot, before the
+/// state machine has written it; the log store keeps every entry past the snapshot
+/// on disk, so the node starts again and catches up. Before, it could never start
+/// again ("Failed to get log entries", found by the long chaos run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_while_installing_a_snapshot_starts_again() -> anyhow::Result<()> {
+    let mut c = TestCluster::start_partitionable(&["--snapshot-every", "50"]).await?;
+    let leader = c.leader().await?;
+    let follower = c.follower(leader)?;
+    c.nodes
+        .restart_with_failpoints(follower, "sm.before_install_save=sleep:4000")?;
+    c.leader().await?;
+    c.nodes.isolate(follower)?;
+    for _ in 0..150 {
+        let t = c.client.begin(BeginOptions::default()).await?;
+        must_commit(&c.client.commit(&t.gtrid).await?);
+    }
+    let log = c.dir.path().join(format!("cluster/node{follower}.log"));
+    c.nodes.heal();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ratify failpoint sm.before_install_save")
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the follower never began installing a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Mid-install: the purge has run, the snapshot is not written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes.kill(follower)?;
+    c.nodes.restart_with_failpoints(follower, "")?;
+    let leader = c.leader().await?;
+    let target = c.nodes.status(leader).await?.last_log_index;
+    c.wait_applied(follower, target, Duration::from_secs(30))
+        .await
+        .map_err(|e| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail = &text[text.len().saturating_sub(3_000)..];
+            anyhow::anyhow!("{e}; its log ends:\n{tail}")
+        })?;
+    Ok(())
+}

@@ -91,6 +91,9 @@ struct Inner {
     durable_upto: AtomicU64,
     /// Test hook: where purges are reported, to check they follow a durable snapshot.
     journal: Option<Journal>,
+    /// One past the last log index the durable snapshot covers (0: none): nothing
+    /// past it is purged.
+    snapshot_floor: Option<Arc<AtomicU64>>,
 }
 
 /// The Raft log store. Cloning shares it.
@@ -132,8 +135,44 @@ impl LogStore {
                 writer,
                 durable_upto: AtomicU64::new(0),
                 journal: None,
+                snapshot_floor: None,
             }),
         })
+    }
+
+    /// Never purges past what the durable snapshot covers (`floor`, kept by the
+    /// snapshot files). Call before sharing the store.
+    #[must_use]
+    pub fn with_snapshot_floor(mut self, floor: Arc<AtomicU64>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.snapshot_floor = Some(floor);
+        }
+        self
+    }
+
+    /// The purge point actually taken for `want`: openraft 0.9 purges the log as soon
+    /// as it accepts an installed snapshot, concurrently with the state machine writing
+    /// it, so a crash in between left a log purged past the snapshot on disk, and a node
+    /// that could never start again ("Failed to get log entries", found by the chaos
+    /// suite). Entries no durable snapshot covers yet are kept; the next purge takes
+    /// them. `None`: nothing to purge now.
+    fn purge_point(&self, want: LogId) -> Option<LogId> {
+        let Some(floor) = &self.inner.snapshot_floor else {
+            return Some(want);
+        };
+        // No durable snapshot: nothing may go.
+        let durable = floor.load(Ordering::Acquire).checked_sub(1)?;
+        if want.index <= durable {
+            return Some(want);
+        }
+        let state = self.state();
+        let at = state.entries.get(&durable).map(|e| e.log_id)?;
+        tracing::debug!(
+            want = want.index,
+            durable,
+            "purging only up to the durable snapshot"
+        );
+        Some(at).filter(|at| state.last_purged.is_none_or(|p| p.index < at.index))
     }
 
     /// Reports purges to `journal` (tests). Call before sharing the store.
@@ -337,6 +376,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let Some(log_id) = self.purge_point(log_id) else {
+            return Ok(());
+        };
         if let Some(j) = &self.inner.journal {
             j.note(DurabilityEvent::Purged(log_id.index));
         }
@@ -387,6 +429,36 @@ mod tests {
 
     fn indexes(store: &LogStore) -> Vec<u64> {
         store.state().entries.keys().copied().collect()
+    }
+
+    /// The log is never purged past what the durable snapshot covers: openraft 0.9
+    /// purges as soon as it accepts an installed snapshot, before the state machine
+    /// has written it; a crash in between must leave a log that still holds every
+    /// entry after the snapshot on disk.
+    #[tokio::test]
+    async fn the_log_is_not_purged_past_the_durable_snapshot() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let floor = Arc::new(AtomicU64::new(11)); // a snapshot up to 10
+        let mut store = LogStore::open(dir.path())?.with_snapshot_floor(Arc::clone(&floor));
+        synced(&store, entries(1, 30)).await?;
+        store.purge(log_id(1, 1, 20)).await?;
+        drop(store);
+        let mut store = LogStore::open(dir.path())?.with_snapshot_floor(Arc::clone(&floor));
+        let st = store.get_log_state().await?;
+        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(10));
+        assert_eq!(indexes(&store).first(), Some(&11));
+        // Once a snapshot up to 25 is durable, the next purge goes that far.
+        floor.store(26, Ordering::Release);
+        store.purge(log_id(1, 1, 25)).await?;
+        let st = store.get_log_state().await?;
+        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(25));
+        // With no snapshot at all, nothing is purged.
+        let dir = tempfile::tempdir()?;
+        let mut bare = LogStore::open(dir.path())?.with_snapshot_floor(Arc::new(AtomicU64::new(0)));
+        synced(&bare, entries(0, 5)).await?;
+        bare.purge(log_id(1, 1, 3)).await?;
+        assert_eq!(bare.get_log_state().await?.last_purged_log_id, None);
+        Ok(())
     }
 
     /// A replication read stops at about a megabyte, however many entries were asked

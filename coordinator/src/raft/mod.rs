@@ -59,8 +59,10 @@ pub fn open_stores_with(
     dir: &Path,
     journal: Option<Journal>,
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
-    let log = LogStore::open(&dir.join("wal"))?.with_journal(journal.clone());
-    let snapshots = SnapshotFiles::open(&dir.join("snapshot"), journal)?;
+    let snapshots = SnapshotFiles::open(&dir.join("snapshot"), journal.clone())?;
+    let log = LogStore::open(&dir.join("wal"))?
+        .with_journal(journal)
+        .with_snapshot_floor(snapshots.durable_upto());
     let sm = StateMachineStore::open(snapshots).map_err(OpenError::Storage)?;
     Ok((log, sm))
 }

@@ -22,6 +22,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The file's first bytes.
@@ -87,6 +88,9 @@ pub struct SnapshotFiles {
     journal: Option<Journal>,
     /// One save at a time: openraft may build a snapshot while it installs one.
     saving: Arc<Mutex<u64>>,
+    /// One past the last log index the durable snapshot covers (0: no snapshot). The
+    /// log store reads it before it purges (see `LogStore::purge`).
+    durable_upto: Arc<AtomicU64>,
 }
 
 impl SnapshotFiles {
@@ -100,6 +104,7 @@ impl SnapshotFiles {
             dir: dir.to_path_buf(),
             journal,
             saving: Arc::new(Mutex::new(0)),
+            durable_upto: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -160,7 +165,20 @@ impl SnapshotFiles {
             .map_err(io(&self.dir))?;
         self.note(DurabilityEvent::SyncedDir(self.dir.clone()));
         self.note(DurabilityEvent::SnapshotDurable(covers));
+        self.mark_durable(covers);
         Ok(())
+    }
+
+    /// Records that the snapshot on disk covers the log up to `index` (after a save,
+    /// or after the one found at start was loaded).
+    pub fn mark_durable(&self, index: u64) {
+        self.durable_upto
+            .fetch_max(index.saturating_add(1), Ordering::AcqRel);
+    }
+
+    /// A handle on one past the last log index the durable snapshot covers (0: none).
+    pub fn durable_upto(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.durable_upto)
     }
 
     /// The current snapshot's payload, if there is one.

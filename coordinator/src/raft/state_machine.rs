@@ -83,6 +83,9 @@ impl StateMachineStore {
         };
         if let Some(snap) = store.load_snapshot()? {
             *store.data.write() = decode(&snap.data).map_err(snap_err)?;
+            store
+                .snapshots
+                .mark_durable(snap.meta.last_log_id.map_or(0, |l| l.index));
         }
         Ok(store)
     }
@@ -186,6 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
+        ratify_participant_sdk::failpoint::hit("sm.before_install_save").await;
         let mut data: SmData = decode(&bytes).map_err(sm_err)?;
         data.last_applied = meta.last_log_id;
         data.last_membership = meta.last_membership.clone();

@@ -11,14 +11,21 @@ use crate::txn::{Command, CommandResult};
 use crate::types::typ::StorageError;
 use crate::types::{NodeInfo, TypeConfig};
 
+/// The stores as openraft's suite wants them: its purge tests purge without building
+/// a snapshot, so the log store has no snapshot floor here (the floor has tests of
+/// its own in `log_store`).
 struct StoreBuilderImpl;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for StoreBuilderImpl {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
-        let dir = tempfile::tempdir()
-            .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-        let (log, sm) = open_stores(dir.path())
-            .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+        fn io(e: impl std::error::Error + 'static) -> StorageError {
+            openraft::StorageIOError::write(openraft::AnyError::new(&e)).into()
+        }
+        let dir = tempfile::tempdir().map_err(io)?;
+        let log = LogStore::open(&dir.path().join("wal")).map_err(io)?;
+        let files = super::snapshot_file::SnapshotFiles::open(&dir.path().join("snapshot"), None)
+            .map_err(io)?;
+        let sm = StateMachineStore::open(files)?;
         Ok((dir, log, sm))
     }
 }
