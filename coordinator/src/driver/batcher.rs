@@ -71,15 +71,25 @@ impl Batcher {
     /// # Errors
     /// `NotLeader` with the hint, or `Unavailable` when the entry could not commit.
     pub(super) async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
+        self.submit(cmd).await
+    }
+
+    /// Queues `cmd` now (so it is ordered before anything proposed later) and returns
+    /// its answer as a future, which may be dropped if the answer is not needed.
+    pub(super) fn submit(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, DriveError>> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { cmd, reply })
-            .map_err(|_| DriveError::Unavailable("the node is shutting down".into()))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(DriveError::Unavailable(
-                "the proposal was dropped (node shutting down?); retry".into(),
-            ))
-        })
+        let sent = self.queue.send(Pending { cmd, reply });
+        async move {
+            sent.map_err(|_| DriveError::Unavailable("the node is shutting down".into()))?;
+            answer.await.unwrap_or_else(|_| {
+                Err(DriveError::Unavailable(
+                    "the proposal was dropped (node shutting down?); retry".into(),
+                ))
+            })
+        }
     }
 }
 

@@ -627,24 +627,19 @@ impl Driver {
                 "leadership lost before prepare; retry".into(),
             ));
         }
-        // The commit request is logged alongside the prepare round (it costs no wait):
-        // from then on no branch can be enlisted, no leader switches the transaction
-        // to one phase, and a new leader takes the commit over if this one dies.
-        let marker = self.propose(Command::CommitStarted { txn, branches: n });
-        let votes = self.collect_votes(gtrid, &branches, timeout);
-        let (marker, (read_only, failure)) = tokio::join!(marker, votes);
-        match marker {
-            Ok(CommandResult::Decided(d)) => {
-                // Decided meanwhile (a rollback, the timeout): that decision stands,
-                // and its phase 2 covers the branches just prepared.
-                self.ensure_phase2(txn);
-                return Ok(d);
-            }
-            Ok(CommandResult::HandedOver) => return Err(DriveError::HandedOver),
-            // Any other answer: the decision below is what counts (a branch that
-            // sneaked in makes the state machine refuse the commit).
-            _ => {}
-        }
+        // The commit request is logged alongside the prepare round, and nobody waits
+        // for it: it is queued before the decision, so it lands in the log first (in
+        // the same entry or an earlier one). From then on no branch can be enlisted,
+        // no leader switches the transaction to one phase, and a new leader takes the
+        // commit over if this one dies. Its answer is not needed: the decision below
+        // meets the same refusals (decided meanwhile: that decision comes back; a
+        // branch sneaked in: the commit is refused; handed over: likewise).
+        drop(
+            self.inner
+                .batcher
+                .submit(Command::CommitStarted { txn, branches: n }),
+        );
+        let (read_only, failure) = self.collect_votes(gtrid, &branches, timeout).await;
         if failure.is_none() && failpoint::is_on("bug.commit_before_decision") {
             self.bug_commit_before_decision(txn, &branches, &read_only)
                 .await;
