@@ -284,5 +284,17 @@ async fn a_follower_killed_while_installing_a_snapshot_starts_again() -> anyhow:
             let tail = &text[text.len().saturating_sub(3_000)..];
             anyhow::anyhow!("{e}; its log ends:\n{tail}")
         })?;
+    // And again after it appended past the installed snapshot: its log must have no
+    // gap where the entries the snapshot replaced were never received.
+    for _ in 0..20 {
+        let t = c.client.begin(BeginOptions::default()).await?;
+        must_commit(&c.client.commit(&t.gtrid).await?);
+    }
+    c.nodes.kill(follower)?;
+    c.nodes.restart(follower)?;
+    let leader = c.leader().await?;
+    let target = c.nodes.status(leader).await?.last_log_index;
+    c.wait_applied(follower, target, Duration::from_secs(30))
+        .await?;
     Ok(())
 }

@@ -150,29 +150,34 @@ impl LogStore {
         self
     }
 
-    /// The purge point actually taken for `want`: openraft 0.9 purges the log as soon
-    /// as it accepts an installed snapshot, concurrently with the state machine writing
-    /// it, so a crash in between left a log purged past the snapshot on disk, and a node
-    /// that could never start again ("Failed to get log entries", found by the chaos
-    /// suite). Entries no durable snapshot covers yet are kept; the next purge takes
-    /// them. `None`: nothing to purge now.
-    fn purge_point(&self, want: LogId) -> Option<LogId> {
+    /// Waits until the durable snapshot covers `upto`. openraft 0.9 purges the log as
+    /// soon as it accepts an installed snapshot, concurrently with the state machine
+    /// writing it (its PurgeLog command waits for nothing): a crash in between left a
+    /// log purged past the snapshot on disk, and a node that could never start again
+    /// ("Failed to get log entries", found by the chaos suite). The install runs on
+    /// openraft's state-machine task, so waiting here (on the core's task) cannot
+    /// block it. Purging less instead would leave a gap in the log where the entries
+    /// the snapshot replaced were never received.
+    ///
+    /// # Errors
+    /// When no snapshot covering `upto` becomes durable within [`PURGE_WAIT`]: the
+    /// purge is refused (and openraft stops the node) rather than done unsafely.
+    async fn wait_for_snapshot(&self, upto: u64) -> Result<(), StorageError> {
         let Some(floor) = &self.inner.snapshot_floor else {
-            return Some(want);
+            return Ok(());
         };
-        // No durable snapshot: nothing may go.
-        let durable = floor.load(Ordering::Acquire).checked_sub(1)?;
-        if want.index <= durable {
-            return Some(want);
+        let start = std::time::Instant::now();
+        // One past the durable snapshot's last index; 0 is "no snapshot".
+        while floor.load(Ordering::Acquire) <= upto {
+            if start.elapsed() > PURGE_WAIT {
+                return Err(write_err(std::io::Error::other(format!(
+                    "refusing to purge the log up to {upto}: no snapshot covering it became \
+                     durable within {PURGE_WAIT:?}"
+                ))));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let state = self.state();
-        let at = state.entries.get(&durable).map(|e| e.log_id)?;
-        tracing::debug!(
-            want = want.index,
-            durable,
-            "purging only up to the durable snapshot"
-        );
-        Some(at).filter(|at| state.last_purged.is_none_or(|p| p.index < at.index))
+        Ok(())
     }
 
     /// Reports purges to `journal` (tests). Call before sharing the store.
@@ -258,6 +263,9 @@ impl LogStore {
         }
     }
 }
+
+/// Longest a purge waits for the snapshot that covers it to become durable.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Roughly the most bytes of entries one replication read returns (see
 /// [`RaftLogReader::limited_get_log_entries`]): with `MAX_APPEND_BYTES` in the network
@@ -376,9 +384,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let Some(log_id) = self.purge_point(log_id) else {
-            return Ok(());
-        };
+        self.wait_for_snapshot(log_id.index).await?;
         if let Some(j) = &self.inner.journal {
             j.note(DurabilityEvent::Purged(log_id.index));
         }
@@ -433,31 +439,37 @@ mod tests {
 
     /// The log is never purged past what the durable snapshot covers: openraft 0.9
     /// purges as soon as it accepts an installed snapshot, before the state machine
-    /// has written it; a crash in between must leave a log that still holds every
-    /// entry after the snapshot on disk.
+    /// has written it; the purge waits until the snapshot is durable.
     #[tokio::test]
-    async fn the_log_is_not_purged_past_the_durable_snapshot() -> anyhow::Result<()> {
+    async fn a_purge_waits_for_the_snapshot_that_covers_it() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let floor = Arc::new(AtomicU64::new(11)); // a snapshot up to 10
         let mut store = LogStore::open(dir.path())?.with_snapshot_floor(Arc::clone(&floor));
         synced(&store, entries(1, 30)).await?;
-        store.purge(log_id(1, 1, 20)).await?;
-        drop(store);
-        let mut store = LogStore::open(dir.path())?.with_snapshot_floor(Arc::clone(&floor));
-        let st = store.get_log_state().await?;
-        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(10));
-        assert_eq!(indexes(&store).first(), Some(&11));
-        // Once a snapshot up to 25 is durable, the next purge goes that far.
-        floor.store(26, Ordering::Release);
-        store.purge(log_id(1, 1, 25)).await?;
-        let st = store.get_log_state().await?;
-        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(25));
-        // With no snapshot at all, nothing is purged.
-        let dir = tempfile::tempdir()?;
-        let mut bare = LogStore::open(dir.path())?.with_snapshot_floor(Arc::new(AtomicU64::new(0)));
-        synced(&bare, entries(0, 5)).await?;
-        bare.purge(log_id(1, 1, 3)).await?;
-        assert_eq!(bare.get_log_state().await?.last_purged_log_id, None);
+        store.purge(log_id(1, 1, 10)).await?;
+        let mut waiting = store.clone();
+        let purge = tokio::spawn(async move { waiting.purge(log_id(1, 1, 20)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!purge.is_finished(), "purged past the durable snapshot");
+        assert_eq!(
+            store
+                .get_log_state()
+                .await?
+                .last_purged_log_id
+                .map(|l| l.index),
+            Some(10)
+        );
+        floor.store(21, Ordering::Release); // the snapshot up to 20 is durable
+        purge.await??;
+        assert_eq!(
+            store
+                .get_log_state()
+                .await?
+                .last_purged_log_id
+                .map(|l| l.index),
+            Some(20)
+        );
+        assert_eq!(indexes(&store).first(), Some(&21), "the log has no gap");
         Ok(())
     }
 
