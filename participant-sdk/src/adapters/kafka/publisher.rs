@@ -541,10 +541,17 @@ fn ensure_ledger_topic(config: &KafkaConfig) -> Result<(), AdapterError> {
             })?;
         match described.into_iter().next() {
             Some(Ok(resource)) => {
-                break resource
+                let policy = resource
                     .get("cleanup.policy")
                     .and_then(|e| e.value.clone())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                // A topic created a moment ago can be described before its
+                // configuration is: an empty policy then is not an answer yet.
+                if policy.is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                break policy;
             }
             // Just created: another broker may not know it yet.
             Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if Instant::now() < deadline => {
