@@ -433,6 +433,14 @@ mod tests {
         rx.await?.map_err(anyhow::Error::msg)
     }
 
+    async fn last_purged(store: &mut LogStore) -> anyhow::Result<Option<u64>> {
+        Ok(store
+            .get_log_state()
+            .await?
+            .last_purged_log_id
+            .map(|l| l.index))
+    }
+
     fn indexes(store: &LogStore) -> Vec<u64> {
         store.state().entries.keys().copied().collect()
     }
@@ -451,24 +459,10 @@ mod tests {
         let purge = tokio::spawn(async move { waiting.purge(log_id(1, 1, 20)).await });
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(!purge.is_finished(), "purged past the durable snapshot");
-        assert_eq!(
-            store
-                .get_log_state()
-                .await?
-                .last_purged_log_id
-                .map(|l| l.index),
-            Some(10)
-        );
+        assert_eq!(last_purged(&mut store).await?, Some(10));
         floor.store(21, Ordering::Release); // the snapshot up to 20 is durable
         purge.await??;
-        assert_eq!(
-            store
-                .get_log_state()
-                .await?
-                .last_purged_log_id
-                .map(|l| l.index),
-            Some(20)
-        );
+        assert_eq!(last_purged(&mut store).await?, Some(20));
         assert_eq!(indexes(&store).first(), Some(&21), "the log has no gap");
         Ok(())
     }

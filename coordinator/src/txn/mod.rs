@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use ratify_proto::pb;
 
-pub use table::{cut as cut_detail, Lookup, TxnTable, MAX_PINNED};
+pub use table::{cut as cut_detail, Lookup, Outcomes, TxnTable, MAX_PINNED};
 
 /// Most branches one transaction may have.
 pub const MAX_BRANCHES: usize = 64;

@@ -19,12 +19,10 @@ pub struct TxnTable {
     pub next_txn: u64,
     /// Transactions not yet COMPLETED, by number.
     pub live: BTreeMap<u64, TxnRecord>,
-    /// Decisions of COMPLETED transactions, by number, bounded by `retention`.
-    pub finished: BTreeMap<u64, FinishedRecord>,
-    /// The numbers in `finished`, in completion order: eviction takes the outcome
-    /// that completed first, so a long-running transaction's outcome is kept as long
-    /// as any other's (not dropped because its number is low).
-    pub finished_order: VecDeque<u64>,
+    /// Decisions of COMPLETED transactions, bounded by `retention`. Eviction takes
+    /// the outcome that completed first, so a long-running transaction's outcome is
+    /// kept as long as any other's (not dropped because its number is low).
+    pub finished: Outcomes,
     /// How long outcomes are kept (replicated, see [`Command::SetRetention`]).
     pub retention: Retention,
     /// Outcomes evicted by `retention.max_count` while younger than
@@ -33,9 +31,62 @@ pub struct TxnTable {
     /// Aborts completed without every branch's answer (rollback abandoned), kept for
     /// the time floor whatever `retention.max_count` says: a branch may still be
     /// prepared and will ask. Bounded by [`MAX_PINNED`].
-    pub pinned: BTreeMap<u64, FinishedRecord>,
-    /// The numbers in `pinned`, in completion order.
-    pub pinned_order: VecDeque<u64>,
+    pub pinned: Outcomes,
+}
+
+/// Completed outcomes by transaction number, and the order they completed in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes {
+    /// The outcomes, by number.
+    by_txn: BTreeMap<u64, FinishedRecord>,
+    /// Their numbers, in completion order (the first is evicted first).
+    order: VecDeque<u64>,
+}
+
+impl Outcomes {
+    /// The outcome of `txn`, if kept.
+    pub fn get(&self, txn: &u64) -> Option<&FinishedRecord> {
+        self.by_txn.get(txn)
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.by_txn.len()
+    }
+
+    /// None kept.
+    pub fn is_empty(&self) -> bool {
+        self.by_txn.is_empty()
+    }
+
+    /// Keeps `decision` as `txn`'s outcome, with a short detail (up to millions are
+    /// kept).
+    fn insert(&mut self, txn: u64, mut decision: Decision, completed_ms: u64) {
+        decision.detail = cut_to(decision.detail, FINISHED_DETAIL_BYTES);
+        self.by_txn.insert(
+            txn,
+            FinishedRecord {
+                decision,
+                completed_ms,
+            },
+        );
+        self.order.push_back(txn);
+    }
+
+    /// Forgets the oldest outcomes while `evict(oldest, kept)` says so.
+    fn evict_while(&mut self, mut evict: impl FnMut(&FinishedRecord, usize) -> bool) {
+        while let Some(&oldest) = self.order.front() {
+            let Some(f) = self.by_txn.get(&oldest) else {
+                self.order.pop_front();
+                continue;
+            };
+            if !evict(f, self.by_txn.len()) {
+                break;
+            }
+            self.by_txn.remove(&oldest);
+            self.order.pop_front();
+        }
+    }
 }
 
 /// Most pinned outcomes (see [`TxnTable::pinned`]); past it the oldest go.
@@ -297,43 +348,18 @@ impl TxnTable {
         CommandResult::Decided(decision)
     }
 
-    fn finish(&mut self, txn: u64, mut decision: Decision, completed_ms: u64) {
-        // Kept for up to millions of outcomes: a short detail is enough there.
-        decision.detail = cut_to(decision.detail, FINISHED_DETAIL_BYTES);
-        self.finished.insert(
-            txn,
-            FinishedRecord {
-                decision,
-                completed_ms,
-            },
-        );
-        self.finished_order.push_back(txn);
+    fn finish(&mut self, txn: u64, decision: Decision, completed_ms: u64) {
+        self.finished.insert(txn, decision, completed_ms);
         self.evict(completed_ms);
     }
 
     /// Keeps an abandoned abort's outcome apart from the count cap (see `pinned`).
-    fn pin(&mut self, txn: u64, mut decision: Decision, completed_ms: u64) {
-        decision.detail = cut_to(decision.detail, FINISHED_DETAIL_BYTES);
-        self.pinned.insert(
-            txn,
-            FinishedRecord {
-                decision,
-                completed_ms,
-            },
-        );
-        self.pinned_order.push_back(txn);
+    fn pin(&mut self, txn: u64, decision: Decision, completed_ms: u64) {
+        self.pinned.insert(txn, decision, completed_ms);
         let floor = self.retention.min_age_ms;
-        while let Some(&oldest) = self.pinned_order.front() {
-            let aged = self
-                .pinned
-                .get(&oldest)
-                .is_none_or(|f| f.completed_ms.saturating_add(floor) <= completed_ms);
-            if !(aged || self.pinned.len() > MAX_PINNED) {
-                break;
-            }
-            self.pinned.remove(&oldest);
-            self.pinned_order.pop_front();
-        }
+        self.pinned.evict_while(|f, kept| {
+            f.completed_ms.saturating_add(floor) <= completed_ms || kept > MAX_PINNED
+        });
     }
 
     /// Forgets the outcomes that completed first, while more than `min_count` are
@@ -341,23 +367,17 @@ impl TxnTable {
     /// kept. `now_ms` comes from the command, so every replica evicts alike.
     fn evict(&mut self, now_ms: u64) {
         let r = self.retention;
-        while let Some(&oldest) = self.finished_order.front() {
-            let Some(f) = self.finished.get(&oldest) else {
-                self.finished_order.pop_front();
-                continue;
-            };
-            let kept = self.finished.len() as u64;
+        let early = &mut self.evicted_early;
+        self.finished.evict_while(|f, kept| {
+            let kept = kept as u64;
             let aged = f.completed_ms.saturating_add(r.min_age_ms) <= now_ms;
             let over_cap = kept > r.max_count.max(1);
-            if !(over_cap || (kept > r.min_count && aged)) {
-                break;
+            let evict = over_cap || (kept > r.min_count && aged);
+            if evict && !aged {
+                *early += 1;
             }
-            if !aged {
-                self.evicted_early += 1;
-            }
-            self.finished.remove(&oldest);
-            self.finished_order.pop_front();
-        }
+            evict
+        });
     }
 }
 
@@ -471,6 +491,19 @@ mod tests {
             skip_phase2: vec![],
             complete: false,
         })
+    }
+
+    /// Records that branch `bqual` of decided `txn` answered ROLLED BACK.
+    fn rolled_back_under_commit(t: &mut TxnTable, txn: u64, bqual: u32, detail: String) {
+        t.apply(Command::Heuristic {
+            txn,
+            bqual,
+            heuristic: Heuristic {
+                committed: false,
+                detail,
+                at_ms: 3,
+            },
+        });
     }
 
     fn table() -> TxnTable {
@@ -814,15 +847,7 @@ mod tests {
         let mut t = table();
         let txn = begun(&mut t, 2);
         decide(&mut t, txn, true, Reason::ClientCommit);
-        t.apply(Command::Heuristic {
-            txn,
-            bqual: 2,
-            heuristic: Heuristic {
-                committed: false,
-                detail: String::new(),
-                at_ms: 3,
-            },
-        });
+        rolled_back_under_commit(&mut t, txn, 2, String::new());
         t.apply(Command::Acknowledged {
             txn,
             bquals: vec![1],
@@ -838,15 +863,7 @@ mod tests {
         let mut t = table();
         let txn = begun(&mut t, 2);
         decide(&mut t, txn, true, Reason::ClientCommit);
-        t.apply(Command::Heuristic {
-            txn,
-            bqual: 2,
-            heuristic: Heuristic {
-                committed: false,
-                detail: "x".repeat(10 * MAX_DETAIL_BYTES),
-                at_ms: 3,
-            },
-        });
+        rolled_back_under_commit(&mut t, txn, 2, "x".repeat(10 * MAX_DETAIL_BYTES));
         t.apply(Command::Complete {
             txns: vec![txn],
             now_ms: 4,
