@@ -211,8 +211,9 @@ impl Driver {
         }
     }
 
-    /// One pass over the live table.
+    /// One pass over the live table (and the participant channels).
     async fn scan(&self) {
+        self.inner.pool.close_idle(self.inner.config.channel_idle);
         let now = now_ms();
         let (decided, undriven, expired) = {
             let sm = self.inner.sm.read();

@@ -949,9 +949,9 @@ impl Driver {
         (trouble.len(), trouble.values().map(|t| t.since_ms).min())
     }
 
-    /// Open participant channels after closing the idle ones.
-    pub fn close_idle_channels(&self) -> usize {
-        self.inner.pool.close_idle(self.inner.config.channel_idle)
+    /// Open participant channels.
+    pub fn open_channels(&self) -> usize {
+        self.inner.pool.len()
     }
 
     /// Is a commit of `txn` being driven on this node right now?

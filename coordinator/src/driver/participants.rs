@@ -70,11 +70,20 @@ pub struct ParticipantPool {
 }
 
 impl ParticipantPool {
-    /// Closes channels unused for `idle` or longer; returns how many remain.
-    pub fn close_idle(&self, idle: Duration) -> usize {
+    /// Closes channels unused for `idle` or longer.
+    pub fn close_idle(&self, idle: Duration) {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients.retain(|_, c| c.used.elapsed() < idle);
-        clients.len()
+    }
+
+    /// Open channels.
+    pub fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// No channel open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, String> {

@@ -33,7 +33,7 @@ async fn metrics(State(driver): State<Driver>) -> impl IntoResponse {
     let local = LeaderView {
         retrying_branches: retrying,
         oldest_retrying_ms: oldest,
-        channels: driver.close_idle_channels(),
+        channels: driver.open_channels(),
     };
     let body = render(driver.counters(), driver.sm(), &raft, &local);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
