@@ -9,10 +9,13 @@
 //!   the integration tests.
 //! - [`order_pipeline`]: service A → Kafka → service B → Kafka of
 //!   `src/bin/order_pipeline.rs`, shared with the integration tests.
+//! - [`narayana`]: the Narayana JTA row of `pg_bank bench` (runs the Java harness of
+//!   `examples/narayana/`).
 //! - [`lab`]: the trade-off lab of `src/bin/tradeoff_lab.rs`: the pipeline five ways,
 //!   measured side by side.
 
 pub mod lab;
+pub mod narayana;
 pub mod order_pipeline;
 pub mod pg_bank;
 

@@ -1,16 +1,21 @@
 //! `pg_bank bench`: transfers across the two databases through Ratify, next to the
 //! same transfers with raw `PREPARE TRANSACTION` / `COMMIT PREPARED` and no
-//! coordinator, and next to plain single-database commits, at several client counts.
+//! coordinator, and next to plain single-database commits, at several client counts;
+//! and, when Java is there, next to the same transfer driven by Narayana JTA, an
+//! in-process XA transaction manager (the harness in `examples/narayana/`, built with
+//! Maven on first use; `--no-narayana` skips it).
 //!
 //! Each client transfers between accounts of its own partition, so clients never wait
 //! for each other's row locks (a cross-database lock cycle would stall both until the
 //! transaction timeout: that is a workload property, not what is measured here).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use rand::Rng;
+use ratify_examples::narayana;
 use ratify_examples::pg_bank::{self, Bank, BankDbs, Latencies};
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient, Outcome};
 
@@ -27,6 +32,39 @@ pub(crate) struct BenchArgs {
     /// Seconds per round.
     #[arg(long, default_value_t = 5)]
     duration: u64,
+    /// Skip the Narayana JTA row (otherwise measured when `java` is there).
+    #[arg(long)]
+    no_narayana: bool,
+    /// A prebuilt Narayana harness jar (default: build `examples/narayana` with Maven).
+    #[arg(long, env = narayana::JAR_ENV)]
+    narayana_jar: Option<PathBuf>,
+}
+
+/// The Narayana row label.
+const NARAYANA_LABEL: &str = "Narayana JTA 2PC (2 dbs, in-process XA TM)";
+
+/// Measures the Narayana JTA rows, or says why not (never fails the bench).
+async fn narayana_rows(
+    a: &BenchArgs,
+    dbs: &BankDbs,
+    per_client: i32,
+    store: &std::path::Path,
+) -> Result<narayana::Report, String> {
+    if a.no_narayana {
+        return Err("--no-narayana".into());
+    }
+    let harness = narayana::prepare(a.narayana_jar.as_deref()).await?;
+    let w = narayana::Workload {
+        a_url: &dbs.a_url,
+        b_url: &dbs.b_url,
+        clients: &a.clients,
+        secs: a.duration,
+        per_client,
+        store,
+    };
+    narayana::run(&harness, &w)
+        .await
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Numbers raw-2PC gids.
@@ -245,11 +283,24 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         rows.push((clients, by_mode));
     }
 
+    // The same transfer under Narayana JTA, after the other modes (the Ratify cluster
+    // stays up, idle). Its store is on the same file system as the cluster's logs.
+    eprintln!("Narayana JTA: {:?} clients", a.clients);
+    let narayana =
+        narayana_rows(&a, &dbs, ctx.per_client, &tmp.path().join("narayana-store")).await;
+    if let Ok(report) = &narayana {
+        for r in &report.rounds {
+            eprintln!("{NARAYANA_LABEL} x{}: {:.0} txn/s", r.clients, r.tps());
+        }
+    }
+
     println!();
     println!("| clients | mode | txn/s | p50 ms | p99 ms | failed | vs raw 2PC | vs plain |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut breakdown = Vec::new();
-    for (clients, by_mode) in &mut rows {
+    // The harness prints its rounds in the order of --clients, as `rows` is.
+    let narayana_round = |i: usize| narayana.as_ref().ok().and_then(|r| r.rounds.get(i));
+    for (i, (clients, by_mode)) in rows.iter_mut().enumerate() {
         let plain = by_mode[0].1.tps();
         let raw = by_mode[1].1.tps();
         for (mode, r) in by_mode.iter_mut() {
@@ -274,6 +325,46 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 ));
             }
         }
+        if let Some(r) = narayana_round(i) {
+            println!(
+                "| {clients} | {NARAYANA_LABEL} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                r.tps(),
+                r.p50_ms,
+                r.p99_ms,
+                r.failed,
+                r.tps() / raw,
+                r.tps() / plain,
+            );
+        }
+    }
+    println!();
+    match &narayana {
+        Ok(report) => {
+            println!("Narayana: {}", report.config);
+            for r in report.rounds.iter().filter(|r| r.one_phase > 0) {
+                println!(
+                    "warning: Narayana committed {} transfers one-phase at {} clients: not 2PC",
+                    r.one_phase, r.clients
+                );
+            }
+            println!();
+            println!("| clients | Ratify / Narayana | Ratify / raw 2PC | Narayana / raw 2PC | Narayana prepares per transfer |");
+            println!("|---:|---:|---:|---:|---:|");
+            for (i, (clients, by_mode)) in rows.iter().enumerate() {
+                let raw = by_mode[1].1.tps();
+                let ratify = by_mode[2].1.tps();
+                if let Some(r) = narayana_round(i) {
+                    println!(
+                        "| {clients} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        ratify / r.tps(),
+                        ratify / raw,
+                        r.tps() / raw,
+                        r.prepares as f64 / r.done.max(1) as f64,
+                    );
+                }
+            }
+        }
+        Err(why) => println!("Narayana JTA row skipped: {why}"),
     }
     println!();
     println!("Where a Ratify transfer's time goes (ms): begin = coordinator Begin (a Raft entry) + SQL on both branches; commit = prepare on both + COMMIT decision (a Raft entry) + phase 2");

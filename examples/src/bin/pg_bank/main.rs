@@ -9,7 +9,8 @@
 //! Subcommands: `demo` (starts a local 3-node cluster unless `--coordinator` is given,
 //! runs transfers, checks the total), `participant` (serves both banks and optionally
 //! runs transfers: what the integration tests SIGKILL), `setup` (creates and resets the
-//! databases) and `bench` (Ratify next to raw 2PC and plain commits).
+//! databases) and `bench` (Ratify next to raw 2PC, plain commits and, when Java is
+//! there, Narayana JTA).
 
 mod bench;
 
@@ -39,7 +40,8 @@ enum Cmd {
     Demo(DemoArgs),
     /// Serve both banks as a participant (and optionally run transfers).
     Participant(ParticipantArgs),
-    /// Ratify vs raw PREPARE/COMMIT PREPARED vs plain single-database commits.
+    /// Ratify vs raw PREPARE/COMMIT PREPARED vs plain single-database commits vs
+    /// Narayana JTA (an in-process XA transaction manager; skipped without Java).
     Bench(bench::BenchArgs),
 }
 
