@@ -23,6 +23,9 @@ pub struct Counters {
     pub proposal_failures: AtomicU64,
     /// Begins refused because the live table was full.
     pub begins_refused: AtomicU64,
+    /// Transactions this node began as leader (in its memory: nothing is logged at
+    /// Begin, so the replicated table does not count them).
+    pub begins: AtomicU64,
     /// Branches of aborted transactions given up on after the retry window.
     pub phase2_abandoned: AtomicU64,
     /// Proposals whose entry was not answered within the propose timeout (their
@@ -34,6 +37,9 @@ pub struct Counters {
     pub decisions_commit: AtomicU64,
     /// Abort decisions this node logged.
     pub decisions_abort: AtomicU64,
+    /// Two-phase commits answered as committed once every vote was YES and the commit
+    /// marker durable, before their decision entry (parallel commit).
+    pub parallel_commits: AtomicU64,
     /// Prepare calls to participants.
     pub prepare_calls: AtomicU64,
     /// Prepare calls that got no usable answer (unreachable, timeout, garbage).
@@ -135,6 +141,13 @@ pub fn render(
     );
     family(
         &mut out,
+        "ratify_parallel_commits_total",
+        "counter",
+        "Two-phase commits answered once every vote was YES and the commit marker was durable, before the decision entry.",
+        &[("", get(&c.parallel_commits))],
+    );
+    family(
+        &mut out,
         "ratify_participant_calls_total",
         "counter",
         "Calls to participants, by phase.",
@@ -194,7 +207,7 @@ pub fn render(
             }
         }
         (
-            t.next_txn.saturating_sub(1),
+            get(&c.begins),
             t.live.len(),
             undecided,
             in_phase2,
@@ -207,8 +220,8 @@ pub fn render(
     counter(
         &mut out,
         "ratify_transactions_begun_total",
-        "Transactions begun in the cluster (from the replicated table).",
-        begun as f64,
+        "Transactions this node began as leader (sum over the nodes for the cluster).",
+        begun,
     );
     family(
         &mut out,

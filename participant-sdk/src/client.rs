@@ -293,7 +293,25 @@ struct Inner {
     leader: Mutex<Option<String>>,
     /// Where the next rotation starts when the current node is not in `endpoints`.
     cursor: AtomicUsize,
+    /// The branches of the transactions begun through this client, for Commit and
+    /// Rollback to send along (see [`Known`]).
+    known: Mutex<HashMap<String, Known>>,
 }
+
+/// What this client knows of a transaction it began: every branch enlisted through
+/// it, by bqual. A leader keeps ACTIVE transactions in memory only; if it fails, the
+/// next leader drives the commit from this list (docs/design.md, rule 16).
+#[derive(Debug, Clone, Default)]
+struct Known {
+    /// Branches by bqual: (endpoint, resource).
+    branches: std::collections::BTreeMap<u32, (String, String)>,
+    /// When the transaction times out, Unix ms (entries are dropped some time after).
+    deadline_unix_ms: u64,
+}
+
+/// Most transactions whose branches one client remembers; past it, those whose
+/// deadline passed a minute ago are dropped.
+const MAX_KNOWN: usize = 65_536;
 
 /// A client of the Ratify coordinator cluster. Cheap to clone; clones share
 /// connections and the known leader.
@@ -339,6 +357,7 @@ impl CoordinatorClient {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 cursor: AtomicUsize::new(cursor),
+                known: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -378,7 +397,7 @@ impl CoordinatorClient {
             .await?;
         validate_gtrid(&response.gtrid).map_err(|e| ClientError::Protocol(e.to_string()))?;
         span.record("gtrid", response.gtrid.as_str());
-        Ok(Begun {
+        let begun = Begun {
             branches: response
                 .branches
                 .into_iter()
@@ -386,6 +405,55 @@ impl CoordinatorClient {
                 .collect::<Result<_, _>>()?,
             gtrid: response.gtrid,
             deadline_unix_ms: response.deadline_unix_ms,
+        };
+        self.remember(&begun.gtrid, begun.deadline_unix_ms, &begun.branches);
+        Ok(begun)
+    }
+
+    /// Notes branches of `gtrid` (begun through this client).
+    fn remember(&self, gtrid: &str, deadline_unix_ms: u64, branches: &[EnlistedBranch]) {
+        let mut known = lock(&self.inner.known);
+        if known.len() >= MAX_KNOWN {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            known.retain(|_, k| k.deadline_unix_ms.saturating_add(60_000) > now);
+        }
+        let entry = known.entry(gtrid.to_owned()).or_default();
+        if deadline_unix_ms > 0 {
+            entry.deadline_unix_ms = deadline_unix_ms;
+        }
+        for b in branches {
+            if let Ok(bqual) = b.xid.bqual().parse::<u32>() {
+                entry
+                    .branches
+                    .insert(bqual, (b.endpoint.clone(), b.resource.clone()));
+            }
+        }
+    }
+
+    /// The branch list to send with Commit or Rollback of `gtrid`: only for a
+    /// transaction begun through this client, and only when its bquals run from 1
+    /// without a gap (a branch enlisted elsewhere would make the list incomplete).
+    fn branch_list(&self, gtrid: &str) -> Option<pb::BranchList> {
+        let known = lock(&self.inner.known);
+        let k = known.get(gtrid)?;
+        let complete = k.branches.keys().copied().eq(1..=k.branches.len() as u32);
+        complete.then(|| pb::BranchList {
+            branches: k
+                .branches
+                .iter()
+                .map(|(bqual, (endpoint, resource))| pb::Branch {
+                    xid: Some(pb::Xid {
+                        format_id: ratify_proto::XID_FORMAT_ID,
+                        gtrid: gtrid.to_owned(),
+                        bqual: bqual.to_string(),
+                    }),
+                    endpoint: endpoint.clone(),
+                    resource: resource.clone(),
+                    ..Default::default()
+                })
+                .collect(),
         })
     }
 
@@ -413,11 +481,15 @@ impl CoordinatorClient {
             })
             .instrument(tracing::info_span!("coordinator", op = "enlist", gtrid))
             .await?;
-        enlisted(
+        let branch = enlisted(
             response
                 .branch
                 .ok_or_else(|| ClientError::Protocol("enlist answer has no branch".into()))?,
-        )
+        )?;
+        if lock(&self.inner.known).contains_key(gtrid) {
+            self.remember(gtrid, 0, std::slice::from_ref(&branch));
+        }
+        Ok(branch)
     }
 
     /// Runs two-phase commit of `gtrid` and returns the decision. Once this returns
@@ -434,6 +506,7 @@ impl CoordinatorClient {
         validate_gtrid(gtrid)?;
         let request = pb::CommitRequest {
             gtrid: gtrid.to_owned(),
+            branches: self.branch_list(gtrid),
         };
         let r = self
             .leader_call("commit", request, |ch, r| async move {
@@ -441,7 +514,11 @@ impl CoordinatorClient {
             })
             .instrument(tracing::info_span!("coordinator", op = "commit", gtrid))
             .await?;
-        Decision::from_wire(r.outcome, r.reason, r.detail)
+        let d = Decision::from_wire(r.outcome, r.reason, r.detail);
+        if d.is_ok() {
+            lock(&self.inner.known).remove(gtrid);
+        }
+        d
     }
 
     /// Aborts `gtrid` unless it is already decided, and returns the decision (which
@@ -453,6 +530,7 @@ impl CoordinatorClient {
         validate_gtrid(gtrid)?;
         let request = pb::RollbackRequest {
             gtrid: gtrid.to_owned(),
+            branches: self.branch_list(gtrid),
         };
         let r = self
             .leader_call("rollback", request, |ch, r| async move {
@@ -460,7 +538,11 @@ impl CoordinatorClient {
             })
             .instrument(tracing::info_span!("coordinator", op = "rollback", gtrid))
             .await?;
-        Decision::from_wire(r.outcome, r.reason, r.detail)
+        let d = Decision::from_wire(r.outcome, r.reason, r.detail);
+        if d.is_ok() {
+            lock(&self.inner.known).remove(gtrid);
+        }
+        d
     }
 
     /// Returns one transaction.

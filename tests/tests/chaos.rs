@@ -107,17 +107,19 @@ async fn bounded_chaos_run_keeps_every_rule() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With the test-only switch that makes the coordinator send COMMIT before the decision
-/// is logged (docs/design.md, rule 2), and leaders dying between the two, the checker reports
-/// atomicity violations: it is able to see the bug this suite exists to catch.
+/// With the test-only switch that makes the coordinator send COMMIT before anything of
+/// the commit is logged (docs/design.md, rules 2 and 16), and leaders dying between the
+/// two, the checker reports atomicity violations: it is able to see the bug this suite
+/// exists to catch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_checker_catches_a_commit_sent_before_the_decision() -> anyhow::Result<()> {
     ratify_tests::init_logging();
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let mut c = config(11, Duration::from_secs(20), &dir);
-    // The leader dies after the early COMMITs and before logging the decision now and
-    // then; the next leader then aborts a transaction whose branches committed.
+    // The leader dies after the early COMMITs (to all branches but the last) and
+    // before logging anything now and then; the next leader, asked by the last branch,
+    // then presumes aborted a transaction whose other branches committed.
     c.node_failpoints = "bug.commit_before_decision=on,coord.after_votes=kill@0.05".into();
     // The bug needs no help from the other faults; keep the run short.
     c.apps.retain(|k| *k != AppKind::Kafka);

@@ -561,12 +561,14 @@ async fn a_node_that_is_not_ready_redirects_instead_of_not_found() -> anyhow::Re
     let codes = [
         rpc.commit(pb::CommitRequest {
             gtrid: gtrid.clone(),
+            branches: None,
         })
         .await
         .err()
         .map(|s| s.code()),
         rpc.rollback(pb::RollbackRequest {
             gtrid: gtrid.clone(),
+            branches: None,
         })
         .await
         .err()

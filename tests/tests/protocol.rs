@@ -319,7 +319,7 @@ async fn a_node_refuses_another_nodes_data_dir() -> anyhow::Result<()> {
 
 /// The leader's Prometheus endpoint reports the work it did: transactions begun,
 /// decisions by outcome, participant calls, and Raft entries carrying the commands.
-/// Followers report the same transaction counts from their copy of the table.
+/// Followers report the same completed transactions from their copy of the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_reports_the_work_done() -> anyhow::Result<()> {
     let c = TestCluster::start(&[]).await?;
@@ -348,7 +348,10 @@ async fn metrics_endpoint_reports_the_work_done() -> anyhow::Result<()> {
     let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     let total = |k: &str| sum.get(k).copied().unwrap_or(f64::NAN);
     assert_eq!(get("ratify_node_is_leader"), 1.0);
-    assert_eq!(get("ratify_transactions_begun_total"), commits as f64 + 1.0);
+    assert_eq!(
+        total("ratify_transactions_begun_total"),
+        commits as f64 + 1.0
+    );
     assert_eq!(get("ratify_transactions{state=\"live\"}"), 0.0);
     assert_eq!(
         total("ratify_decisions_total{outcome=\"commit\"}"),
@@ -356,7 +359,8 @@ async fn metrics_endpoint_reports_the_work_done() -> anyhow::Result<()> {
     );
     assert_eq!(total("ratify_decisions_total{outcome=\"abort\"}"), 1.0);
     assert!(total("ratify_participant_calls_total{phase=\"prepare\"}") >= 2.0 * commits as f64);
-    // Begin + Decide per transaction, plus completions: every command rode in an entry.
+    // Open + CommitStarted + Decide per transaction, plus completions: every command
+    // rode in an entry.
     assert!(total("ratify_proposed_commands_total") >= 2.0 * (commits as f64 + 1.0));
     assert!(total("ratify_proposals_total") >= 1.0);
     assert!(total("ratify_proposals_total") <= total("ratify_proposed_commands_total"));
@@ -370,13 +374,14 @@ async fn metrics_endpoint_reports_the_work_done() -> anyhow::Result<()> {
         loop {
             let f = c.nodes.metrics(id).await?;
             assert_eq!(f.get("ratify_node_is_leader"), Some(&0.0));
-            if f.get("ratify_transactions_begun_total") == Some(&(commits as f64 + 1.0)) {
+            let kept = "ratify_transactions{state=\"completed_kept\"}";
+            if f.get(kept) == Some(&(commits as f64 + 1.0)) {
                 break;
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "follower {id} reports {:?} transactions begun",
-                f.get("ratify_transactions_begun_total")
+                "follower {id} reports {:?} completed transactions",
+                f.get(kept)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -181,8 +181,9 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
         "{q:?}"
     );
 
-    // Never issued by this cluster: refused, nothing recorded — the next number as well
-    // as one far beyond the log.
+    // Never issued by this cluster: refused, nothing recorded — the next number (in
+    // the leader's reserved block, not handed out yet) as well as one far beyond the
+    // log.
     let stale_index = u64::from_str_radix(&stale.gtrid[16..], 16)?;
     for index in [stale_index + 1, u64::MAX / 2] {
         let future = Xid::new(format!("{}{index:016x}", &live.gtrid[..16]), "1")?;

@@ -31,11 +31,11 @@ use crate::txn::{Command, CommandResult, Proposal};
 use crate::types::typ::{ClientWriteError, Raft, RaftError};
 use ratify_participant_sdk::failpoint;
 
-/// A command waiting for its entry, and where its answer goes.
+/// Commands waiting for their entry (always the same one), and where their answers go.
 struct Pending {
-    /// The command.
-    cmd: Command,
-    /// The state machine's answer, or why the entry failed.
+    /// The commands, applied in this order in one entry.
+    cmds: Vec<Command>,
+    /// The state machine's answer to the last of them, or why the entry failed.
     reply: oneshot::Sender<Result<CommandResult, DriveError>>,
 }
 
@@ -66,22 +66,17 @@ impl Batcher {
         Self { queue }
     }
 
-    /// Proposes `cmd` and waits until its entry is committed and applied.
-    ///
-    /// # Errors
-    /// `NotLeader` with the hint, or `Unavailable` when the entry could not commit.
-    pub(super) async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
-        self.submit(cmd).await
-    }
-
-    /// Queues `cmd` now (so it is ordered before anything proposed later) and returns
-    /// its answer as a future, which may be dropped if the answer is not needed.
-    pub(super) fn submit(
+    /// Queues `cmds` now (so they are ordered before anything proposed later) and
+    /// returns the answer as a future, which may be dropped if it is not needed. The
+    /// commands share one entry (a transaction's `Open` and the step that needs its
+    /// record): applied together, in order, or not at all. The answer is the last
+    /// command's.
+    pub(super) fn submit_group(
         &self,
-        cmd: Command,
+        cmds: Vec<Command>,
     ) -> impl std::future::Future<Output = Result<CommandResult, DriveError>> {
         let (reply, answer) = oneshot::channel();
-        let sent = self.queue.send(Pending { cmd, reply });
+        let sent = self.queue.send(Pending { cmds, reply });
         async move {
             sent.map_err(|_| DriveError::Unavailable("the node is shutting down".into()))?;
             answer.await.unwrap_or_else(|_| {
@@ -128,12 +123,15 @@ async fn run(
         let Some(first) = rx.recv().await else {
             return;
         };
-        let mut bytes = first.cmd.approx_bytes();
+        let size = |p: &Pending| p.cmds.iter().map(Command::approx_bytes).sum::<usize>();
+        let mut bytes = size(&first);
+        let mut count = first.cmds.len();
         let mut batch = vec![first];
-        while batch.len() < max_batch && bytes < MAX_ENTRY_BYTES {
+        while count < max_batch && bytes < MAX_ENTRY_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    bytes += p.cmd.approx_bytes();
+                    bytes += size(&p);
+                    count += p.cmds.len();
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -142,8 +140,13 @@ async fn run(
         let raft = raft.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            // Each caller's answer is the one to its group's last command.
+            let mut commands = Vec::with_capacity(count);
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                commands.extend(p.cmds);
+                replies.push((commands.len() - 1, p.reply));
+            }
             let n = commands.len();
             Counters::inc(&counters.proposals);
             Counters::add(&counters.proposed_commands, n as u64);
@@ -176,14 +179,14 @@ async fn run(
                 }
             };
             match answers {
-                Ok(answers) => {
-                    for (reply, answer) in replies.into_iter().zip(answers) {
-                        let _ = reply.send(Ok(answer));
+                Ok(mut answers) => {
+                    for (last, reply) in replies {
+                        let _ = reply.send(Ok(std::mem::take(&mut answers[last])));
                     }
                 }
                 Err(e) => {
                     Counters::inc(&counters.proposal_failures);
-                    for reply in replies {
+                    for (_, reply) in replies {
                         let _ = reply.send(Err(e.clone()));
                     }
                 }

@@ -22,7 +22,7 @@ use ratify_participant_sdk::failpoint;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{decision, lock, Driver};
+use super::{lock, wait_slot, Action, Driver};
 use crate::txn::{Command, Reason};
 use crate::types::now_ms;
 
@@ -67,6 +67,7 @@ impl Driver {
                 started = Some(term);
                 // Not yet "ready": phase 2 and scans start once the term has caught up.
                 self.inner.leader_term.send_replace(None);
+                self.forget_leadership();
                 let driver = self.clone();
                 tokio::spawn(
                     async move { driver.lead(term).await }
@@ -77,6 +78,7 @@ impl Driver {
                 started = None;
                 self.inner.leader_term.send_replace(None);
                 lock(&self.inner.trouble).clear();
+                self.forget_leadership();
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
@@ -131,7 +133,7 @@ impl Driver {
         self.still_leader(term)
     }
 
-    fn is_current_term(&self, term: u64) -> bool {
+    pub(super) fn is_current_term(&self, term: u64) -> bool {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_term == term
@@ -197,10 +199,20 @@ impl Driver {
                 tokio::time::sleep(self.inner.config.scan_interval).await;
             }
         }
+        // Numbers for this term's transactions, above every earlier leader's block
+        // (their transactions may still be in their clients' hands).
+        while !self.reserve(term).await {
+            if !self.is_current_term(term) {
+                return;
+            }
+            tracing::warn!("could not reserve transaction numbers yet; retrying");
+            tokio::time::sleep(self.inner.config.scan_interval).await;
+        }
         if !self.is_current_term(term) {
             return;
         }
         failpoint::hit("coord.recovery").await;
+        self.mark_ready(term);
         self.inner.leader_term.send_replace(Some(term));
         tracing::info!("leading; re-driving undecided and uncompleted transactions");
         let mut tick = tokio::time::interval(self.inner.config.scan_interval);
@@ -211,13 +223,14 @@ impl Driver {
         }
     }
 
-    /// One pass over the live table (and the participant channels).
+    /// One pass over the live table, this leader's in-memory transactions (and the
+    /// participant channels).
     async fn scan(&self) {
         self.inner.pool.close_idle(self.inner.config.channel_idle);
         let now = now_ms();
         let (decided, undriven, expired) = {
             let sm = self.inner.sm.read();
-            let inflight = lock(&self.inner.inflight);
+            let runs = lock(&self.inner.runs);
             let (mut decided, mut undriven, mut expired) = (Vec::new(), Vec::new(), Vec::new());
             for (&txn, rec) in &sm.table.live {
                 if rec.decision.is_some() {
@@ -226,13 +239,19 @@ impl Driver {
                     if rec.pending_phase2().next().is_some() || !rec.is_heuristic() {
                         decided.push(txn);
                     }
-                } else if inflight.contains_key(&txn) {
+                } else if runs.slots.contains_key(&txn) {
                     // Driven here right now.
-                } else if rec.handed_over || (rec.committing && rec.deadline_ms > now) {
+                } else if rec.handed_over || rec.committing {
                     // Its commit was asked for and its driver is gone (a previous
-                    // leader died mid-prepare or mid-one-phase): take it over.
+                    // leader died mid-prepare or mid-one-phase): take it over. Never
+                    // timed out: it may be committed already (rule 16).
                     undriven.push(txn);
                 } else if rec.deadline_ms <= now {
+                    expired.push(txn);
+                }
+            }
+            for (&txn, held) in &runs.active {
+                if held.seed.deadline_ms <= now && !runs.slots.contains_key(&txn) {
                     expired.push(txn);
                 }
             }
@@ -241,39 +260,20 @@ impl Driver {
         for txn in decided {
             self.ensure_phase2(txn);
         }
-        // A one-phase commit whose driver died: only the participant knows the
-        // outcome, and it is asked again, never timed out. A two-phase one is prepared
-        // again and decided, instead of holding its branches' locks until its deadline.
         for txn in undriven {
-            drop(self.start_commit(txn));
+            drop(self.start_run(txn, Action::Commit, None));
         }
-        // Aborts go out concurrently, so they share entries: a flood of expired
+        // Aborts run concurrently, so they share entries: a flood of expired
         // transactions costs a few log entries, not one round trip each.
         for chunk in expired.chunks(TIMEOUT_ABORTS_AT_ONCE) {
             failpoint::hit("coord.before_timeout_abort").await;
-            let aborts = chunk.iter().map(|&txn| {
-                let d = decision(
-                    false,
-                    Reason::Timeout,
-                    "transaction outlived its timeout".into(),
-                );
-                let span = tracing::debug_span!("timeout_abort", gtrid = %self.gtrid(txn));
-                async move {
-                    (
-                        txn,
-                        self.decide(txn, d, None, vec![]).instrument(span).await,
-                    )
-                }
-            });
-            for (txn, result) in futures::future::join_all(aborts).await {
-                match result {
-                    Ok(_) => {}
-                    // Handed over since the pass began: ask its participant instead.
-                    Err(super::DriveError::HandedOver) => drop(self.start_commit(txn)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "timeout abort not logged");
-                        return;
-                    }
+            let runs: Vec<_> = chunk
+                .iter()
+                .map(|&txn| wait_slot(self.start_run(txn, Action::Abort(Reason::Timeout), None)))
+                .collect();
+            for result in futures::future::join_all(runs).await {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "timeout abort not logged");
                 }
             }
         }

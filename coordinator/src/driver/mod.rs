@@ -11,7 +11,7 @@
 //! - [`leader`]: leadership tracking, the timeout scanner and failover recovery.
 //!
 //! One driver per transaction: commits of the same gtrid on this node share one
-//! run (`inflight`), and every write is a Raft proposal, so a deposed leader's late
+//! run (`Runs::slots`), and every write is a Raft proposal, so a deposed leader's late
 //! decisions cannot commit; before every participant fan-out the driver checks that
 //! it still leads in its term and that a quorum confirmed it recently (the lease in
 //! [`leader`]), so a leader that was paused stops calling participants before it
@@ -20,6 +20,14 @@
 //! One-phase commits hand the outcome to the participant first: a `HandOver` entry
 //! is logged before the call, and from then on only the participant's answer can
 //! decide (docs/design.md, rule 10).
+//!
+//! Nothing is logged before a transaction's commit (docs/design.md, rule 16): Begin
+//! and Enlist live in the leader's memory ([`Runs::active`]), with numbers from a
+//! block the leader reserved in the log. The first logged step carries the whole
+//! record (`Open`). A two-phase commit logs `CommitStarted` alongside the prepare
+//! round, and the transaction is committed once that entry is durable and every
+//! branch voted YES (parallel commit): the client is answered then, and the decision
+//! entry follows before phase 2.
 
 mod batcher;
 mod leader;
@@ -40,6 +48,7 @@ use crate::metrics::Counters;
 use crate::raft::SharedSm;
 use crate::txn::{
     BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal, Retention,
+    Seed, MAX_BRANCHES,
 };
 use crate::types::typ::{Raft, RaftError};
 use crate::types::{now_ms, Gtrid, NodeId, NodeInfo};
@@ -156,20 +165,63 @@ pub struct Begun {
 /// Longest wait between two calls to a branch that does not answer.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// A transaction as `commit` and `rollback` find it.
-enum Settled {
+/// What a run is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Commit (two-phase, one-phase, or at once without branches).
+    Commit,
+    /// Abort for this reason, unless the transaction can no longer be aborted (handed
+    /// over, or committing: then learn its outcome instead).
+    Abort(Reason),
+}
+
+/// A transaction as a run finds it.
+enum Found {
     /// Decided (live or completed).
     Decided(Decision),
-    /// Live and undecided.
-    Undecided {
+    /// Known only to this leader's memory (`held`), or to the client that named its
+    /// branches.
+    Memory(Seed, bool),
+    /// Live in the table and undecided.
+    Table {
         /// Its branches.
         branches: Vec<BranchRecord>,
         /// A one-phase commit may have been sent: the participant decides.
         handed_over: bool,
-        /// A prepare may have been sent: the commit stays two-phase.
+        /// A prepare may have been sent, and it may be committed already.
         committing: bool,
     },
+    /// Issued, never logged, and nobody here holds it: it lost its leader.
+    Lost,
 }
+
+/// Leader-local state, behind one lock.
+#[derive(Default)]
+struct Runs {
+    /// One run per transaction on this node (a commit, an abort, a take-over): later
+    /// callers wait for the first's result.
+    slots: HashMap<u64, CommitSlot>,
+    /// Transactions begun on this leader and not logged yet (docs/design.md, rule
+    /// 16): dropped once a run has logged their record, and when leadership ends.
+    active: HashMap<u64, Held>,
+    /// Numbers this leader may hand out: `(term, next, end)`.
+    numbers: Option<(u64, u64, u64)>,
+    /// A reservation of the next block is under way.
+    reserving: bool,
+    /// When this node became the ready leader, and of which term.
+    ready: Option<(u64, std::time::Instant)>,
+}
+
+/// A transaction held in this leader's memory.
+struct Held {
+    /// What is known of it.
+    seed: Seed,
+    /// A run has proposed its record (it may be in the table now).
+    opened: bool,
+}
+
+/// How many numbers one `Reserve` entry sets aside.
+pub(crate) const RESERVE_BLOCK: u64 = 1 << 20;
 
 /// Shared result of one commit run, seen by every concurrent commit of the gtrid.
 type CommitSlot = watch::Receiver<Option<Result<Decision, DriveError>>>;
@@ -195,8 +247,8 @@ struct Inner {
     config: DriverConfig,
     /// Channels to participants.
     pool: ParticipantPool,
-    /// Commits being driven on this node, by txn index (the in-memory PREPARING state).
-    inflight: Mutex<HashMap<u64, CommitSlot>>,
+    /// Runs, in-memory transactions and the number block (see [`Runs`]).
+    runs: Mutex<Runs>,
     /// Transactions whose phase 2 runs on this node (until their completion is logged).
     phase2: Mutex<HashSet<u64>>,
     /// Fully acknowledged transactions waiting to be logged as completed, in batches.
@@ -257,7 +309,7 @@ impl Driver {
                 sm,
                 config,
                 pool: ParticipantPool::default(),
-                inflight: Mutex::new(HashMap::new()),
+                runs: Mutex::new(Runs::default()),
                 phase2: Mutex::new(HashSet::new()),
                 completions,
                 leader_term,
@@ -360,26 +412,16 @@ impl Driver {
     /// entry is a quorum's confirmation of this node's leadership: it renews the
     /// lease from the moment the proposal started.
     async fn propose(&self, cmd: Command) -> Result<CommandResult, DriveError> {
-        let started = leader::boot_clock();
-        let term = *self.inner.leader_term.borrow();
-        let write = self.inner.batcher.propose(cmd);
-        let result = tokio::time::timeout(self.inner.config.propose_timeout, write)
-            .await
-            .unwrap_or_else(|_| {
-                Err(DriveError::Unavailable(
-                    "the log did not commit the request in time (no quorum?); retry".into(),
-                ))
-            });
-        if let (Ok(_), Some(term)) = (&result, term) {
-            self.renew_lease(term, started);
-        }
-        result
+        self.propose_group(vec![cmd]).await
     }
 
     /// Records a decision (or learns the one that won) and starts phase 2 if needed.
+    /// With a `seed`, the transaction's record is opened in the same entry first (a
+    /// transaction held in memory until now).
     async fn decide(
         &self,
         txn: u64,
+        seed: Option<(&Seed, bool)>,
         decision: Decision,
         prepared: Option<u32>,
         skip: Vec<u32>,
@@ -392,7 +434,7 @@ impl Driver {
             skip_phase2: skip,
             complete: false,
         };
-        match self.propose(cmd).await? {
+        match self.propose_group(opened(txn, seed, cmd)).await? {
             CommandResult::Decided(d) => {
                 if d == proposed {
                     let c = &self.inner.counters;
@@ -412,10 +454,30 @@ impl Driver {
         }
     }
 
-    /// Begins a transaction, enlisting `branches` in the same log entry.
+    /// Proposes commands that share one entry; returns the last one's answer.
+    async fn propose_group(&self, cmds: Vec<Command>) -> Result<CommandResult, DriveError> {
+        let started = leader::boot_clock();
+        let term = *self.inner.leader_term.borrow();
+        let write = self.inner.batcher.submit_group(cmds);
+        let result = tokio::time::timeout(self.inner.config.propose_timeout, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DriveError::Unavailable(
+                    "the log did not commit the request in time (no quorum?); retry".into(),
+                ))
+            });
+        if let (Ok(_), Some(term)) = (&result, term) {
+            self.renew_lease(term, started);
+        }
+        result
+    }
+
+    /// Begins a transaction in this leader's memory, enlisting `branches` (nothing is
+    /// logged: docs/design.md, rule 16). The answer lists one branch per requested
+    /// one, in request order (a repeated spec gets the same branch).
     ///
     /// # Errors
-    /// `NotLeader`, `Unavailable` (no quorum, cluster still initialising), `Invalid`.
+    /// `NotLeader`, `Unavailable` (no number block yet), `Exhausted`, `Invalid`.
     pub async fn begin(
         &self,
         timeout: Duration,
@@ -423,61 +485,153 @@ impl Driver {
         branches: Vec<BranchSpec>,
     ) -> Result<Begun, DriveError> {
         self.ensure_leader().await?;
-        let live = self.inner.sm.read().table.live.len();
-        if live >= self.inner.config.max_live {
-            Counters::inc(&self.inner.counters.begins_refused);
-            return Err(DriveError::Exhausted(format!(
-                "{live} transactions are live, the most this cluster takes \
-                 (--max-live-txns); retry later"
-            )));
-        }
-        let cmd = Command::Begin {
-            now_ms: now_ms(),
-            timeout_ms: timeout.as_millis() as u64,
+        let term = self.ready_term()?;
+        let table_live = self.inner.sm.read().table.live.len();
+        let now = now_ms();
+        let mut seed = Seed {
+            created_ms: now,
+            deadline_ms: now.saturating_add(timeout.as_millis() as u64),
             labels,
-            branches,
+            branches: Vec::new(),
         };
-        match self.propose(cmd).await? {
-            CommandResult::Begun {
-                txn,
-                deadline_ms,
-                branches,
-            } => Ok(Begun {
-                gtrid: self.gtrid(txn),
-                deadline_ms,
-                branches,
-            }),
-            CommandResult::Refused(Refusal::NoClusterId) => Err(DriveError::Unavailable(
-                "the cluster is still initialising; retry".into(),
-            )),
-            CommandResult::Refused(r) => Err(refusal(r)),
-            other => Err(unexpected(other)),
+        let mut records = Vec::with_capacity(branches.len());
+        for spec in branches {
+            records.push(enlist_in(&mut seed, spec)?);
         }
+        let (txn, refill) = {
+            let mut runs = lock(&self.inner.runs);
+            let live = table_live + runs.active.len();
+            if live >= self.inner.config.max_live {
+                Counters::inc(&self.inner.counters.begins_refused);
+                return Err(DriveError::Exhausted(format!(
+                    "{live} transactions are live, the most this cluster takes \
+                     (--max-live-txns); retry later"
+                )));
+            }
+            let Some((t, next, end)) = runs.numbers.filter(|&(t, n, e)| t == term && n < e) else {
+                return Err(DriveError::Unavailable(
+                    "this leader has no transaction numbers reserved yet; retry".into(),
+                ));
+            };
+            runs.numbers = Some((t, next + 1, end));
+            let refill = !runs.reserving && end - next < RESERVE_BLOCK / 2;
+            if refill {
+                runs.reserving = true;
+            }
+            runs.active.insert(
+                next,
+                Held {
+                    seed: seed.clone(),
+                    opened: false,
+                },
+            );
+            (next, refill)
+        };
+        Counters::inc(&self.inner.counters.begins);
+        if refill {
+            let driver = self.clone();
+            tokio::spawn(async move { driver.reserve(term).await });
+        }
+        Ok(Begun {
+            gtrid: self.gtrid(txn),
+            deadline_ms: seed.deadline_ms,
+            branches: records,
+        })
+    }
+
+    /// Reserves the next block of numbers for `term` (logged, awaited).
+    pub(super) async fn reserve(&self, term: u64) -> bool {
+        let table = self.inner.sm.read().table.next_txn.max(1);
+        let from = {
+            let runs = lock(&self.inner.runs);
+            match runs.numbers {
+                Some((t, _, end)) if t == term => end.max(table),
+                _ => table,
+            }
+        };
+        let upto = from.saturating_add(RESERVE_BLOCK);
+        let ok = self.propose(Command::Reserve { upto }).await.is_ok();
+        let mut runs = lock(&self.inner.runs);
+        runs.reserving = false;
+        if ok && self.is_current_term(term) {
+            runs.numbers = match runs.numbers {
+                Some((t, next, _)) if t == term => Some((t, next, upto)),
+                _ => Some((term, from, upto)),
+            };
+        }
+        ok
     }
 
     /// Enlists a branch in an ACTIVE transaction (idempotent per endpoint + resource).
+    /// Unlike Begin's branches this is logged, with the transaction's record if it
+    /// was only in memory: the branch may come from another process than the one that
+    /// began the transaction, whose branch list would then miss it after a leader
+    /// change (docs/design.md, rule 16).
     ///
     /// # Errors
-    /// `Precondition` once commit has started or the transaction is decided.
+    /// `Precondition` once commit has started, the transaction is decided, or it is
+    /// not known to this leader (it lost its leader: roll it back and start again).
     pub async fn enlist(
         &self,
         gtrid: Gtrid,
         branch: BranchSpec,
     ) -> Result<BranchRecord, DriveError> {
         self.ensure_leader().await?;
-        if lock(&self.inner.inflight).contains_key(&gtrid.index) {
-            return Err(DriveError::Precondition(format!(
-                "transaction {gtrid} is committing; it takes no more branches"
-            )));
-        }
         failpoint::hit("coord.before_enlist").await;
-        match self
-            .propose(Command::Enlist {
-                txn: gtrid.index,
-                branch,
-            })
-            .await?
-        {
+        let txn = gtrid.index;
+        let held = {
+            let mut runs = lock(&self.inner.runs);
+            if runs.slots.contains_key(&txn) {
+                return Err(DriveError::Precondition(format!(
+                    "transaction {gtrid} is committing or being decided; it takes no more \
+                     branches"
+                )));
+            }
+            match runs.active.get_mut(&txn) {
+                Some(h) if !h.opened => {
+                    h.opened = true;
+                    Some(h.seed.clone())
+                }
+                _ => None,
+            }
+        };
+        if held.is_none() {
+            match self.found(txn, None)? {
+                Found::Table {
+                    handed_over: false,
+                    committing: false,
+                    ..
+                } => {}
+                Found::Decided(d) => {
+                    return Err(DriveError::Precondition(format!(
+                        "transaction already decided ({})",
+                        describe(&d)
+                    )))
+                }
+                Found::Table {
+                    handed_over: true, ..
+                } => return Err(refusal(Refusal::HandedOver)),
+                Found::Table { .. } => return Err(refusal(Refusal::Committing)),
+                Found::Memory(..) | Found::Lost => {
+                    return Err(DriveError::Precondition(format!(
+                        "transaction {gtrid} is not known to this leader (its leader changed \
+                         before it committed); roll it back, with its branches, and start again"
+                    )))
+                }
+            }
+        }
+        let cmd = Command::Enlist { txn, branch };
+        let answer = self
+            .propose_group(opened(txn, held.as_ref().map(|s| (s, true)), cmd))
+            .await;
+        if held.is_some() && answer.is_ok() {
+            // The table holds its record now.
+            let mut runs = lock(&self.inner.runs);
+            if !runs.slots.contains_key(&txn) {
+                runs.active.remove(&txn);
+            }
+        }
+        match answer? {
             CommandResult::Enlisted(b) => Ok(b),
             CommandResult::Refused(r) => Err(refusal(r)),
             other => Err(unexpected(other)),
@@ -486,28 +640,140 @@ impl Driver {
 
     /// Commits: runs prepare on every branch, logs the decision, starts phase 2 and
     /// returns the decision. Idempotent: a decided transaction returns its decision.
+    /// `branches` is the client's list of the transaction's branches: a leader that
+    /// does not know the transaction (it was begun on a leader that failed) drives it
+    /// from that list; without it such a transaction is aborted.
     ///
     /// # Errors
     /// `NotLeader`, `NotFound`, `Forgotten`, `Unavailable`; never for a domain abort.
-    pub async fn commit(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
+    pub async fn commit(
+        &self,
+        gtrid: Gtrid,
+        branches: Option<Vec<BranchSpec>>,
+    ) -> Result<Decision, DriveError> {
         self.ensure_leader().await?;
-        if let Settled::Decided(d) = self.settled(gtrid.index)? {
+        if let Some(d) = self.decided(gtrid.index)? {
             return Ok(d);
         }
-        wait_slot(self.start_commit(gtrid.index)).await
+        wait_slot(self.start_run(gtrid.index, Action::Commit, branches)).await
     }
 
-    /// Starts the commit run of `txn` unless one runs here already, and returns the
-    /// slot its result will appear in.
-    fn start_commit(&self, txn: u64) -> CommitSlot {
-        // One driver per transaction on this node: later callers wait for the first.
+    /// Aborts unless already decided; returns the decision in force. A transaction
+    /// handed to its one-phase participant, or whose commit was logged as started,
+    /// cannot be aborted: the answer is the participant's (or the votes'), learned by
+    /// the run (docs/design.md, rules 10 and 16).
+    ///
+    /// # Errors
+    /// `NotLeader`, `NotFound`, `Forgotten`, `Unavailable`.
+    pub async fn rollback(
+        &self,
+        gtrid: Gtrid,
+        branches: Option<Vec<BranchSpec>>,
+    ) -> Result<Decision, DriveError> {
+        self.ensure_leader().await?;
+        if let Some(d) = self.decided(gtrid.index)? {
+            return Ok(d);
+        }
+        let run = self.start_run(gtrid.index, Action::Abort(Reason::ClientRollback), branches);
+        wait_slot(run)
+            .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
+            .await
+    }
+
+    /// The recorded decision of `txn`, if any.
+    fn decided(&self, txn: u64) -> Result<Option<Decision>, DriveError> {
+        match self.found(txn, None)? {
+            Found::Decided(d) => Ok(Some(d)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where `txn` stands: this leader's memory first, then the table; a number that
+    /// was never logged is driven from the client's `branches` when given.
+    fn found(&self, txn: u64, branches: Option<&[BranchSpec]>) -> Result<Found, DriveError> {
+        // Never hold `runs` while taking the state machine's lock (the scan and the
+        // services take them the other way round).
+        let (held, unissued) = {
+            let runs = lock(&self.inner.runs);
+            let held = runs.active.get(&txn).map(|h| (h.seed.clone(), h.opened));
+            // A number of this leader's block not handed out yet: nobody holds it,
+            // and no record may be made for it before Begin hands it out.
+            let unissued = matches!(runs.numbers, Some((_, next, end)) if txn >= next && txn < end);
+            (held, unissued)
+        };
+        if let Some((seed, opened)) = held {
+            // Once a run proposed its record, the table says where it stands, unless
+            // the record has not landed (or did not).
+            if !opened
+                || !matches!(
+                    self.inner.sm.read().table.lookup(txn),
+                    Lookup::Live(_) | Lookup::Finished(_)
+                )
+            {
+                return Ok(Found::Memory(seed, true));
+            }
+        }
+        if unissued {
+            return Err(DriveError::NotFound(format!(
+                "no transaction {} was ever begun in this cluster",
+                self.gtrid(txn)
+            )));
+        }
+        let sm = self.inner.sm.read();
+        match sm.table.lookup(txn) {
+            Lookup::Live(rec) => match &rec.decision {
+                Some(d) => {
+                    let d = d.clone();
+                    drop(sm);
+                    self.ensure_phase2(txn);
+                    Ok(Found::Decided(d))
+                }
+                None => Ok(Found::Table {
+                    branches: rec.branches.clone(),
+                    handed_over: rec.handed_over,
+                    committing: rec.committing,
+                }),
+            },
+            Lookup::Finished(f) => Ok(Found::Decided(f.decision.clone())),
+            Lookup::Forgotten => Err(DriveError::Forgotten(format!(
+                "transaction {} completed and its outcome was forgotten (older than the \
+                 coordinator's outcome retention); ask the participants",
+                self.gtrid(txn)
+            ))),
+            Lookup::Unknown => Err(DriveError::NotFound(format!(
+                "no transaction {} was ever begun in this cluster",
+                self.gtrid(txn)
+            ))),
+            Lookup::Absent => Ok(match branches {
+                Some(b) => {
+                    let now = now_ms();
+                    let timeout = self.inner.config.default_txn_timeout.as_millis() as u64;
+                    Found::Memory(
+                        Seed {
+                            created_ms: now,
+                            deadline_ms: now.saturating_add(timeout),
+                            labels: BTreeMap::new(),
+                            branches: b.to_vec(),
+                        },
+                        false,
+                    )
+                }
+                None => Found::Lost,
+            }),
+        }
+    }
+
+    /// Starts the run of `txn` unless one runs here already (whatever it was asked
+    /// to do), and returns the slot its result will appear in.
+    fn start_run(&self, txn: u64, action: Action, branches: Option<Vec<BranchSpec>>) -> CommitSlot {
+        // One run per transaction on this node: later callers wait for the first.
         let (tx, slot) = {
-            let mut inflight = lock(&self.inner.inflight);
-            match inflight.get(&txn) {
+            let mut runs = lock(&self.inner.runs);
+            match runs.slots.get(&txn) {
                 Some(slot) => (None, slot.clone()),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    inflight.insert(txn, rx.clone());
+                    runs.slots.insert(txn, rx.clone());
                     (Some(tx), rx)
                 }
             }
@@ -518,47 +784,30 @@ impl Driver {
             // or the transaction would stay marked as being driven forever (never timed
             // out, IN_PROGRESS to every inquiry, its prepared branches holding locks).
             let driver = self.clone();
-            let span = tracing::info_span!("commit", gtrid = %self.gtrid(txn));
+            let span = match action {
+                Action::Commit => tracing::info_span!("commit", gtrid = %self.gtrid(txn)),
+                Action::Abort(reason) => {
+                    tracing::info_span!("abort", gtrid = %self.gtrid(txn), ?reason)
+                }
+            };
             tokio::spawn(
                 async move {
-                    let result = driver.drive_commit(txn).await;
-                    let _ = tx.send(Some(result));
-                    lock(&driver.inner.inflight).remove(&txn);
+                    let result = driver.run(txn, action, branches, &tx).await;
+                    if tx.borrow().is_none() {
+                        let _ = tx.send(Some(result));
+                    }
+                    let mut runs = lock(&driver.inner.runs);
+                    runs.slots.remove(&txn);
+                    // Its record was proposed: from now on the table says where it
+                    // stands (a client that retries names its branches if it did not land).
+                    if runs.active.get(&txn).is_some_and(|h| h.opened) {
+                        runs.active.remove(&txn);
+                    }
                 }
                 .instrument(span),
             );
         }
         slot
-    }
-
-    /// The recorded decision, or what an undecided live transaction looks like.
-    fn settled(&self, txn: u64) -> Result<Settled, DriveError> {
-        let sm = self.inner.sm.read();
-        match sm.table.lookup(txn) {
-            Lookup::Live(rec) => match &rec.decision {
-                Some(d) => {
-                    let d = d.clone();
-                    drop(sm);
-                    self.ensure_phase2(txn);
-                    Ok(Settled::Decided(d))
-                }
-                None => Ok(Settled::Undecided {
-                    branches: rec.branches.clone(),
-                    handed_over: rec.handed_over,
-                    committing: rec.committing,
-                }),
-            },
-            Lookup::Finished(f) => Ok(Settled::Decided(f.decision.clone())),
-            Lookup::Forgotten => Err(DriveError::Forgotten(format!(
-                "transaction {} completed and its outcome was forgotten (older than the \
-                 coordinator's outcome retention); ask the participants",
-                self.gtrid(txn)
-            ))),
-            Lookup::Unknown => Err(DriveError::NotFound(format!(
-                "no transaction {} was ever begun in this cluster",
-                self.gtrid(txn)
-            ))),
-        }
     }
 
     /// The term this node leads and is ready in.
@@ -569,37 +818,107 @@ impl Driver {
             .ok_or_else(|| DriveError::Unavailable("leadership lost; retry".into()))
     }
 
-    async fn drive_commit(&self, txn: u64) -> Result<Decision, DriveError> {
+    /// One run: finds the transaction and commits it, aborts it, or learns the
+    /// outcome it can no longer be talked out of. `publish` may get the answer before
+    /// the run ends (a parallel commit answers once it is committed, and logs the
+    /// decision after).
+    async fn run(
+        &self,
+        txn: u64,
+        action: Action,
+        branches: Option<Vec<BranchSpec>>,
+        publish: &watch::Sender<Option<Result<Decision, DriveError>>>,
+    ) -> Result<Decision, DriveError> {
         let term = self.ready_term()?;
         loop {
-            let (branches, handed_over, committing) = match self.settled(txn)? {
-                Settled::Decided(d) => return Ok(d),
-                Settled::Undecided {
+            let found = self.found(txn, branches.as_deref())?;
+            let (seed, held, records, handed_over, committing) = match found {
+                Found::Decided(d) => return Ok(d),
+                Found::Lost => {
+                    // Begun on a leader that failed, never logged, and no branch list
+                    // to drive it: abort it durably before answering (rule 3).
+                    let reason = match action {
+                        Action::Commit => Reason::LeaderLost,
+                        Action::Abort(r) => r,
+                    };
+                    let empty = Seed::default();
+                    let d = decision(false, reason, "no record of the transaction".into());
+                    return self
+                        .decide(txn, Some((&empty, false)), d, None, vec![])
+                        .await;
+                }
+                Found::Memory(seed, held) => {
+                    if held {
+                        // From here on the record may be in the log: the branch set is
+                        // fixed, and the table answers once the run ends.
+                        if let Some(h) = lock(&self.inner.runs).active.get_mut(&txn) {
+                            h.opened = true;
+                        }
+                    }
+                    let records = seed.records();
+                    (Some(seed), held, records, false, false)
+                }
+                Found::Table {
                     branches,
                     handed_over,
                     committing,
-                } => (branches, handed_over, committing),
+                } => (None, false, branches, handed_over, committing),
             };
-            match branches.as_slice() {
+            let seed = seed.as_ref().map(|s| (s, held));
+            if handed_over {
+                let [only] = records.as_slice() else {
+                    return Err(unexpected(CommandResult::HandedOver));
+                };
+                return self.one_phase(txn, only, term).await;
+            }
+            if committing {
+                // Someone (maybe this node before a restart, maybe a leader that
+                // died) logged the commit as started: it may be committed already.
+                return self.recover_two_phase(txn, records, term).await;
+            }
+            if let Action::Abort(reason) = action {
+                let detail = match reason {
+                    Reason::Timeout => "transaction outlived its timeout",
+                    Reason::ParticipantInquiry => "no decision was recorded",
+                    _ => "",
+                };
+                match self
+                    .decide(
+                        txn,
+                        seed,
+                        decision(false, reason, detail.into()),
+                        None,
+                        vec![],
+                    )
+                    .await
+                {
+                    // Handed over or committing meanwhile (a run of another leader
+                    // whose entry landed first): learn its outcome instead.
+                    Err(DriveError::HandedOver) => continue,
+                    Err(DriveError::Precondition(_)) if self.is_committing(txn) => continue,
+                    other => return other,
+                }
+            }
+            match records.as_slice() {
                 [] => {
                     return self
                         .decide(
                             txn,
+                            seed,
                             decision(true, Reason::ClientCommit, String::new()),
                             Some(0),
                             vec![],
                         )
                         .await
                 }
-                [only] if handed_over => return self.one_phase(txn, only, term).await,
-                [only] if self.inner.config.one_phase && !committing => {
+                [only] if self.inner.config.one_phase => {
                     // Record the hand-over before anything is sent: once the call may
                     // be on the wire, the branch may commit, and nobody may abort.
-                    match self.propose(Command::HandOver { txn, branches: 1 }).await? {
+                    let cmds = opened(txn, seed, Command::HandOver { txn, branches: 1 });
+                    match self.propose_group(cmds).await? {
                         CommandResult::HandedOver => return self.one_phase(txn, only, term).await,
                         CommandResult::Decided(d) => return Ok(d),
-                        // An Enlist slipped in (commit in two phases), or a prepare went
-                        // out from a leader without one phase: read again.
+                        // A prepare went out from a leader without one phase: read again.
                         CommandResult::Refused(
                             Refusal::BranchSetChanged { .. } | Refusal::Committing,
                         ) => continue,
@@ -607,16 +926,42 @@ impl Driver {
                         other => return Err(unexpected(other)),
                     }
                 }
-                _ => return self.two_phase(txn, branches, term).await,
+                _ => return self.two_phase(txn, seed, records, term, publish).await,
             }
         }
     }
 
+    /// Has this leader led long enough that a transaction it never heard of cannot
+    /// still be retried by its client (see `query`)?
+    fn lost_grace_over(&self) -> bool {
+        let term = *self.inner.leader_term.borrow();
+        match (lock(&self.inner.runs).ready, term) {
+            (Some((t, since)), Some(term)) if t == term => {
+                since.elapsed() >= self.inner.config.default_txn_timeout
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks this node ready as leader of `term` now.
+    pub(super) fn mark_ready(&self, term: u64) {
+        lock(&self.inner.runs).ready = Some((term, std::time::Instant::now()));
+    }
+
+    /// Is `txn` logged as committing (and undecided)?
+    fn is_committing(&self, txn: u64) -> bool {
+        matches!(self.inner.sm.read().table.lookup(txn), Lookup::Live(r) if r.committing && r.decision.is_none())
+    }
+
+    /// A two-phase commit driven from the start by this run: `CommitStarted` (with
+    /// the record, when it was only in memory) is logged alongside the prepare round.
     async fn two_phase(
         &self,
         txn: u64,
+        seed: Option<(&Seed, bool)>,
         branches: Vec<BranchRecord>,
         term: u64,
+        publish: &watch::Sender<Option<Result<Decision, DriveError>>>,
     ) -> Result<Decision, DriveError> {
         let n = branches.len() as u32;
         let gtrid = self.gtrid(txn);
@@ -627,20 +972,20 @@ impl Driver {
                 "leadership lost before prepare; retry".into(),
             ));
         }
-        // The commit request is logged alongside the prepare round, and nobody waits
-        // for it: it is queued before the decision, so it lands in the log first (in
-        // the same entry or an earlier one). From then on no branch can be enlisted,
-        // no leader switches the transaction to one phase, and a new leader takes the
-        // commit over if this one dies. Its answer is not needed: the decision below
-        // meets the same refusals (decided meanwhile: that decision comes back; a
-        // branch sneaked in: the commit is refused; handed over: likewise).
-        drop(
-            self.inner
-                .batcher
-                .submit(Command::CommitStarted { txn, branches: n }),
-        );
-        let (read_only, failure) = self.collect_votes(gtrid, &branches, timeout).await;
-        if failure.is_none() && failpoint::is_on("bug.commit_before_decision") {
+        // Queued before the first prepare is sent, so it precedes the decision in
+        // the log. From then on no leader switches the transaction to one phase or
+        // aborts it but on a vote, and a new leader takes its commit over. (The
+        // deliberate bug below logs nothing before it sends COMMIT.)
+        let bug = failpoint::is_on("bug.commit_before_decision");
+        let started = (!bug).then(|| {
+            self.inner.batcher.submit_group(opened(
+                txn,
+                seed,
+                Command::CommitStarted { txn, branches: n },
+            ))
+        });
+        let (read_only, failure) = self.collect_votes(gtrid, &branches, timeout, false).await;
+        if failure.is_none() && bug {
             self.bug_commit_before_decision(txn, &branches, &read_only)
                 .await;
         }
@@ -648,23 +993,40 @@ impl Driver {
         if let Some((reason, detail)) = failure {
             tracing::debug!(?reason, %detail, "aborting");
             return self
-                .decide(txn, decision(false, reason, detail), None, read_only)
+                .decide(txn, seed, decision(false, reason, detail), None, read_only)
                 .await;
         }
+        let commit = decision(true, Reason::ClientCommit, String::new());
+        // Parallel commit: with every vote YES and the marker durable, the
+        // transaction is committed (a new leader that prepares again gets the same
+        // YES votes, prepared branches being durable). A READ_ONLY branch forgets its
+        // xid and would vote NO when asked again, so then the decision is logged first.
+        if let Some(started) = started.filter(|_| read_only.is_empty()) {
+            match started.await {
+                Ok(CommandResult::CommitStarted) => {
+                    Counters::inc(&self.inner.counters.parallel_commits);
+                    let _ = publish.send(Some(Ok(commit.clone())));
+                    return self.log_commit(txn, n, commit, term).await;
+                }
+                Ok(CommandResult::Decided(d)) => return Ok(d),
+                Ok(CommandResult::HandedOver) => return Err(DriveError::HandedOver),
+                // A branch was enlisted meanwhile (the decision below is refused
+                // too), or not known to be logged: log the decision itself.
+                Ok(CommandResult::Refused(Refusal::BranchSetChanged { .. })) => {}
+                Ok(CommandResult::Refused(r)) => return Err(refusal(r)),
+                Ok(_) | Err(_) => {}
+            }
+        }
         match self
-            .decide(
-                txn,
-                decision(true, Reason::ClientCommit, String::new()),
-                Some(n),
-                read_only.clone(),
-            )
+            .decide(txn, seed, commit, Some(n), read_only.clone())
             .await
         {
-            Err(DriveError::Precondition(detail)) => {
+            Err(DriveError::Precondition(detail)) if !self.is_committing(txn) => {
                 // A branch was enlisted while we prepared: it was never prepared, so
                 // the commit cannot stand. Abort (the branch set is now fixed).
                 self.decide(
                     txn,
+                    None,
                     decision(false, Reason::ProtocolError, detail),
                     None,
                     read_only,
@@ -675,6 +1037,85 @@ impl Driver {
         }
     }
 
+    /// Logs the decision of a transaction that is committed already (parallel
+    /// commit), retrying while this node leads; a new leader re-drives it otherwise.
+    async fn log_commit(
+        &self,
+        txn: u64,
+        n: u32,
+        commit: Decision,
+        term: u64,
+    ) -> Result<Decision, DriveError> {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self
+                .decide(txn, None, commit.clone(), Some(n), vec![])
+                .await
+            {
+                Ok(d) => {
+                    if !d.commit {
+                        tracing::error!(
+                            ?d,
+                            "BUG: a transaction committed by its votes was recorded as aborted"
+                        );
+                    }
+                    return Ok(commit);
+                }
+                Err(e) if !self.still_leader(term) => {
+                    tracing::debug!(error = %e, "commit decision not logged; the next leader re-drives it");
+                    return Ok(commit);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "commit decision not logged yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Re-drives a transaction logged as committing whose driver is gone: it may be
+    /// committed already (every vote YES, nobody logged it), so only a NO vote may
+    /// abort it; an unreachable branch is asked again until it answers (rule 16).
+    async fn recover_two_phase(
+        &self,
+        txn: u64,
+        branches: Vec<BranchRecord>,
+        term: u64,
+    ) -> Result<Decision, DriveError> {
+        let n = branches.len() as u32;
+        let gtrid = self.gtrid(txn);
+        let timeout = self.inner.config.prepare_timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if !self.may_drive(term).await {
+                return Err(DriveError::Unavailable(
+                    "leadership lost while re-driving a commit; retry".into(),
+                ));
+            }
+            let (read_only, failure) = self.collect_votes(gtrid, &branches, timeout, true).await;
+            match failure {
+                None => {
+                    let d = decision(true, Reason::ClientCommit, String::new());
+                    return self.decide(txn, None, d, Some(n), read_only).await;
+                }
+                Some((Reason::VotedNo, detail)) => {
+                    let d = decision(false, Reason::VotedNo, detail);
+                    return self.decide(txn, None, d, None, read_only).await;
+                }
+                Some((_, detail)) => {
+                    tracing::debug!(%detail, "re-driven commit: a branch did not vote; asking again");
+                    Counters::inc(&self.inner.counters.phase2_retries);
+                    if let Some(d) = self.decided(txn)? {
+                        return Ok(d);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
     /// Prepares every branch in parallel; returns the READ_ONLY branches and the first
     /// failure (a NO, an unreachable branch, a garbage answer), which ends the round.
     async fn collect_votes(
@@ -682,6 +1123,7 @@ impl Driver {
         gtrid: Gtrid,
         branches: &[BranchRecord],
         timeout: Duration,
+        recovering: bool,
     ) -> (Vec<u32>, Option<(Reason, String)>) {
         let mut votes: FuturesUnordered<_> = branches
             .iter()
@@ -717,6 +1159,16 @@ impl Driver {
                     failure = Some((Reason::VotedNo, d));
                     break;
                 }
+                // A first prepare: a NO. A re-driven one: asked again.
+                PrepareOutcome::NotHosted(d) => {
+                    let reason = if recovering {
+                        Reason::ParticipantUnreachable
+                    } else {
+                        Reason::VotedNo
+                    };
+                    failure = Some((reason, d));
+                    break;
+                }
                 PrepareOutcome::Unreachable(d) => {
                     failure = Some((Reason::ParticipantUnreachable, d));
                     break;
@@ -732,9 +1184,12 @@ impl Driver {
     }
 
     /// A DELIBERATE BUG, off unless the `bug.commit_before_decision` switch is on (see
-    /// [`failpoint`]): sends COMMIT to every prepared branch before the decision is
-    /// logged, breaking docs/design.md, rule 2. It exists so the chaos suite can show that its
-    /// checker catches a broken rule.
+    /// [`failpoint`]): with nothing of the commit logged (no marker, no decision), sends
+    /// COMMIT to every prepared branch but the last, breaking docs/design.md, rules 2
+    /// and 16. A leader that dies then leaves the last branch in doubt, and the next
+    /// leader, which never heard of the transaction, presumes it aborted when that
+    /// branch asks. It exists so the chaos suite can show that its checker catches a
+    /// broken rule.
     async fn bug_commit_before_decision(
         &self,
         txn: u64,
@@ -743,9 +1198,13 @@ impl Driver {
     ) {
         let gtrid = self.gtrid(txn);
         let timeout = self.inner.config.prepare_timeout;
-        let calls = branches
+        let prepared: Vec<_> = branches
             .iter()
             .filter(|b| !read_only.contains(&b.bqual))
+            .collect();
+        let calls = prepared
+            .iter()
+            .take(prepared.len().saturating_sub(1))
             .map(|b| {
                 self.inner.pool.commit(
                     &b.spec.endpoint,
@@ -808,6 +1267,7 @@ impl Driver {
             return self
                 .decide(
                     txn,
+                    None,
                     decision(commit, reason, String::new()),
                     commit.then_some(1),
                     vec![branch.bqual],
@@ -816,42 +1276,14 @@ impl Driver {
         }
     }
 
-    /// Aborts unless already decided; returns the decision in force. A transaction
-    /// handed to its one-phase participant cannot be aborted: the answer is the
-    /// participant's, learned by the commit run (asked again until it answers).
-    ///
-    /// # Errors
-    /// `NotLeader`, `NotFound`, `Forgotten`, `Unavailable`.
-    pub async fn rollback(&self, gtrid: Gtrid) -> Result<Decision, DriveError> {
-        self.ensure_leader().await?;
-        let txn = gtrid.index;
-        match self.settled(txn)? {
-            Settled::Decided(d) => Ok(d),
-            Settled::Undecided {
-                handed_over: true, ..
-            } => wait_slot(self.start_commit(txn)).await,
-            Settled::Undecided { .. } => {
-                let d = decision(false, Reason::ClientRollback, String::new());
-                match self
-                    .decide(txn, d, None, vec![])
-                    .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
-                    .await
-                {
-                    Err(DriveError::HandedOver) => wait_slot(self.start_commit(txn)).await,
-                    other => other,
-                }
-            }
-        }
-    }
-
     /// Answers a participant's "what happened to T?". When nothing is decided and the
     /// transaction cannot still commit, logs ABORT first (docs/design.md, rule 3):
     /// the read is linearizable, so no decision from an earlier term can still
-    /// appear. A transaction handed to its one-phase participant is never presumed
-    /// aborted. One whose commit was logged as started (`CommitStarted`) but that no
-    /// run drives here lost its driver mid-prepare: this leader takes the commit over
-    /// (re-running prepare, which prepared branches answer YES again) instead of
-    /// leaving its branches locked until the deadline (the scan does too).
+    /// appear. A transaction handed to its one-phase participant, or logged as
+    /// committing, is never presumed aborted; if no run drives it here, this leader
+    /// takes it over (asking the participant, or preparing again) instead of leaving
+    /// its branches locked. A number that was never logged and that this leader does
+    /// not hold lost its leader before any decision: presumed aborted (rule 16).
     ///
     /// # Errors
     /// `NotLeader`, `NotFound` (a gtrid this cluster never issued), `Unavailable`.
@@ -864,55 +1296,46 @@ impl Driver {
             Err(e) => return Err(DriveError::Unavailable(e.to_string())),
         }
         let txn = gtrid.index;
-        let (inflight, handed_over, committing, before_deadline) = {
-            let sm = self.inner.sm.read();
-            match sm.table.lookup(txn) {
-                Lookup::Live(rec) => match &rec.decision {
-                    Some(d) => return Ok(QueryAnswer::Decided(d.clone())),
-                    None => (
-                        lock(&self.inner.inflight).contains_key(&txn),
-                        rec.handed_over,
-                        rec.committing,
-                        now_ms() < rec.deadline_ms,
-                    ),
-                },
-                Lookup::Finished(f) => return Ok(QueryAnswer::Decided(f.decision.clone())),
-                Lookup::Forgotten => return Ok(QueryAnswer::Forgotten),
-                Lookup::Unknown => {
-                    return Err(DriveError::NotFound(format!(
-                        "no transaction {gtrid} was ever begun"
-                    )));
+        if lock(&self.inner.runs).slots.contains_key(&txn) {
+            return Ok(QueryAnswer::InProgress);
+        }
+        let before_deadline = |deadline_ms: u64| now_ms() < deadline_ms;
+        let presume = match self.found(txn, None) {
+            Ok(Found::Decided(d)) => return Ok(QueryAnswer::Decided(d)),
+            Ok(Found::Memory(seed, _)) => !before_deadline(seed.deadline_ms),
+            Ok(Found::Table {
+                handed_over,
+                committing,
+                ..
+            }) if handed_over || committing => {
+                // Nobody drives it here: take it over.
+                if self.inner.leader_term.borrow().is_some() {
+                    drop(self.start_run(txn, Action::Commit, None));
                 }
+                return Ok(QueryAnswer::InProgress);
             }
+            Ok(Found::Table { .. }) => {
+                let deadline = match self.inner.sm.read().table.lookup(txn) {
+                    Lookup::Live(r) => r.deadline_ms,
+                    _ => 0,
+                };
+                !before_deadline(deadline)
+            }
+            // Lost with its leader, before anything was logged: its client may still
+            // retry the commit here with its branch list, so for a while (the default
+            // transaction timeout from this leader's start) the answer is IN_PROGRESS.
+            Ok(Found::Lost) => self.lost_grace_over(),
+            Err(DriveError::Forgotten(_)) => return Ok(QueryAnswer::Forgotten),
+            Err(e) => return Err(e),
         };
-        if inflight {
+        if !presume {
             return Ok(QueryAnswer::InProgress);
         }
-        if handed_over || (committing && before_deadline) {
-            // Nobody drives it here: take it over (one-phase: ask the participant;
-            // two-phase: prepare again and decide).
-            if self.inner.leader_term.borrow().is_some() {
-                drop(self.start_commit(txn));
-            }
-            return Ok(QueryAnswer::InProgress);
-        }
-        if before_deadline {
-            return Ok(QueryAnswer::InProgress);
-        }
-        let d = self
-            .decide(
-                txn,
-                decision(
-                    false,
-                    Reason::ParticipantInquiry,
-                    "no decision was recorded".into(),
-                ),
-                None,
-                vec![],
-            )
+        let run = self.start_run(txn, Action::Abort(Reason::ParticipantInquiry), None);
+        match wait_slot(run)
             .instrument(tracing::info_span!("presumed_abort", gtrid = %gtrid))
-            .await;
-        match d {
+            .await
+        {
             Ok(d) => Ok(QueryAnswer::Decided(d)),
             Err(DriveError::HandedOver) => Ok(QueryAnswer::InProgress),
             Err(e) => Err(e),
@@ -954,9 +1377,32 @@ impl Driver {
         self.inner.pool.len()
     }
 
-    /// Is a commit of `txn` being driven on this node right now?
+    /// Is a run of `txn` (a commit, or an abort) under way on this node right now?
     pub fn is_preparing(&self, txn: u64) -> bool {
-        lock(&self.inner.inflight).contains_key(&txn)
+        lock(&self.inner.runs).slots.contains_key(&txn)
+    }
+
+    /// The transactions this leader holds in memory only (begun here, not logged),
+    /// in number order, from `after` (exclusive).
+    pub fn in_memory(&self, after: Option<u64>) -> Vec<(u64, Seed)> {
+        let runs = lock(&self.inner.runs);
+        let mut v: Vec<_> = runs
+            .active
+            .iter()
+            .filter(|(&t, _)| after.is_none_or(|a| t > a))
+            .map(|(&t, h)| (t, h.seed.clone()))
+            .collect();
+        v.sort_unstable_by_key(|(t, _)| *t);
+        v
+    }
+
+    /// Drops what this node held as leader of an earlier term: its in-memory
+    /// transactions (their clients retry with their branch lists) and its numbers.
+    pub(super) fn forget_leadership(&self) {
+        let mut runs = lock(&self.inner.runs);
+        runs.active.clear();
+        runs.numbers = None;
+        runs.ready = None;
     }
 }
 
@@ -984,6 +1430,51 @@ fn decision(commit: bool, reason: Reason, detail: String) -> Decision {
         detail: crate::txn::cut_detail(detail),
         decided_ms: now_ms(),
     }
+}
+
+/// `cmd`, preceded in the same entry by the `Open` of a transaction not yet in the
+/// table (held: begun on this leader).
+fn opened(txn: u64, seed: Option<(&Seed, bool)>, cmd: Command) -> Vec<Command> {
+    match seed {
+        Some((seed, held)) => vec![
+            Command::Open {
+                txn,
+                seed: seed.clone(),
+                held,
+            },
+            cmd,
+        ],
+        None => vec![cmd],
+    }
+}
+
+/// Adds a branch to an in-memory transaction, or returns the existing one for the
+/// same endpoint and resource.
+fn enlist_in(seed: &mut Seed, spec: BranchSpec) -> Result<BranchRecord, DriveError> {
+    let bqual = match seed.branches.iter().position(|b| *b == spec) {
+        Some(i) => i as u32 + 1,
+        None if seed.branches.len() >= MAX_BRANCHES => {
+            return Err(refusal(Refusal::TooManyBranches))
+        }
+        None => {
+            seed.branches.push(spec.clone());
+            seed.branches.len() as u32
+        }
+    };
+    Ok(BranchRecord {
+        bqual,
+        spec,
+        skip_phase2: false,
+        heuristic: None,
+    })
+}
+
+fn describe(d: &Decision) -> String {
+    format!(
+        "{} ({:?})",
+        if d.commit { "committed" } else { "aborted" },
+        d.reason
+    )
 }
 
 /// The protobuf xid of a branch.

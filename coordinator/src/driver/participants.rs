@@ -31,6 +31,11 @@ pub enum PrepareOutcome {
     ReadOnly,
     /// Rolled back locally; detail says why.
     No(String),
+    /// The participant says it does not host the resource (NOT_FOUND): a NO for a
+    /// first prepare, but not proof that an earlier prepare never happened (the
+    /// endpoint may now be served by another process), so a re-driven commit asks
+    /// again (docs/design.md, rule 16).
+    NotHosted(String),
     /// No answer in time, or a transport failure.
     Unreachable(String),
     /// An answer outside the protocol.
@@ -162,7 +167,7 @@ impl ParticipantPool {
             .await;
         match resp {
             // The participant does not host the resource: it cannot have prepared.
-            Err((Some(tonic::Code::NotFound), detail)) => PrepareOutcome::No(detail),
+            Err((Some(tonic::Code::NotFound), detail)) => PrepareOutcome::NotHosted(detail),
             Err((_, detail)) => PrepareOutcome::Unreachable(detail),
             Ok(resp) => match pb::Vote::try_from(resp.vote) {
                 Ok(pb::Vote::Yes) => PrepareOutcome::Yes,

@@ -11,8 +11,10 @@ use serde::Serialize;
 /// are numbered by the table. 3: one-phase hand-over, heuristic outcomes, outcome
 /// retention by completion order. 4: commit markers, acknowledgements, pinned
 /// abandoned aborts (3 was only ever on a development branch: its variants were
-/// numbered differently). Any change to a persisted type's layout bumps it.
-const VERSION: u8 = 4;
+/// numbered differently). 5: no Begin or Enlist entries; number reservations, `Open`
+/// records and the forgotten mark (docs/design.md, rule 16). Any change to a persisted
+/// type's layout bumps it.
+const VERSION: u8 = 5;
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,7 @@ mod tests {
         use crate::txn::{Command, Proposal};
         let p = Proposal {
             commands: vec![
+                Command::Reserve { upto: 7 },
                 Command::CommitStarted {
                     txn: 5,
                     branches: 2,
@@ -104,11 +107,13 @@ mod tests {
         let bytes = encode(&p).expect("encode");
         let expected: Vec<u8> = [
             &[VERSION][..],
-            &2u64.to_le_bytes(),
-            &8u32.to_le_bytes(),
+            &3u64.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &7u64.to_le_bytes(),
+            &9u32.to_le_bytes(),
             &5u64.to_le_bytes(),
             &2u32.to_le_bytes(),
-            &4u32.to_le_bytes(),
+            &5u32.to_le_bytes(),
             &1u64.to_le_bytes(),
             &5u64.to_le_bytes(),
             &9u64.to_le_bytes(),

@@ -105,7 +105,7 @@ async fn entries_are_fdatasynced_before_they_are_acknowledged() -> anyhow::Resul
 async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Result<()> {
     use crate::raft::open_stores_with;
     use crate::raft::snapshot_file::{DurabilityEvent, Journal};
-    use crate::txn::{Decision, Reason};
+    use crate::txn::{Decision, Reason, Seed};
     use std::time::Duration;
 
     const TXNS: u64 = 100_000;
@@ -116,37 +116,38 @@ async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Resul
     let raft = single_node(log, sm).await?;
     raft.client_write(Command::SetClusterId { cluster_id: 7 }.into())
         .await?;
-    for _ in 0..TXNS / PER_ENTRY {
-        let begins = (0..PER_ENTRY)
-            .map(|_| Command::Begin {
-                now_ms: 1,
-                timeout_ms: 1_000,
-                labels: BTreeMap::new(),
-                branches: vec![],
-            })
-            .collect();
-        let resp = raft
-            .client_write(crate::txn::Proposal { commands: begins })
-            .await?;
-        let decides = resp
-            .data
-            .iter()
-            .map(|r| match r {
-                CommandResult::Begun { txn, .. } => Ok(Command::Decide {
-                    txn: *txn,
-                    decision: Decision {
-                        commit: true,
-                        reason: Reason::ClientCommit,
-                        detail: String::new(),
-                        decided_ms: 2,
+    raft.client_write(Command::Reserve { upto: TXNS + 1 }.into())
+        .await?;
+    for chunk in 0..TXNS / PER_ENTRY {
+        // Each transaction opened and committed in one entry, as a leader does.
+        let decides = (1..=PER_ENTRY)
+            .map(|i| chunk * PER_ENTRY + i)
+            .flat_map(|txn| {
+                [
+                    Command::Open {
+                        txn,
+                        seed: Seed {
+                            created_ms: 1,
+                            deadline_ms: 1_000,
+                            ..Default::default()
+                        },
+                        held: true,
                     },
-                    prepared_branches: Some(0),
-                    skip_phase2: vec![],
-                    complete: true,
-                }),
-                other => Err(anyhow::anyhow!("begin answered {other:?}")),
+                    Command::Decide {
+                        txn,
+                        decision: Decision {
+                            commit: true,
+                            reason: Reason::ClientCommit,
+                            detail: String::new(),
+                            decided_ms: 2,
+                        },
+                        prepared_branches: Some(0),
+                        skip_phase2: vec![],
+                        complete: true,
+                    },
+                ]
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         raft.client_write(crate::txn::Proposal { commands: decides })
             .await?;
     }

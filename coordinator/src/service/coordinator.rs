@@ -14,7 +14,7 @@ use crate::driver::participants::endpoint_uri;
 use crate::driver::{xid_pb, DriveError, Driver, QueryAnswer};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
-    BranchRecord, BranchSpec, Decision, Lookup, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES,
+    BranchRecord, BranchSpec, Decision, Lookup, Seed, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES,
     MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::types::Gtrid;
@@ -71,6 +71,44 @@ fn validate_branch(b: pb::BranchSpec) -> Result<BranchSpec, Status> {
         endpoint: b.endpoint,
         resource: b.resource,
     })
+}
+
+/// The client's branch list of `gtrid` (Commit and Rollback): bquals 1..n in order,
+/// each branch valid and named once.
+fn validate_branch_list(
+    gtrid: Gtrid,
+    list: Option<pb::BranchList>,
+) -> Result<Option<Vec<BranchSpec>>, Status> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    if list.branches.len() > MAX_BRANCHES {
+        return Err(invalid(format!(
+            "at most {MAX_BRANCHES} branches per transaction"
+        )));
+    }
+    let mut specs: Vec<BranchSpec> = Vec::with_capacity(list.branches.len());
+    for (i, b) in list.branches.into_iter().enumerate() {
+        let want = (i + 1).to_string();
+        match &b.xid {
+            Some(x) if x.gtrid == gtrid.to_string() && x.bqual == want => {}
+            _ => {
+                return Err(invalid(format!(
+                    "branches[{i}] must carry xid {gtrid}.{want} (the list is in bqual \
+                     order, from 1)"
+                )))
+            }
+        }
+        let spec = validate_branch(pb::BranchSpec {
+            endpoint: b.endpoint,
+            resource: b.resource,
+        })?;
+        if specs.contains(&spec) {
+            return Err(invalid(format!("branches[{i}] names a branch twice")));
+        }
+        specs.push(spec);
+    }
+    Ok(Some(specs))
 }
 
 fn validate_labels(
@@ -175,6 +213,21 @@ impl CoordinatorService {
         }
     }
 
+    /// A transaction this leader holds in memory only (ACTIVE, or PREPARING while its
+    /// first entry is on its way).
+    fn memory_pb(&self, gtrid: Gtrid, seed: &Seed) -> pb::Transaction {
+        let rec = TxnRecord {
+            created_ms: seed.created_ms,
+            deadline_ms: seed.deadline_ms,
+            labels: seed.labels.clone(),
+            branches: seed.records(),
+            decision: None,
+            handed_over: false,
+            committing: false,
+        };
+        self.live_pb(gtrid, &rec)
+    }
+
     /// Every call is served by a caught-up leader, so that clients see one history.
     /// It is checked before the request's gtrid is looked at: a node that is not
     /// ready may not know the cluster id yet, and must redirect rather than answer
@@ -251,10 +304,12 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
+        let req = req.into_inner();
+        let gtrid = self.leader_gtrid(&req.gtrid).await?;
+        let branches = validate_branch_list(gtrid, req.branches)?;
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way.
-        let (outcome, reason, detail) = answer_fields(self.driver.commit(gtrid).await)?;
+        let (outcome, reason, detail) = answer_fields(self.driver.commit(gtrid, branches).await)?;
         Ok(Response::new(pb::CommitResponse {
             outcome,
             reason,
@@ -266,8 +321,10 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
-        let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
-        let (outcome, reason, detail) = answer_fields(self.driver.rollback(gtrid).await)?;
+        let req = req.into_inner();
+        let gtrid = self.leader_gtrid(&req.gtrid).await?;
+        let branches = validate_branch_list(gtrid, req.branches)?;
+        let (outcome, reason, detail) = answer_fields(self.driver.rollback(gtrid, branches).await)?;
         Ok(Response::new(pb::RollbackResponse {
             outcome,
             reason,
@@ -280,10 +337,16 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
+        let memory = self
+            .driver
+            .in_memory(gtrid.index.checked_sub(1))
+            .into_iter()
+            .find(|(t, _)| *t == gtrid.index);
         let sm = self.driver.sm().read();
-        let txn = match sm.table.lookup(gtrid.index) {
-            Lookup::Live(rec) => self.live_pb(gtrid, rec),
-            Lookup::Finished(f) => {
+        let txn = match (sm.table.lookup(gtrid.index), &memory) {
+            (Lookup::Absent | Lookup::Unknown, Some((_, seed))) => self.memory_pb(gtrid, seed),
+            (Lookup::Live(rec), _) => self.live_pb(gtrid, rec),
+            (Lookup::Finished(f), _) => {
                 let (outcome, reason, detail) = decision_fields(&f.decision);
                 pb::Transaction {
                     gtrid: gtrid.to_string(),
@@ -295,7 +358,7 @@ impl Coordinator for CoordinatorService {
                     ..Default::default()
                 }
             }
-            Lookup::Forgotten => pb::Transaction {
+            (Lookup::Forgotten, _) => pb::Transaction {
                 gtrid: gtrid.to_string(),
                 state: pb::TxnState::Completed as i32,
                 outcome: pb::Outcome::Forgotten as i32,
@@ -305,9 +368,15 @@ impl Coordinator for CoordinatorService {
                 ),
                 ..Default::default()
             },
-            Lookup::Unknown => {
+            (Lookup::Unknown, _) => {
                 return Err(to_status(DriveError::NotFound(format!(
                     "no transaction {gtrid}"
+                ))))
+            }
+            (Lookup::Absent, _) => {
+                return Err(to_status(DriveError::NotFound(format!(
+                    "no record of transaction {gtrid}: begun on a leader that failed before \
+                     it committed; it is aborted once asked about"
                 ))))
             }
         };
@@ -333,16 +402,39 @@ impl Coordinator for CoordinatorService {
         } else {
             Some(self.gtrid(&req.page_token)?.index)
         };
+        let memory = self.driver.in_memory(after);
         let sm = self.driver.sm().read();
         let cluster = sm.table.cluster_id;
         let range = match after {
             Some(a) => sm.table.live.range(a.saturating_add(1)..),
             None => sm.table.live.range(..),
         };
+        // The table's live transactions and this leader's in-memory ones, merged in
+        // number order (a number is in one or the other, the table winning).
+        let mut memory = memory.into_iter().peekable();
+        let mut range = range.peekable();
+        let merged = std::iter::from_fn(|| {
+            let next_mem = memory.peek().map(|(t, _)| *t);
+            let next_tab = range.peek().map(|(t, _)| **t);
+            match (next_mem, next_tab) {
+                (Some(m), Some(t)) if m < t => memory.next().map(|(i, s)| (i, Err(s))),
+                (Some(m), Some(t)) if m == t => {
+                    memory.next();
+                    range.next().map(|(&i, r)| (i, Ok(r)))
+                }
+                (_, Some(_)) => range.next().map(|(&i, r)| (i, Ok(r))),
+                (Some(_), None) => memory.next().map(|(i, s)| (i, Err(s))),
+                (None, None) => None,
+            }
+        });
         let mut transactions = Vec::new();
         let mut next_page_token = String::new();
-        for (&index, rec) in range {
-            let t = self.live_pb(Gtrid { cluster, index }, rec);
+        for (index, rec) in merged {
+            let gtrid = Gtrid { cluster, index };
+            let t = match rec {
+                Ok(rec) => self.live_pb(gtrid, rec),
+                Err(seed) => self.memory_pb(gtrid, &seed),
+            };
             if want != pb::TxnState::Unspecified && t.state != want as i32 {
                 continue;
             }
@@ -413,9 +505,10 @@ impl Admin for CoordinatorService {
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
             .unwrap_or_default();
+        let in_memory = self.driver.in_memory(None).len() as u64;
         let (live, cluster) = {
             let sm = self.driver.sm().read();
-            (sm.table.live.len() as u64, sm.table.cluster_id)
+            (sm.table.live.len() as u64 + in_memory, sm.table.cluster_id)
         };
         Ok(Response::new(pb::ClusterStatusResponse {
             node_id: m.id,

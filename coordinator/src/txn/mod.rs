@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use ratify_proto::pb;
 
-pub use table::{cut as cut_detail, Lookup, Outcomes, TxnTable, MAX_PINNED};
+pub use table::{
+    cut as cut_detail, Forgotten, Lookup, Outcomes, TxnTable, MAX_FORGOTTEN_RANGES, MAX_PINNED,
+};
 
 /// Most branches one transaction may have.
 pub const MAX_BRANCHES: usize = 64;
@@ -84,6 +86,9 @@ pub enum Reason {
     ProtocolError,
     /// The single branch refused a one-phase commit and rolled back.
     OnePhaseRefused,
+    /// Begun on a leader that failed before anything was logged, and committed
+    /// elsewhere without its branch list.
+    LeaderLost,
 }
 
 impl Reason {
@@ -107,6 +112,7 @@ impl From<Reason> for pb::Reason {
             Reason::OnePhase => pb::Reason::OnePhase,
             Reason::ProtocolError => pb::Reason::ProtocolError,
             Reason::OnePhaseRefused => pb::Reason::OnePhaseRefused,
+            Reason::LeaderLost => pb::Reason::LeaderLost,
         }
     }
 }
@@ -142,6 +148,49 @@ pub struct BranchSpec {
     pub endpoint: String,
     /// Resource at that participant.
     pub resource: String,
+}
+
+/// What a leader knows of a transaction it holds in memory: written to the log by
+/// [`Command::Open`] together with the transaction's first logged step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seed {
+    /// Begin time, leader clock, Unix ms.
+    pub created_ms: u64,
+    /// When an undecided transaction is aborted, Unix ms.
+    pub deadline_ms: u64,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// The branches, in bqual order (the first is bqual 1).
+    pub branches: Vec<BranchSpec>,
+}
+
+impl Seed {
+    /// The seed's branches as records (bquals from 1).
+    pub fn records(&self) -> Vec<BranchRecord> {
+        self.branches
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| BranchRecord {
+                bqual: i as u32 + 1,
+                spec: spec.clone(),
+                skip_phase2: false,
+                heuristic: None,
+            })
+            .collect()
+    }
+
+    fn approx_bytes(&self) -> usize {
+        self.labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+            + self
+                .branches
+                .iter()
+                .map(BranchSpec::approx_bytes)
+                .sum::<usize>()
+            + 24
+    }
 }
 
 /// An enlisted branch.
@@ -223,20 +272,32 @@ pub enum Command {
         /// Random 64-bit id.
         cluster_id: u64,
     },
-    /// Starts a transaction; it gets the table's next transaction number.
-    Begin {
-        /// Proposer's clock, Unix ms.
-        now_ms: u64,
-        /// Timeout, ms.
-        timeout_ms: u64,
-        /// Operator labels.
-        labels: BTreeMap<String, String>,
-        /// Branches enlisted at once.
-        branches: Vec<BranchSpec>,
+    /// Reserves transaction numbers below `upto` for the proposing leader, which hands
+    /// them out from memory without a log entry each (docs/design.md, rule 16). A
+    /// number below the reserved mark was issued (or may have been); one at or above it
+    /// never was.
+    Reserve {
+        /// The new reserved mark (only ever raised).
+        upto: u64,
     },
-    /// Enlists one branch in an undecided transaction.
+    /// Records a transaction the leader held in memory, so that the command that
+    /// follows it (in the same entry) has a record to act on. Does nothing when the
+    /// number already has a record (live or kept); refused for a number never
+    /// reserved, and for one that may have been forgotten unless `held`.
+    Open {
+        /// The transaction number.
+        txn: u64,
+        /// What the leader knew of it.
+        seed: Seed,
+        /// The proposer began it and has logged nothing of it before: it cannot be a
+        /// forgotten outcome, even where [`TxnTable::forgotten`] was filled in.
+        held: bool,
+    },
+    /// Enlists one branch in a logged, undecided transaction (an Enlist call: the
+    /// branch may come from another process than the one that began it, so it is
+    /// logged, docs/design.md, rule 16).
     Enlist {
-        /// Target transaction (its number).
+        /// Target transaction.
         txn: u64,
         /// The branch.
         branch: BranchSpec,
@@ -266,7 +327,6 @@ pub enum Command {
         /// floor whatever the count cap, since a branch may still be prepared.
         abandoned: Vec<u64>,
     },
-    // New variants go last: bincode numbers variants by position.
     /// Hands the outcome of a single-branch transaction to its participant, before a
     /// one-phase commit is sent. Refused unless the transaction is undecided and has
     /// exactly `branches` branches (an Enlist that slipped in makes it two-phase).
@@ -315,16 +375,9 @@ impl BranchSpec {
 impl Command {
     /// Roughly how many bytes the command takes in a log entry (to bound entries).
     pub fn approx_bytes(&self) -> usize {
-        let labels = |l: &BTreeMap<String, String>| {
-            l.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
-        };
         // bincode: a variant tag, a u64 per integer field, a length per collection.
         48 + match self {
-            Command::Begin {
-                labels: l,
-                branches,
-                ..
-            } => labels(l) + branches.iter().map(BranchSpec::approx_bytes).sum::<usize>(),
+            Command::Open { seed, .. } => seed.approx_bytes(),
             Command::Enlist { branch, .. } => branch.approx_bytes(),
             Command::Decide {
                 decision,
@@ -337,6 +390,7 @@ impl Command {
             } => 8 * (txns.len() + abandoned.len()),
             Command::Acknowledged { bquals, .. } => 4 * bquals.len(),
             Command::SetClusterId { .. }
+            | Command::Reserve { .. }
             | Command::SetRetention(_)
             | Command::HandOver { .. }
             | Command::CommitStarted { .. } => 0,
@@ -405,15 +459,6 @@ pub enum CommandResult {
     None,
     /// The cluster id now in force (the first one proposed).
     ClusterId(u64),
-    /// A transaction began.
-    Begun {
-        /// Its gtrid's index.
-        txn: u64,
-        /// Its deadline, Unix ms.
-        deadline_ms: u64,
-        /// Branches enlisted at Begin.
-        branches: Vec<BranchRecord>,
-    },
     /// The branch (new, or the existing one for the same endpoint and resource).
     Enlisted(BranchRecord),
     /// The decision in force: the one proposed, or an earlier one that won.
@@ -422,7 +467,6 @@ pub enum CommandResult {
     Completed,
     /// Refused; nothing changed.
     Refused(Refusal),
-    // New variants go last: bincode numbers variants by position.
     /// The transaction's outcome is now its one-phase participant's (HandOver
     /// applied, or applied earlier).
     HandedOver,

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Refusal, Retention,
-    TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
+    BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Reason, Refusal,
+    Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
 };
 
 /// The replicated transaction table: live transactions plus recent outcomes.
@@ -14,9 +14,14 @@ use super::{
 pub struct TxnTable {
     /// Prefix of every gtrid; 0 until the first `SetClusterId` is applied.
     pub cluster_id: u64,
-    /// The number the next Begin gets (from 1). Numbers are dense and never reused, so
-    /// a number at or above this one was never issued, and one below it was issued.
+    /// The reserved mark (see [`Command::Reserve`]): numbers from 1 below it were
+    /// reserved by some leader and may have been issued; numbers at or above it never
+    /// were. Numbers are never reused.
     pub next_txn: u64,
+    /// The numbers whose outcome was logged and later forgotten (evicted by the
+    /// retention): a number in it is FORGOTTEN, never presumed aborted; a reserved
+    /// number without a record outside it was never logged (docs/design.md, rule 16).
+    pub forgotten: Forgotten,
     /// Transactions not yet COMPLETED, by number.
     pub live: BTreeMap<u64, TxnRecord>,
     /// Decisions of COMPLETED transactions, bounded by `retention`. Eviction takes
@@ -73,8 +78,13 @@ impl Outcomes {
         self.order.push_back(txn);
     }
 
-    /// Forgets the oldest outcomes while `evict(oldest, kept)` says so.
-    fn evict_while(&mut self, mut evict: impl FnMut(&FinishedRecord, usize) -> bool) {
+    /// Forgets the oldest outcomes while `evict(oldest, kept)` says so, noting each
+    /// number in `forgotten`.
+    fn evict_while(
+        &mut self,
+        forgotten: &mut Forgotten,
+        mut evict: impl FnMut(&FinishedRecord, usize) -> bool,
+    ) {
         while let Some(&oldest) = self.order.front() {
             let Some(f) = self.by_txn.get(&oldest) else {
                 self.order.pop_front();
@@ -85,6 +95,65 @@ impl Outcomes {
             }
             self.by_txn.remove(&oldest);
             self.order.pop_front();
+            forgotten.insert(oldest);
+        }
+    }
+}
+
+/// Numbers whose outcomes were forgotten, as disjoint inclusive ranges. Outcomes are
+/// evicted in completion order, which is nearly number order, so the ranges merge;
+/// the gaps are numbers never logged (lost with a leader, a block's unused tail) and
+/// transactions still running. Bounded by [`MAX_FORGOTTEN_RANGES`]: past it the
+/// lowest gap is filled in, so a few never-logged numbers read FORGOTTEN (never the
+/// other way round).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forgotten {
+    /// Range starts to range ends (inclusive).
+    ranges: BTreeMap<u64, u64>,
+}
+
+/// Most ranges [`Forgotten`] keeps.
+pub const MAX_FORGOTTEN_RANGES: usize = 100_000;
+
+impl Forgotten {
+    /// Was `txn`'s outcome forgotten (or may it have been)?
+    pub fn contains(&self, txn: u64) -> bool {
+        self.ranges
+            .range(..=txn)
+            .next_back()
+            .is_some_and(|(_, &end)| txn <= end)
+    }
+
+    /// How many ranges are kept.
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Adds `txn`, merging it with the ranges it touches.
+    fn insert(&mut self, txn: u64) {
+        if self.contains(txn) {
+            return;
+        }
+        let mut start = txn;
+        let mut end = txn;
+        if let Some((&s, &e)) = self.ranges.range(..txn).next_back() {
+            if e.saturating_add(1) == txn {
+                start = s;
+                self.ranges.remove(&s);
+            }
+        }
+        if let Some(&e) = self.ranges.get(&txn.saturating_add(1)) {
+            self.ranges.remove(&(txn + 1));
+            end = e;
+        }
+        self.ranges.insert(start, end);
+        if self.ranges.len() > MAX_FORGOTTEN_RANGES {
+            // Fill the lowest gap: the two lowest ranges become one.
+            let mut lowest = self.ranges.iter().take(2).map(|(&s, &e)| (s, e));
+            if let (Some((s1, _)), Some((s2, e2))) = (lowest.next(), lowest.next()) {
+                self.ranges.remove(&s2);
+                self.ranges.insert(s1, e2);
+            }
         }
     }
 }
@@ -99,8 +168,13 @@ pub enum Lookup<'a> {
     Live(&'a TxnRecord),
     /// Completed; the decision is kept.
     Finished(&'a FinishedRecord),
-    /// Completed long ago and forgotten.
+    /// Completed long ago and forgotten (or, rarely, never logged and older than an
+    /// outcome that was forgotten: either way its outcome is not known here).
     Forgotten,
+    /// Reserved, so perhaps handed out by a leader, but never logged: if a leader
+    /// still holds it in memory it is live there; otherwise it lost its leader before
+    /// any decision and may be presumed aborted (docs/design.md, rule 16).
+    Absent,
     /// Never issued (as far as this table, which has applied up to its last entry, knows).
     Unknown,
 }
@@ -114,10 +188,12 @@ impl TxnTable {
             Lookup::Finished(f)
         } else if txn == 0 || txn >= self.next_txn {
             Lookup::Unknown
-        } else {
-            // Issued, not live, not kept: completed and dropped from the bounded
-            // outcome list. Its outcome is unknown, never presumed aborted.
+        } else if self.forgotten.contains(txn) {
+            // Perhaps completed and dropped from the bounded outcome list: its outcome
+            // is unknown, never presumed aborted.
             Lookup::Forgotten
+        } else {
+            Lookup::Absent
         }
     }
 
@@ -136,39 +212,11 @@ impl TxnTable {
                 self.retention = retention;
                 CommandResult::None
             }
-            Command::Begin {
-                now_ms,
-                timeout_ms,
-                labels,
-                branches,
-            } => {
-                if self.cluster_id == 0 {
-                    return CommandResult::Refused(Refusal::NoClusterId);
-                }
-                let mut rec = TxnRecord {
-                    created_ms: now_ms,
-                    deadline_ms: now_ms.saturating_add(timeout_ms),
-                    labels,
-                    branches: Vec::new(),
-                    decision: None,
-                    handed_over: false,
-                    committing: false,
-                };
-                for spec in branches {
-                    if let Err(refusal) = enlist(&mut rec, spec) {
-                        return CommandResult::Refused(refusal);
-                    }
-                }
-                let txn = self.next_txn.max(1);
-                self.next_txn = txn + 1;
-                let result = CommandResult::Begun {
-                    txn,
-                    deadline_ms: rec.deadline_ms,
-                    branches: rec.branches.clone(),
-                };
-                self.live.insert(txn, rec);
-                result
+            Command::Reserve { upto } => {
+                self.next_txn = self.next_txn.max(upto);
+                CommandResult::None
             }
+            Command::Open { txn, seed, held } => self.open(txn, seed, held),
             Command::Enlist { txn, branch } => match self.live.get_mut(&txn) {
                 Some(rec) => match enlist(rec, branch) {
                     Ok(b) => CommandResult::Enlisted(b),
@@ -264,6 +312,36 @@ impl TxnTable {
         }
     }
 
+    fn open(&mut self, txn: u64, seed: Seed, held: bool) -> CommandResult {
+        match self.lookup(txn) {
+            Lookup::Live(_) | Lookup::Finished(_) => CommandResult::None,
+            Lookup::Forgotten if !held => CommandResult::Refused(Refusal::Forgotten),
+            Lookup::Unknown => CommandResult::Refused(Refusal::NotFound),
+            Lookup::Absent | Lookup::Forgotten if self.cluster_id == 0 => {
+                CommandResult::Refused(Refusal::NoClusterId)
+            }
+            Lookup::Absent | Lookup::Forgotten if seed.branches.len() > MAX_BRANCHES => {
+                CommandResult::Refused(Refusal::TooManyBranches)
+            }
+            Lookup::Absent | Lookup::Forgotten => {
+                let branches = seed.records();
+                self.live.insert(
+                    txn,
+                    TxnRecord {
+                        created_ms: seed.created_ms,
+                        deadline_ms: seed.deadline_ms,
+                        labels: seed.labels,
+                        branches,
+                        decision: None,
+                        handed_over: false,
+                        committing: false,
+                    },
+                );
+                CommandResult::None
+            }
+        }
+    }
+
     fn commit_started(&mut self, txn: u64, branches: u32) -> CommandResult {
         let rec = match self.undecided(txn) {
             Ok(rec) => rec,
@@ -322,6 +400,19 @@ impl TxnTable {
         if rec.handed_over && !decision.reason.is_one_phase_answer() {
             return CommandResult::HandedOver;
         }
+        // Once its commit was logged as started, the transaction is committed as soon
+        // as every branch has voted YES, before any decision is logged (parallel
+        // commit, docs/design.md, rule 16): only a vote may abort it, never the
+        // timeout, a client rollback or a presumed abort.
+        if rec.committing
+            && !decision.commit
+            && !matches!(
+                decision.reason,
+                Reason::VotedNo | Reason::ParticipantUnreachable | Reason::ProtocolError
+            )
+        {
+            return CommandResult::Refused(Refusal::Committing);
+        }
         if decision.commit {
             if let Some(prepared) = prepared_branches {
                 let enlisted = rec.branches.len() as u32;
@@ -341,9 +432,22 @@ impl TxnTable {
         decision.detail = cut(decision.detail);
         rec.decision = Some(decision.clone());
         if complete || rec.branches.iter().all(|b| b.skip_phase2) {
+            // A presumed abort of a transaction that lost its leader (no branch is
+            // known) is kept for the time floor: its branches, which nobody will call,
+            // ask for it.
+            let pin = !decision.commit
+                && rec.branches.is_empty()
+                && matches!(
+                    decision.reason,
+                    Reason::ParticipantInquiry | Reason::LeaderLost
+                );
             self.live.remove(&txn);
             let now = decision.decided_ms;
-            self.finish(txn, decision.clone(), now);
+            if pin {
+                self.pin(txn, decision.clone(), now);
+            } else {
+                self.finish(txn, decision.clone(), now);
+            }
         }
         CommandResult::Decided(decision)
     }
@@ -357,7 +461,7 @@ impl TxnTable {
     fn pin(&mut self, txn: u64, decision: Decision, completed_ms: u64) {
         self.pinned.insert(txn, decision, completed_ms);
         let floor = self.retention.min_age_ms;
-        self.pinned.evict_while(|f, kept| {
+        self.pinned.evict_while(&mut self.forgotten, |f, kept| {
             f.completed_ms.saturating_add(floor) <= completed_ms || kept > MAX_PINNED
         });
     }
@@ -368,7 +472,7 @@ impl TxnTable {
     fn evict(&mut self, now_ms: u64) {
         let r = self.retention;
         let early = &mut self.evicted_early;
-        self.finished.evict_while(|f, kept| {
+        self.finished.evict_while(&mut self.forgotten, |f, kept| {
             let kept = kept as u64;
             let aged = f.completed_ms.saturating_add(r.min_age_ms) <= now_ms;
             let over_cap = kept > r.max_count.max(1);
@@ -422,6 +526,14 @@ fn enlist(rec: &mut TxnRecord, spec: BranchSpec) -> Result<BranchRecord, Refusal
     Ok(branch)
 }
 
+fn describe(d: &Decision) -> String {
+    format!(
+        "{} ({:?})",
+        if d.commit { "committed" } else { "aborted" },
+        d.reason
+    )
+}
+
 /// Longest detail kept with a completed outcome.
 const FINISHED_DETAIL_BYTES: usize = 128;
 
@@ -441,17 +553,9 @@ fn cut_to(mut s: String, max: usize) -> String {
     s
 }
 
-fn describe(d: &Decision) -> String {
-    format!(
-        "{} ({:?})",
-        if d.commit { "committed" } else { "aborted" },
-        d.reason
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::{Heuristic, Reason};
+    use super::super::{BranchSpec, Heuristic, Reason};
     use super::*;
 
     fn spec(n: u32) -> BranchSpec {
@@ -461,16 +565,27 @@ mod tests {
         }
     }
 
-    fn begun(t: &mut TxnTable, branches: u32) -> u64 {
-        let expected = t.next_txn.max(1);
-        let r = t.apply(Command::Begin {
-            now_ms: 1_000,
-            timeout_ms: 500,
-            labels: BTreeMap::new(),
+    fn seed(branches: u32) -> Seed {
+        Seed {
+            created_ms: 1_000,
+            deadline_ms: 1_500,
+            labels: Default::default(),
             branches: (0..branches).map(spec).collect(),
+        }
+    }
+
+    /// Reserves the next number and opens it with `branches` branches.
+    fn begun(t: &mut TxnTable, branches: u32) -> u64 {
+        let txn = t.next_txn.max(1);
+        t.apply(Command::Reserve { upto: txn + 1 });
+        let r = t.apply(Command::Open {
+            txn,
+            seed: seed(branches),
+            held: false,
         });
-        assert!(matches!(r, CommandResult::Begun { txn, .. } if txn == expected));
-        expected
+        assert_eq!(r, CommandResult::None);
+        assert!(matches!(t.lookup(txn), Lookup::Live(_)));
+        txn
     }
 
     fn decision(commit: bool, reason: Reason) -> Decision {
@@ -513,13 +628,13 @@ mod tests {
     }
 
     #[test]
-    fn begin_is_refused_until_the_cluster_has_an_id() {
+    fn open_is_refused_until_the_cluster_has_an_id() {
         let mut t = TxnTable::default();
-        let r = t.apply(Command::Begin {
-            now_ms: 0,
-            timeout_ms: 1,
-            labels: BTreeMap::new(),
-            branches: vec![],
+        t.apply(Command::Reserve { upto: 10 });
+        let r = t.apply(Command::Open {
+            txn: 1,
+            seed: seed(0),
+            held: false,
         });
         assert_eq!(r, CommandResult::Refused(Refusal::NoClusterId));
         t.apply(Command::SetClusterId { cluster_id: 9 });
@@ -540,43 +655,9 @@ mod tests {
     }
 
     #[test]
-    fn enlist_is_idempotent_and_refused_after_decision() {
+    fn commit_is_refused_when_the_prepared_set_is_not_the_recorded_one() {
         let mut t = table();
-        let txn = begun(&mut t, 1);
-        let again = t.apply(Command::Enlist {
-            txn,
-            branch: spec(0),
-        });
-        assert!(matches!(again, CommandResult::Enlisted(b) if b.bqual == 1));
-        let new = t.apply(Command::Enlist {
-            txn,
-            branch: spec(1),
-        });
-        assert!(matches!(new, CommandResult::Enlisted(b) if b.bqual == 2));
-        decide(&mut t, txn, true, Reason::ClientCommit);
-        let late = t.apply(Command::Enlist {
-            txn,
-            branch: spec(2),
-        });
-        assert!(matches!(
-            late,
-            CommandResult::Refused(Refusal::AlreadyDecided(_))
-        ));
-        assert_eq!(
-            t.live[&txn].branches.len(),
-            2,
-            "a refused enlist must change nothing"
-        );
-    }
-
-    #[test]
-    fn commit_is_refused_when_a_branch_sneaked_in_during_prepare() {
-        let mut t = table();
-        let txn = begun(&mut t, 1);
-        t.apply(Command::Enlist {
-            txn,
-            branch: spec(9),
-        });
+        let txn = begun(&mut t, 2);
         let r = t.apply(Command::Decide {
             txn,
             decision: decision(true, Reason::ClientCommit),
@@ -764,13 +845,6 @@ mod tests {
                 "{reason:?} must not decide a handed-over transaction"
             );
         }
-        assert!(matches!(
-            t.apply(Command::Enlist {
-                txn,
-                branch: spec(5)
-            }),
-            CommandResult::Refused(Refusal::HandedOver)
-        ));
         let r = t.apply(Command::Decide {
             txn,
             decision: decision(true, Reason::OnePhase),
@@ -783,13 +857,9 @@ mod tests {
     }
 
     #[test]
-    fn hand_over_is_refused_when_a_branch_sneaked_in() {
+    fn hand_over_is_refused_for_another_branch_count() {
         let mut t = table();
-        let txn = begun(&mut t, 1);
-        t.apply(Command::Enlist {
-            txn,
-            branch: spec(9),
-        });
+        let txn = begun(&mut t, 2);
         assert!(matches!(
             t.apply(Command::HandOver { txn, branches: 1 }),
             CommandResult::Refused(Refusal::BranchSetChanged { .. })
@@ -804,7 +874,7 @@ mod tests {
     }
 
     #[test]
-    fn a_committing_transaction_takes_no_branch_and_no_hand_over() {
+    fn a_committing_transaction_takes_no_hand_over() {
         let mut t = table();
         let txn = begun(&mut t, 1);
         assert!(matches!(
@@ -815,13 +885,6 @@ mod tests {
             t.apply(Command::CommitStarted { txn, branches: 1 }),
             CommandResult::CommitStarted
         );
-        assert!(matches!(
-            t.apply(Command::Enlist {
-                txn,
-                branch: spec(3)
-            }),
-            CommandResult::Refused(Refusal::Committing)
-        ));
         // A prepare may be out: a later leader must not switch to one phase.
         assert!(matches!(
             t.apply(Command::HandOver { txn, branches: 1 }),
@@ -916,5 +979,157 @@ mod tests {
     fn long_details_are_cut_at_a_character_boundary() {
         let s = cut("é".repeat(MAX_DETAIL_BYTES));
         assert!(s.len() <= MAX_DETAIL_BYTES && s.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_reserved_number_without_a_record_is_absent_until_opened() {
+        let mut t = table();
+        t.apply(Command::Reserve { upto: 100 });
+        assert_eq!(t.lookup(42), Lookup::Absent);
+        assert_eq!(t.lookup(100), Lookup::Unknown, "never reserved");
+        assert_eq!(t.lookup(0), Lookup::Unknown);
+        assert_eq!(
+            t.apply(Command::Open {
+                txn: 100,
+                seed: seed(1),
+                held: false,
+            }),
+            CommandResult::Refused(Refusal::NotFound)
+        );
+        // A lower mark never lowers it.
+        t.apply(Command::Reserve { upto: 50 });
+        assert_eq!(t.next_txn, 100);
+        assert_eq!(
+            t.apply(Command::Open {
+                txn: 42,
+                seed: seed(2),
+                held: false,
+            }),
+            CommandResult::None
+        );
+        // A second Open (a retried proposal, another leader) changes nothing.
+        t.apply(Command::Open {
+            txn: 42,
+            seed: seed(5),
+            held: false,
+        });
+        assert!(matches!(t.lookup(42), Lookup::Live(r) if r.branches.len() == 2));
+        assert_eq!(t.live[&42].branches[1].bqual, 2);
+    }
+
+    #[test]
+    fn an_open_after_the_decision_changes_nothing() {
+        let mut t = table();
+        let txn = begun(&mut t, 0);
+        decide(&mut t, txn, true, Reason::ClientCommit);
+        assert!(matches!(t.lookup(txn), Lookup::Finished(_)));
+        t.apply(Command::Open {
+            txn,
+            seed: seed(1),
+            held: false,
+        });
+        assert!(matches!(t.lookup(txn), Lookup::Finished(f) if f.decision.commit));
+    }
+
+    #[test]
+    fn a_presumed_abort_of_an_absent_number_is_pinned() {
+        let mut t = table();
+        retention(&mut t, 1_000_000, 0, 1);
+        t.apply(Command::Reserve { upto: 10 });
+        t.apply(Command::Open {
+            txn: 3,
+            seed: seed(0),
+            held: false,
+        });
+        assert!(matches!(
+            decide(&mut t, 3, false, Reason::ParticipantInquiry),
+            CommandResult::Decided(d) if !d.commit
+        ));
+        // The count cap of one is filled by others; the pinned abort stays.
+        for n in [4, 5, 6] {
+            t.apply(Command::Open {
+                txn: n,
+                seed: seed(1),
+                held: false,
+            });
+            complete(&mut t, n, 2_500);
+        }
+        assert!(matches!(t.lookup(3), Lookup::Finished(f) if !f.decision.commit));
+    }
+
+    #[test]
+    fn a_forgotten_number_is_never_absent_again() {
+        let mut t = table();
+        retention(&mut t, 0, 1, 1);
+        let a = begun(&mut t, 1);
+        let b = begun(&mut t, 1);
+        let c = begun(&mut t, 1);
+        complete(&mut t, b, 10);
+        complete(&mut t, c, 20);
+        assert!(t.forgotten.contains(b) && !t.forgotten.contains(c));
+        // `a` is still live, and a number never logged between forgotten ones is
+        // absent, not forgotten: it was never decided.
+        assert!(matches!(t.lookup(a), Lookup::Live(_)));
+        assert_eq!(t.lookup(b), Lookup::Forgotten);
+        assert_eq!(
+            t.apply(Command::Open {
+                txn: b,
+                seed: seed(1),
+                held: false,
+            }),
+            CommandResult::Refused(Refusal::Forgotten)
+        );
+    }
+
+    #[test]
+    fn forgotten_ranges_merge_and_stay_bounded() {
+        let mut f = Forgotten::default();
+        for n in [5, 7, 6, 1, 3] {
+            f.insert(n);
+        }
+        assert_eq!(f.ranges(), 3, "{f:?}");
+        assert!(f.contains(1) && f.contains(5) && f.contains(7));
+        assert!(!f.contains(2) && !f.contains(4) && !f.contains(8) && !f.contains(0));
+        f.insert(2);
+        assert_eq!(f.ranges(), 2);
+        for n in (10..(10 + 2 * MAX_FORGOTTEN_RANGES as u64)).step_by(2) {
+            f.insert(n);
+        }
+        assert!(f.ranges() <= MAX_FORGOTTEN_RANGES);
+        // The lowest gaps were filled in: conservative (FORGOTTEN), never lost.
+        assert!(f.contains(4) && f.contains(10) && f.contains(12));
+    }
+
+    #[test]
+    fn an_abort_of_an_empty_transaction_is_not_pinned() {
+        let mut t = table();
+        let txn = begun(&mut t, 0);
+        decide(&mut t, txn, false, Reason::Timeout);
+        assert!(t.pinned.is_empty());
+        assert!(matches!(t.lookup(txn), Lookup::Finished(_)));
+    }
+
+    #[test]
+    fn a_committing_transaction_is_aborted_only_by_a_vote() {
+        let mut t = table();
+        let txn = begun(&mut t, 2);
+        t.apply(Command::CommitStarted { txn, branches: 2 });
+        for reason in [
+            Reason::Timeout,
+            Reason::ClientRollback,
+            Reason::ParticipantInquiry,
+            Reason::LeaderLost,
+            Reason::Operator,
+        ] {
+            assert_eq!(
+                decide(&mut t, txn, false, reason),
+                CommandResult::Refused(Refusal::Committing),
+                "{reason:?} must not abort a committing transaction"
+            );
+        }
+        assert!(matches!(
+            decide(&mut t, txn, false, Reason::VotedNo),
+            CommandResult::Decided(d) if !d.commit
+        ));
     }
 }

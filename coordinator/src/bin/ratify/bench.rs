@@ -1,6 +1,8 @@
 //! `ratify bench`: global transactions per second and commit latency on a 3-node
 //! cluster with two no-op durable participants, at several client counts, next to a
-//! baseline measured in the same run (one lone fdatasync on the same disk).
+//! baseline measured in the same run (one lone fdatasync on the same disk), and the
+//! CPU time every process of the run (the three nodes, and this one: the clients and
+//! both participants) spent per committed transaction.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +45,39 @@ async fn fsync_baseline(dir: &std::path::Path) -> anyhow::Result<f64> {
     Ok(l.percentile_ms(50.0))
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: fields are counted after its ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds used so far by this process and every node process.
+fn cpu_now(cluster: &ratify_coordinator::local::LocalCluster) -> f64 {
+    let nodes: f64 = cluster
+        .ids()
+        .into_iter()
+        .filter_map(|id| cluster.pid(id))
+        .map(|pid| cpu_seconds(&pid.to_string()))
+        .sum();
+    nodes + cpu_seconds("self")
+}
+
 /// Runs the benchmark and prints a table.
 pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
@@ -66,13 +101,15 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     run_round(&client, &branches, 4, Duration::from_secs(1)).await?;
 
     println!();
-    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | commands / Raft entry | Raft entry ms | aborted |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | txn/s | commit p50 ms | commit p99 ms | begin+commit p50 ms | begin+commit p99 ms | commit p50 / fsync | CPU ms / txn | commands / Raft entry | Raft entry ms | aborted |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for &c in &a.clients {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
         let before = cluster.metrics(leader).await?;
+        let cpu_before = cpu_now(&cluster);
         let mut r = run_round(&client, &branches, c, Duration::from_secs(a.duration)).await?;
+        let cpu = cpu_now(&cluster) - cpu_before;
         let after = cluster.metrics(leader).await?;
         let delta = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
         let entries = delta("ratify_proposals_total").max(1.0);
@@ -89,15 +126,17 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             "fsync_p50_ms": fsync_ms,
             "commands_per_raft_entry": per_entry,
             "raft_entry_ms": entry_ms,
+            "cpu_ms_per_txn": cpu * 1e3 / (r.committed.max(1) as f64),
         });
         println!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {per_entry:.1} | {entry_ms:.2} | {} |",
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {per_entry:.1} | {entry_ms:.2} | {} |",
             row["txn_per_s"].as_f64().unwrap_or(0.0),
             row["commit_p50_ms"].as_f64().unwrap_or(0.0),
             row["commit_p99_ms"].as_f64().unwrap_or(0.0),
             row["total_p50_ms"].as_f64().unwrap_or(0.0),
             row["total_p99_ms"].as_f64().unwrap_or(0.0),
             row["commit_p50_ms"].as_f64().unwrap_or(0.0) / fsync_ms.max(1e-6),
+            row["cpu_ms_per_txn"].as_f64().unwrap_or(0.0),
             r.aborted
         );
         rows.push(row);
