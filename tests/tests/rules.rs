@@ -197,9 +197,18 @@ async fn unknown_means_aborted_durably() -> anyhow::Result<()> {
     assert_eq!(t.outcome, pb::Outcome::Aborted as i32, "{t:?}");
     assert_eq!(t.state, pb::TxnState::Completed as i32, "{t:?}");
 
-    // The live transaction can still commit on the new leader; then the answer follows.
+    // The live transaction can still commit on the new leader; then the answer follows
+    // (once the decision entry is logged, which comes just after the client's answer:
+    // until then a participant is told IN_PROGRESS, never COMMIT before the log).
     must_commit(&c.client.commit(&live.gtrid).await?);
-    let q = c.client.query_outcome(xid).await?;
+    let start = std::time::Instant::now();
+    let q = loop {
+        let q = c.client.query_outcome(xid).await?;
+        if q.outcome != pb::Outcome::InProgress as i32 || start.elapsed() > Duration::from_secs(5) {
+            break q;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(q.outcome, pb::Outcome::Committed as i32, "{q:?}");
     bank.wait_settled(Duration::from_secs(10)).await?;
     assert_eq!(bank.total()?, 2 * ratify_tests::ACCOUNTS as i64 * INITIAL);

@@ -20,6 +20,7 @@
 //! to retry (the entry may still commit later; every command is safe to re-propose
 //! or to be answered from the table).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,25 +138,38 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
         let counters = counters.clone();
+        // Each caller's answer is the one to its group's last command.
+        let mut commands = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            commands.extend(p.cmds);
+            replies.push((commands.len() - 1, p.reply));
+        }
+        let n = commands.len();
+        Counters::inc(&counters.proposals);
+        Counters::add(&counters.proposed_commands, n as u64);
+        let started = std::time::Instant::now();
+        let raft = raft.clone();
+        let mut write = Box::pin(async move {
+            failpoint::hit("coord.client_write").await;
+            raft.client_write(Proposal { commands }).await
+        });
+        // Hand the entry to openraft here, in queue order: the first poll sends it to
+        // the Raft core (then waits for the answer), so entries are appended in the
+        // order their commands were queued, whichever of the tasks below runs first.
+        // An entry appended out of order could apply a stale abort after a newer
+        // round's commit marker (docs/design.md, rule 16).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let early = match write.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        };
         tokio::spawn(async move {
-            // Each caller's answer is the one to its group's last command.
-            let mut commands = Vec::with_capacity(count);
-            let mut replies = Vec::with_capacity(batch.len());
-            for p in batch {
-                commands.extend(p.cmds);
-                replies.push((commands.len() - 1, p.reply));
-            }
-            let n = commands.len();
-            Counters::inc(&counters.proposals);
-            Counters::add(&counters.proposed_commands, n as u64);
-            let started = std::time::Instant::now();
-            let write = async {
-                failpoint::hit("coord.client_write").await;
-                raft.client_write(Proposal { commands }).await
+            let result = match early {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout(write_timeout, write).await,
             };
-            let result = tokio::time::timeout(write_timeout, write).await;
             drop(slot);
             Counters::add(
                 &counters.proposal_micros,

@@ -426,6 +426,21 @@ impl Driver {
         prepared: Option<u32>,
         skip: Vec<u32>,
     ) -> Result<Decision, DriveError> {
+        self.decide_in_round(txn, seed, decision, prepared, skip, 0)
+            .await
+    }
+
+    /// [`Self::decide`] on behalf of prepare round `round`: the only way to abort a
+    /// committing transaction, and only for the round that marked it.
+    async fn decide_in_round(
+        &self,
+        txn: u64,
+        seed: Option<(&Seed, bool)>,
+        decision: Decision,
+        prepared: Option<u32>,
+        skip: Vec<u32>,
+        round: u64,
+    ) -> Result<Decision, DriveError> {
         let proposed = decision.clone();
         let cmd = Command::Decide {
             txn,
@@ -433,6 +448,7 @@ impl Driver {
             prepared_branches: prepared,
             skip_phase2: skip,
             complete: false,
+            round,
         };
         match self.propose_group(opened(txn, seed, cmd)).await? {
             CommandResult::Decided(d) => {
@@ -579,6 +595,10 @@ impl Driver {
         self.ensure_leader().await?;
         failpoint::hit("coord.before_enlist").await;
         let txn = gtrid.index;
+        let in_table = matches!(
+            self.inner.sm.read().table.lookup(txn),
+            Lookup::Live(_) | Lookup::Finished(_) | Lookup::Forgotten
+        );
         let held = {
             let mut runs = lock(&self.inner.runs);
             if runs.slots.contains_key(&txn) {
@@ -587,8 +607,10 @@ impl Driver {
                      branches"
                 )));
             }
+            // Held here and not in the table yet (another Enlist's record may be on
+            // its way: `Open` again is harmless).
             match runs.active.get_mut(&txn) {
-                Some(h) if !h.opened => {
+                Some(h) if !in_table => {
                     h.opened = true;
                     Some(h.seed.clone())
                 }
@@ -735,14 +757,22 @@ impl Driver {
                 }),
             },
             Lookup::Finished(f) => Ok(Found::Decided(f.decision.clone())),
+            // (The gtrid from the guard held: taking the lock again could wait behind
+            // a writer and deadlock.)
             Lookup::Forgotten => Err(DriveError::Forgotten(format!(
                 "transaction {} completed and its outcome was forgotten (older than the \
                  coordinator's outcome retention); ask the participants",
-                self.gtrid(txn)
+                Gtrid {
+                    cluster: sm.table.cluster_id,
+                    index: txn
+                }
             ))),
             Lookup::Unknown => Err(DriveError::NotFound(format!(
                 "no transaction {} was ever begun in this cluster",
-                self.gtrid(txn)
+                Gtrid {
+                    cluster: sm.table.cluster_id,
+                    index: txn
+                }
             ))),
             Lookup::Absent => Ok(match branches {
                 Some(b) => {
@@ -796,12 +826,20 @@ impl Driver {
                     if tx.borrow().is_none() {
                         let _ = tx.send(Some(result));
                     }
+                    // Once its record is in the table, the table says where it stands;
+                    // a run that logged nothing (lost its lease, a proposal timed out)
+                    // leaves it held here for a retry. (The state machine is read
+                    // before `runs` is locked: never the other way round.)
+                    let logged = matches!(
+                        driver.inner.sm.read().table.lookup(txn),
+                        Lookup::Live(_) | Lookup::Finished(_) | Lookup::Forgotten
+                    );
                     let mut runs = lock(&driver.inner.runs);
                     runs.slots.remove(&txn);
-                    // Its record was proposed: from now on the table says where it
-                    // stands (a client that retries names its branches if it did not land).
-                    if runs.active.get(&txn).is_some_and(|h| h.opened) {
+                    if logged {
                         runs.active.remove(&txn);
+                    } else if let Some(h) = runs.active.get_mut(&txn) {
+                        h.opened = false;
                     }
                 }
                 .instrument(span),
@@ -977,11 +1015,16 @@ impl Driver {
         // aborts it but on a vote, and a new leader takes its commit over. (The
         // deliberate bug below logs nothing before it sends COMMIT.)
         let bug = failpoint::is_on("bug.commit_before_decision");
+        let round = rand::random::<u64>().max(1);
         let started = (!bug).then(|| {
             self.inner.batcher.submit_group(opened(
                 txn,
                 seed,
-                Command::CommitStarted { txn, branches: n },
+                Command::CommitStarted {
+                    txn,
+                    branches: n,
+                    round,
+                },
             ))
         });
         let (read_only, failure) = self.collect_votes(gtrid, &branches, timeout, false).await;
@@ -990,11 +1033,27 @@ impl Driver {
                 .await;
         }
         failpoint::hit("coord.after_votes").await;
+        if !self.still_leader(term) {
+            // A stale run decides nothing: the next leader takes the commit over.
+            return Err(DriveError::Unavailable(
+                "leadership lost during prepare; retry".into(),
+            ));
+        }
         if let Some((reason, detail)) = failure {
             tracing::debug!(?reason, %detail, "aborting");
-            return self
-                .decide(txn, seed, decision(false, reason, detail), None, read_only)
-                .await;
+            let abort = decision(false, reason, detail);
+            return match self
+                .decide_in_round(txn, seed, abort, None, read_only, round)
+                .await
+            {
+                // Another round marked it (it may be committed): that round, or a
+                // re-drive, decides.
+                Err(DriveError::Precondition(_)) if self.is_committing(txn) => {
+                    let records = branches.clone();
+                    self.recover_two_phase(txn, records, term).await
+                }
+                other => other,
+            };
         }
         let commit = decision(true, Reason::ClientCommit, String::new());
         // Parallel commit: with every vote YES and the marker durable, the
@@ -1012,7 +1071,11 @@ impl Driver {
                 Ok(CommandResult::HandedOver) => return Err(DriveError::HandedOver),
                 // A branch was enlisted meanwhile (the decision below is refused
                 // too), or not known to be logged: log the decision itself.
-                Ok(CommandResult::Refused(Refusal::BranchSetChanged { .. })) => {}
+                // Another round marked it first (this one must not take it as
+                // committed at its votes: it logs the decision).
+                Ok(CommandResult::Refused(
+                    Refusal::BranchSetChanged { .. } | Refusal::Committing,
+                )) => {}
                 Ok(CommandResult::Refused(r)) => return Err(refusal(r)),
                 Ok(_) | Err(_) => {}
             }
@@ -1024,12 +1087,13 @@ impl Driver {
             Err(DriveError::Precondition(detail)) if !self.is_committing(txn) => {
                 // A branch was enlisted while we prepared: it was never prepared, so
                 // the commit cannot stand. Abort (the branch set is now fixed).
-                self.decide(
+                self.decide_in_round(
                     txn,
                     None,
                     decision(false, Reason::ProtocolError, detail),
                     None,
                     read_only,
+                    round,
                 )
                 .await
             }
@@ -1100,8 +1164,17 @@ impl Driver {
                     return self.decide(txn, None, d, Some(n), read_only).await;
                 }
                 Some((Reason::VotedNo, detail)) => {
+                    // A real NO: that branch is not prepared (and its tombstone fences
+                    // any earlier round's prepare), so no round saw YES everywhere.
+                    // The abort is made in the marking round's name.
+                    let round = match self.inner.sm.read().table.lookup(txn) {
+                        Lookup::Live(r) => r.round,
+                        _ => 0,
+                    };
                     let d = decision(false, Reason::VotedNo, detail);
-                    return self.decide(txn, None, d, None, read_only).await;
+                    return self
+                        .decide_in_round(txn, None, d, None, read_only, round)
+                        .await;
                 }
                 Some((_, detail)) => {
                     tracing::debug!(%detail, "re-driven commit: a branch did not vote; asking again");

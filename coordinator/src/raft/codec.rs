@@ -96,6 +96,7 @@ mod tests {
                 Command::CommitStarted {
                     txn: 5,
                     branches: 2,
+                    round: 3,
                 },
                 Command::Complete {
                     txns: vec![5],
@@ -113,6 +114,7 @@ mod tests {
             &9u32.to_le_bytes(),
             &5u64.to_le_bytes(),
             &2u32.to_le_bytes(),
+            &3u64.to_le_bytes(),
             &5u32.to_le_bytes(),
             &1u64.to_le_bytes(),
             &5u64.to_le_bytes(),

@@ -144,6 +144,7 @@ async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Resul
                         prepared_branches: Some(0),
                         skip_phase2: vec![],
                         complete: true,
+                        round: 0,
                     },
                 ]
             })

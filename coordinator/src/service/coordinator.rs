@@ -224,6 +224,7 @@ impl CoordinatorService {
             decision: None,
             handed_over: false,
             committing: false,
+            round: 0,
         };
         self.live_pb(gtrid, &rec)
     }

@@ -239,6 +239,10 @@ pub struct TxnRecord {
     /// Commit was asked for and prepare sent (PREPARING, durably). Set by
     /// [`Command::CommitStarted`], never cleared.
     pub committing: bool,
+    /// The prepare round whose marker set `committing` (0 before): the only round
+    /// that may take the transaction as committed at its votes, or abort it on
+    /// anything but a NO (docs/design.md, rule 16).
+    pub round: u64,
 }
 
 impl TxnRecord {
@@ -315,6 +319,9 @@ pub enum Command {
         skip_phase2: Vec<u32>,
         /// Nothing is left to do after this decision (no branch needs phase 2).
         complete: bool,
+        /// The prepare round proposing it (0: none). An abort of a committing
+        /// transaction is refused unless it comes from the round that marked it.
+        round: u64,
     },
     /// Every branch of these transactions acknowledged phase 2.
     Complete {
@@ -355,6 +362,9 @@ pub enum Command {
         txn: u64,
         /// Branches being prepared.
         branches: u32,
+        /// This prepare round's id (random, not 0). Only the round that set the mark
+        /// is answered `CommitStarted`; another round is told `Committing`.
+        round: u64,
     },
     /// These branches of a decided transaction acknowledged phase 2 (logged only when
     /// the transaction cannot complete, so they are not asked again).

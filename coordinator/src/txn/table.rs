@@ -229,7 +229,11 @@ impl TxnTable {
                 }),
             },
             Command::HandOver { txn, branches } => self.hand_over(txn, branches),
-            Command::CommitStarted { txn, branches } => self.commit_started(txn, branches),
+            Command::CommitStarted {
+                txn,
+                branches,
+                round,
+            } => self.commit_started(txn, branches, round),
             Command::Acknowledged { txn, bquals } => {
                 if let Some(rec) = self.live.get_mut(&txn).filter(|r| r.decision.is_some()) {
                     for b in &mut rec.branches {
@@ -246,7 +250,15 @@ impl TxnTable {
                 prepared_branches,
                 skip_phase2,
                 complete,
-            } => self.decide(txn, decision, prepared_branches, &skip_phase2, complete),
+                round,
+            } => self.decide(
+                txn,
+                decision,
+                prepared_branches,
+                &skip_phase2,
+                complete,
+                round,
+            ),
             Command::Heuristic {
                 txn,
                 bqual,
@@ -335,6 +347,7 @@ impl TxnTable {
                         decision: None,
                         handed_over: false,
                         committing: false,
+                        round: 0,
                     },
                 );
                 CommandResult::None
@@ -342,7 +355,7 @@ impl TxnTable {
         }
     }
 
-    fn commit_started(&mut self, txn: u64, branches: u32) -> CommandResult {
+    fn commit_started(&mut self, txn: u64, branches: u32, round: u64) -> CommandResult {
         let rec = match self.undecided(txn) {
             Ok(rec) => rec,
             Err(answer) => return answer,
@@ -350,11 +363,16 @@ impl TxnTable {
         if rec.handed_over {
             return CommandResult::HandedOver;
         }
+        if let Err(refused) = same_branches(rec, branches) {
+            return refused;
+        }
         if !rec.committing {
-            if let Err(refused) = same_branches(rec, branches) {
-                return refused;
-            }
             rec.committing = true;
+            rec.round = round;
+        } else if rec.round != round {
+            // Another round marked it first: that round alone may take it as
+            // committed at its votes; this one must log a decision to count.
+            return CommandResult::Refused(Refusal::Committing);
         }
         CommandResult::CommitStarted
     }
@@ -385,6 +403,7 @@ impl TxnTable {
         prepared_branches: Option<u32>,
         skip_phase2: &[u32],
         complete: bool,
+        round: u64,
     ) -> CommandResult {
         // Not live: either completed (the recorded decision answers) or never issued /
         // forgotten. Recording an abort for a number never issued would collide with
@@ -404,12 +423,15 @@ impl TxnTable {
         // as every branch has voted YES, before any decision is logged (parallel
         // commit, docs/design.md, rule 16): only a vote may abort it, never the
         // timeout, a client rollback or a presumed abort.
+        // Only the round that marked it can know no YES-everywhere happened behind
+        // it: another round's abort (a stale run, a reordered entry) is refused.
         if rec.committing
             && !decision.commit
-            && !matches!(
-                decision.reason,
-                Reason::VotedNo | Reason::ParticipantUnreachable | Reason::ProtocolError
-            )
+            && (rec.round != round
+                || !matches!(
+                    decision.reason,
+                    Reason::VotedNo | Reason::ParticipantUnreachable | Reason::ProtocolError
+                ))
         {
             return CommandResult::Refused(Refusal::Committing);
         }
@@ -435,12 +457,8 @@ impl TxnTable {
             // A presumed abort of a transaction that lost its leader (no branch is
             // known) is kept for the time floor: its branches, which nobody will call,
             // ask for it.
-            let pin = !decision.commit
-                && rec.branches.is_empty()
-                && matches!(
-                    decision.reason,
-                    Reason::ParticipantInquiry | Reason::LeaderLost
-                );
+            // (Such a record was opened without a seed: no creation time.)
+            let pin = !decision.commit && rec.branches.is_empty() && rec.created_ms == 0;
             self.live.remove(&txn);
             let now = decision.decided_ms;
             if pin {
@@ -605,6 +623,7 @@ mod tests {
                 .then(|| t.live.get(&txn).map_or(0, |r| r.branches.len() as u32)),
             skip_phase2: vec![],
             complete: false,
+            round: 0,
         })
     }
 
@@ -664,6 +683,7 @@ mod tests {
             prepared_branches: Some(1),
             skip_phase2: vec![],
             complete: false,
+            round: 0,
         });
         assert!(matches!(
             r,
@@ -731,6 +751,7 @@ mod tests {
             prepared_branches: Some(2),
             skip_phase2: vec![1, 2],
             complete: false,
+            round: 0,
         });
         assert!(matches!(t.lookup(a), Lookup::Finished(_)));
         let b = begun(&mut t, 0);
@@ -851,6 +872,7 @@ mod tests {
             prepared_branches: Some(1),
             skip_phase2: vec![1],
             complete: true,
+            round: 0,
         });
         assert!(matches!(r, CommandResult::Decided(d) if d.commit));
         assert!(matches!(t.lookup(txn), Lookup::Finished(f) if f.decision.commit));
@@ -878,11 +900,19 @@ mod tests {
         let mut t = table();
         let txn = begun(&mut t, 1);
         assert!(matches!(
-            t.apply(Command::CommitStarted { txn, branches: 2 }),
+            t.apply(Command::CommitStarted {
+                txn,
+                branches: 2,
+                round: 1,
+            }),
             CommandResult::Refused(Refusal::BranchSetChanged { .. })
         ));
         assert_eq!(
-            t.apply(Command::CommitStarted { txn, branches: 1 }),
+            t.apply(Command::CommitStarted {
+                txn,
+                branches: 1,
+                round: 1,
+            }),
             CommandResult::CommitStarted
         );
         // A prepare may be out: a later leader must not switch to one phase.
@@ -899,7 +929,8 @@ mod tests {
         assert_eq!(
             t.apply(Command::CommitStarted {
                 txn: other,
-                branches: 1
+                branches: 1,
+                round: 1,
             }),
             CommandResult::HandedOver
         );
@@ -1036,9 +1067,10 @@ mod tests {
         let mut t = table();
         retention(&mut t, 1_000_000, 0, 1);
         t.apply(Command::Reserve { upto: 10 });
+        // Opened without a seed (nothing is known of it: no creation time).
         t.apply(Command::Open {
             txn: 3,
-            seed: seed(0),
+            seed: Seed::default(),
             held: false,
         });
         assert!(matches!(
@@ -1113,7 +1145,11 @@ mod tests {
     fn a_committing_transaction_is_aborted_only_by_a_vote() {
         let mut t = table();
         let txn = begun(&mut t, 2);
-        t.apply(Command::CommitStarted { txn, branches: 2 });
+        t.apply(Command::CommitStarted {
+            txn,
+            branches: 2,
+            round: 1,
+        });
         for reason in [
             Reason::Timeout,
             Reason::ClientRollback,
@@ -1127,8 +1163,42 @@ mod tests {
                 "{reason:?} must not abort a committing transaction"
             );
         }
+        // Another round (a stale run, a reordered entry) is told the mark is not its
+        // own, and cannot abort, whatever it saw.
+        assert_eq!(
+            t.apply(Command::CommitStarted {
+                txn,
+                branches: 2,
+                round: 2,
+            }),
+            CommandResult::Refused(Refusal::Committing)
+        );
+        let abort = |round, reason| Command::Decide {
+            txn,
+            decision: decision(false, reason),
+            prepared_branches: None,
+            skip_phase2: vec![],
+            complete: false,
+            round,
+        };
+        for reason in [Reason::ParticipantUnreachable, Reason::VotedNo] {
+            assert_eq!(
+                t.apply(abort(2, reason)),
+                CommandResult::Refused(Refusal::Committing),
+                "{reason:?} of another round must not abort it"
+            );
+        }
+        // The marking round itself may (it saw a branch fail before any YES-everywhere).
+        assert_eq!(
+            t.apply(Command::CommitStarted {
+                txn,
+                branches: 2,
+                round: 1,
+            }),
+            CommandResult::CommitStarted
+        );
         assert!(matches!(
-            decide(&mut t, txn, false, Reason::VotedNo),
+            t.apply(abort(1, Reason::ParticipantUnreachable)),
             CommandResult::Decided(d) if !d.commit
         ));
     }
