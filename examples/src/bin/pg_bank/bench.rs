@@ -81,7 +81,7 @@ struct Round {
     total: Latencies,
     /// Ratify only: Begin at the coordinator plus the SQL on both branches.
     begin: Latencies,
-    /// Ratify only: Commit at the coordinator (prepare, decision, phase 2).
+    /// Ratify only: Commit at the coordinator (prepare alongside the commit marker).
     commit: Latencies,
     /// Wall time.
     elapsed: Duration,
@@ -367,7 +367,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Err(why) => println!("Narayana JTA row skipped: {why}"),
     }
     println!();
-    println!("Where a Ratify transfer's time goes (ms): begin = coordinator Begin (a Raft entry) + SQL on both branches; commit = prepare on both + COMMIT decision (a Raft entry) + phase 2");
+    println!("Where a Ratify transfer's time goes (ms): begin = coordinator Begin (answered from the leader's memory, no Raft entry) + SQL on both branches; commit = prepare on both, alongside the commit marker (one Raft entry; answered once both are done)");
     println!();
     println!("| clients | begin+SQL p50 | begin+SQL p99 | commit p50 | commit p99 | total p50 |");
     println!("|---:|---:|---:|---:|---:|---:|");
