@@ -673,11 +673,21 @@ impl Driver {
         gtrid: Gtrid,
         branches: Option<Vec<BranchSpec>>,
     ) -> Result<Decision, DriveError> {
+        self.settle(gtrid, Action::Commit, branches).await
+    }
+
+    /// The recorded decision, or the result of a run asked to do `action`.
+    async fn settle(
+        &self,
+        gtrid: Gtrid,
+        action: Action,
+        branches: Option<Vec<BranchSpec>>,
+    ) -> Result<Decision, DriveError> {
         self.ensure_leader().await?;
         if let Some(d) = self.decided(gtrid.index)? {
             return Ok(d);
         }
-        wait_slot(self.start_run(gtrid.index, Action::Commit, branches)).await
+        wait_slot(self.start_run(gtrid.index, action, branches)).await
     }
 
     /// Aborts unless already decided; returns the decision in force. A transaction
@@ -692,12 +702,7 @@ impl Driver {
         gtrid: Gtrid,
         branches: Option<Vec<BranchSpec>>,
     ) -> Result<Decision, DriveError> {
-        self.ensure_leader().await?;
-        if let Some(d) = self.decided(gtrid.index)? {
-            return Ok(d);
-        }
-        let run = self.start_run(gtrid.index, Action::Abort(Reason::ClientRollback), branches);
-        wait_slot(run)
+        self.settle(gtrid, Action::Abort(Reason::ClientRollback), branches)
             .instrument(tracing::info_span!("rollback", gtrid = %gtrid))
             .await
     }
