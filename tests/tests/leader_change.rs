@@ -225,3 +225,131 @@ async fn a_number_not_yet_handed_out_takes_no_record() -> anyhow::Result<()> {
     assert_eq!(got.state, pb::TxnState::Active as i32, "{got:?}");
     Ok(())
 }
+
+/// Votes YES to the first prepare, then answers every call UNAVAILABLE (a branch that
+/// went down after voting).
+#[derive(Default)]
+struct YesThenGone {
+    prepares: std::sync::atomic::AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl pb::participant_server::Participant for YesThenGone {
+    async fn prepare(
+        &self,
+        _r: tonic::Request<pb::PrepareRequest>,
+    ) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
+        if self
+            .prepares
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            return Err(tonic::Status::unavailable("down"));
+        }
+        Ok(tonic::Response::new(pb::PrepareResponse {
+            vote: pb::Vote::Yes as i32,
+            detail: String::new(),
+        }))
+    }
+    async fn commit(
+        &self,
+        _r: tonic::Request<pb::BranchCommitRequest>,
+    ) -> Result<tonic::Response<pb::BranchCommitResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("down"))
+    }
+    async fn rollback(
+        &self,
+        _r: tonic::Request<pb::BranchRollbackRequest>,
+    ) -> Result<tonic::Response<pb::BranchRollbackResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("down"))
+    }
+    async fn recover(
+        &self,
+        _r: tonic::Request<pb::RecoverRequest>,
+    ) -> Result<tonic::Response<pb::RecoverResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::RecoverResponse::default()))
+    }
+}
+
+/// A re-driven commit whose branch voted YES and then went down is neither aborted
+/// (it may be committed) nor hidden: it stays PREPARING, and the branch is shown
+/// failing (`failed_calls`, `last_error`) while the new leader asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_commit_with_a_branch_gone_stays_preparing_and_shows_it() -> anyhow::Result<()> {
+    let mut c = TestCluster::start(&[]).await?;
+    let bank = Bank::open(&c).await?;
+    let gone = std::sync::Arc::new(YesThenGone::default());
+    let endpoint = ratify_tests::serve_fake_participant(ArcParticipant(gone.clone())).await?;
+    for id in c.nodes.ids() {
+        c.nodes
+            .restart_with_failpoints(id, "coord.after_votes=sleep:30000")?;
+    }
+    let leader = c.leader().await?;
+    let a = bank.branches()[0].clone();
+    let t = c
+        .client
+        .begin(BeginOptions {
+            timeout: Duration::from_secs(60),
+            branches: vec![a, (endpoint, "r".into())],
+            ..Default::default()
+        })
+        .await?;
+    bank.a.branch(&t.branches[0].xid)?.debit("acct11", 3)?;
+    let client = c.client.clone();
+    let gtrid = t.gtrid.clone();
+    drop(tokio::spawn(async move { client.commit(&gtrid).await }));
+    let start = std::time::Instant::now();
+    while bank.a.prepared_count() < 1 || gone.prepares.load(std::sync::atomic::Ordering::SeqCst) < 1
+    {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "never prepared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.nodes.kill(leader)?;
+    let start = std::time::Instant::now();
+    loop {
+        let got = c.client.get(&t.gtrid).await?;
+        assert_eq!(got.state, pb::TxnState::Preparing as i32, "{got:?}");
+        if got.branches.get(1).is_some_and(|b| b.failed_calls > 0) {
+            assert!(!got.branches[1].last_error.is_empty(), "{got:?}");
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "the failing branch is not shown: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Serves a shared participant.
+struct ArcParticipant(std::sync::Arc<YesThenGone>);
+
+#[tonic::async_trait]
+impl pb::participant_server::Participant for ArcParticipant {
+    async fn prepare(
+        &self,
+        r: tonic::Request<pb::PrepareRequest>,
+    ) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
+        self.0.prepare(r).await
+    }
+    async fn commit(
+        &self,
+        r: tonic::Request<pb::BranchCommitRequest>,
+    ) -> Result<tonic::Response<pb::BranchCommitResponse>, tonic::Status> {
+        self.0.commit(r).await
+    }
+    async fn rollback(
+        &self,
+        r: tonic::Request<pb::BranchRollbackRequest>,
+    ) -> Result<tonic::Response<pb::BranchRollbackResponse>, tonic::Status> {
+        self.0.rollback(r).await
+    }
+    async fn recover(
+        &self,
+        r: tonic::Request<pb::RecoverRequest>,
+    ) -> Result<tonic::Response<pb::RecoverResponse>, tonic::Status> {
+        self.0.recover(r).await
+    }
+}

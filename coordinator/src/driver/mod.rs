@@ -1044,7 +1044,7 @@ impl Driver {
                 "leadership lost during prepare; retry".into(),
             ));
         }
-        if let Some((reason, detail)) = failure {
+        if let Some((reason, detail, _)) = failure {
             tracing::debug!(?reason, %detail, "aborting");
             let abort = decision(false, reason, detail);
             return match self
@@ -1163,12 +1163,17 @@ impl Driver {
                 ));
             }
             let (read_only, failure) = self.collect_votes(gtrid, &branches, timeout, true).await;
+            if failure.is_none() || matches!(failure, Some((Reason::VotedNo, ..))) {
+                for b in &branches {
+                    self.clear_trouble(txn, b.bqual);
+                }
+            }
             match failure {
                 None => {
                     let d = decision(true, Reason::ClientCommit, String::new());
                     return self.decide(txn, None, d, Some(n), read_only).await;
                 }
-                Some((Reason::VotedNo, detail)) => {
+                Some((Reason::VotedNo, detail, _)) => {
                     // A real NO: that branch is not prepared (and its tombstone fences
                     // any earlier round's prepare), so no round saw YES everywhere.
                     // The abort is made in the marking round's name.
@@ -1181,9 +1186,11 @@ impl Driver {
                         .decide_in_round(txn, None, d, None, read_only, round)
                         .await;
                 }
-                Some((_, detail)) => {
-                    tracing::debug!(%detail, "re-driven commit: a branch did not vote; asking again");
+                Some((_, detail, bqual)) => {
+                    tracing::debug!(bqual, %detail, "re-driven commit: a branch did not vote; asking again");
                     Counters::inc(&self.inner.counters.phase2_retries);
+                    // Shown to operators as a failing branch (FAILING, `failed_calls`).
+                    self.note_trouble(txn, bqual, &detail);
                     if let Some(d) = self.decided(txn)? {
                         return Ok(d);
                     }
@@ -1195,14 +1202,15 @@ impl Driver {
     }
 
     /// Prepares every branch in parallel; returns the READ_ONLY branches and the first
-    /// failure (a NO, an unreachable branch, a garbage answer), which ends the round.
+    /// failure (a NO, an unreachable branch, a garbage answer: why, what, which
+    /// branch), which ends the round.
     async fn collect_votes(
         &self,
         gtrid: Gtrid,
         branches: &[BranchRecord],
         timeout: Duration,
         recovering: bool,
-    ) -> (Vec<u32>, Option<(Reason, String)>) {
+    ) -> (Vec<u32>, Option<(Reason, String, u32)>) {
         let mut votes: FuturesUnordered<_> = branches
             .iter()
             .map(|b| {
@@ -1234,7 +1242,7 @@ impl Driver {
                 // The first NO decides: the rest cannot change the outcome, and a
                 // late prepare is fenced by the participant's tombstone.
                 PrepareOutcome::No(d) => {
-                    failure = Some((Reason::VotedNo, d));
+                    failure = Some((Reason::VotedNo, d, bqual));
                     break;
                 }
                 // A first prepare: a NO. A re-driven one: asked again.
@@ -1244,15 +1252,15 @@ impl Driver {
                     } else {
                         Reason::VotedNo
                     };
-                    failure = Some((reason, d));
+                    failure = Some((reason, d, bqual));
                     break;
                 }
                 PrepareOutcome::Unreachable(d) => {
-                    failure = Some((Reason::ParticipantUnreachable, d));
+                    failure = Some((Reason::ParticipantUnreachable, d, bqual));
                     break;
                 }
                 PrepareOutcome::Garbage(d) => {
-                    failure = Some((Reason::ProtocolError, d));
+                    failure = Some((Reason::ProtocolError, d, bqual));
                     break;
                 }
             }
