@@ -432,6 +432,22 @@ impl CoordinatorClient {
         }
     }
 
+    /// The decision a Commit or Rollback of `gtrid` answered; once there is one, the
+    /// transaction's branches need not be remembered.
+    fn decided(
+        &self,
+        gtrid: &str,
+        outcome: i32,
+        reason: i32,
+        detail: String,
+    ) -> Result<Decision, ClientError> {
+        let d = Decision::from_wire(outcome, reason, detail);
+        if d.is_ok() {
+            lock(&self.inner.known).remove(gtrid);
+        }
+        d
+    }
+
     /// The branch list to send with Commit or Rollback of `gtrid`: only for a
     /// transaction begun through this client, and only when its bquals run from 1
     /// without a gap (a branch enlisted elsewhere would make the list incomplete).
@@ -514,11 +530,7 @@ impl CoordinatorClient {
             })
             .instrument(tracing::info_span!("coordinator", op = "commit", gtrid))
             .await?;
-        let d = Decision::from_wire(r.outcome, r.reason, r.detail);
-        if d.is_ok() {
-            lock(&self.inner.known).remove(gtrid);
-        }
-        d
+        self.decided(gtrid, r.outcome, r.reason, r.detail)
     }
 
     /// Aborts `gtrid` unless it is already decided, and returns the decision (which
@@ -538,11 +550,7 @@ impl CoordinatorClient {
             })
             .instrument(tracing::info_span!("coordinator", op = "rollback", gtrid))
             .await?;
-        let d = Decision::from_wire(r.outcome, r.reason, r.detail);
-        if d.is_ok() {
-            lock(&self.inner.known).remove(gtrid);
-        }
-        d
+        self.decided(gtrid, r.outcome, r.reason, r.detail)
     }
 
     /// Returns one transaction.

@@ -47,8 +47,8 @@ use tracing::Instrument;
 use crate::metrics::Counters;
 use crate::raft::SharedSm;
 use crate::txn::{
-    BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal, Retention,
-    Seed, MAX_BRANCHES,
+    describe, BranchRecord, BranchSpec, Command, CommandResult, Decision, Lookup, Reason, Refusal,
+    Retention, Seed, MAX_BRANCHES,
 };
 use crate::types::typ::{Raft, RaftError};
 use crate::types::{now_ms, Gtrid, NodeId, NodeInfo};
@@ -595,10 +595,7 @@ impl Driver {
         self.ensure_leader().await?;
         failpoint::hit("coord.before_enlist").await;
         let txn = gtrid.index;
-        let in_table = matches!(
-            self.inner.sm.read().table.lookup(txn),
-            Lookup::Live(_) | Lookup::Finished(_) | Lookup::Forgotten
-        );
+        let in_table = self.has_record(txn);
         let held = {
             let mut runs = lock(&self.inner.runs);
             if runs.slots.contains_key(&txn) {
@@ -835,10 +832,7 @@ impl Driver {
                     // a run that logged nothing (lost its lease, a proposal timed out)
                     // leaves it held here for a retry. (The state machine is read
                     // before `runs` is locked: never the other way round.)
-                    let logged = matches!(
-                        driver.inner.sm.read().table.lookup(txn),
-                        Lookup::Live(_) | Lookup::Finished(_) | Lookup::Forgotten
-                    );
+                    let logged = driver.has_record(txn);
                     let mut runs = lock(&driver.inner.runs);
                     runs.slots.remove(&txn);
                     if logged {
@@ -991,6 +985,14 @@ impl Driver {
         lock(&self.inner.runs).ready = Some((term, std::time::Instant::now()));
     }
 
+    /// Has `txn` a record in the table (live, kept, or kept once and forgotten)?
+    fn has_record(&self, txn: u64) -> bool {
+        matches!(
+            self.inner.sm.read().table.lookup(txn),
+            Lookup::Live(_) | Lookup::Finished(_) | Lookup::Forgotten
+        )
+    }
+
     /// Is `txn` logged as committing (and undecided)?
     fn is_committing(&self, txn: u64) -> bool {
         matches!(self.inner.sm.read().table.lookup(txn), Lookup::Live(r) if r.committing && r.decision.is_none())
@@ -1054,8 +1056,7 @@ impl Driver {
                 // Another round marked it (it may be committed): that round, or a
                 // re-drive, decides.
                 Err(DriveError::Precondition(_)) if self.is_committing(txn) => {
-                    let records = branches.clone();
-                    self.recover_two_phase(txn, records, term).await
+                    self.recover_two_phase(txn, branches, term).await
                 }
                 other => other,
             };
@@ -1075,9 +1076,9 @@ impl Driver {
                 Ok(CommandResult::Decided(d)) => return Ok(d),
                 Ok(CommandResult::HandedOver) => return Err(DriveError::HandedOver),
                 // A branch was enlisted meanwhile (the decision below is refused
-                // too), or not known to be logged: log the decision itself.
-                // Another round marked it first (this one must not take it as
-                // committed at its votes: it logs the decision).
+                // too), another round marked it first (this one must not take it as
+                // committed at its votes), or the marker's fate is unknown: log the
+                // decision itself.
                 Ok(CommandResult::Refused(
                     Refusal::BranchSetChanged { .. } | Refusal::Committing,
                 )) => {}
@@ -1482,6 +1483,19 @@ impl Driver {
         v
     }
 
+    /// The transaction `txn`, if this leader holds it in memory only.
+    pub fn held(&self, txn: u64) -> Option<Seed> {
+        lock(&self.inner.runs)
+            .active
+            .get(&txn)
+            .map(|h| h.seed.clone())
+    }
+
+    /// How many transactions this leader holds in memory only.
+    pub fn held_count(&self) -> usize {
+        lock(&self.inner.runs).active.len()
+    }
+
     /// Drops what this node held as leader of an earlier term: its in-memory
     /// transactions (their clients retry with their branch lists) and its numbers.
     pub(super) fn forget_leadership(&self) {
@@ -1553,14 +1567,6 @@ fn enlist_in(seed: &mut Seed, spec: BranchSpec) -> Result<BranchRecord, DriveErr
         skip_phase2: false,
         heuristic: None,
     })
-}
-
-fn describe(d: &Decision) -> String {
-    format!(
-        "{} ({:?})",
-        if d.commit { "committed" } else { "aborted" },
-        d.reason
-    )
 }
 
 /// The protobuf xid of a branch.

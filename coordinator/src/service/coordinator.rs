@@ -87,11 +87,12 @@ fn validate_branch_list(
             "at most {MAX_BRANCHES} branches per transaction"
         )));
     }
+    let gtrid_text = gtrid.to_string();
     let mut specs: Vec<BranchSpec> = Vec::with_capacity(list.branches.len());
     for (i, b) in list.branches.into_iter().enumerate() {
         let want = (i + 1).to_string();
         match &b.xid {
-            Some(x) if x.gtrid == gtrid.to_string() && x.bqual == want => {}
+            Some(x) if x.gtrid == gtrid_text && x.bqual == want => {}
             _ => {
                 return Err(invalid(format!(
                     "branches[{i}] must carry xid {gtrid}.{want} (the list is in bqual \
@@ -215,18 +216,8 @@ impl CoordinatorService {
 
     /// A transaction this leader holds in memory only (ACTIVE, or PREPARING while its
     /// first entry is on its way).
-    fn memory_pb(&self, gtrid: Gtrid, seed: &Seed) -> pb::Transaction {
-        let rec = TxnRecord {
-            created_ms: seed.created_ms,
-            deadline_ms: seed.deadline_ms,
-            labels: seed.labels.clone(),
-            branches: seed.records(),
-            decision: None,
-            handed_over: false,
-            committing: false,
-            round: 0,
-        };
-        self.live_pb(gtrid, &rec)
+    fn memory_pb(&self, gtrid: Gtrid, seed: Seed) -> pb::Transaction {
+        self.live_pb(gtrid, &seed.into_record())
     }
 
     /// Every call is served by a caught-up leader, so that clients see one history.
@@ -338,14 +329,10 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
-        let memory = self
-            .driver
-            .in_memory(gtrid.index.checked_sub(1))
-            .into_iter()
-            .find(|(t, _)| *t == gtrid.index);
+        let memory = self.driver.held(gtrid.index);
         let sm = self.driver.sm().read();
         let txn = match (sm.table.lookup(gtrid.index), &memory) {
-            (Lookup::Absent | Lookup::Unknown, Some((_, seed))) => self.memory_pb(gtrid, seed),
+            (Lookup::Absent | Lookup::Unknown, Some(seed)) => self.memory_pb(gtrid, seed.clone()),
             (Lookup::Live(rec), _) => self.live_pb(gtrid, rec),
             (Lookup::Finished(f), _) => {
                 let (outcome, reason, detail) = decision_fields(&f.decision);
@@ -434,7 +421,7 @@ impl Coordinator for CoordinatorService {
             let gtrid = Gtrid { cluster, index };
             let t = match rec {
                 Ok(rec) => self.live_pb(gtrid, rec),
-                Err(seed) => self.memory_pb(gtrid, &seed),
+                Err(seed) => self.memory_pb(gtrid, seed),
             };
             if want != pb::TxnState::Unspecified && t.state != want as i32 {
                 continue;
@@ -506,7 +493,7 @@ impl Admin for CoordinatorService {
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
             .unwrap_or_default();
-        let in_memory = self.driver.in_memory(None).len() as u64;
+        let in_memory = self.driver.held_count() as u64;
         let (live, cluster) = {
             let sm = self.driver.sm().read();
             (sm.table.live.len() as u64 + in_memory, sm.table.cluster_id)

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use ratify_proto::pb;
 
 pub use table::{
-    cut as cut_detail, Forgotten, Lookup, Outcomes, TxnTable, MAX_FORGOTTEN_RANGES, MAX_PINNED,
+    cut as cut_detail, describe, Forgotten, Lookup, Outcomes, TxnTable, MAX_FORGOTTEN_RANGES,
+    MAX_PINNED,
 };
 
 /// Most branches one transaction may have.
@@ -177,6 +178,20 @@ impl Seed {
                 heuristic: None,
             })
             .collect()
+    }
+
+    /// The live, undecided record this seed stands for.
+    pub fn into_record(self) -> TxnRecord {
+        TxnRecord {
+            created_ms: self.created_ms,
+            deadline_ms: self.deadline_ms,
+            branches: self.records(),
+            labels: self.labels,
+            decision: None,
+            handed_over: false,
+            committing: false,
+            round: 0,
+        }
     }
 
     fn approx_bytes(&self) -> usize {

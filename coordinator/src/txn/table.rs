@@ -168,8 +168,8 @@ pub enum Lookup<'a> {
     Live(&'a TxnRecord),
     /// Completed; the decision is kept.
     Finished(&'a FinishedRecord),
-    /// Completed long ago and forgotten (or, rarely, never logged and older than an
-    /// outcome that was forgotten: either way its outcome is not known here).
+    /// Completed long ago and forgotten (or, rarely, never logged but in a gap that
+    /// [`Forgotten`] filled in at its cap: either way its outcome is not known here).
     Forgotten,
     /// Reserved, so perhaps handed out by a leader, but never logged: if a leader
     /// still holds it in memory it is live there; otherwise it lost its leader before
@@ -336,20 +336,7 @@ impl TxnTable {
                 CommandResult::Refused(Refusal::TooManyBranches)
             }
             Lookup::Absent | Lookup::Forgotten => {
-                let branches = seed.records();
-                self.live.insert(
-                    txn,
-                    TxnRecord {
-                        created_ms: seed.created_ms,
-                        deadline_ms: seed.deadline_ms,
-                        labels: seed.labels,
-                        branches,
-                        decision: None,
-                        handed_over: false,
-                        committing: false,
-                        round: 0,
-                    },
-                );
+                self.live.insert(txn, seed.into_record());
                 CommandResult::None
             }
         }
@@ -421,10 +408,10 @@ impl TxnTable {
         }
         // Once its commit was logged as started, the transaction is committed as soon
         // as every branch has voted YES, before any decision is logged (parallel
-        // commit, docs/design.md, rule 16): only a vote may abort it, never the
-        // timeout, a client rollback or a presumed abort.
-        // Only the round that marked it can know no YES-everywhere happened behind
-        // it: another round's abort (a stale run, a reordered entry) is refused.
+        // commit, docs/design.md, rule 16): never the timeout, a client rollback or a
+        // presumed abort may abort it, only the round that marked it (on a failed
+        // vote), which alone knows no YES-everywhere happened behind it. Another
+        // round's abort (a stale run, a reordered entry) is refused.
         if rec.committing
             && !decision.commit
             && (rec.round != round
@@ -454,10 +441,9 @@ impl TxnTable {
         decision.detail = cut(decision.detail);
         rec.decision = Some(decision.clone());
         if complete || rec.branches.iter().all(|b| b.skip_phase2) {
-            // A presumed abort of a transaction that lost its leader (no branch is
-            // known) is kept for the time floor: its branches, which nobody will call,
-            // ask for it.
-            // (Such a record was opened without a seed: no creation time.)
+            // A presumed abort of a transaction that lost its leader (opened without a
+            // seed: no branch, no creation time) is kept for the time floor: its
+            // branches, which nobody will call, ask for it.
             let pin = !decision.commit && rec.branches.is_empty() && rec.created_ms == 0;
             self.live.remove(&txn);
             let now = decision.decided_ms;
@@ -544,7 +530,8 @@ fn enlist(rec: &mut TxnRecord, spec: BranchSpec) -> Result<BranchRecord, Refusal
     Ok(branch)
 }
 
-fn describe(d: &Decision) -> String {
+/// "committed (Reason)" or "aborted (Reason)", for refusals and errors.
+pub fn describe(d: &Decision) -> String {
     format!(
         "{} ({:?})",
         if d.commit { "committed" } else { "aborted" },
