@@ -310,7 +310,9 @@ struct Known {
 }
 
 /// Most transactions whose branches one client remembers; past it, those whose
-/// deadline passed a minute ago are dropped.
+/// deadline passed a minute ago are dropped, and if none has, a new transaction is
+/// not remembered (its Commit then carries no branch list: after a leader change it
+/// is aborted, LEADER_LOST, rather than this map growing without bound).
 const MAX_KNOWN: usize = 65_536;
 
 /// A client of the Ratify coordinator cluster. Cheap to clone; clones share
@@ -413,11 +415,19 @@ impl CoordinatorClient {
     /// Notes branches of `gtrid` (begun through this client).
     fn remember(&self, gtrid: &str, deadline_unix_ms: u64, branches: &[EnlistedBranch]) {
         let mut known = lock(&self.inner.known);
-        if known.len() >= MAX_KNOWN {
+        if known.len() >= MAX_KNOWN && !known.contains_key(gtrid) {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             known.retain(|_, k| k.deadline_unix_ms.saturating_add(60_000) > now);
+            if known.len() >= MAX_KNOWN {
+                tracing::debug!(
+                    gtrid,
+                    "too many open transactions to remember their branches; this one's \
+                     commit carries no branch list"
+                );
+                return;
+            }
         }
         let entry = known.entry(gtrid.to_owned()).or_default();
         if deadline_unix_ms > 0 {
@@ -983,6 +993,40 @@ mod tests {
     use super::*;
 
     const GTRID: &str = "00000000000000010000000000000007";
+
+    #[test]
+    fn remembered_branch_lists_are_bounded() -> anyhow::Result<()> {
+        let client = CoordinatorClient::new(vec!["127.0.0.1:1".to_string()], quick())?;
+        let far = u64::MAX / 2;
+        let branch = |gtrid: &str| -> anyhow::Result<EnlistedBranch> {
+            Ok(EnlistedBranch {
+                xid: Xid::new(gtrid, "1")?,
+                endpoint: "127.0.0.1:2".into(),
+                resource: "r".into(),
+            })
+        };
+        for i in 0..MAX_KNOWN {
+            let g = format!("{:032x}", i + 1);
+            client.remember(&g, far, &[branch(&g)?]);
+        }
+        let first = format!("{:032x}", 1);
+        let extra = format!("{:032x}", MAX_KNOWN + 1);
+        client.remember(&extra, far, &[branch(&extra)?]);
+        assert_eq!(lock(&client.inner.known).len(), MAX_KNOWN);
+        assert!(
+            client.branch_list(&extra).is_none(),
+            "past the cap: not remembered"
+        );
+        assert!(
+            client.branch_list(&first).is_some(),
+            "those remembered stay"
+        );
+        // One whose deadline passed long ago makes room.
+        client.remember(&first, 1, &[]);
+        client.remember(&extra, far, &[branch(&extra)?]);
+        assert!(client.branch_list(&extra).is_some());
+        Ok(())
+    }
 
     fn quick() -> ClientConfig {
         ClientConfig {
