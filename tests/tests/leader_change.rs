@@ -230,7 +230,8 @@ async fn a_number_not_yet_handed_out_takes_no_record() -> anyhow::Result<()> {
 /// went down after voting).
 #[derive(Default)]
 struct YesThenGone {
-    prepares: std::sync::atomic::AtomicUsize,
+    /// Prepares received (shared with the test).
+    prepares: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -278,8 +279,9 @@ impl pb::participant_server::Participant for YesThenGone {
 async fn a_redriven_commit_with_a_branch_gone_stays_preparing_and_shows_it() -> anyhow::Result<()> {
     let mut c = TestCluster::start(&[]).await?;
     let bank = Bank::open(&c).await?;
-    let gone = std::sync::Arc::new(YesThenGone::default());
-    let endpoint = ratify_tests::serve_fake_participant(ArcParticipant(gone.clone())).await?;
+    let gone = YesThenGone::default();
+    let prepares = gone.prepares.clone();
+    let endpoint = ratify_tests::serve_fake_participant(gone).await?;
     for id in c.nodes.ids() {
         c.nodes
             .restart_with_failpoints(id, "coord.after_votes=sleep:30000")?;
@@ -299,8 +301,7 @@ async fn a_redriven_commit_with_a_branch_gone_stays_preparing_and_shows_it() -> 
     let gtrid = t.gtrid.clone();
     drop(tokio::spawn(async move { client.commit(&gtrid).await }));
     let start = std::time::Instant::now();
-    while bank.a.prepared_count() < 1 || gone.prepares.load(std::sync::atomic::Ordering::SeqCst) < 1
-    {
+    while bank.a.prepared_count() < 1 || prepares.load(std::sync::atomic::Ordering::SeqCst) < 1 {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "never prepared");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -321,35 +322,4 @@ async fn a_redriven_commit_with_a_branch_gone_stays_preparing_and_shows_it() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
-}
-
-/// Serves a shared participant.
-struct ArcParticipant(std::sync::Arc<YesThenGone>);
-
-#[tonic::async_trait]
-impl pb::participant_server::Participant for ArcParticipant {
-    async fn prepare(
-        &self,
-        r: tonic::Request<pb::PrepareRequest>,
-    ) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
-        self.0.prepare(r).await
-    }
-    async fn commit(
-        &self,
-        r: tonic::Request<pb::BranchCommitRequest>,
-    ) -> Result<tonic::Response<pb::BranchCommitResponse>, tonic::Status> {
-        self.0.commit(r).await
-    }
-    async fn rollback(
-        &self,
-        r: tonic::Request<pb::BranchRollbackRequest>,
-    ) -> Result<tonic::Response<pb::BranchRollbackResponse>, tonic::Status> {
-        self.0.rollback(r).await
-    }
-    async fn recover(
-        &self,
-        r: tonic::Request<pb::RecoverRequest>,
-    ) -> Result<tonic::Response<pb::RecoverResponse>, tonic::Status> {
-        self.0.recover(r).await
-    }
 }
