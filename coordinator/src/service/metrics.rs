@@ -1,4 +1,5 @@
-//! The Prometheus endpoint: `GET /metrics` over plain HTTP on its own port.
+//! The metrics port: Prometheus text at `GET /metrics`, and the web console
+//! (`GET /`, `GET /api/v1/console`, see [`super::console`]), over plain HTTP.
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -7,10 +8,11 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use super::console::Console;
 use crate::driver::Driver;
 use crate::metrics::{render, LeaderView};
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics` and the console on `listener` until `shutdown` resolves.
 ///
 /// # Errors
 /// When the HTTP server fails.
@@ -19,9 +21,12 @@ pub async fn serve(
     driver: Driver,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The console samples the decision counters until this server stops.
+    let (console, _sampler) = Console::start(driver.clone());
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(driver);
+        .with_state(driver)
+        .merge(console.router());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

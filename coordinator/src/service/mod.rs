@@ -5,7 +5,9 @@
 //! - [`coordinator`]: the public `Coordinator` and `Admin` services.
 //! - [`raft`]: the internal `Raft` service (served on its own port).
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (plain HTTP, its own port).
+//! - [`console`]: the web console and its JSON document, on the metrics port.
 
+pub mod console;
 pub mod coordinator;
 pub mod metrics;
 pub mod raft;

@@ -272,6 +272,20 @@ impl TxnRecord {
     pub fn is_heuristic(&self) -> bool {
         self.branches.iter().any(|b| b.heuristic.is_some())
     }
+
+    /// The public state of this live record. `running_here`: a commit or abort run
+    /// of it is under way on this node (an undecided record is PREPARING then, even
+    /// before its `CommitStarted` is applied).
+    pub fn state(&self, running_here: bool) -> pb::TxnState {
+        match &self.decision {
+            Some(_) if self.is_heuristic() => pb::TxnState::Heuristic,
+            Some(d) if d.commit => pb::TxnState::Committed,
+            Some(_) => pb::TxnState::Aborted,
+            None if self.handed_over => pb::TxnState::OnePhase,
+            None if self.committing || running_here => pb::TxnState::Preparing,
+            None => pb::TxnState::Active,
+        }
+    }
 }
 
 /// What remains of a COMPLETED transaction: its decision, for late questions.
