@@ -15,6 +15,7 @@
 //! - [`local`], [`netfault`]: local clusters of node processes, and a fault-injecting
 //!   proxy to cut nodes off (benchmarks, demos, tests, chaos).
 //! - [`server`]: [`server::run`] wires a node together.
+//! - [`telemetry`]: logs (text or JSON) and OpenTelemetry tracing for a process.
 
 // openraft's StorageError and ConfigError are large by design, and the storage traits
 // must return them as they are.
@@ -27,5 +28,6 @@ pub mod netfault;
 pub mod raft;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod txn;
 pub mod types;

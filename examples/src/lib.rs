@@ -19,20 +19,27 @@ pub mod narayana;
 pub mod order_pipeline;
 pub mod pg_bank;
 
-/// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    init_tracing_with_default("info");
+use ratify_coordinator::telemetry::{self, Telemetry, TelemetryConfig};
+
+/// Sets up logs on stderr, filtered by `RUST_LOG` (default `info`), and tracing; see
+/// [`init_tracing_with_default`]. Keep the guard until the end of `main`.
+pub fn init_tracing() -> anyhow::Result<Telemetry> {
+    init_tracing_with_default("info")
 }
 
-/// Sets up `tracing` output on stderr, filtered by `RUST_LOG`, else by `default`
-/// (e.g. `warn` for an example that reports its progress itself).
-pub fn init_tracing_with_default(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Sets up logs on stderr, filtered by `RUST_LOG`, else by `default` (e.g. `warn`
+/// for an example that reports its progress itself), as text or JSON lines
+/// (`RATIFY_LOG_FORMAT`), and trace spans exported to `RATIFY_OTLP_ENDPOINT` if
+/// set (the coordinator's `ratify_coordinator::telemetry`). INFO has no line per
+/// transaction or branch: those are DEBUG.
+///
+/// # Errors
+/// When the settings are bad or logging is set up already.
+pub fn init_tracing_with_default(default: &str) -> anyhow::Result<Telemetry> {
+    Ok(telemetry::init(&TelemetryConfig::from_env(
+        default,
+        "ratify-examples",
+    )?)?)
 }
 
 /// The `ratify` binary: `explicit`, else `$RATIFY_BIN`, else next to this executable.

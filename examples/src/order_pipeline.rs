@@ -545,7 +545,7 @@ impl ServiceA {
             if decision.outcome == Outcome::Committed {
                 return Ok(retries);
             }
-            span.in_scope(|| tracing::info!(?decision, "order aborted, retrying"));
+            span.in_scope(|| tracing::debug!(?decision, "order aborted, retrying"));
             retries += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -746,7 +746,7 @@ impl ServiceB {
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     return Ok(());
                 }
-                Ok(d) => tracing::info!(?d, "shipment aborted, retrying the batch"),
+                Ok(d) => tracing::debug!(?d, "shipment aborted, retrying the batch"),
                 Err(e) if is_duplicate(&e) => {
                     return Err(e.context(
                         "an order was shipped twice: exactly-once delivery to service B is broken",

@@ -574,7 +574,7 @@ impl AccountStore {
         match (pending, one_phase) {
             (Some(deltas), true) => {
                 if let Some(reason) = self.refusal(&state, xid, &deltas)? {
-                    tracing::info!(%reason, "one-phase commit refused, rolling back");
+                    tracing::debug!(%reason, "one-phase commit refused, rolling back");
                     branch_log::write_outcome(&self.outcomes, xid, Finished::RolledBack)?;
                     state.pending.remove(xid);
                     return Ok(CommitResult::RolledBack);

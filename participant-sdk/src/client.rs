@@ -713,6 +713,9 @@ impl CoordinatorClient {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut request = Request::new(req);
         request.set_timeout(timeout);
+        // The caller's trace goes with the call (a `traceparent`, when the app traces
+        // with OpenTelemetry): the coordinator continues it into every participant.
+        ratify_proto::trace::inject(request.metadata_mut(), &tracing::Span::current());
         match tokio::time::timeout(timeout, rpc(channel, request)).await {
             Ok(result) => result.map(Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(

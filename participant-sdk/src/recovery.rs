@@ -37,6 +37,57 @@ pub struct RecoveryReport {
     pub errors: usize,
 }
 
+/// How often, at most, the loop logs what it resolved at INFO (each round is DEBUG).
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Rounds' reports added up between two INFO summaries: a busy participant resolves
+/// branches every round, and one line per branch or per round would bury the lines a
+/// person reads (docs/design.md, "Logs"). The first round that found anything (what
+/// a restart left in doubt) is logged at once.
+#[derive(Debug, Default)]
+struct Summary {
+    /// Added up since the last line.
+    total: RecoveryReport,
+    /// Rounds added up.
+    rounds: usize,
+    /// When the last line was written; none before the first.
+    logged: Option<std::time::Instant>,
+}
+
+impl Summary {
+    fn add(&mut self, r: &RecoveryReport) {
+        self.total.committed += r.committed;
+        self.total.rolled_back += r.rolled_back;
+        self.total.needs_operator += r.needs_operator;
+        self.total.errors += r.errors;
+        // Still-in-doubt branches are a level, not a count of work: keep the latest.
+        self.total.in_doubt = r.in_doubt;
+        self.rounds += 1;
+        let due = self.logged.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY);
+        let news = self.total.committed
+            + self.total.rolled_back
+            + self.total.needs_operator
+            + self.total.errors
+            > 0;
+        if due && news {
+            let t = &self.total;
+            tracing::info!(
+                rounds = self.rounds,
+                committed = t.committed,
+                rolled_back = t.rolled_back,
+                in_doubt = t.in_doubt,
+                needs_operator = t.needs_operator,
+                errors = t.errors,
+                "recovery summary"
+            );
+            *self = Self {
+                logged: Some(std::time::Instant::now()),
+                ..Self::default()
+            };
+        }
+    }
+}
+
 /// What to do with a prepared branch, given its transaction's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
@@ -97,14 +148,16 @@ impl RecoveryLoop {
             tokio::pin!(shutdown);
             let mut ticker = tokio::time::interval(interval.max(MIN_INTERVAL));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut summary = Summary::default();
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
                     _ = ticker.tick() => {
                         let report = self.run_once().await;
                         if report != RecoveryReport::default() {
-                            tracing::info!(?report, "recovery round");
+                            tracing::debug!(?report, "recovery round");
                         }
+                        summary.add(&report);
                     }
                 }
             }
@@ -168,7 +221,7 @@ async fn resolve(
     match action_for(outcome) {
         Action::Commit => match resource.commit(xid, false).await {
             Ok(_) => {
-                tracing::info!("in-doubt branch committed");
+                tracing::debug!("in-doubt branch committed");
                 report.committed += 1;
             }
             Err(e) => {
@@ -178,7 +231,7 @@ async fn resolve(
         },
         Action::Rollback => match resource.rollback(xid).await {
             Ok(_) => {
-                tracing::info!("in-doubt branch rolled back");
+                tracing::debug!("in-doubt branch rolled back");
                 report.rolled_back += 1;
             }
             Err(e) => {

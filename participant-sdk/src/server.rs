@@ -160,13 +160,15 @@ impl ParticipantServer {
     }
 
     /// Resolves the resource and xid of a request and runs `call` on them in its own
-    /// task, inside a span that names both.
+    /// task, inside a span that names both and continues the coordinator's trace
+    /// (the `traceparent` in `metadata`; docs/design.md, "Tracing").
     ///
     /// The task is spawned so that a coordinator giving up on the RPC (which drops
     /// this future) cannot cancel a resource halfway through a prepare or commit.
     async fn run<T, F, Fut>(
         &self,
         op: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
         resource: &str,
         xid: Option<&pb::Xid>,
         call: F,
@@ -176,7 +178,15 @@ impl ParticipantServer {
         F: FnOnce(Arc<dyn Resource>, Xid) -> Fut,
         Fut: Future<Output = Result<T, ResourceError>> + Send + 'static,
     {
-        let span = tracing::info_span!("participant", op, resource, xid = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "participant",
+            op,
+            resource,
+            gtrid = tracing::field::Empty,
+            xid = tracing::field::Empty,
+            otel.kind = "server",
+        );
+        ratify_proto::trace::adopt(&span, metadata);
         let prepared = (|| {
             let r = self.resource(resource)?;
             let xid = Xid::from_pb(xid.ok_or(CallError::MissingXid)?).map_err(CallError::BadXid)?;
@@ -184,6 +194,7 @@ impl ParticipantServer {
         })();
         let outcome = match prepared {
             Ok((r, xid)) => {
+                span.record("gtrid", xid.gtrid());
                 span.record("xid", tracing::field::display(&xid));
                 match tokio::spawn(call(r, xid).instrument(span.clone())).await {
                     Ok(result) => result.map_err(CallError::Resource),
@@ -206,10 +217,11 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let vote = self
             .run(
                 "prepare",
+                &metadata,
                 &req.resource,
                 req.xid.as_ref(),
                 |r, xid| async move { r.prepare(&xid).await },
@@ -233,13 +245,18 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::BranchCommitRequest>,
     ) -> Result<Response<pb::BranchCommitResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let one_phase = req.one_phase;
         let xid = req.xid.clone();
         crate::failpoint::hit("participant.before_commit").await;
         let result = self
             .run(
-                "commit",
+                if one_phase {
+                    "commit_one_phase"
+                } else {
+                    "commit"
+                },
+                &metadata,
                 &req.resource,
                 req.xid.as_ref(),
                 move |r, xid| async move { r.commit(&xid, one_phase).await },
@@ -279,11 +296,12 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::BranchRollbackRequest>,
     ) -> Result<Response<pb::BranchRollbackResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         crate::failpoint::hit("participant.before_rollback").await;
         let result = self
             .run(
                 "rollback",
+                &metadata,
                 &req.resource,
                 req.xid.as_ref(),
                 |r, xid| async move { r.rollback(&xid).await },

@@ -5,6 +5,7 @@
 //! - [`pb`]: generated messages, clients and servers for the public services
 //!   (`Coordinator`, `Admin`, `Participant`).
 //! - [`raft_pb`]: the internal node-to-node Raft service; never exposed to clients.
+//! - [`trace`]: the W3C `traceparent` every call may carry, bridged to `tracing` spans.
 
 /// Generated code for the public `ratify.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -17,6 +18,8 @@ pub mod pb {
 pub mod raft_pb {
     tonic::include_proto!("ratify.v1.raft");
 }
+
+pub mod trace;
 
 /// Metadata key that carries the leader's client address (`host:port`) on an
 /// UNAVAILABLE answer from a node that is not the leader.

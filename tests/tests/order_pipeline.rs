@@ -43,10 +43,7 @@ impl Service {
         let child = Command::new(pipeline_binary()?)
             .args(args)
             .env(ratify_participant_sdk::failpoint::ENV_VAR, failpoints)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            // (RUST_LOG is inherited: unset, the example logs at its default level.)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
@@ -132,6 +129,37 @@ fn service_args(cfg: &PipelineConfig, c: &TestCluster, listen: &str, stage: &Pat
         args.extend(["--coordinator".into(), e]);
     }
     args
+}
+
+/// Most INFO lines a service may print in a whole run: start-up, readiness, recovery
+/// summaries. A line per order, transaction or branch would be hundreds.
+const MAX_INFO_LINES: usize = 40;
+
+/// Checks that a service run at the default level (INFO) printed no line per branch or
+/// per transaction (docs/design.md, "Logs"): few INFO lines, none naming a gtrid.
+fn assert_quiet(service: &str, log: &str) {
+    // (Written to a file, the lines have no colour codes.)
+    assert!(
+        !log.contains('\x1b'),
+        "{service} wrote terminal colours to a file"
+    );
+    let info: Vec<&str> = log.lines().filter(|l| l.contains(" INFO ")).collect();
+    let naming_a_gtrid: Vec<&&str> = info
+        .iter()
+        .filter(|l| {
+            l.split(|c: char| !c.is_ascii_hexdigit())
+                .any(|w| w.len() == 32)
+        })
+        .collect();
+    assert!(
+        naming_a_gtrid.is_empty(),
+        "{service} logged transactions at INFO: {naming_a_gtrid:#?}"
+    );
+    assert!(
+        info.len() <= MAX_INFO_LINES,
+        "{service} printed {} INFO lines (at most {MAX_INFO_LINES}): {info:#?}",
+        info.len()
+    );
 }
 
 /// Service B as a process that can be killed and started again as the same
@@ -285,6 +313,10 @@ async fn service_b_killed_mid_stream_ships_every_order_exactly_once() -> anyhow:
     wait_shipped(&cfg, &run_id, i64::try_from(ORDERS)?).await?;
     c.wait_all_completed(Duration::from_secs(60)).await?;
     service_b.kill();
+    if std::env::var_os("RUST_LOG").is_none() {
+        assert_quiet("service A", &service_a.log_text());
+        assert_quiet("service B", &service_b.log_text());
+    }
 
     let want: HashSet<String> = (0..ORDERS).map(|s| order_id(&run_id, s)).collect();
     let keys = |records: Vec<kafka::SeenRecord>, kind: &str| -> Vec<String> {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ratify_proto::pb;
 use ratify_proto::pb::participant_client::ParticipantClient;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 /// Normalises a participant endpoint into a URI (`host:port` gets `http://`).
 pub fn endpoint_uri(endpoint: &str) -> String {
@@ -51,6 +52,16 @@ pub enum Phase2Outcome {
     RolledBack,
     /// Retry later (transport failure, timeout, garbage, unknown resource).
     Retry(String),
+}
+
+/// The branch a participant call is about, named in its span.
+#[derive(Debug, Clone, Copy)]
+struct Branch<'a> {
+    /// `prepare`, `commit`, `commit_one_phase` or `rollback`.
+    op: &'static str,
+    endpoint: &'a str,
+    resource: &'a str,
+    xid: &'a pb::Xid,
 }
 
 /// Most participant channels kept open; past it the least recently used goes.
@@ -124,12 +135,13 @@ impl ParticipantPool {
         Ok(client)
     }
 
-    /// One unary call to a participant, bounded by `timeout`. A failure carries the
-    /// status code (none for a timeout or a bad endpoint) and a detail naming the
-    /// endpoint.
+    /// One unary call to a participant, bounded by `timeout`, in a span of its own
+    /// (a child of the transaction's span) whose W3C trace context travels with the
+    /// request (docs/design.md, "Tracing"). A failure carries the status code (none
+    /// for a timeout or a bad endpoint) and a detail naming the endpoint.
     async fn call<Req, Resp, F, Fut>(
         &self,
-        endpoint: &str,
+        branch: Branch<'_>,
         timeout: Duration,
         req: Req,
         rpc: F,
@@ -138,10 +150,28 @@ impl ParticipantPool {
         F: FnOnce(ParticipantClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        let Branch {
+            op,
+            endpoint,
+            resource,
+            xid,
+        } = branch;
+        let span = tracing::info_span!(
+            "branch_call",
+            op,
+            endpoint,
+            resource,
+            gtrid = %xid.gtrid,
+            xid = %format_args!("{:08x}.{}.{}", xid.format_id, xid.gtrid, xid.bqual),
+        );
         let client = self.client(endpoint).map_err(|e| (None, e))?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(timeout);
-        match tokio::time::timeout(timeout, rpc(client, req)).await {
+        ratify_proto::trace::inject(req.metadata_mut(), &span);
+        let answer = tokio::time::timeout(timeout, rpc(client, req))
+            .instrument(span)
+            .await;
+        match answer {
             Err(_) => Err((None, format!("{endpoint}: no answer within {timeout:?}"))),
             Ok(Err(status)) => Err((Some(status.code()), format!("{endpoint}: {status}"))),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
@@ -156,12 +186,18 @@ impl ParticipantPool {
         xid: pb::Xid,
         timeout: Duration,
     ) -> PrepareOutcome {
+        let branch = Branch {
+            op: "prepare",
+            endpoint,
+            resource,
+            xid: &xid,
+        };
         let req = pb::PrepareRequest {
             resource: resource.to_string(),
-            xid: Some(xid),
+            xid: Some(xid.clone()),
         };
         let resp = self
-            .call(endpoint, timeout, req, |mut c, r| async move {
+            .call(branch, timeout, req, |mut c, r| async move {
                 c.prepare(r).await
             })
             .await;
@@ -192,15 +228,28 @@ impl ParticipantPool {
         one_phase: bool,
         timeout: Duration,
     ) -> Phase2Outcome {
+        let branch = Branch {
+            op: if one_phase {
+                "commit_one_phase"
+            } else {
+                "commit"
+            },
+            endpoint,
+            resource,
+            xid: &xid,
+        };
         let req = pb::BranchCommitRequest {
             resource: resource.to_string(),
-            xid: Some(xid),
+            xid: Some(xid.clone()),
             one_phase,
         };
         let resp = self
-            .call(endpoint, timeout, req, |mut c, r| async move {
-                c.commit(r).await
-            })
+            .call(
+                branch,
+                timeout,
+                req,
+                |mut c, r| async move { c.commit(r).await },
+            )
             .await;
         match resp {
             Err((_, detail)) => Phase2Outcome::Retry(detail),
@@ -223,12 +272,18 @@ impl ParticipantPool {
         xid: pb::Xid,
         timeout: Duration,
     ) -> Phase2Outcome {
+        let branch = Branch {
+            op: "rollback",
+            endpoint,
+            resource,
+            xid: &xid,
+        };
         let req = pb::BranchRollbackRequest {
             resource: resource.to_string(),
-            xid: Some(xid),
+            xid: Some(xid.clone()),
         };
         let resp = self
-            .call(endpoint, timeout, req, |mut c, r| async move {
+            .call(branch, timeout, req, |mut c, r| async move {
                 c.rollback(r).await
             })
             .await;

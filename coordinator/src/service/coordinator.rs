@@ -7,7 +7,9 @@ use std::time::Duration;
 use ratify_proto::pb;
 use ratify_proto::pb::admin_server::Admin;
 use ratify_proto::pb::coordinator_server::Coordinator;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::to_status;
 use crate::driver::participants::endpoint_uri;
@@ -18,6 +20,23 @@ use crate::txn::{
     MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::types::Gtrid;
+
+/// The span of a client's call about a transaction: the root of the coordinator's
+/// part of its trace, a child of the `traceparent` the client sent if any
+/// (docs/design.md, "Tracing").
+fn client_span(op: &'static str, gtrid: Option<Gtrid>, metadata: &MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "transaction",
+        op,
+        gtrid = tracing::field::Empty,
+        otel.kind = "server",
+    );
+    if let Some(g) = gtrid {
+        span.record("gtrid", tracing::field::display(g));
+    }
+    ratify_proto::trace::adopt(&span, metadata);
+    span
+}
 
 /// Serves the client API and the admin API of one node.
 #[derive(Clone)]
@@ -241,6 +260,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
+        let span = client_span("begin", None, req.metadata());
         let req = req.into_inner();
         let timeout = match u64::from(req.timeout_ms) {
             0 => self.driver.default_txn_timeout(),
@@ -265,9 +285,11 @@ impl Coordinator for CoordinatorService {
         let begun = self
             .driver
             .begin(timeout, labels, branches)
+            .instrument(span.clone())
             .await
             .map_err(to_status)?;
-        tracing::debug!(gtrid = %begun.gtrid, "begun");
+        span.record("gtrid", tracing::field::display(begun.gtrid));
+        span.in_scope(|| tracing::debug!("begun"));
         Ok(Response::new(pb::BeginResponse {
             gtrid: begun.gtrid.to_string(),
             branches: begun
@@ -296,12 +318,15 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let req = req.into_inner();
+        let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let branches = validate_branch_list(gtrid, req.branches)?;
         // The driver runs the commit on its own task, so a client that disconnects
-        // cannot stop it half-way.
-        let (outcome, reason, detail) = answer_fields(self.driver.commit(gtrid, branches).await)?;
+        // cannot stop it half-way. That task's span, and its participant calls', are
+        // children of this one, and so of the client's trace.
+        let span = client_span("commit", Some(gtrid), &metadata);
+        let (outcome, reason, detail) =
+            answer_fields(self.driver.commit(gtrid, branches).instrument(span).await)?;
         Ok(Response::new(pb::CommitResponse {
             outcome,
             reason,
@@ -313,10 +338,12 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
-        let req = req.into_inner();
+        let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let branches = validate_branch_list(gtrid, req.branches)?;
-        let (outcome, reason, detail) = answer_fields(self.driver.rollback(gtrid, branches).await)?;
+        let span = client_span("rollback", Some(gtrid), &metadata);
+        let (outcome, reason, detail) =
+            answer_fields(self.driver.rollback(gtrid, branches).instrument(span).await)?;
         Ok(Response::new(pb::RollbackResponse {
             outcome,
             reason,

@@ -319,7 +319,7 @@ fn transactional_producer(bootstrap: &str, id: &str) -> anyhow::Result<FuturePro
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ratify_examples::init_tracing();
+    let _telemetry = ratify_examples::init_tracing()?;
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let run = format!("{:x}", rand_id());

@@ -172,7 +172,7 @@ struct CheckArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ratify_examples::init_tracing();
+    let _telemetry = ratify_examples::init_tracing()?;
     match Cli::parse().cmd {
         Cmd::Setup(c) => {
             let cfg = c.config()?;

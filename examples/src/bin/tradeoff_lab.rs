@@ -80,7 +80,7 @@ struct RunArgs {
 async fn main() -> anyhow::Result<()> {
     // The run reports its progress itself; the libraries' info logs (every recovery
     // round of 2PC's participants) would bury it.
-    ratify_examples::init_tracing_with_default("warn");
+    let _telemetry = ratify_examples::init_tracing_with_default("warn")?;
     let cli = Cli::parse();
     if let Some(Cmd::ServiceB(b)) = cli.cmd {
         return lab::service_b(b).await;

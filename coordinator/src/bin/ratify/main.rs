@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use ratify_coordinator::driver::DriverConfig;
 use ratify_coordinator::local::LocalCluster;
 use ratify_coordinator::server::{run, NodeConfig};
+use ratify_coordinator::telemetry::{self, LogFormat, TelemetryConfig};
 use ratify_coordinator::types::{NodeId, NodeInfo};
 use ratify_participant_sdk::accounts::AccountStore;
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
@@ -32,6 +33,23 @@ use serde::Deserialize;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Log lines as text, or as one JSON object per line for log shippers. The
+    /// level is set by RUST_LOG (default: info for `node` — start, leadership,
+    /// recovery — and warn for the other commands; per-transaction events are
+    /// debug; openraft's own lines are kept at warn unless RUST_LOG names openraft).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "RATIFY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Export trace spans over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317). Default: off (a client's traceparent is still passed
+    /// on to the participants).
+    #[arg(long, global = true, env = "RATIFY_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,17 +249,31 @@ enum ClusterCmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The node processes `dev`, `demo` and `bench` start inherit the settings (the
+    // process is still single-threaded here).
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        std::env::set_var("RATIFY_OTLP_ENDPOINT", endpoint);
+    }
+    if cli.log_format == LogFormat::Json {
+        std::env::set_var("RATIFY_LOG_FORMAT", "json");
+    }
+    // A node says what a person reads (start, leadership, recovery); the other
+    // commands print their own output and only warnings besides.
+    let default_filter = match cli.command {
+        Cmd::Node(_) => "info",
+        _ => "warn",
+    };
+    let telemetry = telemetry::init(&TelemetryConfig {
+        default_filter: default_filter.into(),
+        format: cli.log_format,
+        otlp_endpoint: cli.otlp_endpoint.clone(),
+        service_name: "ratify".into(),
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             Cmd::Node(a) => node(*a).await,
             Cmd::Dev(a) => dev(a).await,
@@ -251,7 +283,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Txn(c) => txn(c).await,
             Cmd::Cluster(ClusterCmd::Status { target }) => cluster_status(target).await,
         }
-    })
+    });
+    drop(rt);
+    telemetry.shutdown();
+    result
 }
 
 fn parse_peer(s: &str) -> anyhow::Result<(NodeId, NodeInfo)> {

@@ -111,7 +111,7 @@ struct ParticipantArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ratify_examples::init_tracing();
+    let _telemetry = ratify_examples::init_tracing()?;
     match Cli::parse().cmd {
         Cmd::Setup(c) => {
             let dbs = BankDbs::new(&c.pg_url, &c.db_prefix)?;
@@ -183,7 +183,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
                         committed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(d) => {
-                        tracing::info!(?d, "transfer aborted");
+                        tracing::debug!(?d, "transfer aborted");
                         aborted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {

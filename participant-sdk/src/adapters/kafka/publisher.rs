@@ -177,7 +177,7 @@ impl Publisher {
         let recorded = self.store.recorded_seq()?;
         let mut last = recorded;
         for m in markers.into_values().filter(|m| m.seq > recorded) {
-            tracing::info!(seq = m.seq, xids = ?m.xids, "ledger: published before the restart, recording");
+            tracing::debug!(seq = m.seq, xids = ?m.xids, "ledger: published before the restart, recording");
             for xid in &m.xids {
                 if branch_log::read_outcome(&self.store.outcomes, xid)?
                     == Some(Finished::RolledBack)

@@ -512,7 +512,7 @@ impl PgResource {
                             tracing::warn!(tag = %this.tag, stats = ?s, "old prepared transactions hold locks and block VACUUM");
                         }
                         Ok(s) if s.ratify_prepared + s.other_prepared > 0 => {
-                            tracing::info!(tag = %this.tag, stats = ?s, "prepared transactions");
+                            tracing::debug!(tag = %this.tag, stats = ?s, "prepared transactions");
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(tag = %this.tag, error = %e, "cannot read prepared transactions"),
@@ -760,7 +760,7 @@ impl PgResource {
             // fence insert below would wait on the prepared transaction's `'b'` key
             // until its lock timeout, every time, and never answer.
             if self.is_prepared(gid).await? {
-                tracing::info!(%gid, "one-phase commit of a prepared branch: committing it");
+                tracing::debug!(%gid, "one-phase commit of a prepared branch: committing it");
                 return self.commit_prepared(gid).await;
             }
             // A retry. The first attempt may still be running, its `'b'` fence row not

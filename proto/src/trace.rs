@@ -1,0 +1,170 @@
+//! W3C Trace Context on Ratify's gRPC calls (docs/design.md, "Tracing").
+//!
+//! Every call of the contract may carry a `traceparent` metadata entry in the
+//! [W3C Trace Context](https://www.w3.org/TR/trace-context/) format
+//! (`00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`). A client sends it
+//! with Begin, Commit or Rollback; the coordinator makes its transaction span a child
+//! of it and sends the context of each branch-call span on Prepare, Commit and
+//! Rollback; the participant SDK makes its call span a child of that. So one trace
+//! follows a gtrid from the client through both phases into every participant.
+//!
+//! The functions here bridge `tracing` spans and the header through
+//! `tracing-opentelemetry`: they do something only in a process whose subscriber has
+//! an OpenTelemetry layer. Without one, [`adopt`] is a no-op and [`inject`] sends
+//! nothing, so a process that does not trace pays nothing.
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The metadata key of the W3C header (gRPC metadata keys are lower case).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Parses a `traceparent` value. Accepts version `00` exactly, and a later version
+/// by its first four fields as the specification asks; refuses version `ff`, an
+/// all-zero trace or parent id, upper-case hex and anything malformed.
+pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let bytes = value.as_bytes();
+    // version(2) '-' trace-id(32) '-' parent-id(16) '-' flags(2) = 55 bytes.
+    if bytes.len() < 55 {
+        return None;
+    }
+    let field = |from: usize, len: usize| -> Option<&str> {
+        let s = value.get(from..from + len)?;
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            .then_some(s)
+    };
+    let version = field(0, 2)?;
+    if version == "ff" || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return None;
+    }
+    if version == "00" && bytes.len() != 55 {
+        return None;
+    }
+    if version != "00" && bytes.len() > 55 && bytes[55] != b'-' {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(field(3, 32)?).ok()?;
+    let span_id = SpanId::from_hex(field(36, 16)?).ok()?;
+    let flags = u8::from_str_radix(field(53, 2)?, 16).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ))
+}
+
+/// Renders `context` as a version-`00` `traceparent` value; `None` when it is not
+/// valid (no trace).
+pub fn format_traceparent(context: &SpanContext) -> Option<String> {
+    context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The trace context a caller sent in `metadata`, if any (and well formed: a bad
+/// header is ignored, as the specification asks, and the call starts a new trace).
+pub fn extract(metadata: &MetadataMap) -> Option<SpanContext> {
+    metadata
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+}
+
+/// Makes `span` a child of the trace context the caller sent in `metadata`. Call it
+/// right after creating the span, before entering it or creating children.
+pub fn adopt(span: &tracing::Span, metadata: &MetadataMap) {
+    if let Some(remote) = extract(metadata) {
+        let parent = opentelemetry::Context::new().with_remote_span_context(remote);
+        // Fails only when the span is disabled or has no OpenTelemetry layer: then
+        // there is nothing to trace.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The trace context of `span` (invalid when the process does not trace).
+pub fn context_of(span: &tracing::Span) -> SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// Puts the trace context of `span` into outgoing `metadata` (nothing when the
+/// process does not trace).
+pub fn inject(metadata: &mut MetadataMap, span: &tracing::Span) {
+    if let Some(value) = format_traceparent(&context_of(span)) {
+        if let Ok(v) = MetadataValue::try_from(value) {
+            metadata.insert(TRACEPARENT, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_specification_example_round_trips() {
+        let sc = parse_traceparent(SAMPLE).expect("valid");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_sampled());
+        assert!(sc.is_remote());
+        assert_eq!(format_traceparent(&sc).as_deref(), Some(SAMPLE));
+    }
+
+    #[test]
+    fn malformed_headers_are_ignored() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0é-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_later_version_is_read_by_its_known_fields() {
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-comes-next";
+        let sc = parse_traceparent(later).expect("valid");
+        // Only the sampled bit is known; the rest of the flags are dropped.
+        assert_eq!(sc.trace_flags(), TraceFlags::SAMPLED);
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x").is_none()
+        );
+    }
+
+    #[test]
+    fn an_untraced_process_sends_nothing() {
+        let mut meta = MetadataMap::new();
+        inject(&mut meta, &tracing::Span::none());
+        assert!(meta.get(TRACEPARENT).is_none());
+        let mut meta = MetadataMap::new();
+        meta.insert(TRACEPARENT, MetadataValue::from_static(SAMPLE));
+        assert!(extract(&meta).is_some());
+        // Adopting into a disabled span is harmless.
+        adopt(&tracing::Span::none(), &meta);
+    }
+}

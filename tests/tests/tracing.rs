@@ -1,0 +1,243 @@
+//! One trace follows a transaction from the client through the coordinator into each
+//! participant (docs/design.md, "Tracing").
+//!
+//! The test process is the client and hosts the two participants (SDK servers over
+//! durable no-op resources); its spans go to an in-memory exporter. The coordinator
+//! is three real `ratify node` processes exporting their spans over OTLP/gRPC to a
+//! collector this test serves. The checks:
+//! - the participants' prepare and commit spans carry the client's trace id;
+//! - each of them is the child of a coordinator `branch_call` span (its parent id is
+//!   a span the coordinator exported, not one of this process), so the trace id
+//!   crossed the coordinator rather than leaking inside the test process;
+//! - the coordinator's spans carry the gtrid and xid as attributes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use ratify_participant_sdk::client::{BeginOptions, Outcome};
+use ratify_participant_sdk::noop::NoopResource;
+use ratify_tests::{serve, TestCluster};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+/// A span the coordinator exported, as the collector received it.
+#[derive(Debug, Clone)]
+struct Exported {
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    attributes: HashMap<String, String>,
+}
+
+/// An OTLP/gRPC trace collector that keeps what it is sent.
+#[derive(Debug, Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Exported>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let attributes = s
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                            Value::StringValue(v) => Some((kv.key.clone(), v.clone())),
+                            Value::IntValue(v) => Some((kv.key.clone(), v.to_string())),
+                            _ => None,
+                        })
+                        .collect();
+                    spans.push(Exported {
+                        name: s.name,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        attributes,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// The value of `key` among a local span's attributes.
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trace_reaches_every_participant_call_through_the_coordinator(
+) -> anyhow::Result<()> {
+    // This process's spans: into memory.
+    let local = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(local.clone())
+        .build();
+    tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .try_init()
+        .context("the test's subscriber must be the first")?;
+
+    // The coordinator's spans: to this collector, exported every 100 ms.
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let otlp = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let c = TestCluster::start(&["--otlp-endpoint", &otlp]).await?;
+    c.leader().await?;
+
+    let a = serve(
+        "alpha",
+        Arc::new(NoopResource::open(c.dir.path().join("alpha"))?),
+        c.client.clone(),
+    )
+    .await?;
+    let b = serve(
+        "beta",
+        Arc::new(NoopResource::open(c.dir.path().join("beta"))?),
+        c.client.clone(),
+    )
+    .await?;
+
+    // The client's trace: a root span of this process.
+    let checkout = tracing::info_span!("checkout");
+    let trace_id = checkout.context().span().span_context().trace_id();
+    assert_ne!(trace_id, TraceId::INVALID, "the test's layer traces");
+    let gtrid = async {
+        let begun = c
+            .client
+            .begin(BeginOptions {
+                timeout: Duration::from_secs(10),
+                branches: vec![
+                    (a.endpoint.clone(), "alpha".into()),
+                    (b.endpoint.clone(), "beta".into()),
+                ],
+                ..BeginOptions::default()
+            })
+            .await?;
+        let decision = c.client.commit(&begun.gtrid).await?;
+        anyhow::ensure!(
+            decision.outcome == Outcome::Committed,
+            "not committed: {decision:?}"
+        );
+        anyhow::Ok(begun.gtrid)
+    }
+    .instrument(checkout.clone())
+    .await?;
+    drop(checkout);
+
+    // Phase 2 may end after the client's answer (parallel commit): wait for the
+    // participants' commit spans and the coordinator's export.
+    let mut waited = Duration::ZERO;
+    let (participant, coordinator) = loop {
+        let participant: Vec<SpanData> = local
+            .get_finished_spans()?
+            .into_iter()
+            .filter(|s| s.name == "participant")
+            .collect();
+        let coordinator = collector
+            .spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let commits = participant
+            .iter()
+            .filter(|s| attr(s, "op").as_deref() == Some("commit"))
+            .count();
+        let exported_commits = coordinator
+            .iter()
+            .filter(|s| {
+                s.name == "branch_call"
+                    && s.attributes.get("op").map(String::as_str) == Some("commit")
+            })
+            .count();
+        if (commits >= 2 && exported_commits >= 2) || waited > Duration::from_secs(15) {
+            break (participant, coordinator);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    };
+
+    let ours: Vec<&SpanData> = participant
+        .iter()
+        .filter(|s| attr(s, "gtrid").as_deref() == Some(gtrid.as_str()))
+        .collect();
+    for op in ["prepare", "commit"] {
+        let calls: Vec<&&SpanData> = ours
+            .iter()
+            .filter(|s| attr(s, "op").as_deref() == Some(op))
+            .collect();
+        assert_eq!(
+            calls.len(),
+            2,
+            "one {op} span per participant: {participant:#?}"
+        );
+        for s in calls {
+            assert_eq!(
+                s.span_context.trace_id(),
+                trace_id,
+                "the participant's {op} span is in the client's trace"
+            );
+            // Its parent is a span the coordinator exported for this very call.
+            let parent = coordinator
+                .iter()
+                .find(|e| e.span_id == s.parent_span_id.to_bytes().to_vec())
+                .with_context(|| {
+                    format!("the parent of the {op} span is no coordinator span: {coordinator:#?}")
+                })?;
+            assert_eq!(parent.name, "branch_call");
+            assert_eq!(parent.attributes.get("op").map(String::as_str), Some(op));
+            assert_eq!(parent.trace_id, trace_id.to_bytes().to_vec());
+            assert_eq!(parent.attributes.get("gtrid"), Some(&gtrid));
+            assert_eq!(
+                parent.attributes.get("xid"),
+                attr(s, "xid").as_ref(),
+                "coordinator and participant name the same xid"
+            );
+        }
+    }
+    // The coordinator's transaction span (the Commit call) is in the trace too.
+    assert!(
+        coordinator.iter().any(|e| e.name == "transaction"
+            && e.trace_id == trace_id.to_bytes().to_vec()
+            && e.attributes.get("op").map(String::as_str) == Some("commit")
+            && e.attributes.get("gtrid") == Some(&gtrid)),
+        "no transaction span for the commit: {coordinator:#?}"
+    );
+    Ok(())
+}
