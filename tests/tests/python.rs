@@ -9,6 +9,9 @@
 //! begins, does the Python branch's work and commits; the test does the Rust branch's
 //! work in process with the xid the Python client got.
 //!
+//! A last test follows a W3C trace from the Python client through the coordinator into
+//! the Python participant's spans (docs/design.md, "Tracing").
+//!
 //! Needs `RATIFY_PYTHON` (set up by `tests/infra/python.sh`, which `tests/run.sh`
 //! runs); without it every test here fails, naming that script.
 
@@ -38,6 +41,10 @@ const FAILPOINT_ENV: &str = "RATIFY_PY_FAILPOINT";
 /// Test-only switch of the Python participant: SIGKILL itself when the first
 /// two-phase COMMIT arrives (after voting YES, before changing anything).
 const KILL_BEFORE_COMMIT: &str = "kill_before_commit";
+/// Makes the Python participant append its finished spans to this file (JSON lines).
+const SPAN_LOG_ENV: &str = "RATIFY_PY_SPAN_LOG";
+/// The Python participant's default log level.
+const LOG_LEVEL_ENV: &str = "RATIFY_PY_LOG_LEVEL";
 
 /// The virtualenv's Python, from `RATIFY_PYTHON`.
 fn python() -> anyhow::Result<PathBuf> {
@@ -64,6 +71,8 @@ fn python_command(module: &str, log: &Path) -> anyhow::Result<Command> {
         .arg(module)
         .env("PYTHONUNBUFFERED", "1")
         .env_remove(FAILPOINT_ENV)
+        .env_remove(SPAN_LOG_ENV)
+        .env_remove(LOG_LEVEL_ENV)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?)
@@ -107,6 +116,16 @@ impl PyParticipant {
         listen: &str,
         failpoint: Option<&str>,
     ) -> anyhow::Result<(Self, Vec<Value>)> {
+        Self::start_with(c, listen, failpoint, None).await
+    }
+
+    /// [`PyParticipant::start`], writing its spans to `span_log` when given.
+    async fn start_with(
+        c: &TestCluster,
+        listen: &str,
+        failpoint: Option<&str>,
+        span_log: Option<&Path>,
+    ) -> anyhow::Result<(Self, Vec<Value>)> {
         let log = c.dir.path().join("py-participant.log");
         let mut cmd = python_command("ratify_py.participant", &log)?;
         cmd.arg("--listen")
@@ -124,6 +143,9 @@ impl PyParticipant {
         }
         if let Some(f) = failpoint {
             cmd.env(FAILPOINT_ENV, f);
+        }
+        if let Some(path) = span_log {
+            cmd.env(SPAN_LOG_ENV, path);
         }
         let mut child = cmd.spawn().context("cannot start the Python participant")?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -202,10 +224,21 @@ impl PyClient {
 
     /// Begins a transaction over `branches`; returns the gtrid and the xids in order.
     async fn begin(&mut self, branches: &[&str]) -> anyhow::Result<(String, Vec<Xid>)> {
+        self.begin_traced(branches, None).await
+    }
+
+    /// [`PyClient::begin`], sending `traceparent` (W3C) with the Begin call when given.
+    async fn begin_traced(
+        &mut self,
+        branches: &[&str],
+        traceparent: Option<&str>,
+    ) -> anyhow::Result<(String, Vec<Xid>)> {
         let specs: Vec<Value> = branches.iter().map(|ep| json!([ep, RESOURCE])).collect();
-        let a = self
-            .call(json!({"op": "begin", "branches": specs, "timeout_ms": 20_000}))
-            .await?;
+        let mut req = json!({"op": "begin", "branches": specs, "timeout_ms": 20_000});
+        if let Some(tp) = traceparent {
+            req["traceparent"] = json!(tp);
+        }
+        let a = self.call(req).await?;
         let gtrid = a["gtrid"].as_str().context("no gtrid")?.to_string();
         let xids = a["xids"]
             .as_array()
@@ -492,5 +525,99 @@ async fn python_client_follows_the_leader_across_a_leader_kill() -> anyhow::Resu
     assert_eq!(rust.store.balance("acct4")?, INITIAL + 5);
     assert_eq!(py.inspect(&xids[1], "acct4").await?["balance"], INITIAL - 5);
     assert_conserved(&rust, &mut py).await?;
+    Ok(())
+}
+
+/// The spans in a Python participant's span log (`RATIFY_PY_SPAN_LOG`) whose `xid`
+/// attribute is `xid`, once there is one for each of `ops` (waits up to 15 s: phase 2
+/// may end after the client's answer).
+async fn spans_of(path: &Path, xid: &Xid, ops: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let rendered = xid.render();
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let spans: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|s| s["name"] == "participant" && s["attributes"]["xid"] == json!(rendered))
+            .collect();
+        if ops
+            .iter()
+            .all(|op| spans.iter().any(|s| s["attributes"]["op"] == *op))
+        {
+            return Ok(spans);
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "no {ops:?} spans of {rendered} in {}: {text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Python client sends a traceparent with Begin and Commit; the coordinator
+/// carries the trace to the Python participant, whose prepare and commit spans have
+/// the client's trace id and, as parent, a coordinator `branch_call` span (not the
+/// client's span: the trace crossed the coordinator). The participant logs no line per
+/// branch at its default level (INFO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_clients_trace_reaches_the_python_participant_through_the_coordinator(
+) -> anyhow::Result<()> {
+    let c = TestCluster::start(&[]).await?;
+    let rust = RustBank::open(&c).await?;
+    let span_log = c.dir.path().join("py-spans.jsonl");
+    let (part, _) = PyParticipant::start_with(&c, "127.0.0.1:0", None, Some(&span_log)).await?;
+    let mut py = PyClient::start(&c, &c.nodes.api_endpoints()).await?;
+
+    let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
+    let client_span = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let (gtrid, xids) = py
+        .begin_traced(&[&rust.srv.endpoint, &part.endpoint], Some(&traceparent))
+        .await?;
+    rust.store.branch(&xids[0])?.debit("acct5", 3)?;
+    py.work("credit", &xids[1], "acct5", 3).await?;
+    let d = py
+        .call(json!({"op": "commit", "gtrid": gtrid, "traceparent": traceparent}))
+        .await?;
+    assert_decision(&d, "COMMITTED", "CLIENT_COMMIT");
+
+    let spans = spans_of(&span_log, &xids[1], &["prepare", "commit"]).await?;
+    let mut parents = Vec::new();
+    for op in ["prepare", "commit"] {
+        let s = spans
+            .iter()
+            .find(|s| s["attributes"]["op"] == op)
+            .context("checked by spans_of")?;
+        assert_eq!(
+            s["trace_id"],
+            json!(trace_id),
+            "{op}: the client's trace: {s}"
+        );
+        assert_eq!(s["kind"], "SERVER", "{s}");
+        assert_eq!(s["status"], "UNSET", "{s}");
+        assert_eq!(s["attributes"]["resource"], RESOURCE, "{s}");
+        assert_eq!(s["attributes"]["gtrid"], json!(gtrid), "{s}");
+        let parent = s["parent_span_id"].as_str().context("no parent span")?;
+        assert_ne!(
+            parent, client_span,
+            "{op}: the parent is the coordinator's branch_call span"
+        );
+        assert_ne!(parent, "0000000000000000", "{s}");
+        parents.push(parent.to_string());
+    }
+    assert_ne!(parents[0], parents[1], "each branch call has its own span");
+
+    rust.wait_settled().await?;
+    c.wait_all_completed(Duration::from_secs(20)).await?;
+    let log = std::fs::read_to_string(&part.log)?;
+    assert!(!log.contains(&gtrid), "no INFO line per branch:\n{log}");
+    assert!(
+        log.contains("serving resource"),
+        "start-up is logged:\n{log}"
+    );
+    assert_conserved(&rust, &mut py).await?;
+    drop(part);
     Ok(())
 }

@@ -7,6 +7,8 @@ Layout:
                leader discovery (the ``ratify-leader`` hint), retries and deadlines.
     store      a durable SQLite account store: the resource a participant hosts.
     server     the ``ratify.v1.Participant`` gRPC service over the store.
+    tracing    W3C trace context in and out of gRPC metadata (OpenTelemetry API).
+    spanlog    a JSON-lines span exporter (needs opentelemetry-sdk; tests, debugging).
     recovery   the in-doubt resolution loop (asks QueryOutcome for prepared branches).
     participant  command line: host the store as a participant process.
     driver     command line: a JSON-lines driver of the client, used by the Rust tests.

@@ -10,6 +10,12 @@ node after a jittered, doubling backoff. Codes that say the request itself is wr
 :class:`DeadlineExceeded`, which for Commit means "outcome unknown": the transaction
 may still commit, and a later Commit or GetTransaction returns what was decided.
 
+Every call carries the W3C trace context (``traceparent`` metadata, see
+:mod:`ratify_py.tracing`): the one passed as ``traceparent=`` to the method, else the
+app's current OpenTelemetry context, so the coordinator's spans of the transaction and
+the participants' spans join the app's trace. Without either nothing is added, and
+:attr:`ClientConfig.metadata` is sent as it is.
+
 Commit, Rollback, Enlist, GetTransaction and QueryOutcome are idempotent on the server,
 so retrying them is safe. Begin is not: a retried Begin can leave an orphan
 transaction behind, which is harmless (nothing was done in it, and the leader aborts it
@@ -26,6 +32,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 import grpc
 
+from ratify_py import tracing
 from ratify_py.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from ratify_py.xid import Xid, validate_gtrid
 
@@ -81,7 +88,7 @@ class DeadlineExceeded(RatifyError):
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Timeouts and backoff, in seconds."""
+    """Timeouts and backoff, in seconds, and metadata sent with every call."""
 
     #: Longest wait for one attempt (one RPC to one node).
     attempt_timeout: float = 3.0
@@ -91,6 +98,9 @@ class ClientConfig:
     backoff_initial: float = 0.02
     #: Largest pause (it doubles up to this, with jitter).
     backoff_max: float = 0.25
+    #: gRPC metadata sent with every call (lower-case keys), e.g. credentials. The
+    #: trace context is added to it (replacing any ``traceparent``/``tracestate``).
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,10 +248,16 @@ class CoordinatorClient:
         branches: Sequence[tuple[str, str]] = (),
         timeout_ms: int = 0,
         labels: Mapping[str, str] | None = None,
+        *,
+        traceparent: str | None = None,
     ) -> Begun:
         """Starts a transaction, enlisting ``branches`` (endpoint, resource) at once.
 
+        ``traceparent`` (here and in every method) is the W3C trace context to send,
+        overriding the current OpenTelemetry context.
+
         Raises:
+            ValueError: malformed ``traceparent``.
             Rejected: malformed input (nothing was started).
             DeadlineExceeded: no leader answered in time.
         """
@@ -250,10 +266,10 @@ class CoordinatorClient:
             labels=dict(labels or {}),
             branches=[coordinator_pb2.BranchSpec(endpoint=e, resource=r) for e, r in branches],
         )
-        resp = self._call("Begin", req)
+        resp = self._call("Begin", req, traceparent)
         return Begun(resp.gtrid, tuple(_branch(b) for b in resp.branches), resp.deadline_unix_ms)
 
-    def enlist(self, gtrid: str, endpoint: str, resource: str) -> Branch:
+    def enlist(self, gtrid: str, endpoint: str, resource: str, *, traceparent: str | None = None) -> Branch:
         """Adds a branch to an ACTIVE transaction (idempotent).
 
         Raises:
@@ -262,29 +278,29 @@ class CoordinatorClient:
         """
         spec = coordinator_pb2.BranchSpec(endpoint=endpoint, resource=resource)
         req = coordinator_pb2.EnlistRequest(gtrid=validate_gtrid(gtrid), branch=spec)
-        return _branch(self._call("Enlist", req).branch)
+        return _branch(self._call("Enlist", req, traceparent).branch)
 
-    def commit(self, gtrid: str) -> Decision:
+    def commit(self, gtrid: str, *, traceparent: str | None = None) -> Decision:
         """Runs two-phase commit; returns the recorded decision (idempotent).
 
         Raises:
             Rejected: unknown or malformed gtrid.
             DeadlineExceeded: outcome unknown; ask again later.
         """
-        resp = self._call("Commit", coordinator_pb2.CommitRequest(gtrid=validate_gtrid(gtrid)))
+        resp = self._call("Commit", coordinator_pb2.CommitRequest(gtrid=validate_gtrid(gtrid)), traceparent)
         return _decision(resp.outcome, resp.reason, resp.detail)
 
-    def rollback(self, gtrid: str) -> Decision:
+    def rollback(self, gtrid: str, *, traceparent: str | None = None) -> Decision:
         """Aborts unless already decided; returns the decision in force (idempotent).
 
         Raises:
             Rejected: unknown or malformed gtrid.
             DeadlineExceeded: no leader answered in time.
         """
-        resp = self._call("Rollback", coordinator_pb2.RollbackRequest(gtrid=validate_gtrid(gtrid)))
+        resp = self._call("Rollback", coordinator_pb2.RollbackRequest(gtrid=validate_gtrid(gtrid)), traceparent)
         return _decision(resp.outcome, resp.reason, resp.detail)
 
-    def get(self, gtrid: str) -> coordinator_pb2.Transaction:
+    def get(self, gtrid: str, *, traceparent: str | None = None) -> coordinator_pb2.Transaction:
         """One transaction as the coordinator knows it.
 
         Raises:
@@ -292,9 +308,9 @@ class CoordinatorClient:
             DeadlineExceeded: no leader answered in time.
         """
         req = coordinator_pb2.GetTransactionRequest(gtrid=validate_gtrid(gtrid))
-        return self._call("GetTransaction", req).transaction
+        return self._call("GetTransaction", req, traceparent).transaction
 
-    def query_outcome(self, xid: Xid) -> tuple[str, str]:
+    def query_outcome(self, xid: Xid, *, traceparent: str | None = None) -> tuple[str, str]:
         """(outcome, reason) of ``xid``'s transaction, as a participant asks it.
 
         The outcome is COMMITTED, ABORTED, IN_PROGRESS (ask later) or FORGOTTEN.
@@ -303,7 +319,8 @@ class CoordinatorClient:
             Rejected: malformed xid.
             DeadlineExceeded: no leader answered in time.
         """
-        resp = self._call("QueryOutcome", coordinator_pb2.QueryOutcomeRequest(xid=xid.to_pb()))
+        req = coordinator_pb2.QueryOutcomeRequest(xid=xid.to_pb())
+        resp = self._call("QueryOutcome", req, traceparent)
         return outcome_name(resp.outcome), reason_name(resp.reason)
 
     def leader(self) -> str | None:
@@ -345,13 +362,18 @@ class CoordinatorClient:
                 i = self._cursor
             return self.endpoints[i % len(self.endpoints)]
 
-    def _call(self, method: str, req: T) -> object:
+    def _call(self, method: str, req: T, traceparent: str | None = None) -> object:
         """Calls ``method`` on the leader, following hints and retrying until the deadline.
 
+        Every attempt sends :attr:`ClientConfig.metadata` and the trace context
+        (``traceparent``, else the current OpenTelemetry context, taken once).
+
         Raises:
+            ValueError: malformed ``traceparent``.
             Rejected, DeadlineExceeded.
         """
         cfg = self.config
+        metadata = tracing.outgoing(cfg.metadata, traceparent)
         deadline = time.monotonic() + cfg.deadline
         backoff = _Backoff(cfg.backoff_initial, cfg.backoff_max)
         addr = self._first_node()
@@ -363,7 +385,7 @@ class CoordinatorClient:
                 raise DeadlineExceeded(f"{method}: no answer within {cfg.deadline}s; last: {last_error}")
             rpc: Callable[..., object] = getattr(self._stub(addr), method)
             try:
-                resp = rpc(req, timeout=min(remaining, cfg.attempt_timeout))
+                resp = rpc(req, timeout=min(remaining, cfg.attempt_timeout), metadata=metadata)
             except grpc.RpcError as err:
                 code = err.code()
                 if code in REJECTIONS:

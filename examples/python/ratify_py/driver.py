@@ -4,11 +4,12 @@
 
 Reads one JSON request per line on stdin and answers one JSON line on stdout:
 
-    {"op": "begin", "branches": [["host:port", "accounts"], ...], "timeout_ms": 10000}
+    {"op": "begin", "branches": [["host:port", "accounts"], ...], "timeout_ms": 10000,
+     "traceparent": "00-<trace id>-<span id>-01"}      (traceparent optional)
         → {"ok": true, "gtrid": "...", "xids": ["52544659.<gtrid>.1", ...], "ms": 1.2}
     {"op": "debit" | "credit", "xid": "52544659...", "account": "acct1", "amount": 5}
         → {"ok": true}          (work on the Python store's branch, file --db)
-    {"op": "commit" | "rollback", "gtrid": "..."}
+    {"op": "commit" | "rollback", "gtrid": "...", "traceparent": "..."}   (optional)
         → {"ok": true, "outcome": "COMMITTED", "reason": "CLIENT_COMMIT", "detail": "", "ms": 3.4}
     {"op": "inspect", "xid": "...", "account": "acct1"}   (both optional)
         → {"ok": true, "total": 20000, "prepared": [...], "state": "prepared", "balance": 990}
@@ -60,7 +61,11 @@ class Driver:
 
     def begin(self, req: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
-        t = self.client.begin([tuple(b) for b in req.get("branches", [])], req.get("timeout_ms", 0))
+        t = self.client.begin(
+            [tuple(b) for b in req.get("branches", [])],
+            req.get("timeout_ms", 0),
+            traceparent=req.get("traceparent"),
+        )
         ms = (time.perf_counter() - start) * 1000
         return {"gtrid": t.gtrid, "xids": [b.xid.render() for b in t.branches], "ms": ms}
 
@@ -72,7 +77,7 @@ class Driver:
     def decide(self, req: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         call = self.client.commit if req["op"] == "commit" else self.client.rollback
-        d: Decision = call(req["gtrid"])
+        d: Decision = call(req["gtrid"], traceparent=req.get("traceparent"))
         ms = (time.perf_counter() - start) * 1000
         return {"outcome": d.outcome, "reason": d.reason, "detail": d.detail, "ms": ms}
 

@@ -6,8 +6,17 @@
 On start it runs one recovery round (so branches left in doubt by a crash are resolved
 before new work arrives), then serves and keeps a recovery loop running. It prints
 JSON lines on stdout: ``{"event": "listening", "endpoint": ...}`` once serving, and
-``{"event": "recovered", ...}`` for each recovery round that resolved something. Logs go
-to stderr. Stops on SIGTERM or SIGINT.
+``{"event": "recovered", ...}`` for each recovery round that resolved something. Stops
+on SIGTERM or SIGINT.
+
+Logs go to stderr. At INFO (the default, ``--log-level`` or ``$RATIFY_PY_LOG_LEVEL``):
+start-up, shutdown, recovery summaries and warnings; one line per branch call (with
+its trace id) at DEBUG.
+
+Tracing: each call's ``participant`` span continues the coordinator's trace (see
+:mod:`ratify_py.tracing`). Spans are exported only when a provider is installed: with
+``$RATIFY_PY_SPAN_LOG=<file>`` this command appends them to that file as JSON lines
+(:mod:`ratify_py.spanlog`); otherwise tracing is a no-op.
 """
 
 from __future__ import annotations
@@ -16,14 +25,21 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 
+from ratify_py import spanlog
 from ratify_py.client import ClientConfig, CoordinatorClient
 from ratify_py.recovery import RecoveryLoop, RecoveryReport
 from ratify_py.server import serve
 from ratify_py.store import AccountStore
+
+log = logging.getLogger("ratify_py.participant")
+
+#: Default of ``--log-level``.
+LOG_LEVEL_ENV = "RATIFY_PY_LOG_LEVEL"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accounts", type=int, default=20, help="create acct0..acctN-1 if missing")
     p.add_argument("--initial-balance", type=int, default=1000, help="opening balance of new accounts")
     p.add_argument("--recovery-interval", type=float, default=1.0, help="seconds between recovery rounds")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get(LOG_LEVEL_ENV, "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help=f"stderr log level (default: ${LOG_LEVEL_ENV} or INFO; DEBUG logs every branch call)",
+    )
     return p.parse_args(argv)
 
 
@@ -47,7 +70,10 @@ def emit(event: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the participant until SIGTERM/SIGINT."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="py-participant %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="py-participant %(levelname)s %(name)s: %(message)s")
+    provider = spanlog.install_from_env("ratify_py.participant")
+    if provider is not None:
+        log.info("writing spans to %s", os.environ[spanlog.SPAN_LOG_ENV])
     store = AccountStore(args.db)
     store.open_accounts([f"acct{i}" for i in range(args.accounts)], args.initial_balance)
     resources = {args.resource: store}
@@ -62,16 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     server, port = serve(resources, args.listen)
     host = args.listen.rpartition(":")[0]
     emit({"event": "listening", "endpoint": f"{host}:{port}"})
+    log.info("serving resource %s (%s) on %s:%d", args.resource, args.db, host, port)
     recovery.start(args.recovery_interval)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    log.info("stopping")
     recovery.stop()
     server.stop(grace=1.0).wait()
     client.close()
     store.close()
+    if provider is not None:
+        provider.shutdown()
+    log.info("stopped")
     return 0
 
 

@@ -8,6 +8,9 @@ logs the presumed abort first), so acting on the answer is safe:
 
     COMMITTED   → commit the branch       ABORTED    → roll it back
     IN_PROGRESS → ask again next round    FORGOTTEN  → leave it prepared, alert an operator
+
+Logs: one INFO line per round that committed or rolled back something (a summary),
+DEBUG for each branch asked about, WARNING/ERROR for what needs attention.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class RecoveryLoop:
                         report.needs_operator += 1
                     else:
                         report.in_doubt += 1
-                    log.info("in-doubt %s: coordinator says %s (%s)", xid, outcome, reason)
+                    log.debug("in-doubt %s: coordinator says %s (%s)", xid, outcome, reason)
                 except RatifyError as e:
                     log.warning("cannot resolve %s now: %s", xid, e)
                     report.errors += 1
@@ -83,6 +86,18 @@ class RecoveryLoop:
                     log.exception("resolving %s failed", xid)
                     report.errors += 1
         if not report.is_empty():
+            # One line per round that decided something; rounds that only found
+            # branches still in progress are routine (debug).
+            level = logging.INFO if report.committed or report.rolled_back or report.needs_operator else logging.DEBUG
+            log.log(
+                level,
+                "recovery round: %d committed, %d rolled back, %d in progress, %d need an operator, %d errors",
+                len(report.committed),
+                len(report.rolled_back),
+                report.in_doubt,
+                report.needs_operator,
+                report.errors,
+            )
             self.on_report(report)
         return report
 
