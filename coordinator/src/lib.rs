@@ -10,7 +10,7 @@
 //! - [`driver`]: leader-only 2PC engine (prepare fan-out, decisions, phase 2,
 //!   timeouts, failover recovery).
 //! - [`service`]: the gRPC services; the only place errors become `Status`. Also the
-//!   Prometheus endpoint.
+//!   Prometheus endpoint and the web console.
 //! - [`metrics`]: the node's counters and their Prometheus text rendering.
 //! - [`local`], [`netfault`]: local clusters of node processes, and a fault-injecting
 //!   proxy to cut nodes off (benchmarks, demos, tests, chaos).

@@ -185,28 +185,13 @@ impl CoordinatorService {
     }
 
     fn live_pb(&self, gtrid: Gtrid, rec: &TxnRecord) -> pb::Transaction {
-        let (state, outcome, reason, detail, decided) = match &rec.decision {
+        let state = rec.state(self.driver.is_preparing(gtrid.index));
+        let (outcome, reason, detail, decided) = match &rec.decision {
             Some(d) => {
                 let (o, r, det) = decision_fields(d);
-                let state = if rec.is_heuristic() {
-                    pb::TxnState::Heuristic
-                } else if d.commit {
-                    pb::TxnState::Committed
-                } else {
-                    pb::TxnState::Aborted
-                };
-                (state, o, r, det, d.decided_ms)
+                (o, r, det, d.decided_ms)
             }
-            None => {
-                let state = if rec.handed_over {
-                    pb::TxnState::OnePhase
-                } else if rec.committing || self.driver.is_preparing(gtrid.index) {
-                    pb::TxnState::Preparing
-                } else {
-                    pb::TxnState::Active
-                };
-                (state, pb::Outcome::InProgress as i32, 0, String::new(), 0)
-            }
+            None => (pb::Outcome::InProgress as i32, 0, String::new(), 0),
         };
         pb::Transaction {
             gtrid: gtrid.to_string(),
