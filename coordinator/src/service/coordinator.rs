@@ -524,4 +524,25 @@ impl Admin for CoordinatorService {
             cluster_id: format!("{cluster:016x}"),
         }))
     }
+
+    async fn add_member(
+        &self,
+        _req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        Err(Status::unimplemented("membership changes: not yet"))
+    }
+
+    async fn remove_member(
+        &self,
+        _req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        Err(Status::unimplemented("membership changes: not yet"))
+    }
+
+    async fn replace_member(
+        &self,
+        _req: Request<pb::ReplaceMemberRequest>,
+    ) -> Result<Response<pb::ReplaceMemberResponse>, Status> {
+        Err(Status::unimplemented("membership changes: not yet"))
+    }
 }
