@@ -1,5 +1,6 @@
 //! Wires one coordinator node: stores, Raft, driver, and the two gRPC servers (the
-//! client/admin API and, on its own port, the internal Raft service).
+//! client/admin API with the standard health and reflection services and, on its own
+//! port, the internal Raft service).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -75,6 +76,9 @@ pub enum StartError {
     /// A server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built (a descriptor set did not decode).
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// The metrics server failed.
     #[error("metrics server: {0}")]
     Metrics(#[source] std::io::Error),
@@ -145,13 +149,32 @@ fn write_marker(
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Binds a listen address given as `ip:port` or `host:port` (a DNS name, such as
+/// `localhost` or a pod's own name, is resolved and its first address that binds is
+/// used).
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    let sa: SocketAddr = addr
-        .parse()
-        .map_err(|_| StartError::Config(format!("listen address {addr:?} is not ip:port")))?;
-    TcpListener::bind(sa)
-        .await
-        .map_err(|e| StartError::Bind(addr.to_string(), e))
+    let addrs: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
+        Ok(sa) => vec![sa],
+        Err(_) => tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| {
+                StartError::Config(format!(
+                    "listen address {addr:?} is not ip:port or a host:port that resolves: {e}"
+                ))
+            })?
+            .collect(),
+    };
+    let mut last = None;
+    for sa in addrs {
+        match TcpListener::bind(sa).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => StartError::Bind(addr.to_string(), e),
+        None => StartError::Config(format!("listen address {addr:?} resolves to no address")),
+    })
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -209,6 +232,13 @@ pub async fn run(
             stopped(stop_rx.clone()),
         ))
     });
+    let (health_reporter, health_service) = crate::service::health::health_service().await;
+    let health_task = tokio::spawn(crate::service::health::track(
+        config.id,
+        driver.clone(),
+        health_reporter,
+        stop_rx.clone(),
+    ));
     let service = CoordinatorService::new(driver, log);
 
     let raft_server = tonic::transport::Server::builder()
@@ -221,6 +251,9 @@ pub async fn run(
     let api_server = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(service.clone()).max_decoding_message_size(1024 * 1024))
         .add_service(AdminServer::new(service))
+        .add_service(health_service)
+        .add_service(crate::service::health::reflection_v1()?)
+        .add_service(crate::service::health::reflection_v1alpha()?)
         .serve_with_incoming_shutdown(nodelay(api_listener), stopped(stop_rx));
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
@@ -271,6 +304,7 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
+    let _ = health_task.await;
     let _ = raft.shutdown().await;
     for task in [raft_task, api_task] {
         if let Ok(Err(e)) = task.await {

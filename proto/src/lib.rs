@@ -6,6 +6,7 @@
 //!   (`Coordinator`, `Admin`, `Participant`).
 //! - [`raft_pb`]: the internal node-to-node Raft service; never exposed to clients.
 //! - [`trace`]: the W3C `traceparent` every call may carry, bridged to `tracing` spans.
+//! - [`FILE_DESCRIPTOR_SET`]: the public services' descriptors, for server reflection.
 
 /// Generated code for the public `ratify.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -20,6 +21,11 @@ pub mod raft_pb {
 }
 
 pub mod trace;
+
+/// The encoded `FileDescriptorSet` of the public `ratify.v1` files (common,
+/// coordinator, participant; not the internal Raft service), for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ratify_descriptor");
 
 /// Metadata key that carries the leader's client address (`host:port`) on an
 /// UNAVAILABLE answer from a node that is not the leader.

@@ -6,9 +6,12 @@
 //! - [`raft`]: the internal `Raft` service (served on its own port).
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (plain HTTP, its own port).
 //! - [`console`]: the web console and its JSON document, on the metrics port.
+//! - [`health`]: the standard `grpc.health.v1.Health` (following the node's role) and
+//!   server reflection, on the client port.
 
 pub mod console;
 pub mod coordinator;
+pub mod health;
 pub mod metrics;
 pub mod raft;
 
