@@ -9,6 +9,8 @@
 //!   real fdatasync, state machine snapshots in a synced file, Raft network).
 //! - [`driver`]: leader-only 2PC engine (prepare fan-out, decisions, phase 2,
 //!   timeouts, failover recovery).
+//! - [`membership`]: membership changes (add, remove, replace a node; the quorum
+//!   check), run by the leader for the Admin service.
 //! - [`service`]: the gRPC services; the only place errors become `Status`. Also the
 //!   Prometheus endpoint and the web console.
 //! - [`metrics`]: the node's counters and their Prometheus text rendering.
@@ -23,6 +25,7 @@
 
 pub mod driver;
 pub mod local;
+pub mod membership;
 pub mod metrics;
 pub mod netfault;
 pub mod raft;

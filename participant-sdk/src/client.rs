@@ -622,6 +622,83 @@ impl CoordinatorClient {
         .await
     }
 
+    /// Adds node `id` (at `raft_addr`, `api_addr`) to the cluster as a voter
+    /// (`Admin.AddMember`): the leader adds it as a learner, waits until it has caught
+    /// up, then promotes it. The node must be running (`ratify node` without
+    /// `--init`). Safe to retry: adding a voter with the same addresses answers
+    /// `changed` false. A change can take a minute (a new node fetching the log): use
+    /// a client whose [`ClientConfig::attempt_timeout`] allows for it.
+    ///
+    /// # Errors
+    /// [`ClientError::Rejected`] (INVALID_ARGUMENT, ALREADY_EXISTS, FAILED_PRECONDITION
+    /// "would lose the quorum: ..." and the other refusals; nothing changed),
+    /// [`ClientError::DeadlineExceeded`].
+    pub async fn add_member(
+        &self,
+        id: u64,
+        raft_addr: &str,
+        api_addr: &str,
+    ) -> Result<pb::AddMemberResponse, ClientError> {
+        let request = pb::AddMemberRequest {
+            id,
+            raft_addr: raft_addr.to_owned(),
+            api_addr: api_addr.to_owned(),
+        };
+        self.leader_call("add_member", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch).add_member(r).await
+        })
+        .instrument(tracing::info_span!("coordinator", op = "add_member", id))
+        .await
+    }
+
+    /// Removes member `id`, voter or learner (`Admin.RemoveMember`). Safe to retry:
+    /// removing a node that is not a member answers `changed` false.
+    ///
+    /// # Errors
+    /// As [`CoordinatorClient::add_member`].
+    pub async fn remove_member(&self, id: u64) -> Result<pb::RemoveMemberResponse, ClientError> {
+        let request = pb::RemoveMemberRequest { id };
+        self.leader_call("remove_member", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch).remove_member(r).await
+        })
+        .instrument(tracing::info_span!("coordinator", op = "remove_member", id))
+        .await
+    }
+
+    /// Replaces voter `old_id` (typically dead) by the new node `new_id` at
+    /// `raft_addr`, `api_addr`, in one call (`Admin.ReplaceMember`): the new node is
+    /// added as a learner and, once caught up, swapped in by one joint change. Safe to
+    /// retry.
+    ///
+    /// # Errors
+    /// As [`CoordinatorClient::add_member`].
+    pub async fn replace_member(
+        &self,
+        old_id: u64,
+        new_id: u64,
+        raft_addr: &str,
+        api_addr: &str,
+    ) -> Result<pb::ReplaceMemberResponse, ClientError> {
+        let request = pb::ReplaceMemberRequest {
+            old_id,
+            new_id,
+            raft_addr: raft_addr.to_owned(),
+            api_addr: api_addr.to_owned(),
+        };
+        self.leader_call("replace_member", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch)
+                .replace_member(r)
+                .await
+        })
+        .instrument(tracing::info_span!(
+            "coordinator",
+            op = "replace_member",
+            old_id,
+            new_id
+        ))
+        .await
+    }
+
     /// Health and Raft state of one node: `endpoint` if given (one attempt), else
     /// any configured node that answers (retried until the deadline).
     ///

@@ -14,12 +14,13 @@ use tracing::Instrument;
 use super::to_status;
 use crate::driver::participants::endpoint_uri;
 use crate::driver::{xid_pb, DriveError, Driver, QueryAnswer};
+use crate::membership::{self, Membership};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
     BranchRecord, BranchSpec, Decision, Lookup, Seed, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES,
     MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
 };
-use crate::types::Gtrid;
+use crate::types::{Gtrid, NodeInfo};
 
 /// The span of a client's call about a transaction: the root of the coordinator's
 /// part of its trace, a child of the `traceparent` the client sent if any
@@ -45,12 +46,18 @@ pub struct CoordinatorService {
     driver: Driver,
     /// For the sync counter in cluster status.
     log: LogStore,
+    /// Membership changes (leader only, one at a time).
+    membership: Membership,
 }
 
 impl CoordinatorService {
     /// Creates the service.
     pub fn new(driver: Driver, log: LogStore) -> Self {
-        Self { driver, log }
+        Self {
+            membership: Membership::new(driver.clone()),
+            driver,
+            log,
+        }
     }
 }
 
@@ -527,22 +534,74 @@ impl Admin for CoordinatorService {
 
     async fn add_member(
         &self,
-        _req: Request<pb::AddMemberRequest>,
+        req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        Err(Status::unimplemented("membership changes: not yet"))
+        let r = req.into_inner();
+        let node = NodeInfo {
+            raft_addr: r.raft_addr,
+            api_addr: r.api_addr,
+        };
+        let m = self.membership.clone();
+        let changed = detached(async move { m.add(r.id, node).await }).await?;
+        Ok(Response::new(pb::AddMemberResponse {
+            changed,
+            members: members_pb(&self.membership),
+        }))
     }
 
     async fn remove_member(
         &self,
-        _req: Request<pb::RemoveMemberRequest>,
+        req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        Err(Status::unimplemented("membership changes: not yet"))
+        let id = req.into_inner().id;
+        let m = self.membership.clone();
+        let changed = detached(async move { m.remove(id).await }).await?;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            changed,
+            members: members_pb(&self.membership),
+        }))
     }
 
     async fn replace_member(
         &self,
-        _req: Request<pb::ReplaceMemberRequest>,
+        req: Request<pb::ReplaceMemberRequest>,
     ) -> Result<Response<pb::ReplaceMemberResponse>, Status> {
-        Err(Status::unimplemented("membership changes: not yet"))
+        let r = req.into_inner();
+        let node = NodeInfo {
+            raft_addr: r.raft_addr,
+            api_addr: r.api_addr,
+        };
+        let m = self.membership.clone();
+        let changed = detached(async move { m.replace(r.old_id, r.new_id, node).await }).await?;
+        Ok(Response::new(pb::ReplaceMemberResponse {
+            changed,
+            members: members_pb(&self.membership),
+        }))
     }
+}
+
+/// Runs a membership change on a task of its own, so a client that hangs up (or
+/// whose deadline passes) cannot stop it between its steps.
+async fn detached(
+    change: impl std::future::Future<Output = Result<bool, membership::MembershipError>>
+        + Send
+        + 'static,
+) -> Result<bool, Status> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| Status::internal(format!("the membership change failed: {e}")))?
+        .map_err(super::membership_status)
+}
+
+/// The membership in force on this node, in id order.
+fn members_pb(m: &Membership) -> Vec<pb::Member> {
+    membership::members(&m.current())
+        .into_iter()
+        .map(|(id, n, voter)| pb::Member {
+            id,
+            raft_addr: n.raft_addr,
+            api_addr: n.api_addr,
+            voter,
+        })
+        .collect()
 }

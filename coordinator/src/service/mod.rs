@@ -46,3 +46,16 @@ pub fn to_status(e: DriveError) -> Status {
         DriveError::Unavailable(m) => Status::unavailable(m),
     }
 }
+
+/// Maps a refused or unfinished membership change to a gRPC status (a
+/// not-the-leader answer carries the hint, as [`to_status`] does).
+pub fn membership_status(e: crate::membership::MembershipError) -> Status {
+    use crate::membership::MembershipError as E;
+    match e {
+        E::NotLeader(leader) => to_status(DriveError::NotLeader(leader)),
+        E::Invalid(m) => Status::invalid_argument(m),
+        E::AlreadyExists(m) => Status::already_exists(m),
+        E::Precondition(m) => Status::failed_precondition(m),
+        E::Unavailable(m) => Status::unavailable(m),
+    }
+}
