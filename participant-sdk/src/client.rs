@@ -659,7 +659,9 @@ impl CoordinatorClient {
     pub async fn remove_member(&self, id: u64) -> Result<pb::RemoveMemberResponse, ClientError> {
         let request = pb::RemoveMemberRequest { id };
         self.leader_call("remove_member", request, |ch, r| async move {
-            pb::admin_client::AdminClient::new(ch).remove_member(r).await
+            pb::admin_client::AdminClient::new(ch)
+                .remove_member(r)
+                .await
         })
         .instrument(tracing::info_span!("coordinator", op = "remove_member", id))
         .await
@@ -738,6 +740,61 @@ impl CoordinatorClient {
                 message: format!("{:?}: {}", s.code(), s.message()),
             }),
         }
+    }
+
+    /// An operator's action on `gtrid` (`Admin.ResolveTransaction`): abort it,
+    /// commit it (only if every branch is prepared), or mark its heuristic outcome
+    /// settled; `operator` and `reason` go into the transaction's audit trail.
+    /// Idempotent: a repeated call answers the recorded outcome (`changed` false).
+    ///
+    /// # Errors
+    /// [`ClientError::Rejected`] (FAILED_PRECONDITION when the action is not allowed
+    /// in the transaction's state, with the reason; INVALID_ARGUMENT), or
+    /// [`ClientError::DeadlineExceeded`].
+    pub async fn resolve(
+        &self,
+        gtrid: &str,
+        action: pb::ResolveAction,
+        operator: &str,
+        reason: &str,
+    ) -> Result<pb::ResolveTransactionResponse, ClientError> {
+        validate_gtrid(gtrid)?;
+        let request = pb::ResolveTransactionRequest {
+            gtrid: gtrid.to_owned(),
+            action: action.into(),
+            operator: operator.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.leader_call("resolve", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch)
+                .resolve_transaction(r)
+                .await
+        })
+        .instrument(tracing::info_span!("coordinator", op = "resolve", gtrid))
+        .await
+    }
+
+    /// Live transactions that need a person (`Admin.ListNeedingAttention`): heuristic
+    /// outcomes, and phase 2 or branch calls stuck for `stuck_after` or longer.
+    ///
+    /// # Errors
+    /// [`ClientError::Rejected`], [`ClientError::DeadlineExceeded`].
+    pub async fn needing_attention(
+        &self,
+        stuck_after: Duration,
+        page_size: u32,
+    ) -> Result<pb::ListNeedingAttentionResponse, ClientError> {
+        let request = pb::ListNeedingAttentionRequest {
+            stuck_after_ms: u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX),
+            page_size,
+        };
+        self.leader_call("needing_attention", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch)
+                .list_needing_attention(r)
+                .await
+        })
+        .instrument(tracing::info_span!("coordinator", op = "needing_attention"))
+        .await
     }
 
     /// A call only the leader serves.

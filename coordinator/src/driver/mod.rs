@@ -9,6 +9,7 @@
 //! - [`participants`]: calls to participants and the mapping of their answers.
 //! - [`phase2`]: phase-2 fan-out with retries, and batched completion.
 //! - [`leader`]: leadership tracking, the timeout scanner and failover recovery.
+//! - [`operator`]: operator resolution (abort, commit, settle a heuristic outcome).
 //!
 //! One driver per transaction: commits of the same gtrid on this node share one
 //! run (`Runs::slots`), and every write is a Raft proposal, so a deposed leader's late
@@ -31,6 +32,7 @@
 
 mod batcher;
 mod leader;
+mod operator;
 pub mod participants;
 mod phase2;
 
@@ -52,6 +54,7 @@ use crate::txn::{
 };
 use crate::types::typ::{Raft, RaftError};
 use crate::types::{now_ms, Gtrid, NodeId, NodeInfo};
+pub use operator::{OperatorRequest, Resolution};
 use participants::{ParticipantPool, Phase2Outcome, PrepareOutcome};
 
 /// Tunables of the driver.
@@ -1529,6 +1532,7 @@ fn decision(commit: bool, reason: Reason, detail: String) -> Decision {
         reason,
         detail: crate::txn::cut_detail(detail),
         decided_ms: now_ms(),
+        audit: Default::default(),
     }
 }
 
@@ -1597,7 +1601,8 @@ fn refusal(r: Refusal) -> DriveError {
         | Refusal::TooManyBranches
         | Refusal::BranchSetChanged { .. }
         | Refusal::HandedOver
-        | Refusal::Committing => DriveError::Precondition(r.to_string()),
+        | Refusal::Committing
+        | Refusal::NoHeuristic => DriveError::Precondition(r.to_string()),
     }
 }
 

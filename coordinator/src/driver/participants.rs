@@ -23,6 +23,9 @@ pub fn endpoint_uri(endpoint: &str) -> String {
 /// Largest participant answer accepted.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Largest Recover answer accepted (a list of every prepared xid of a resource).
+const MAX_RECOVER_BYTES: usize = 16 * 1024 * 1024;
+
 /// A participant's answer to prepare, as the driver sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrepareOutcome {
@@ -261,6 +264,31 @@ impl ParticipantPool {
                     resp.result
                 )),
             },
+        }
+    }
+
+    /// The xids `resource` at `endpoint` holds prepared (its Recover answer), bounded
+    /// by `timeout`. Used to check that a branch is prepared before an operator
+    /// commits (docs/design.md, rule 17); the list may be long, so it is allowed up
+    /// to [`MAX_RECOVER_BYTES`].
+    pub async fn recover(
+        &self,
+        endpoint: &str,
+        resource: &str,
+        timeout: Duration,
+    ) -> Result<Vec<pb::Xid>, String> {
+        let client = self
+            .client(endpoint)?
+            .max_decoding_message_size(MAX_RECOVER_BYTES);
+        let mut req = tonic::Request::new(pb::RecoverRequest {
+            resource: resource.to_string(),
+        });
+        req.set_timeout(timeout);
+        let mut client = client;
+        match tokio::time::timeout(timeout, client.recover(req)).await {
+            Err(_) => Err(format!("{endpoint}: no answer within {timeout:?}")),
+            Ok(Err(status)) => Err(format!("{endpoint}/{resource}: {status}")),
+            Ok(Ok(resp)) => Ok(resp.into_inner().xids),
         }
     }
 

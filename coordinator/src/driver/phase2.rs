@@ -194,6 +194,7 @@ impl Driver {
                 committed,
                 detail,
                 at_ms: now_ms(),
+                settled: false,
             },
         };
         match self.propose(cmd).await {

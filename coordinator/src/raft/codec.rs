@@ -12,9 +12,10 @@ use serde::Serialize;
 /// retention by completion order. 4: commit markers, acknowledgements, pinned
 /// abandoned aborts (3 was only ever on a development branch: its variants were
 /// numbered differently). 5: no Begin or Enlist entries; number reservations, `Open`
-/// records and the forgotten mark (docs/design.md, rule 16). Any change to a persisted
-/// type's layout bumps it.
-const VERSION: u8 = 5;
+/// records and the forgotten mark (docs/design.md, rule 16). 6: operator audit trails
+/// on decisions, settled heuristic outcomes (rule 17). Any change to a persisted type's
+/// layout bumps it.
+const VERSION: u8 = 6;
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +90,9 @@ mod tests {
     /// bumping VERSION fails here.
     #[test]
     fn command_layout_is_pinned() {
-        use crate::txn::{Command, Proposal};
+        use crate::txn::{
+            AuditEntry, AuditTrail, Command, Decision, OperatorAction, Proposal, Reason,
+        };
         let p = Proposal {
             commands: vec![
                 Command::Reserve { upto: 7 },
@@ -103,12 +106,35 @@ mod tests {
                     now_ms: 9,
                     abandoned: vec![],
                 },
+                Command::Decide {
+                    txn: 5,
+                    decision: Decision {
+                        commit: true,
+                        reason: Reason::Operator,
+                        detail: String::new(),
+                        decided_ms: 9,
+                        audit: AuditTrail::default(),
+                    },
+                    prepared_branches: Some(2),
+                    skip_phase2: vec![],
+                    complete: false,
+                    round: 0,
+                },
+                Command::SettleHeuristic {
+                    txn: 5,
+                    audit: AuditEntry {
+                        operator: "o".into(),
+                        action: OperatorAction::Commit,
+                        reason: "r".into(),
+                        at_ms: 9,
+                    },
+                },
             ],
         };
         let bytes = encode(&p).expect("encode");
         let expected: Vec<u8> = [
             &[VERSION][..],
-            &3u64.to_le_bytes(),
+            &5u64.to_le_bytes(),
             &1u32.to_le_bytes(),
             &7u64.to_le_bytes(),
             &9u32.to_le_bytes(),
@@ -120,6 +146,28 @@ mod tests {
             &5u64.to_le_bytes(),
             &9u64.to_le_bytes(),
             &0u64.to_le_bytes(),
+            // Decide
+            &4u32.to_le_bytes(),
+            &5u64.to_le_bytes(),
+            &[1u8],
+            &6u32.to_le_bytes(),
+            &0u64.to_le_bytes(),
+            &9u64.to_le_bytes(),
+            &[0u8],
+            &[1u8],
+            &2u32.to_le_bytes(),
+            &0u64.to_le_bytes(),
+            &[0u8],
+            &0u64.to_le_bytes(),
+            // SettleHeuristic
+            &11u32.to_le_bytes(),
+            &5u64.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            b"o",
+            &1u32.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            b"r",
+            &9u64.to_le_bytes(),
         ]
         .concat();
         assert_eq!(bytes, expected);

@@ -140,6 +140,7 @@ async fn a_large_snapshot_is_durable_before_the_log_is_purged() -> anyhow::Resul
                             reason: Reason::ClientCommit,
                             detail: String::new(),
                             decided_ms: 2,
+                            audit: Default::default(),
                         },
                         prepared_branches: Some(0),
                         skip_phase2: vec![],

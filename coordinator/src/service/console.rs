@@ -779,6 +779,7 @@ mod tests {
             },
             detail: String::new(),
             decided_ms,
+            audit: Default::default(),
         });
         rec
     }
@@ -832,6 +833,7 @@ mod tests {
             committed: true,
             detail: "<img src=x onerror=alert(1)>".into(),
             at_ms: NOW - 3_000,
+            settled: false,
         });
         heur.branches[0].skip_phase2 = true;
         table.live.insert(2, heur);

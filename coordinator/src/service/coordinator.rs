@@ -13,12 +13,12 @@ use tracing::Instrument;
 
 use super::to_status;
 use crate::driver::participants::endpoint_uri;
-use crate::driver::{xid_pb, DriveError, Driver, QueryAnswer};
+use crate::driver::{xid_pb, DriveError, Driver, OperatorRequest, QueryAnswer};
 use crate::membership::{self, Membership};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
-    BranchRecord, BranchSpec, Decision, Lookup, Seed, TxnRecord, MAX_BRANCHES, MAX_ENDPOINT_BYTES,
-    MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
+    BranchRecord, BranchSpec, Decision, Lookup, OperatorAction, Seed, TxnRecord, MAX_BRANCHES,
+    MAX_ENDPOINT_BYTES, MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::types::{Gtrid, NodeInfo};
 
@@ -168,6 +168,24 @@ fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
     }
 }
 
+/// The operator actions recorded with `d`.
+fn audit_pb(d: &Decision) -> Vec<pb::AuditEntry> {
+    d.audit
+        .entries()
+        .iter()
+        .map(|a| pb::AuditEntry {
+            operator: a.operator.clone(),
+            action: match a.action {
+                OperatorAction::Abort => pb::ResolveAction::Abort,
+                OperatorAction::Commit => pb::ResolveAction::Commit,
+                OperatorAction::SettleHeuristic => pb::ResolveAction::SettleHeuristic,
+            } as i32,
+            reason: a.reason.clone(),
+            at_unix_ms: a.at_ms,
+        })
+        .collect()
+}
+
 /// A Commit or Rollback answer: the decision, or FORGOTTEN (a domain answer, in the
 /// response, not a status).
 fn answer_fields(r: Result<Decision, DriveError>) -> Result<(i32, i32, String), Status> {
@@ -222,6 +240,7 @@ impl CoordinatorService {
             created_unix_ms: rec.created_ms,
             deadline_unix_ms: rec.deadline_ms,
             decided_unix_ms: decided,
+            audit: rec.decision.as_ref().map(audit_pb).unwrap_or_default(),
         }
     }
 
@@ -229,6 +248,99 @@ impl CoordinatorService {
     /// first entry is on its way).
     fn memory_pb(&self, gtrid: Gtrid, seed: Seed) -> pb::Transaction {
         self.live_pb(gtrid, &seed.into_record())
+    }
+
+    /// Where `gtrid` stands, for Get and for an operator's answer.
+    fn transaction_pb(&self, gtrid: Gtrid) -> Result<pb::Transaction, Status> {
+        let memory = self.driver.held(gtrid.index);
+        let sm = self.driver.sm().read();
+        let txn = match (sm.table.lookup(gtrid.index), &memory) {
+            (Lookup::Absent | Lookup::Unknown, Some(seed)) => self.memory_pb(gtrid, seed.clone()),
+            (Lookup::Live(rec), _) => self.live_pb(gtrid, rec),
+            (Lookup::Finished(f), _) => {
+                let (outcome, reason, detail) = decision_fields(&f.decision);
+                pb::Transaction {
+                    gtrid: gtrid.to_string(),
+                    state: pb::TxnState::Completed as i32,
+                    outcome,
+                    reason,
+                    detail,
+                    decided_unix_ms: f.decision.decided_ms,
+                    audit: audit_pb(&f.decision),
+                    ..Default::default()
+                }
+            }
+            (Lookup::Forgotten, _) => pb::Transaction {
+                gtrid: gtrid.to_string(),
+                state: pb::TxnState::Completed as i32,
+                outcome: pb::Outcome::Forgotten as i32,
+                detail: format!(
+                    "transaction {gtrid} completed and its outcome was forgotten (older than \
+                     the coordinator's outcome retention)"
+                ),
+                ..Default::default()
+            },
+            (Lookup::Unknown, _) => {
+                return Err(to_status(DriveError::NotFound(format!(
+                    "no transaction {gtrid}"
+                ))))
+            }
+            (Lookup::Absent, _) => {
+                return Err(to_status(DriveError::NotFound(format!(
+                    "no record of transaction {gtrid}: begun on a leader that failed before \
+                     it committed; it is aborted once asked about"
+                ))))
+            }
+        };
+        Ok(txn)
+    }
+
+    /// Why a live transaction needs a person (empty: it does not): a heuristic
+    /// outcome, phase 2 pending longer than `stuck_after_ms`, a branch whose calls
+    /// have failed for longer than that.
+    fn attention(
+        &self,
+        gtrid: Gtrid,
+        rec: &TxnRecord,
+        now: u64,
+        stuck_after_ms: u64,
+    ) -> Vec<String> {
+        let mut why = Vec::new();
+        for b in &rec.branches {
+            if let Some(h) = b.heuristic.as_ref().filter(|h| !h.settled) {
+                why.push(format!(
+                    "heuristic outcome on branch {}: {}",
+                    b.bqual, h.detail
+                ));
+            }
+        }
+        if let Some(d) = &rec.decision {
+            let pending = now.saturating_sub(d.decided_ms);
+            if pending >= stuck_after_ms && rec.pending_phase2().next().is_some() {
+                why.push(format!(
+                    "phase 2 ({}) pending for {} s",
+                    if d.commit { "commit" } else { "rollback" },
+                    pending / 1000
+                ));
+            }
+        }
+        for b in &rec.branches {
+            if let Some(t) = self.driver.trouble(gtrid.index, b.bqual) {
+                let failing = now.saturating_sub(t.since_ms);
+                if failing >= stuck_after_ms {
+                    why.push(format!(
+                        "branch {} ({}/{}) failing for {} s ({} calls): {}",
+                        b.bqual,
+                        b.spec.endpoint,
+                        b.spec.resource,
+                        failing / 1000,
+                        t.attempts,
+                        t.last_error
+                    ));
+                }
+            }
+        }
+        why
     }
 
     /// Every call is served by a caught-up leader, so that clients see one history.
@@ -348,45 +460,7 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
-        let memory = self.driver.held(gtrid.index);
-        let sm = self.driver.sm().read();
-        let txn = match (sm.table.lookup(gtrid.index), &memory) {
-            (Lookup::Absent | Lookup::Unknown, Some(seed)) => self.memory_pb(gtrid, seed.clone()),
-            (Lookup::Live(rec), _) => self.live_pb(gtrid, rec),
-            (Lookup::Finished(f), _) => {
-                let (outcome, reason, detail) = decision_fields(&f.decision);
-                pb::Transaction {
-                    gtrid: gtrid.to_string(),
-                    state: pb::TxnState::Completed as i32,
-                    outcome,
-                    reason,
-                    detail,
-                    decided_unix_ms: f.decision.decided_ms,
-                    ..Default::default()
-                }
-            }
-            (Lookup::Forgotten, _) => pb::Transaction {
-                gtrid: gtrid.to_string(),
-                state: pb::TxnState::Completed as i32,
-                outcome: pb::Outcome::Forgotten as i32,
-                detail: format!(
-                    "transaction {gtrid} completed and its outcome was forgotten (older than \
-                     the coordinator's outcome retention)"
-                ),
-                ..Default::default()
-            },
-            (Lookup::Unknown, _) => {
-                return Err(to_status(DriveError::NotFound(format!(
-                    "no transaction {gtrid}"
-                ))))
-            }
-            (Lookup::Absent, _) => {
-                return Err(to_status(DriveError::NotFound(format!(
-                    "no record of transaction {gtrid}: begun on a leader that failed before \
-                     it committed; it is aborted once asked about"
-                ))))
-            }
-        };
+        let txn = self.transaction_pb(gtrid)?;
         Ok(Response::new(pb::GetTransactionResponse {
             transaction: Some(txn),
         }))
@@ -493,6 +567,81 @@ impl Coordinator for CoordinatorService {
 
 #[tonic::async_trait]
 impl Admin for CoordinatorService {
+    async fn resolve_transaction(
+        &self,
+        req: Request<pb::ResolveTransactionRequest>,
+    ) -> Result<Response<pb::ResolveTransactionResponse>, Status> {
+        let req = req.into_inner();
+        let action = match pb::ResolveAction::try_from(req.action) {
+            Ok(pb::ResolveAction::Abort) => OperatorAction::Abort,
+            Ok(pb::ResolveAction::Commit) => OperatorAction::Commit,
+            Ok(pb::ResolveAction::SettleHeuristic) => OperatorAction::SettleHeuristic,
+            Ok(pb::ResolveAction::Unspecified) | Err(_) => {
+                return Err(invalid(format!(
+                    "action {} is not ABORT, COMMIT or SETTLE_HEURISTIC",
+                    req.action
+                )))
+            }
+        };
+        let gtrid = self.leader_gtrid(&req.gtrid).await?;
+        let resolution = self
+            .driver
+            .operator_action(
+                gtrid,
+                OperatorRequest {
+                    action,
+                    operator: req.operator,
+                    reason: req.reason,
+                },
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ResolveTransactionResponse {
+            changed: resolution.changed,
+            transaction: Some(self.transaction_pb(gtrid)?),
+        }))
+    }
+
+    async fn list_needing_attention(
+        &self,
+        req: Request<pb::ListNeedingAttentionRequest>,
+    ) -> Result<Response<pb::ListNeedingAttentionResponse>, Status> {
+        self.leader_only().await?;
+        let req = req.into_inner();
+        let stuck_after_ms = match req.stuck_after_ms {
+            0 => 30_000,
+            ms => ms,
+        };
+        let page_size = match req.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let now = crate::types::now_ms();
+        let mut found = Vec::new();
+        {
+            let sm = self.driver.sm().read();
+            let cluster = sm.table.cluster_id;
+            for (&index, rec) in &sm.table.live {
+                let gtrid = Gtrid { cluster, index };
+                let why = self.attention(gtrid, rec, now, stuck_after_ms);
+                if !why.is_empty() {
+                    found.push(pb::NeedingAttention {
+                        transaction: Some(self.live_pb(gtrid, rec)),
+                        why,
+                        age_ms: now.saturating_sub(rec.created_ms),
+                    });
+                }
+            }
+        }
+        found.sort_by_key(|n| std::cmp::Reverse(n.age_ms));
+        let truncated = found.len() > page_size;
+        found.truncate(page_size);
+        Ok(Response::new(pb::ListNeedingAttentionResponse {
+            transactions: found,
+            truncated,
+        }))
+    }
+
     async fn cluster_status(
         &self,
         _req: Request<pb::ClusterStatusRequest>,

@@ -129,6 +129,80 @@ pub struct Decision {
     pub detail: String,
     /// When it was decided, leader clock, Unix ms.
     pub decided_ms: u64,
+    /// What operators did to the transaction (decided it, settled its heuristic
+    /// outcome), oldest first; kept with the outcome (docs/design.md, rule 17).
+    pub audit: AuditTrail,
+}
+
+/// One operator action, as logged: who, why, what and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Who acted (the operator's name as given; an authenticated identity once
+    /// the API has them), at most [`MAX_OPERATOR_BYTES`].
+    pub operator: String,
+    /// What was done.
+    pub action: OperatorAction,
+    /// Why, in the operator's words, at most [`MAX_DETAIL_BYTES`].
+    pub reason: String,
+    /// When, leader clock, Unix ms.
+    pub at_ms: u64,
+}
+
+/// What an operator can do to a transaction (docs/design.md, rule 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorAction {
+    /// Abort an undecided transaction.
+    Abort,
+    /// Commit an undecided transaction whose every branch is prepared.
+    Commit,
+    /// Mark a heuristic outcome settled: a person repaired the data.
+    SettleHeuristic,
+}
+
+impl OperatorAction {
+    /// Lower-case name, as shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Abort => "abort",
+            Self::Commit => "commit",
+            Self::SettleHeuristic => "settle_heuristic",
+        }
+    }
+}
+
+/// Longest operator name kept in an audit entry.
+pub const MAX_OPERATOR_BYTES: usize = 128;
+
+/// Most audit entries kept per transaction (later ones replace the last).
+pub const MAX_AUDIT_ENTRIES: usize = 16;
+
+/// A transaction's operator actions. Nearly every transaction has none, so an
+/// empty trail costs one pointer in the (millions of) kept outcomes.
+// A boxed Vec on purpose: one thin pointer (8 bytes) for the empty case, where a
+// Vec would take 24 and a boxed slice 16 in every kept outcome.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditTrail(Option<Box<Vec<AuditEntry>>>);
+
+impl AuditTrail {
+    /// A trail of one entry.
+    pub fn of(entry: AuditEntry) -> Self {
+        Self(Some(Box::new(vec![entry])))
+    }
+
+    /// The entries, oldest first.
+    pub fn entries(&self) -> &[AuditEntry] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Adds `entry` (bounded: past [`MAX_AUDIT_ENTRIES`] the last one is replaced).
+    pub fn push(&mut self, entry: AuditEntry) {
+        let v = self.0.get_or_insert_with(Box::default);
+        if v.len() >= MAX_AUDIT_ENTRIES {
+            v.pop();
+        }
+        v.push(entry);
+    }
 }
 
 impl Decision {
@@ -232,6 +306,9 @@ pub struct Heuristic {
     pub detail: String,
     /// When the answer came, leader clock, Unix ms.
     pub at_ms: u64,
+    /// A person repaired the data and said so (`Command::SettleHeuristic`): the
+    /// branch no longer holds the transaction live.
+    pub settled: bool,
 }
 
 /// A live transaction (not yet COMPLETED).
@@ -268,9 +345,12 @@ impl TxnRecord {
             .filter(|b| !b.skip_phase2 && b.heuristic.is_none())
     }
 
-    /// Some branch contradicted the decision: a person must look.
+    /// Some branch contradicted the decision and nobody has settled it yet: a
+    /// person must look.
     pub fn is_heuristic(&self) -> bool {
-        self.branches.iter().any(|b| b.heuristic.is_some())
+        self.branches
+            .iter()
+            .any(|b| b.heuristic.as_ref().is_some_and(|h| !h.settled))
     }
 
     /// The public state of this live record. `running_here`: a commit or abort run
@@ -403,6 +483,16 @@ pub enum Command {
         /// The branches.
         bquals: Vec<u32>,
     },
+    /// An operator says the heuristic outcomes of a decided transaction are repaired
+    /// (docs/design.md, rule 17): they are marked settled, the entry joins the
+    /// decision's audit trail, and the transaction completes once no branch needs
+    /// phase 2. Refused unless the transaction has an unsettled heuristic outcome.
+    SettleHeuristic {
+        /// Target transaction.
+        txn: u64,
+        /// Who, why, when.
+        audit: AuditEntry,
+    },
 }
 
 impl BranchSpec {
@@ -422,12 +512,22 @@ impl Command {
                 decision,
                 skip_phase2,
                 ..
-            } => decision.detail.len().min(MAX_DETAIL_BYTES) + 4 * skip_phase2.len(),
+            } => {
+                decision.detail.len().min(MAX_DETAIL_BYTES)
+                    + 4 * skip_phase2.len()
+                    + decision
+                        .audit
+                        .entries()
+                        .iter()
+                        .map(|a| 32 + a.operator.len() + a.reason.len())
+                        .sum::<usize>()
+            }
             Command::Heuristic { heuristic, .. } => heuristic.detail.len().min(MAX_DETAIL_BYTES),
             Command::Complete {
                 txns, abandoned, ..
             } => 8 * (txns.len() + abandoned.len()),
             Command::Acknowledged { bquals, .. } => 4 * bquals.len(),
+            Command::SettleHeuristic { audit, .. } => audit.operator.len() + audit.reason.len(),
             Command::SetClusterId { .. }
             | Command::Reserve { .. }
             | Command::SetRetention(_)
@@ -488,6 +588,9 @@ pub enum Refusal {
     /// Completed so long ago that its outcome is no longer kept.
     #[error("the transaction completed and its outcome was forgotten")]
     Forgotten,
+    /// An operator asked to settle a heuristic outcome the transaction does not have.
+    #[error("the transaction has no unsettled heuristic outcome")]
+    NoHeuristic,
 }
 
 /// The state machine's answer to a command.

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Reason, Refusal,
-    Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
+    AuditEntry, BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Reason,
+    Refusal, Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES, MAX_OPERATOR_BYTES,
 };
 
 /// The replicated transaction table: live transactions plus recent outcomes.
@@ -277,6 +277,7 @@ impl TxnTable {
                 }
                 CommandResult::None
             }
+            Command::SettleHeuristic { txn, audit } => self.settle_heuristic(txn, audit),
             Command::Complete {
                 txns,
                 now_ms,
@@ -304,6 +305,38 @@ impl TxnTable {
                 CommandResult::Completed
             }
         }
+    }
+
+    /// Marks the heuristic outcomes of `txn` settled by an operator (rule 17). A
+    /// transaction with nothing left to do then completes at once, its outcome kept
+    /// with the audit trail; otherwise phase 2 goes on and completes it.
+    fn settle_heuristic(&mut self, txn: u64, mut audit: AuditEntry) -> CommandResult {
+        let Some(rec) = self.live.get_mut(&txn) else {
+            return match self.lookup(txn) {
+                Lookup::Forgotten => CommandResult::Refused(Refusal::Forgotten),
+                Lookup::Finished(_) => CommandResult::Refused(Refusal::NoHeuristic),
+                _ => CommandResult::Refused(Refusal::NotFound),
+            };
+        };
+        if !rec.is_heuristic() {
+            return CommandResult::Refused(Refusal::NoHeuristic);
+        }
+        let Some(decision) = rec.decision.as_mut() else {
+            return CommandResult::Refused(Refusal::NoHeuristic);
+        };
+        audit.operator = cut_to(audit.operator, MAX_OPERATOR_BYTES);
+        audit.reason = cut(audit.reason);
+        let at = audit.at_ms;
+        decision.audit.push(audit);
+        let decision = decision.clone();
+        for h in rec.branches.iter_mut().filter_map(|b| b.heuristic.as_mut()) {
+            h.settled = true;
+        }
+        if rec.pending_phase2().next().is_none() {
+            self.live.remove(&txn);
+            self.finish(txn, decision.clone(), at);
+        }
+        CommandResult::Decided(decision)
     }
 
     /// The live, undecided record of `txn`, or the answer to give instead.
@@ -599,6 +632,7 @@ mod tests {
             reason,
             detail: String::new(),
             decided_ms: 2_000,
+            audit: Default::default(),
         }
     }
 
@@ -623,6 +657,7 @@ mod tests {
                 committed: false,
                 detail,
                 at_ms: 3,
+                settled: false,
             },
         });
     }
