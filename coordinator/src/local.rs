@@ -26,6 +26,9 @@ pub enum LocalError {
     /// Unknown node id.
     #[error("no node {0} in this cluster")]
     NoSuchNode(NodeId),
+    /// A new node was given id 0 or the id of a node of this cluster.
+    #[error("node id {0} is 0 or already in this cluster")]
+    Taken(NodeId),
     /// The cluster was not started with fault proxies.
     #[error("this cluster has no fault proxies (use start_partitionable)")]
     NotPartitionable,
@@ -47,6 +50,9 @@ struct LocalNode {
     failpoints: String,
     /// The running process, if any.
     child: Option<Child>,
+    /// Started after the cluster, to be added by a membership change: never
+    /// started with `--init`.
+    joining: bool,
 }
 
 /// A cluster of `ratify node` processes on 127.0.0.1.
@@ -183,6 +189,7 @@ impl LocalCluster {
                     metrics_addr,
                     failpoints: String::new(),
                     child: None,
+                    joining: false,
                 },
             );
         }
@@ -198,6 +205,60 @@ impl LocalCluster {
             cluster.spawn(id)?;
         }
         Ok(cluster)
+    }
+
+    /// Starts a new node `id` on fresh loopback ports and its own data folder, without
+    /// `--init`: it waits, uninitialised, to be added by a membership change
+    /// (`AddMember`, `ReplaceMember`). Returns its addresses. Its Raft port has no
+    /// fault proxy.
+    ///
+    /// # Errors
+    /// [`LocalError::Taken`], or [`LocalError::Io`] when a port cannot be reserved or
+    /// the process cannot be spawned.
+    pub fn spawn_joining(&mut self, id: NodeId) -> Result<NodeInfo, LocalError> {
+        if id == 0 || self.nodes.contains_key(&id) {
+            return Err(LocalError::Taken(id));
+        }
+        let raft_addr = format!("127.0.0.1:{}", free_port()?);
+        let info = NodeInfo {
+            raft_addr: raft_addr.clone(),
+            api_addr: format!("127.0.0.1:{}", free_port()?),
+        };
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        self.nodes.insert(
+            id,
+            LocalNode {
+                info: info.clone(),
+                raft_listen: raft_addr,
+                source_ip: None,
+                metrics_addr,
+                failpoints: String::new(),
+                child: None,
+                joining: true,
+            },
+        );
+        self.spawn(id)?;
+        Ok(info)
+    }
+
+    /// SIGKILLs node `id` and forgets it (after a membership change removed it), so
+    /// [`Self::ids`] and [`Self::wait_for_leader`] no longer name it. Its data folder
+    /// and log stay.
+    ///
+    /// # Errors
+    /// As [`Self::kill`].
+    pub fn forget(&mut self, id: NodeId) -> Result<(), LocalError> {
+        self.kill(id)?;
+        self.nodes.remove(&id);
+        Ok(())
+    }
+
+    /// Node `id`'s addresses, as the other nodes and clients know them.
+    ///
+    /// # Errors
+    /// [`LocalError::NoSuchNode`].
+    pub fn node_info(&self, id: NodeId) -> Result<NodeInfo, LocalError> {
+        Ok(self.node(id)?.info.clone())
     }
 
     /// Client API addresses of every node.
@@ -310,7 +371,7 @@ impl LocalCluster {
         for p in &peers {
             cmd.arg("--peer").arg(p);
         }
-        if id == 1 {
+        if id == 1 && !node.joining {
             cmd.arg("--init");
         }
         if let Some(ip) = node.source_ip {

@@ -241,10 +241,55 @@ enum TxnCmd {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCmd {
-    /// Role, term, leader, log position and members of every reachable node.
+    /// Role, term, leader, log position of every node (those named and every
+    /// member), then the members: voters and learners with their addresses.
     Status {
         #[command(flatten)]
         target: Target,
+    },
+    /// Add a node as a voter. Start it first (`ratify node --id N ...` without
+    /// --init, on an empty data folder); the leader adds it as a learner, waits until
+    /// it has caught up (up to 60 s), then promotes it.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// The new node's id (never used in this cluster before).
+        #[arg(long)]
+        id: u64,
+        /// Its Raft address (host:port), as the other nodes reach it.
+        #[arg(long)]
+        raft_addr: String,
+        /// Its client API address (host:port), as clients reach it.
+        #[arg(long)]
+        api_addr: String,
+    },
+    /// Remove a member (voter or learner). Refused when the reachable voters left
+    /// would not be a majority. Stop the removed node afterwards.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// The member's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Replace a voter (typically a dead one) by a new node with a new id, in one
+    /// step: the new node joins as a learner, catches up, and one joint change swaps
+    /// it in. Start the new node first, as for `add`.
+    Replace {
+        #[command(flatten)]
+        target: Target,
+        /// The voter to replace.
+        #[arg(long)]
+        old: u64,
+        /// The new node's id (never used in this cluster before).
+        #[arg(long)]
+        new: u64,
+        /// The new node's Raft address (host:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// The new node's client API address (host:port).
+        #[arg(long)]
+        api_addr: String,
     },
 }
 
@@ -281,7 +326,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Participant(a) => participant(a).await,
             Cmd::Txn(c) => txn(c).await,
-            Cmd::Cluster(ClusterCmd::Status { target }) => cluster_status(target).await,
+            Cmd::Cluster(c) => cluster(c).await,
         }
     });
     drop(rt);
@@ -601,21 +646,121 @@ async fn cluster_status(t: Target) -> anyhow::Result<()> {
         "{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
         "NODE", "ID", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "LIVE_TXN"
     );
-    for ep in &t.coordinators {
-        match client.cluster_status(Some(ep)).await {
-            Ok(s) => println!(
-                "{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
-                ep,
-                s.node_id,
-                s.role,
-                s.term,
-                s.leader_id,
-                s.last_log_index,
-                s.last_applied,
-                s.live_transactions
-            ),
+    // The nodes named, then every member they know of; the members shown are the
+    // leader's view (else the one of the highest term).
+    let mut asked = t.coordinators.clone();
+    let mut view: Option<((bool, u64), Vec<pb::Member>)> = None;
+    let mut next = 0;
+    while let Some(ep) = asked.get(next).cloned() {
+        next += 1;
+        match client.cluster_status(Some(&ep)).await {
+            Ok(s) => {
+                println!(
+                    "{:<22} {:>4} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
+                    ep,
+                    s.node_id,
+                    s.role,
+                    s.term,
+                    s.leader_id,
+                    s.last_log_index,
+                    s.last_applied,
+                    s.live_transactions
+                );
+                for m in &s.members {
+                    if !asked.contains(&m.api_addr) {
+                        asked.push(m.api_addr.clone());
+                    }
+                }
+                let rank = (s.leader_id != 0 && s.leader_id == s.node_id, s.term);
+                if view.as_ref().is_none_or(|(r, _)| rank > *r) {
+                    view = Some((rank, s.members));
+                }
+            }
             Err(e) => println!("{ep:<22} unreachable: {e}"),
         }
     }
+    match view {
+        Some((_, members)) if !members.is_empty() => {
+            println!();
+            print_members(&members);
+        }
+        Some(_) => println!("
+no members: not initialised (waiting to be added to a cluster)"),
+        None => {}
+    }
+    Ok(())
+}
+
+/// A client for membership changes: one may wait a minute for a new node to catch up.
+fn membership_client(t: &Target) -> anyhow::Result<CoordinatorClient> {
+    let config = ClientConfig {
+        attempt_timeout: Duration::from_secs(150),
+        deadline: Duration::from_secs(180),
+        ..ClientConfig::default()
+    };
+    Ok(CoordinatorClient::new(t.coordinators.clone(), config)?)
+}
+
+fn print_members(members: &[pb::Member]) {
+    println!("{:>4} {:<8} {:<24} {:<24}", "ID", "MEMBER", "RAFT_ADDR", "API_ADDR");
+    for m in members {
+        println!(
+            "{:>4} {:<8} {:<24} {:<24}",
+            m.id,
+            if m.voter { "voter" } else { "learner" },
+            m.raft_addr,
+            m.api_addr
+        );
+    }
+}
+
+async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
+    let (what, members) = match c {
+        ClusterCmd::Status { target } => return cluster_status(target).await,
+        ClusterCmd::Add {
+            target,
+            id,
+            raft_addr,
+            api_addr,
+        } => {
+            let r = membership_client(&target)?
+                .add_member(id, &raft_addr, &api_addr)
+                .await?;
+            let what = if r.changed {
+                format!("node {id} added as a voter")
+            } else {
+                format!("node {id} already is a voter at these addresses; nothing changed")
+            };
+            (what, r.members)
+        }
+        ClusterCmd::Remove { target, id } => {
+            let r = membership_client(&target)?.remove_member(id).await?;
+            let what = if r.changed {
+                format!("node {id} removed; stop its process")
+            } else {
+                format!("node {id} is not a member; nothing changed")
+            };
+            (what, r.members)
+        }
+        ClusterCmd::Replace {
+            target,
+            old,
+            new,
+            raft_addr,
+            api_addr,
+        } => {
+            let r = membership_client(&target)?
+                .replace_member(old, new, &raft_addr, &api_addr)
+                .await?;
+            let what = if r.changed {
+                format!("node {old} replaced by node {new}; stop node {old} if it still runs")
+            } else {
+                format!("node {old} was already replaced by node {new}; nothing changed")
+            };
+            (what, r.members)
+        }
+    };
+    println!("{what}");
+    print_members(&members);
     Ok(())
 }
