@@ -195,7 +195,10 @@ async fn a_dead_follower_is_replaced_under_load_and_the_new_node_votes() -> anyh
     let new = c.nodes.spawn_joining(4)?;
     let before = wait_answers(&new.api_addr).await?;
     assert_eq!(before.cluster_id, "0000000000000000", "{before:?}");
-    assert_eq!(before.leader_id, 0, "a joining node must not elect itself: {before:?}");
+    assert_eq!(
+        before.leader_id, 0,
+        "a joining node must not elect itself: {before:?}"
+    );
     let asked = Instant::now();
     let r = admin
         .replace_member(dead, 4, &new.raft_addr, &new.api_addr)
@@ -313,12 +316,20 @@ async fn three_to_five_and_back_with_commits_at_every_step() -> anyhow::Result<(
         .add_member(0, "127.0.0.1:2", "127.0.0.1:3")
         .await
         .expect_err("id 0");
-    assert_eq!(rejected(&e).map(|r| r.0), Some(Code::InvalidArgument), "{e}");
+    assert_eq!(
+        rejected(&e).map(|r| r.0),
+        Some(Code::InvalidArgument),
+        "{e}"
+    );
     let e = admin
         .add_member(6, "127.0.0.1:2", "127.0.0.1:3")
         .await
         .expect_err("nothing runs there");
-    assert_eq!(rejected(&e).map(|r| r.0), Some(Code::FailedPrecondition), "{e}");
+    assert_eq!(
+        rejected(&e).map(|r| r.0),
+        Some(Code::FailedPrecondition),
+        "{e}"
+    );
 
     // Back to 3: node 5, then the leader itself.
     let r = admin.remove_member(5).await?;
@@ -343,7 +354,10 @@ async fn three_to_five_and_back_with_commits_at_every_step() -> anyhow::Result<(
     );
     assert_eq!(membership_now(&c).await?, (left.clone(), ids(&[])));
     let r = admin.remove_member(leader).await?;
-    assert!(!r.changed, "removing a node that is not a member changes nothing");
+    assert!(
+        !r.changed,
+        "removing a node that is not a member changes nothing"
+    );
 
     // One of the 3 down: removing a live voter would leave 1 of 2 reachable.
     let leader = c.leader().await?;
