@@ -684,8 +684,7 @@ async fn cluster_status(t: Target) -> anyhow::Result<()> {
             println!();
             print_members(&members);
         }
-        Some(_) => println!("
-no members: not initialised (waiting to be added to a cluster)"),
+        Some(_) => println!("\nno members: not initialised (waiting to be added to a cluster)"),
         None => {}
     }
     Ok(())
