@@ -4,28 +4,25 @@
 //! This binary only parses flags, sets up logging and calls the libraries.
 
 mod bench;
+mod config;
 mod demo;
 mod workload;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ratify_coordinator::driver::DriverConfig;
 use ratify_coordinator::local::LocalCluster;
-use ratify_coordinator::server::{run, NodeConfig};
+use ratify_coordinator::server::run;
 use ratify_coordinator::telemetry::{self, LogFormat, TelemetryConfig};
-use ratify_coordinator::types::{NodeId, NodeInfo};
 use ratify_participant_sdk::accounts::AccountStore;
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
 use ratify_participant_sdk::recovery::RecoveryLoop;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::ParticipantServer;
 use ratify_proto::pb;
-use serde::Deserialize;
 
 /// Ratify: a two-phase-commit transaction coordinator on a Raft-replicated log.
 #[derive(Parser, Debug)]
@@ -37,25 +34,25 @@ struct Cli {
     /// level is set by RUST_LOG (default: info for `node` — start, leadership,
     /// recovery — and warn for the other commands; per-transaction events are
     /// debug; openraft's own lines are kept at warn unless RUST_LOG names openraft).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "RATIFY_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    /// Default: text. [file: log_format]
+    #[arg(long, global = true, value_enum, env = "RATIFY_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Which log lines to print, as RUST_LOG says it (e.g. `info`, `warn,ratify=debug`).
+    /// Default: info for `node`, warn for the other commands. [file: log_filter]
+    #[arg(long, global = true, env = "RUST_LOG", value_name = "FILTER")]
+    log_filter: Option<String>,
     /// Export trace spans over OTLP/gRPC to this collector (e.g.
     /// http://127.0.0.1:4317). Default: off (a client's traceparent is still passed
-    /// on to the participants).
+    /// on to the participants). [file: otlp_endpoint]
     #[arg(long, global = true, env = "RATIFY_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run one coordinator node (flags override the optional --config file).
-    Node(Box<NodeArgs>),
+    /// Run one coordinator node. Settings: flag, else environment variable, else
+    /// --config file key, else default.
+    Node(Box<config::NodeArgs>),
     /// Start a local 3-node cluster on loopback (data in a temp dir) until Ctrl-C.
     Dev(DevArgs),
     /// End-to-end demo on embedded defaults: a 3-node cluster, two account
@@ -72,109 +69,6 @@ enum Cmd {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-}
-
-#[derive(Args, Debug)]
-struct NodeArgs {
-    /// TOML file with any of: id, raft_addr, api_addr, metrics_addr, data_dir, init, peers
-    /// (["1=127.0.0.1:7001,127.0.0.1:7101", ...]), prepare_timeout_ms,
-    /// default_txn_timeout_ms, one_phase, propose_pipeline, propose_timeout_ms,
-    /// snapshot_every, retain_outcomes_secs, retain_outcomes_min, retain_outcomes_max,
-    /// max_live_txns, abandon_rollback_after_secs.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// This node's id (non-zero, unique in the cluster).
-    #[arg(long)]
-    id: Option<NodeId>,
-    /// Listen address for Raft traffic from the other nodes (ip:port).
-    #[arg(long)]
-    raft_addr: Option<String>,
-    /// Listen address for clients and participants (ip:port).
-    #[arg(long)]
-    api_addr: Option<String>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (ip:port; off when unset).
-    #[arg(long)]
-    metrics_addr: Option<String>,
-    /// Source IP for Raft connections to peers (fault-injection tests tell nodes apart
-    /// by it on loopback).
-    #[arg(long)]
-    raft_source_ip: Option<std::net::IpAddr>,
-    /// Folder for this node's log and snapshots (one node per folder).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// A cluster member as ID=RAFT_ADDR,API_ADDR; repeat for each (this node included).
-    #[arg(long = "peer")]
-    peers: Vec<String>,
-    /// Initialise the cluster with the peers if it never was (run on one node only).
-    #[arg(long)]
-    init: bool,
-    /// How long a participant may take to vote before it counts as unreachable.
-    #[arg(long)]
-    prepare_timeout_ms: Option<u64>,
-    /// Timeout of transactions whose client sets none.
-    #[arg(long)]
-    default_txn_timeout_ms: Option<u64>,
-    /// Disable the one-phase optimisation for single-branch transactions.
-    #[arg(long)]
-    no_one_phase: bool,
-    /// Raft entries the leader keeps in flight; requests arriving meanwhile share the
-    /// next entry (default 2).
-    #[arg(long)]
-    propose_pipeline: Option<usize>,
-    /// How long a log write may take before its callers are told to retry (default
-    /// 5000).
-    #[arg(long)]
-    propose_timeout_ms: Option<u64>,
-    /// Build a snapshot every this many log entries and purge the log behind it
-    /// (default 20000).
-    #[arg(long)]
-    snapshot_every: Option<u64>,
-    /// Keep completed outcomes for late questions at least this long (default 86400,
-    /// 24 h), within --retain-outcomes-max.
-    #[arg(long)]
-    retain_outcomes_secs: Option<u64>,
-    /// Keep at least this many of the newest completed outcomes, whatever their age
-    /// (default 200000).
-    #[arg(long)]
-    retain_outcomes_min: Option<u64>,
-    /// Never keep more than this many completed outcomes (the memory bound; default
-    /// 2000000). Outcomes it evicts before the time floor are counted in the metrics.
-    #[arg(long)]
-    retain_outcomes_max: Option<u64>,
-    /// Most live (not completed) transactions; Begin answers RESOURCE_EXHAUSTED past
-    /// it (default 100000).
-    #[arg(long)]
-    max_live_txns: Option<usize>,
-    /// Retry the rollback of an aborted transaction's unreachable branches this long,
-    /// then complete it anyway: prepared branches pull the logged abort (default 300).
-    #[arg(long)]
-    abandon_rollback_after_secs: Option<u64>,
-}
-
-/// The node config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    id: Option<NodeId>,
-    raft_addr: Option<String>,
-    api_addr: Option<String>,
-    metrics_addr: Option<String>,
-    data_dir: Option<PathBuf>,
-    #[serde(default)]
-    peers: Vec<String>,
-    #[serde(default)]
-    init: bool,
-    prepare_timeout_ms: Option<u64>,
-    default_txn_timeout_ms: Option<u64>,
-    one_phase: Option<bool>,
-    propose_pipeline: Option<usize>,
-    propose_timeout_ms: Option<u64>,
-    snapshot_every: Option<u64>,
-    retain_outcomes_secs: Option<u64>,
-    retain_outcomes_min: Option<u64>,
-    retain_outcomes_max: Option<u64>,
-    max_live_txns: Option<usize>,
-    abandon_rollback_after_secs: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -294,25 +188,40 @@ enum ClusterCmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // The node processes `dev`, `demo` and `bench` start inherit the settings (the
-    // process is still single-threaded here).
-    if let Some(endpoint) = &cli.otlp_endpoint {
-        std::env::set_var("RATIFY_OTLP_ENDPOINT", endpoint);
-    }
-    if cli.log_format == LogFormat::Json {
-        std::env::set_var("RATIFY_LOG_FORMAT", "json");
-    }
+    let cli = config::parse_cli::<Cli>();
+    // A node's file may set its logging too; read (and check) it first.
+    let node_file = match &cli.command {
+        Cmd::Node(a) => config::load_file(a.config.as_deref())?,
+        _ => config::NodeFile::default(),
+    };
     // A node says what a person reads (start, leadership, recovery); the other
     // commands print their own output and only warnings besides.
     let default_filter = match cli.command {
         Cmd::Node(_) => "info",
         _ => "warn",
     };
+    let log = config::LogSettings::resolve(
+        cli.log_format,
+        cli.log_filter.clone(),
+        cli.otlp_endpoint.clone(),
+        &node_file,
+        default_filter,
+    )?;
+    // The node processes `dev`, `demo` and `bench` start inherit the settings (the
+    // process is still single-threaded here).
+    if let Some(endpoint) = &log.otlp_endpoint {
+        std::env::set_var("RATIFY_OTLP_ENDPOINT", endpoint);
+    }
+    if log.format == LogFormat::Json {
+        std::env::set_var("RATIFY_LOG_FORMAT", "json");
+    }
+    if let Some(filter) = &log.filter {
+        std::env::set_var("RUST_LOG", filter);
+    }
     let telemetry = telemetry::init(&TelemetryConfig {
-        default_filter: default_filter.into(),
-        format: cli.log_format,
-        otlp_endpoint: cli.otlp_endpoint.clone(),
+        default_filter: log.default_filter.clone(),
+        format: log.format,
+        otlp_endpoint: log.otlp_endpoint.clone(),
         service_name: "ratify".into(),
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -320,7 +229,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async move {
         match cli.command {
-            Cmd::Node(a) => node(*a).await,
+            Cmd::Node(a) => node(*a, node_file, log).await,
             Cmd::Dev(a) => dev(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
@@ -334,128 +243,16 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn parse_peer(s: &str) -> anyhow::Result<(NodeId, NodeInfo)> {
-    let (id, addrs) = s
-        .split_once('=')
-        .with_context(|| format!("peer {s:?} is not ID=RAFT_ADDR,API_ADDR"))?;
-    let (raft_addr, api_addr) = addrs
-        .split_once(',')
-        .with_context(|| format!("peer {s:?} is not ID=RAFT_ADDR,API_ADDR"))?;
-    let id: NodeId = id
-        .parse()
-        .with_context(|| format!("peer id {id:?} is not a number"))?;
-    Ok((
-        id,
-        NodeInfo {
-            raft_addr: raft_addr.to_string(),
-            api_addr: api_addr.to_string(),
-        },
-    ))
-}
-
-async fn node(a: NodeArgs) -> anyhow::Result<()> {
-    let file: NodeFile = match &a.config {
-        Some(p) => toml::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("parsing {}", p.display()))?,
-        None => NodeFile::default(),
-    };
-    let id =
-        a.id.or(file.id)
-            .context("--id (or id in --config) is required")?;
-    let raft_addr = a
-        .raft_addr
-        .or(file.raft_addr)
-        .context("--raft-addr is required")?;
-    let api_addr = a
-        .api_addr
-        .or(file.api_addr)
-        .context("--api-addr is required")?;
-    let data_dir = a
-        .data_dir
-        .or(file.data_dir)
-        .context("--data-dir is required")?;
-    let peer_specs = if a.peers.is_empty() {
-        file.peers
-    } else {
-        a.peers
-    };
-    let mut peers = BTreeMap::new();
-    for p in &peer_specs {
-        let (pid, info) = parse_peer(p)?;
-        if peers.insert(pid, info).is_some() {
-            bail!("peer {pid} given twice");
-        }
+async fn node(
+    a: config::NodeArgs,
+    file: config::NodeFile,
+    log: config::LogSettings,
+) -> anyhow::Result<()> {
+    let config = config::resolve(&a, &file)?;
+    if a.print_config {
+        print!("{}", config::render(&config, &log)?);
+        return Ok(());
     }
-    let mut driver = DriverConfig::default();
-    if let Some(ms) = a.prepare_timeout_ms.or(file.prepare_timeout_ms) {
-        driver.prepare_timeout = Duration::from_millis(ms);
-    }
-    if let Some(ms) = a.default_txn_timeout_ms.or(file.default_txn_timeout_ms) {
-        driver.default_txn_timeout = Duration::from_millis(ms);
-    }
-    driver.one_phase = !a.no_one_phase && file.one_phase.unwrap_or(true);
-    if let Some(n) = a.propose_pipeline.or(file.propose_pipeline) {
-        if n == 0 {
-            bail!("--propose-pipeline must be at least 1");
-        }
-        driver.propose_pipeline = n;
-    }
-    if let Some(ms) = a.propose_timeout_ms.or(file.propose_timeout_ms) {
-        if ms == 0 {
-            bail!("--propose-timeout-ms must be at least 1");
-        }
-        driver.propose_timeout = Duration::from_millis(ms);
-    }
-    let snapshot_every = a
-        .snapshot_every
-        .or(file.snapshot_every)
-        .unwrap_or(ratify_coordinator::raft::SNAPSHOT_EVERY);
-    if snapshot_every < 10 {
-        bail!("--snapshot-every must be at least 10");
-    }
-    if let Some(n) = a.max_live_txns.or(file.max_live_txns) {
-        if n == 0 {
-            bail!("--max-live-txns must be at least 1");
-        }
-        driver.max_live = n;
-    }
-    if let Some(secs) = a
-        .abandon_rollback_after_secs
-        .or(file.abandon_rollback_after_secs)
-    {
-        driver.abandon_rollback_after = Duration::from_secs(secs);
-    }
-    let r = &mut driver.retention;
-    if let Some(secs) = a.retain_outcomes_secs.or(file.retain_outcomes_secs) {
-        r.min_age_ms = secs.saturating_mul(1000);
-    }
-    if let Some(n) = a.retain_outcomes_min.or(file.retain_outcomes_min) {
-        r.min_count = n;
-    }
-    if let Some(n) = a.retain_outcomes_max.or(file.retain_outcomes_max) {
-        r.max_count = n;
-    }
-    if r.max_count == 0 || r.min_count > r.max_count {
-        bail!(
-            "--retain-outcomes-max ({}) must be at least 1 and at least --retain-outcomes-min ({})",
-            r.max_count,
-            r.min_count
-        );
-    }
-    let config = NodeConfig {
-        id,
-        raft_addr,
-        api_addr,
-        metrics_addr: a.metrics_addr.or(file.metrics_addr),
-        raft_source_ip: a.raft_source_ip,
-        data_dir,
-        peers,
-        init: a.init || file.init,
-        driver,
-        snapshot_every,
-    };
     run(config, shutdown_signal()).await?;
     Ok(())
 }
