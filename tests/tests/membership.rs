@@ -219,7 +219,8 @@ async fn a_dead_follower_is_replaced_under_load_and_the_new_node_votes() -> anyh
     assert_eq!(s4.leader_id, leader);
     assert_eq!(split(&s4.members), (ids(&[leader, other, 4]), ids(&[])));
 
-    // Node 4 must count: kill the leader, and {other, 4} elect one of them.
+    // Node 4 must count: kill the leader, and {other, 4} elect one of them (either
+    // way node 4 took part: one vote of two is not a majority of three).
     c.nodes.kill(leader)?;
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(4)).await;
