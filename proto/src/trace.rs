@@ -8,10 +8,16 @@
 //! Rollback; the participant SDK makes its call span a child of that. So one trace
 //! follows a gtrid from the client through both phases into every participant.
 //!
-//! The functions here bridge `tracing` spans and the header through
-//! `tracing-opentelemetry`: they do something only in a process whose subscriber has
-//! an OpenTelemetry layer. Without one, [`adopt`] is a no-op and [`inject`] sends
-//! nothing, so a process that does not trace pays nothing.
+//! Two ways a context travels inside a process:
+//! - through `tracing` spans, in a process whose subscriber has an OpenTelemetry
+//!   layer (`tracing-opentelemetry`): [`adopt`] makes a span the child of the
+//!   caller's context, and [`inject`] sends the context of the span making a call.
+//!   Spans are real (exportable), at the price of building them.
+//! - without that layer (a coordinator that exports nothing, the default), by a
+//!   task-local: [`scope`] runs a future with the caller's context, [`inherited`]
+//!   reads it back (spawned tasks must take it along: `scope(inherited(), fut)`),
+//!   and [`inject`] sends it on with a fresh span id, as a non-recording span
+//!   would. The trace id reaches the participants at the cost of one header.
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -98,10 +104,51 @@ pub fn context_of(span: &tracing::Span) -> SpanContext {
     span.context().span().span_context().clone()
 }
 
-/// Puts the trace context of `span` into outgoing `metadata` (nothing when the
-/// process does not trace).
+tokio::task_local! {
+    /// The caller's trace context, for processes without an OpenTelemetry layer.
+    static INHERITED: SpanContext;
+}
+
+/// Runs `fut` with `context` as the inherited trace context (see the module docs);
+/// an invalid context means none.
+pub fn scope<F: std::future::Future>(
+    context: SpanContext,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<SpanContext, F> {
+    INHERITED.scope(context, fut)
+}
+
+/// The trace context inherited by the running task ([`scope`]), or an invalid one.
+pub fn inherited() -> SpanContext {
+    INHERITED
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| SpanContext::empty_context())
+}
+
+/// The context to send on a call made in `span`: the span's own when the process
+/// traces, else a child of the inherited one with a fresh span id; none without
+/// either.
+fn outgoing(span: &tracing::Span) -> Option<SpanContext> {
+    let own = context_of(span);
+    if own.is_valid() {
+        return Some(own);
+    }
+    let parent = inherited();
+    parent.is_valid().then(|| {
+        SpanContext::new(
+            parent.trace_id(),
+            SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes()),
+            parent.trace_flags(),
+            false,
+            TraceState::default(),
+        )
+    })
+}
+
+/// Puts the trace context of a call made in `span` into outgoing `metadata` (see
+/// the module docs; nothing when there is no trace).
 pub fn inject(metadata: &mut MetadataMap, span: &tracing::Span) {
-    if let Some(value) = format_traceparent(&context_of(span)) {
+    if let Some(value) = outgoing(span).as_ref().and_then(format_traceparent) {
         if let Ok(v) = MetadataValue::try_from(value) {
             metadata.insert(TRACEPARENT, v);
         }
@@ -154,6 +201,29 @@ mod tests {
         assert!(
             parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x").is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn without_spans_the_inherited_trace_goes_on_with_a_new_span_id() {
+        let remote = parse_traceparent(SAMPLE).expect("valid");
+        let sent = scope(remote.clone(), async {
+            // A spawned task takes the context along.
+            let inherited = inherited();
+            tokio::spawn(scope(inherited, async {
+                let mut meta = MetadataMap::new();
+                inject(&mut meta, &tracing::Span::none());
+                extract(&meta)
+            }))
+            .await
+            .expect("task")
+        })
+        .await
+        .expect("a traceparent was sent");
+        assert_eq!(sent.trace_id(), remote.trace_id());
+        assert_ne!(sent.span_id(), remote.span_id());
+        assert!(sent.is_sampled());
+        // Outside the scope: nothing.
+        assert!(!inherited().is_valid());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! - the coordinator's spans carry the gtrid and xid as attributes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -91,22 +91,139 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.as_str().into_owned())
 }
 
+/// This process's spans, kept in memory (one subscriber for every test here).
+fn local_spans() -> InMemorySpanExporter {
+    static LOCAL: OnceLock<InMemorySpanExporter> = OnceLock::new();
+    LOCAL
+        .get_or_init(|| {
+            let local = InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(local.clone())
+                .build();
+            tracing_subscriber::registry()
+                .with(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(provider.tracer("test"))
+                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                )
+                .init();
+            local
+        })
+        .clone()
+}
+
+/// Begins and commits a transaction over `a` and `b` inside a root span of this
+/// process; returns its gtrid and the span's trace id.
+async fn traced_transfer(c: &TestCluster, a: &str, b: &str) -> anyhow::Result<(String, TraceId)> {
+    let checkout = tracing::info_span!("checkout");
+    let trace_id = checkout.context().span().span_context().trace_id();
+    anyhow::ensure!(trace_id != TraceId::INVALID, "the test's layer traces");
+    let gtrid = async {
+        let begun = c
+            .client
+            .begin(BeginOptions {
+                timeout: Duration::from_secs(10),
+                branches: vec![
+                    (a.to_string(), "alpha".into()),
+                    (b.to_string(), "beta".into()),
+                ],
+                ..BeginOptions::default()
+            })
+            .await?;
+        let decision = c.client.commit(&begun.gtrid).await?;
+        anyhow::ensure!(
+            decision.outcome == Outcome::Committed,
+            "not committed: {decision:?}"
+        );
+        anyhow::Ok(begun.gtrid)
+    }
+    .instrument(checkout)
+    .await?;
+    Ok((gtrid, trace_id))
+}
+
+/// The participants' finished spans of `gtrid`, once both commits have ended.
+async fn participant_spans(
+    local: &InMemorySpanExporter,
+    gtrid: &str,
+) -> anyhow::Result<Vec<SpanData>> {
+    let mut waited = Duration::ZERO;
+    loop {
+        let ours: Vec<SpanData> = local
+            .get_finished_spans()?
+            .into_iter()
+            .filter(|s| s.name == "participant" && attr(s, "gtrid").as_deref() == Some(gtrid))
+            .collect();
+        let commits = ours
+            .iter()
+            .filter(|s| attr(s, "op").as_deref() == Some("commit"))
+            .count();
+        if commits >= 2 || waited > Duration::from_secs(15) {
+            return Ok(ours);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+}
+
+/// A coordinator that exports nothing (the default: no OpenTelemetry spans of its
+/// own) still passes the client's trace id on to every participant call, each with
+/// a span id of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_export_the_client_trace_still_reaches_the_participants() -> anyhow::Result<()> {
+    let local = local_spans();
+    let c = TestCluster::start(&[]).await?;
+    c.leader().await?;
+    let dir = c.dir.path();
+    let a = serve(
+        "alpha",
+        Arc::new(NoopResource::open(dir.join("alpha"))?),
+        c.client.clone(),
+    )
+    .await?;
+    let b = serve(
+        "beta",
+        Arc::new(NoopResource::open(dir.join("beta"))?),
+        c.client.clone(),
+    )
+    .await?;
+    let (gtrid, trace_id) = traced_transfer(&c, &a.endpoint, &b.endpoint).await?;
+    let ours = participant_spans(&local, &gtrid).await?;
+    let local_ids: Vec<_> = local
+        .get_finished_spans()?
+        .iter()
+        .map(|s| s.span_context.span_id())
+        .collect();
+    let mut parents = Vec::new();
+    for op in ["prepare", "commit"] {
+        let calls: Vec<&SpanData> = ours
+            .iter()
+            .filter(|s| attr(s, "op").as_deref() == Some(op))
+            .collect();
+        assert_eq!(calls.len(), 2, "one {op} span per participant: {ours:#?}");
+        for s in calls {
+            assert_eq!(
+                s.span_context.trace_id(),
+                trace_id,
+                "{op} span in the client's trace"
+            );
+            assert!(
+                !local_ids.contains(&s.parent_span_id),
+                "the {op} span's parent came from the coordinator, not this process"
+            );
+            parents.push(s.parent_span_id);
+        }
+    }
+    parents.sort_by_key(|p| p.to_bytes());
+    parents.dedup();
+    assert_eq!(parents.len(), 4, "each call has a span id of its own");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trace_reaches_every_participant_call_through_the_coordinator(
 ) -> anyhow::Result<()> {
-    // This process's spans: into memory.
-    let local = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(local.clone())
-        .build();
-    tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-        )
-        .try_init()
-        .context("the test's subscriber must be the first")?;
+    let local = local_spans();
 
     // The coordinator's spans: to this collector, exported every 100 ms.
     let collector = Collector::default();
@@ -134,60 +251,26 @@ async fn a_client_trace_reaches_every_participant_call_through_the_coordinator(
     )
     .await?;
 
-    // The client's trace: a root span of this process.
-    let checkout = tracing::info_span!("checkout");
-    let trace_id = checkout.context().span().span_context().trace_id();
-    assert_ne!(trace_id, TraceId::INVALID, "the test's layer traces");
-    let gtrid = async {
-        let begun = c
-            .client
-            .begin(BeginOptions {
-                timeout: Duration::from_secs(10),
-                branches: vec![
-                    (a.endpoint.clone(), "alpha".into()),
-                    (b.endpoint.clone(), "beta".into()),
-                ],
-                ..BeginOptions::default()
-            })
-            .await?;
-        let decision = c.client.commit(&begun.gtrid).await?;
-        anyhow::ensure!(
-            decision.outcome == Outcome::Committed,
-            "not committed: {decision:?}"
-        );
-        anyhow::Ok(begun.gtrid)
-    }
-    .instrument(checkout.clone())
-    .await?;
-    drop(checkout);
-
-    // Phase 2 may end after the client's answer (parallel commit): wait for the
-    // participants' commit spans and the coordinator's export.
+    let (gtrid, trace_id) = traced_transfer(&c, &a.endpoint, &b.endpoint).await?;
+    let participant = participant_spans(&local, &gtrid).await?;
+    // The coordinator's export follows within its batch delay.
     let mut waited = Duration::ZERO;
-    let (participant, coordinator) = loop {
-        let participant: Vec<SpanData> = local
-            .get_finished_spans()?
-            .into_iter()
-            .filter(|s| s.name == "participant")
-            .collect();
+    let coordinator = loop {
         let coordinator = collector
             .spans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let commits = participant
-            .iter()
-            .filter(|s| attr(s, "op").as_deref() == Some("commit"))
-            .count();
         let exported_commits = coordinator
             .iter()
             .filter(|s| {
                 s.name == "branch_call"
                     && s.attributes.get("op").map(String::as_str) == Some("commit")
+                    && s.attributes.get("gtrid") == Some(&gtrid)
             })
             .count();
-        if (commits >= 2 && exported_commits >= 2) || waited > Duration::from_secs(15) {
-            break (participant, coordinator);
+        if exported_commits >= 2 || waited > Duration::from_secs(15) {
+            break coordinator;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += Duration::from_millis(100);

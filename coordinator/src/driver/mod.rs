@@ -825,7 +825,10 @@ impl Driver {
                     tracing::info_span!("abort", gtrid = %self.gtrid(txn), ?reason)
                 }
             };
-            tokio::spawn(
+            // The caller's trace context goes with the run (docs/design.md, "Tracing").
+            let trace = ratify_proto::trace::inherited();
+            tokio::spawn(ratify_proto::trace::scope(
+                trace,
                 async move {
                     let result = driver.run(txn, action, branches, &tx).await;
                     if tx.borrow().is_none() {
@@ -845,7 +848,7 @@ impl Driver {
                     }
                 }
                 .instrument(span),
-            );
+            ));
         }
         slot
     }

@@ -40,7 +40,11 @@ impl Driver {
         }
         let driver = self.clone();
         let span = tracing::info_span!("phase2", gtrid = %self.gtrid(txn));
-        tokio::spawn(async move { driver.run_phase2(txn, term).await }.instrument(span));
+        let trace = ratify_proto::trace::inherited();
+        tokio::spawn(ratify_proto::trace::scope(
+            trace,
+            async move { driver.run_phase2(txn, term).await }.instrument(span),
+        ));
     }
 
     pub(super) fn still_leader(&self, term: u64) -> bool {

@@ -39,6 +39,18 @@ fn client_span(op: &'static str, gtrid: Option<Gtrid>, metadata: &MetadataMap) -
     span
 }
 
+/// Runs `fut` with the caller's trace context inherited (for a node without an
+/// OpenTelemetry layer, see `ratify_proto::trace`): the runs it starts take it along
+/// and pass the trace id on to the participants.
+fn with_callers_trace<F: std::future::Future>(
+    metadata: &MetadataMap,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let caller = ratify_proto::trace::extract(metadata)
+        .unwrap_or_else(opentelemetry::trace::SpanContext::empty_context);
+    ratify_proto::trace::scope(caller, fut)
+}
+
 /// Serves the client API and the admin API of one node.
 #[derive(Clone)]
 pub struct CoordinatorService {
@@ -429,8 +441,10 @@ impl Coordinator for CoordinatorService {
         // cannot stop it half-way. That task's span, and its participant calls', are
         // children of this one, and so of the client's trace.
         let span = client_span("commit", Some(gtrid), &metadata);
-        let (outcome, reason, detail) =
-            answer_fields(self.driver.commit(gtrid, branches).instrument(span).await)?;
+        let (outcome, reason, detail) = answer_fields(
+            with_callers_trace(&metadata, self.driver.commit(gtrid, branches).instrument(span))
+                .await,
+        )?;
         Ok(Response::new(pb::CommitResponse {
             outcome,
             reason,
@@ -446,8 +460,13 @@ impl Coordinator for CoordinatorService {
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let branches = validate_branch_list(gtrid, req.branches)?;
         let span = client_span("rollback", Some(gtrid), &metadata);
-        let (outcome, reason, detail) =
-            answer_fields(self.driver.rollback(gtrid, branches).instrument(span).await)?;
+        let (outcome, reason, detail) = answer_fields(
+            with_callers_trace(
+                &metadata,
+                self.driver.rollback(gtrid, branches).instrument(span),
+            )
+            .await,
+        )?;
         Ok(Response::new(pb::RollbackResponse {
             outcome,
             reason,
