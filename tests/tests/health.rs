@@ -98,6 +98,23 @@ async fn health_follows_the_leader_and_reflection_lists_the_public_services() ->
         "an unknown service name is NOT_FOUND: {unknown:?}"
     );
 
+    // `ratify probe` (the image's own health check) says the same.
+    let probe = |addr: &str, service: &str, alive: bool| -> anyhow::Result<bool> {
+        let mut cmd = std::process::Command::new(ratify_tests::ratify_binary()?);
+        cmd.args(["probe", "--addr", addr, "--service", service]);
+        if alive {
+            cmd.arg("--alive");
+        }
+        Ok(cmd.output()?.status.success())
+    };
+    assert!(probe(&lead_addr, COORDINATOR, false)?);
+    assert!(probe(&follow_addr, "", false)?);
+    assert!(!probe(&follow_addr, COORDINATOR, false)?);
+    assert!(
+        probe(&follow_addr, COORDINATOR, true)?,
+        "--alive: any answer"
+    );
+
     // Reflection: the public services and the standard ones, not the Raft service.
     let MessageResponse::ListServicesResponse(list) =
         reflect(&follow_addr, MessageRequest::ListServices(String::new())).await?

@@ -6,6 +6,7 @@
 mod bench;
 mod config;
 mod demo;
+mod probe;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -63,6 +64,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Host the embedded account store as a participant (with its recovery loop).
     Participant(ParticipantArgs),
+    /// Ask a node's gRPC health service (for container health checks): exit 0 when
+    /// SERVING.
+    Probe(probe::ProbeArgs),
     /// Inspect transactions.
     #[command(subcommand)]
     Txn(TxnCmd),
@@ -234,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Participant(a) => participant(a).await,
+            Cmd::Probe(a) => probe::run(a).await,
             Cmd::Txn(c) => txn(c).await,
             Cmd::Cluster(c) => cluster(c).await,
         }
