@@ -259,6 +259,22 @@ async fn three_nodes_configured_by_environment_with_host_names_elect_a_leader() 
         vec![format!("localhost:{}", follower.2)],
         ratify_participant_sdk::client::ClientConfig::default(),
     )?;
+    // The Raft port serves neither health nor reflection (only the internal service).
+    let (_, leader_raft, _) = ports
+        .iter()
+        .find(|(id, _, _)| *id == leader)
+        .context("leader ports")?;
+    let raft = tonic::transport::Endpoint::from_shared(format!("http://localhost:{leader_raft}"))?
+        .connect()
+        .await?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(raft)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    assert_eq!(
+        answer.as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::Unimplemented),
+        "health on the Raft port: {answer:?}"
+    );
     // A call to the follower is redirected to `localhost:<leader api>` and served.
     let page = client.list(None, 10, "").await?;
     assert!(page.transactions.is_empty());
