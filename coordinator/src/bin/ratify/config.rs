@@ -7,7 +7,7 @@
 //! key, a value of the wrong type or out of range stops it with a message naming the
 //! setting (README, "Configuration").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 /// Parses the command line, with two rules for the environment: a `RATIFY_*`
 /// variable set to the empty string counts as unset, and when a value is refused the
-/// `RATIFY_*` variables that are set are listed after clap's message (which names
-/// the flag, not the variable the value came from).
+/// variables that flags read and that are set are listed after clap's message (which
+/// names the flag, not the variable the value came from).
 pub(crate) fn parse_cli<P: clap::Parser>() -> P {
     let empty: Vec<_> = std::env::vars_os()
         .filter(|(k, v)| k.to_string_lossy().starts_with("RATIFY_") && v.is_empty())
@@ -46,8 +46,10 @@ pub(crate) fn parse_cli<P: clap::Parser>() -> P {
             );
             let _ = e.print();
             if !shown {
+                let mut names = BTreeSet::new();
+                env_names(&P::command(), &mut names);
                 let set: Vec<String> = std::env::vars()
-                    .filter(|(k, _)| k.starts_with("RATIFY_") || k == "RUST_LOG")
+                    .filter(|(k, _)| names.contains(k))
                     .map(|(k, v)| format!("  {k}={v}"))
                     .collect();
                 if !set.is_empty() {
@@ -59,6 +61,18 @@ pub(crate) fn parse_cli<P: clap::Parser>() -> P {
             }
             std::process::exit(e.exit_code());
         }
+    }
+}
+
+/// The environment variables `cmd` and its subcommands read.
+fn env_names(cmd: &clap::Command, out: &mut BTreeSet<String>) {
+    for arg in cmd.get_arguments() {
+        if let Some(name) = arg.get_env() {
+            out.insert(name.to_string_lossy().into_owned());
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        env_names(sub, out);
     }
 }
 
