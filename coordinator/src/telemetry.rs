@@ -47,6 +47,9 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC collector to export spans to (e.g. `http://127.0.0.1:4317`); none:
     /// spans are not exported.
     pub otlp_endpoint: Option<String>,
+    /// Build OpenTelemetry spans even when none are exported (for an in-process
+    /// exporter); implied by `otlp_endpoint`.
+    pub trace_spans: bool,
     /// `service.name` of the exported spans.
     pub service_name: String,
 }
@@ -119,6 +122,10 @@ impl TelemetryConfig {
             otlp_endpoint: std::env::var("RATIFY_OTLP_ENDPOINT")
                 .ok()
                 .filter(|e| !e.is_empty()),
+            trace_spans: matches!(
+                std::env::var("RATIFY_TRACE_SPANS").ok().as_deref(),
+                Some("on" | "1" | "true")
+            ),
             service_name: service_name.to_string(),
         })
     }
@@ -176,16 +183,12 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 }
 
 /// Whether Ratify's spans are OpenTelemetry spans: when they are exported, or when
-/// `RATIFY_TRACE_SPANS=on` asks for them (an app with an exporter of its own). Off,
-/// a caller's trace context still reaches the participants through the task-local
-/// of `ratify_proto::trace`, and the ~0.2 ms of CPU a transaction's spans cost
+/// asked for (`trace_spans`: an app with an exporter of its own). Off, a caller's
+/// trace context still reaches the participants through the task-local of
+/// `ratify_proto::trace`, and the ~0.2 ms of CPU a transaction's spans cost
 /// (measured with `ratify bench`) is not paid.
 fn otel_spans_enabled(config: &TelemetryConfig) -> bool {
-    config.otlp_endpoint.is_some()
-        || matches!(
-            std::env::var("RATIFY_TRACE_SPANS").ok().as_deref(),
-            Some("on" | "1" | "true")
-        )
+    config.otlp_endpoint.is_some() || config.trace_spans
 }
 
 /// The log filter: `RUST_LOG`, else `default`; openraft's INFO lines (internal

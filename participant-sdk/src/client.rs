@@ -758,12 +758,30 @@ impl CoordinatorClient {
         operator: &str,
         reason: &str,
     ) -> Result<pb::ResolveTransactionResponse, ClientError> {
+        self.resolve_branches(gtrid, action, &[], operator, reason)
+            .await
+    }
+
+    /// [`CoordinatorClient::resolve`] naming branches: a SETTLE_HEURISTIC settles only
+    /// the outcomes of `bquals` (the ones the person repaired), and requires them.
+    ///
+    /// # Errors
+    /// As [`CoordinatorClient::resolve`].
+    pub async fn resolve_branches(
+        &self,
+        gtrid: &str,
+        action: pb::ResolveAction,
+        bquals: &[u32],
+        operator: &str,
+        reason: &str,
+    ) -> Result<pb::ResolveTransactionResponse, ClientError> {
         validate_gtrid(gtrid)?;
         let request = pb::ResolveTransactionRequest {
             gtrid: gtrid.to_owned(),
             action: action.into(),
             operator: operator.to_owned(),
             reason: reason.to_owned(),
+            bquals: bquals.to_vec(),
         };
         self.leader_call("resolve", request, |ch, r| async move {
             pb::admin_client::AdminClient::new(ch)

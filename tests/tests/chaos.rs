@@ -104,6 +104,17 @@ async fn bounded_chaos_run_keeps_every_rule() -> anyhow::Result<()> {
     );
     assert!(s.unexpected_exits.is_empty(), "{:?}", s.unexpected_exits);
     assert!(s.nemesis_errors.is_empty(), "{:?}", s.nemesis_errors);
+    // The operator took part: it aborted live transactions (and was refused or told
+    // the recorded outcome for others), and the checker found nothing.
+    assert!(
+        s.operator_actions
+            .get("abort_changed")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "the operator aborted nothing: {:?}",
+        s.operator_actions
+    );
     Ok(())
 }
 
@@ -124,8 +135,10 @@ async fn the_checker_catches_a_commit_sent_before_the_decision() -> anyhow::Resu
     // The bug needs no help from the other faults; keep the run short.
     c.apps.retain(|k| *k != AppKind::Kafka);
     c.nemesis.faults = vec![chaos::nemesis::Fault::App(AppKind::Store)];
-    // Two-phase transactions only: the violation must come from this bug.
+    // Two-phase transactions only, and no operator: the violation must come from
+    // this bug.
     c.one_phase_share = 0.0;
+    c.operator = false;
     c.slow_one_phase = None;
     c.nemesis.interval_ms = (3_000, 5_000);
     c.quiet_timeout = Duration::from_secs(30);

@@ -29,7 +29,8 @@ enum Phase2 {
 struct State {
     /// `gtrid.bqual` of each branch prepared (answered YES or holding the answer).
     prepared: HashSet<(String, String)>,
-    /// Prepare holds its answer until `release` (after recording the branch).
+    /// The first prepare of a branch holds its answer until `release` (after
+    /// recording the branch), as if the answer were lost; a repeated one answers.
     hold_prepare: bool,
     phase2: Phase2,
     commits: usize,
@@ -80,8 +81,8 @@ impl pb::participant_server::Participant for Scripted {
         let k = key(req.get_ref().xid.as_ref())?;
         let hold = {
             let mut s = self.state();
-            s.prepared.insert(k);
-            s.hold_prepare
+            let first = s.prepared.insert(k);
+            s.hold_prepare && first
         };
         if hold {
             self.release.notified().await;
@@ -287,7 +288,8 @@ async fn a_committing_transaction_cannot_be_aborted_but_can_be_committed() -> an
     );
     assert!(t.audit.is_empty(), "{t:?}");
 
-    // Both branches are prepared (Recover lists them): an operator may commit.
+    // Both branches are prepared (Recover lists them, and asked again each answers
+    // YES): an operator may commit.
     let r = c
         .client
         .resolve(
@@ -413,16 +415,46 @@ async fn a_heuristic_outcome_is_listed_then_settled() -> anyhow::Result<()> {
     c.client.commit(&clean).await?;
     let (code, message) = rejected(
         c.client
-            .resolve(&clean, pb::ResolveAction::SettleHeuristic, "alice", "x")
+            .resolve_branches(
+                &clean,
+                pb::ResolveAction::SettleHeuristic,
+                &[1],
+                "alice",
+                "x",
+            )
             .await,
     );
     assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+    // A settle names what it covers: none named, or one without an outcome, is refused.
+    let (code, _) = rejected(
+        c.client
+            .resolve(&gtrid, pb::ResolveAction::SettleHeuristic, "carol", "x")
+            .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    let (code, message) = rejected(
+        c.client
+            .resolve_branches(
+                &gtrid,
+                pb::ResolveAction::SettleHeuristic,
+                &[1, 2],
+                "carol",
+                "x",
+            )
+            .await,
+    );
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains("branch 1 has no heuristic outcome"),
+        "{message}"
+    );
 
     let r = c
         .client
-        .resolve(
+        .resolve_branches(
             &gtrid,
             pb::ResolveAction::SettleHeuristic,
+            &[2],
             "carol",
             "re-applied the payment by hand (ticket 4711)",
         )
@@ -435,7 +467,13 @@ async fn a_heuristic_outcome_is_listed_then_settled() -> anyhow::Result<()> {
     assert_eq!(t.audit[0].operator, "carol");
     let again = c
         .client
-        .resolve(&gtrid, pb::ResolveAction::SettleHeuristic, "carol", "again")
+        .resolve_branches(
+            &gtrid,
+            pb::ResolveAction::SettleHeuristic,
+            &[2],
+            "carol",
+            "again",
+        )
         .await?;
     assert!(!again.changed, "{again:?}");
     let listed = c

@@ -1,5 +1,7 @@
-//! Review of commit 4da3ce2 (operator resolution, docs/design.md rule 17): tests that
-//! fail while the findings stand.
+//! Regression tests for the review of commit 4da3ce2 (operator resolution,
+//! docs/design.md rule 17): both failed on that commit. The fixes: an operator commit
+//! asks every listed branch to prepare again and needs a YES (durable), and a settle
+//! names the branches it covers.
 //!
 //! 1. `an_operator_commit_waits_for_durable_prepares`: the operator COMMIT check takes
 //!    "the xid is in the participant's Recover answer" as "the branch voted YES, durably".
@@ -46,7 +48,10 @@ impl pb::participant_server::Participant for Yes {
         req: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let k = key(req.get_ref().xid.as_ref())?;
-        self.prepared.lock().unwrap_or_else(|e| e.into_inner()).insert(k);
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k);
         Ok(Response::new(pb::PrepareResponse {
             vote: pb::Vote::Yes as i32,
             detail: String::new(),
@@ -245,6 +250,7 @@ fn a_settle_covers_only_the_outcomes_a_person_saw() {
     });
     t.apply(Command::SettleHeuristic {
         txn: 1,
+        bquals: seen.clone(),
         audit: AuditEntry {
             operator: "alice".into(),
             action: OperatorAction::SettleHeuristic,

@@ -1459,6 +1459,12 @@ impl Driver {
         lock(&self.inner.trouble).get(&(txn, bqual)).cloned()
     }
 
+    /// Every branch whose calls are failing, by (transaction, bqual): a copy, so a
+    /// caller walking the table takes no lock per branch.
+    pub fn trouble_snapshot(&self) -> HashMap<(u64, u32), BranchTrouble> {
+        lock(&self.inner.trouble).clone()
+    }
+
     /// How many branches have failing calls, and since when the oldest (Unix ms).
     pub fn trouble_summary(&self) -> (usize, Option<u64>) {
         let trouble = lock(&self.inner.trouble);
@@ -1605,7 +1611,7 @@ fn refusal(r: Refusal) -> DriveError {
         | Refusal::BranchSetChanged { .. }
         | Refusal::HandedOver
         | Refusal::Committing
-        | Refusal::NoHeuristic => DriveError::Precondition(r.to_string()),
+        | Refusal::NoHeuristic(_) => DriveError::Precondition(r.to_string()),
     }
 }
 

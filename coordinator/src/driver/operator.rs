@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
+use super::participants::PrepareOutcome;
 use super::{decision, lock, refusal, DriveError, Driver, Found};
 use crate::txn::{
     AuditEntry, AuditTrail, BranchRecord, Command, CommandResult, Decision, OperatorAction, Reason,
-    Refusal, Seed, MAX_OPERATOR_BYTES,
+    Seed, MAX_OPERATOR_BYTES,
 };
 use crate::types::{now_ms, Gtrid};
 
@@ -33,6 +34,9 @@ pub struct Resolution {
 pub struct OperatorRequest {
     /// What to do.
     pub action: OperatorAction,
+    /// For a settle: the branches whose heuristic outcomes were repaired (required;
+    /// only those are settled). Empty for the other actions.
+    pub bquals: Vec<u32>,
     /// Who asks (non-empty, at most [`MAX_OPERATOR_BYTES`]).
     pub operator: String,
     /// Why (non-empty; cut to the detail limit).
@@ -54,8 +58,22 @@ impl Driver {
         gtrid: Gtrid,
         request: OperatorRequest,
     ) -> Result<Resolution, DriveError> {
+        // A task of its own, as a run is: an operator whose call is dropped half-way
+        // must not leave the in-memory hold marked opened.
+        let driver = self.clone();
+        tokio::spawn(async move { driver.operator_action_here(gtrid, request).await })
+            .await
+            .map_err(|e| DriveError::Unavailable(format!("operator action failed: {e}")))?
+    }
+
+    async fn operator_action_here(
+        &self,
+        gtrid: Gtrid,
+        request: OperatorRequest,
+    ) -> Result<Resolution, DriveError> {
         let OperatorRequest {
             action,
+            bquals,
             operator,
             reason,
         } = request;
@@ -67,6 +85,19 @@ impl Driver {
         if reason.trim().is_empty() {
             return Err(DriveError::Invalid("reason must say why".into()));
         }
+        match (action, bquals.is_empty()) {
+            (OperatorAction::SettleHeuristic, true) => {
+                return Err(DriveError::Invalid(
+                    "a settle names the branches whose heuristic outcomes were repaired".into(),
+                ))
+            }
+            (OperatorAction::Abort | OperatorAction::Commit, false) => {
+                return Err(DriveError::Invalid(
+                    "branches are named only to settle heuristic outcomes".into(),
+                ))
+            }
+            _ => {}
+        }
         self.ensure_leader().await?;
         let audit = AuditEntry {
             operator,
@@ -76,7 +107,9 @@ impl Driver {
         };
         let txn = gtrid.index;
         let result = match action {
-            OperatorAction::SettleHeuristic => self.settle_heuristic(txn, audit.clone()).await,
+            OperatorAction::SettleHeuristic => {
+                self.settle_heuristic(txn, bquals, audit.clone()).await
+            }
             OperatorAction::Abort | OperatorAction::Commit => {
                 self.decide_for_operator(gtrid, audit.clone()).await
             }
@@ -105,38 +138,17 @@ impl Driver {
     async fn settle_heuristic(
         &self,
         txn: u64,
+        bquals: Vec<u32>,
         audit: AuditEntry,
     ) -> Result<Resolution, DriveError> {
         match self
-            .propose(Command::SettleHeuristic { txn, audit })
+            .propose(Command::SettleHeuristic { txn, bquals, audit })
             .await?
         {
-            CommandResult::Decided(d) => {
+            CommandResult::Settled { decision, changed } => {
+                // The transaction may now complete: phase 2 finishes it.
                 self.ensure_phase2(txn);
-                Ok(Resolution {
-                    decision: d,
-                    changed: true,
-                })
-            }
-            CommandResult::Refused(Refusal::NoHeuristic) => {
-                // Already settled (a retried call): the recorded outcome answers.
-                let settled = match self.found(txn, None)? {
-                    Found::Decided(d) => Some(d),
-                    _ => None,
-                }
-                .filter(|d| {
-                    d.audit
-                        .entries()
-                        .iter()
-                        .any(|a| a.action == OperatorAction::SettleHeuristic)
-                });
-                match settled {
-                    Some(d) => Ok(Resolution {
-                        decision: d,
-                        changed: false,
-                    }),
-                    None => Err(refusal(Refusal::NoHeuristic)),
-                }
+                Ok(Resolution { decision, changed })
             }
             CommandResult::Refused(r) => Err(refusal(r)),
             other => Err(super::unexpected(other)),
@@ -163,6 +175,14 @@ impl Driver {
                     "no record of transaction {gtrid} and of its branches (begun on a leader \
                      that failed before anything was logged): it cannot be committed; an \
                      abort is safe"
+                )))
+            }
+            // A client's retried commit may be driving it from its branch list right
+            // now: an abort without those branches would leave them prepared.
+            Found::Lost if self.is_preparing(txn) => {
+                return Err(DriveError::Unavailable(format!(
+                    "transaction {gtrid} is being committed from its client's branch list \
+                     right now; ask again in a moment"
                 )))
             }
             // Never logged and not held: abort it durably (presumed abort, rule 3).
@@ -231,40 +251,61 @@ impl Driver {
         }
     }
 
-    /// Checks that every branch of `gtrid` is prepared at its participant (its xid is
-    /// in the participant's Recover list), all at once; refuses naming each branch
-    /// that is not, or whose participant did not answer.
+    /// Checks that every branch of `gtrid` is prepared at its participant, durably:
+    /// its xid is in the participant's Recover answer (so no new work gets
+    /// prepared), and a Prepare of it then answers YES (a YES is durable; a listed
+    /// branch whose record is not on disk yet answers only once it is). Refuses
+    /// naming each branch that is not, or whose participant did not answer. Calls
+    /// participants only while this node leads with the lease (rule 15).
     async fn check_prepared(
         &self,
         gtrid: Gtrid,
         branches: &[BranchRecord],
     ) -> Result<(), DriveError> {
+        let term = self.ready_term()?;
+        let lost = || DriveError::Unavailable("leadership lost; retry on the new leader".into());
+        if !self.may_drive(term).await {
+            return Err(lost());
+        }
+        let timeout = self.inner.config.prepare_timeout.min(CHECK_TIMEOUT);
         let pool = &self.inner.pool;
         let checks = branches.iter().map(|b| async move {
             let xid = super::xid_pb(gtrid, b.bqual);
-            let answer = pool
-                .recover(&b.spec.endpoint, &b.spec.resource, CHECK_TIMEOUT)
+            let listed = pool
+                .recover(&b.spec.endpoint, &b.spec.resource, timeout)
                 .await;
-            let problem = match answer {
+            let problem = match listed {
                 Ok(xids) if xids.contains(&xid) => None,
                 Ok(_) => Some("not prepared there".to_string()),
                 Err(e) => Some(format!("could not ask: {e}")),
             };
-            problem.map(|p| {
-                format!(
-                    "branch {} ({}/{}): {p}",
-                    b.bqual, b.spec.endpoint, b.spec.resource
-                )
-            })
+            problem.map(|p| branch_problem(b, &p))
         });
         let problems: Vec<String> = join_all(checks).await.into_iter().flatten().collect();
+        if !problems.is_empty() {
+            return Err(not_prepared(gtrid, &problems));
+        }
+        if !self.may_drive(term).await {
+            return Err(lost());
+        }
+        let votes = branches.iter().map(|b| async move {
+            let xid = super::xid_pb(gtrid, b.bqual);
+            match pool
+                .prepare(&b.spec.endpoint, &b.spec.resource, xid, timeout)
+                .await
+            {
+                PrepareOutcome::Yes => None,
+                other => Some(branch_problem(
+                    b,
+                    &format!("listed as prepared, but asked again it answered {other:?}"),
+                )),
+            }
+        });
+        let problems: Vec<String> = join_all(votes).await.into_iter().flatten().collect();
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(DriveError::Precondition(format!(
-                "not every branch of {gtrid} is known prepared, so it cannot be committed: {}",
-                problems.join("; ")
-            )))
+            Err(not_prepared(gtrid, &problems))
         }
     }
 
@@ -295,4 +336,19 @@ impl Driver {
             h.opened = false;
         }
     }
+}
+
+/// One branch's line in a refusal.
+fn branch_problem(b: &BranchRecord, problem: &str) -> String {
+    format!(
+        "branch {} ({}/{}): {problem}",
+        b.bqual, b.spec.endpoint, b.spec.resource
+    )
+}
+
+fn not_prepared(gtrid: Gtrid, problems: &[String]) -> DriveError {
+    DriveError::Precondition(format!(
+        "not every branch of {gtrid} is known prepared, so it cannot be committed: {}",
+        problems.join("; ")
+    ))
 }

@@ -122,6 +122,7 @@ mod tests {
                 },
                 Command::SettleHeuristic {
                     txn: 5,
+                    bquals: vec![2],
                     audit: AuditEntry {
                         operator: "o".into(),
                         action: OperatorAction::Commit,
@@ -162,6 +163,8 @@ mod tests {
             // SettleHeuristic
             &11u32.to_le_bytes(),
             &5u64.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            &2u32.to_le_bytes(),
             &1u64.to_le_bytes(),
             b"o",
             &1u32.to_le_bytes(),

@@ -1,7 +1,7 @@
 //! The public `Coordinator` and `Admin` gRPC services: input validation, then the
 //! driver. Bad input is refused here, before anything reaches the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use ratify_proto::pb;
@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::to_status;
 use crate::driver::participants::endpoint_uri;
-use crate::driver::{xid_pb, DriveError, Driver, OperatorRequest, QueryAnswer};
+use crate::driver::{xid_pb, BranchTrouble, DriveError, Driver, OperatorRequest, QueryAnswer};
 use crate::membership::{self, Membership};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
@@ -180,6 +180,54 @@ fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
     }
 }
 
+/// Why a live transaction needs a person (empty: it does not): a heuristic
+/// outcome, phase 2 pending longer than `stuck_after_ms`, a branch whose calls
+/// have failed for longer than that.
+fn attention(
+    gtrid: Gtrid,
+    rec: &TxnRecord,
+    trouble: &HashMap<(u64, u32), BranchTrouble>,
+    now: u64,
+    stuck_after_ms: u64,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    for b in &rec.branches {
+        if let Some(h) = b.heuristic.as_ref().filter(|h| !h.settled) {
+            why.push(format!(
+                "heuristic outcome on branch {}: {}",
+                b.bqual, h.detail
+            ));
+        }
+    }
+    if let Some(d) = &rec.decision {
+        let pending = now.saturating_sub(d.decided_ms);
+        if pending >= stuck_after_ms && rec.pending_phase2().next().is_some() {
+            why.push(format!(
+                "phase 2 ({}) pending for {} s",
+                if d.commit { "commit" } else { "rollback" },
+                pending / 1000
+            ));
+        }
+    }
+    for b in &rec.branches {
+        if let Some(t) = trouble.get(&(gtrid.index, b.bqual)) {
+            let failing = now.saturating_sub(t.since_ms);
+            if failing >= stuck_after_ms {
+                why.push(format!(
+                    "branch {} ({}/{}) failing for {} s ({} calls): {}",
+                    b.bqual,
+                    b.spec.endpoint,
+                    b.spec.resource,
+                    failing / 1000,
+                    t.attempts,
+                    t.last_error
+                ));
+            }
+        }
+    }
+    why
+}
+
 /// The operator actions recorded with `d`.
 fn audit_pb(d: &Decision) -> Vec<pb::AuditEntry> {
     d.audit
@@ -307,54 +355,6 @@ impl CoordinatorService {
         Ok(txn)
     }
 
-    /// Why a live transaction needs a person (empty: it does not): a heuristic
-    /// outcome, phase 2 pending longer than `stuck_after_ms`, a branch whose calls
-    /// have failed for longer than that.
-    fn attention(
-        &self,
-        gtrid: Gtrid,
-        rec: &TxnRecord,
-        now: u64,
-        stuck_after_ms: u64,
-    ) -> Vec<String> {
-        let mut why = Vec::new();
-        for b in &rec.branches {
-            if let Some(h) = b.heuristic.as_ref().filter(|h| !h.settled) {
-                why.push(format!(
-                    "heuristic outcome on branch {}: {}",
-                    b.bqual, h.detail
-                ));
-            }
-        }
-        if let Some(d) = &rec.decision {
-            let pending = now.saturating_sub(d.decided_ms);
-            if pending >= stuck_after_ms && rec.pending_phase2().next().is_some() {
-                why.push(format!(
-                    "phase 2 ({}) pending for {} s",
-                    if d.commit { "commit" } else { "rollback" },
-                    pending / 1000
-                ));
-            }
-        }
-        for b in &rec.branches {
-            if let Some(t) = self.driver.trouble(gtrid.index, b.bqual) {
-                let failing = now.saturating_sub(t.since_ms);
-                if failing >= stuck_after_ms {
-                    why.push(format!(
-                        "branch {} ({}/{}) failing for {} s ({} calls): {}",
-                        b.bqual,
-                        b.spec.endpoint,
-                        b.spec.resource,
-                        failing / 1000,
-                        t.attempts,
-                        t.last_error
-                    ));
-                }
-            }
-        }
-        why
-    }
-
     /// Every call is served by a caught-up leader, so that clients see one history.
     /// It is checked before the request's gtrid is looked at: a node that is not
     /// ready may not know the cluster id yet, and must redirect rather than answer
@@ -442,8 +442,11 @@ impl Coordinator for CoordinatorService {
         // children of this one, and so of the client's trace.
         let span = client_span("commit", Some(gtrid), &metadata);
         let (outcome, reason, detail) = answer_fields(
-            with_callers_trace(&metadata, self.driver.commit(gtrid, branches).instrument(span))
-                .await,
+            with_callers_trace(
+                &metadata,
+                self.driver.commit(gtrid, branches).instrument(span),
+            )
+            .await,
         )?;
         Ok(Response::new(pb::CommitResponse {
             outcome,
@@ -609,6 +612,7 @@ impl Admin for CoordinatorService {
                 gtrid,
                 OperatorRequest {
                     action,
+                    bquals: req.bquals,
                     operator: req.operator,
                     reason: req.reason,
                 },
@@ -636,27 +640,54 @@ impl Admin for CoordinatorService {
             n => n.min(1000) as usize,
         };
         let now = crate::types::now_ms();
-        let mut found = Vec::new();
-        {
+        // One pass over the table under its read lock, taking no other lock (the
+        // failing calls are copied first) and building no message; then the page's
+        // messages, oldest first, from a second short look.
+        let trouble = self.driver.trouble_snapshot();
+        let mut found: Vec<(u64, u64, Vec<String>)> = {
             let sm = self.driver.sm().read();
             let cluster = sm.table.cluster_id;
-            for (&index, rec) in &sm.table.live {
-                let gtrid = Gtrid { cluster, index };
-                let why = self.attention(gtrid, rec, now, stuck_after_ms);
-                if !why.is_empty() {
-                    found.push(pb::NeedingAttention {
-                        transaction: Some(self.live_pb(gtrid, rec)),
-                        why,
-                        age_ms: now.saturating_sub(rec.created_ms),
-                    });
-                }
-            }
-        }
-        found.sort_by_key(|n| std::cmp::Reverse(n.age_ms));
+            sm.table
+                .live
+                .iter()
+                .filter_map(|(&index, rec)| {
+                    let why =
+                        attention(Gtrid { cluster, index }, rec, &trouble, now, stuck_after_ms);
+                    (!why.is_empty()).then(|| (now.saturating_sub(rec.created_ms), index, why))
+                })
+                .collect()
+        };
+        found.sort_by_key(|(age, index, _)| (std::cmp::Reverse(*age), *index));
         let truncated = found.len() > page_size;
         found.truncate(page_size);
+        let records: Vec<(u64, Gtrid, Option<TxnRecord>)> = {
+            let sm = self.driver.sm().read();
+            let cluster = sm.table.cluster_id;
+            found
+                .iter()
+                .map(|(age, index, _)| {
+                    let gtrid = Gtrid {
+                        cluster,
+                        index: *index,
+                    };
+                    (*age, gtrid, sm.table.live.get(index).cloned())
+                })
+                .collect()
+        };
+        let transactions = records
+            .into_iter()
+            .zip(found)
+            .filter_map(|((age_ms, gtrid, rec), (_, _, why))| {
+                // (Completed meanwhile: no longer needs anyone.)
+                rec.map(|rec| pb::NeedingAttention {
+                    transaction: Some(self.live_pb(gtrid, &rec)),
+                    why,
+                    age_ms,
+                })
+            })
+            .collect();
         Ok(Response::new(pb::ListNeedingAttentionResponse {
-            transactions: found,
+            transactions,
             truncated,
         }))
     }

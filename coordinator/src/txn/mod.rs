@@ -483,13 +483,18 @@ pub enum Command {
         /// The branches.
         bquals: Vec<u32>,
     },
-    /// An operator says the heuristic outcomes of a decided transaction are repaired
+    /// An operator says the heuristic outcomes of these branches are repaired
     /// (docs/design.md, rule 17): they are marked settled, the entry joins the
     /// decision's audit trail, and the transaction completes once no branch needs
-    /// phase 2. Refused unless the transaction has an unsettled heuristic outcome.
+    /// phase 2 and no other heuristic outcome is unsettled. Only the branches named
+    /// are settled (what the person saw; one that contradicted the decision since
+    /// stays listed). Refused, changing nothing, unless every branch named has a
+    /// heuristic outcome.
     SettleHeuristic {
         /// Target transaction.
         txn: u64,
+        /// The branches whose outcomes were repaired.
+        bquals: Vec<u32>,
         /// Who, why, when.
         audit: AuditEntry,
     },
@@ -527,7 +532,9 @@ impl Command {
                 txns, abandoned, ..
             } => 8 * (txns.len() + abandoned.len()),
             Command::Acknowledged { bquals, .. } => 4 * bquals.len(),
-            Command::SettleHeuristic { audit, .. } => audit.operator.len() + audit.reason.len(),
+            Command::SettleHeuristic { audit, bquals, .. } => {
+                audit.operator.len() + audit.reason.len() + 4 * bquals.len()
+            }
             Command::SetClusterId { .. }
             | Command::Reserve { .. }
             | Command::SetRetention(_)
@@ -589,8 +596,8 @@ pub enum Refusal {
     #[error("the transaction completed and its outcome was forgotten")]
     Forgotten,
     /// An operator asked to settle a heuristic outcome the transaction does not have.
-    #[error("the transaction has no unsettled heuristic outcome")]
-    NoHeuristic,
+    #[error("branch {0} has no heuristic outcome to settle")]
+    NoHeuristic(u32),
 }
 
 /// The state machine's answer to a command.
@@ -614,4 +621,13 @@ pub enum CommandResult {
     HandedOver,
     /// The transaction is marked committing (CommitStarted applied now or earlier).
     CommitStarted,
+    /// `SettleHeuristic` applied: the decision in force (with its audit trail), and
+    /// whether any outcome was newly settled (false: every branch named was settled
+    /// already, a repeated call).
+    Settled {
+        /// The decision, with the new audit entry when `changed`.
+        decision: Decision,
+        /// Something was settled now.
+        changed: bool,
+    },
 }

@@ -277,7 +277,9 @@ impl TxnTable {
                 }
                 CommandResult::None
             }
-            Command::SettleHeuristic { txn, audit } => self.settle_heuristic(txn, audit),
+            Command::SettleHeuristic { txn, bquals, audit } => {
+                self.settle_heuristic(txn, &bquals, audit)
+            }
             Command::Complete {
                 txns,
                 now_ms,
@@ -307,36 +309,80 @@ impl TxnTable {
         }
     }
 
-    /// Marks the heuristic outcomes of `txn` settled by an operator (rule 17). A
-    /// transaction with nothing left to do then completes at once, its outcome kept
-    /// with the audit trail; otherwise phase 2 goes on and completes it.
-    fn settle_heuristic(&mut self, txn: u64, mut audit: AuditEntry) -> CommandResult {
+    /// Marks the heuristic outcomes of branches `bquals` of `txn` settled by an
+    /// operator (rule 17). A transaction with nothing left to do then completes at
+    /// once, its outcome kept with the audit trail; otherwise phase 2 goes on and
+    /// completes it.
+    fn settle_heuristic(
+        &mut self,
+        txn: u64,
+        bquals: &[u32],
+        mut audit: AuditEntry,
+    ) -> CommandResult {
         let Some(rec) = self.live.get_mut(&txn) else {
             return match self.lookup(txn) {
                 Lookup::Forgotten => CommandResult::Refused(Refusal::Forgotten),
-                Lookup::Finished(_) => CommandResult::Refused(Refusal::NoHeuristic),
+                // Completed: settled before, if its trail says so (a repeated call).
+                Lookup::Finished(f)
+                    if f.decision
+                        .audit
+                        .entries()
+                        .iter()
+                        .any(|a| a.action == super::OperatorAction::SettleHeuristic) =>
+                {
+                    CommandResult::Settled {
+                        decision: f.decision.clone(),
+                        changed: false,
+                    }
+                }
+                Lookup::Finished(_) => CommandResult::Refused(Refusal::NoHeuristic(
+                    bquals.first().copied().unwrap_or(0),
+                )),
                 _ => CommandResult::Refused(Refusal::NotFound),
             };
         };
-        if !rec.is_heuristic() {
-            return CommandResult::Refused(Refusal::NoHeuristic);
+        if rec.decision.is_none() || bquals.is_empty() {
+            return CommandResult::Refused(Refusal::NoHeuristic(
+                bquals.first().copied().unwrap_or(0),
+            ));
         }
+        // Every branch named must have an outcome to settle; nothing changes otherwise.
+        for &bq in bquals {
+            let has = rec
+                .branches
+                .iter()
+                .any(|b| b.bqual == bq && b.heuristic.is_some());
+            if !has {
+                return CommandResult::Refused(Refusal::NoHeuristic(bq));
+            }
+        }
+        let mut changed = false;
+        for b in rec
+            .branches
+            .iter_mut()
+            .filter(|b| bquals.contains(&b.bqual))
+        {
+            if let Some(h) = b.heuristic.as_mut().filter(|h| !h.settled) {
+                h.settled = true;
+                changed = true;
+            }
+        }
+        let complete = !rec.is_heuristic() && rec.pending_phase2().next().is_none();
         let Some(decision) = rec.decision.as_mut() else {
-            return CommandResult::Refused(Refusal::NoHeuristic);
+            return CommandResult::Refused(Refusal::NoHeuristic(bquals[0]));
         };
-        audit.operator = cut_to(audit.operator, MAX_OPERATOR_BYTES);
-        audit.reason = cut(audit.reason);
         let at = audit.at_ms;
-        decision.audit.push(audit);
-        let decision = decision.clone();
-        for h in rec.branches.iter_mut().filter_map(|b| b.heuristic.as_mut()) {
-            h.settled = true;
+        if changed {
+            audit.operator = cut_to(audit.operator, MAX_OPERATOR_BYTES);
+            audit.reason = cut(audit.reason);
+            decision.audit.push(audit);
         }
-        if rec.pending_phase2().next().is_none() {
+        let decision = decision.clone();
+        if changed && complete {
             self.live.remove(&txn);
             self.finish(txn, decision.clone(), at);
         }
-        CommandResult::Decided(decision)
+        CommandResult::Settled { decision, changed }
     }
 
     /// The live, undecided record of `txn`, or the answer to give instead.

@@ -58,6 +58,9 @@ struct Args {
     /// of the leader ends in a snapshot install).
     #[arg(long, default_value_t = 200)]
     snapshot_every: u64,
+    /// No operator resolving random live transactions during the run.
+    #[arg(long)]
+    no_operator: bool,
     /// Break a rule on purpose (to see the checker catch it): `commit-before-decision`.
     #[arg(long)]
     bug: Option<String>,
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     config.one_phase_share = args.one_phase_share;
     config.quiet_timeout = Duration::from_secs(args.quiet_timeout);
     config.snapshot_every = args.snapshot_every;
+    config.operator = !args.no_operator;
     match args.interval_ms[..] {
         [min, max] => config.nemesis.interval_ms = (min, max.max(min)),
         _ => anyhow::bail!("--interval-ms takes MIN,MAX"),

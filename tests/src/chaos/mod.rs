@@ -82,6 +82,9 @@ pub struct ChaosConfig {
     /// late, after committing, by up to this many ms (`chaos_participant
     /// --slow-one-phase`); `None`: never.
     pub slow_one_phase: Option<(f64, u64)>,
+    /// An operator resolves random live transactions during the run
+    /// ([`workload::operator_loop`]).
+    pub operator: bool,
 }
 
 impl ChaosConfig {
@@ -89,7 +92,8 @@ impl ChaosConfig {
     /// (broker kills in one round out of 3), half of the restarts armed with a fail
     /// point that fires on 30 % of its passes; one transaction in 5 one-phase, and
     /// 30 % of one-phase commits answered up to 1.5 s late; a snapshot every 200 log
-    /// entries.
+    /// entries; an operator aborting or committing a random live transaction every
+    /// 0.2–0.8 s.
     pub fn new(seed: u64, duration: Duration, dir: PathBuf) -> Self {
         let apps = AppKind::ALL.to_vec();
         Self {
@@ -114,6 +118,7 @@ impl ChaosConfig {
             balance: 1_000,
             one_phase_share: 0.2,
             slow_one_phase: Some((0.3, 1_500)),
+            operator: true,
         }
     }
 }
@@ -203,6 +208,9 @@ pub struct Summary {
     pub longest_election_ms: u64,
     /// Leader elections measured.
     pub elections: usize,
+    /// Operator resolutions during the run, by `<action>_<result>` (result:
+    /// `changed`, `unchanged` (already decided), `refused`).
+    pub operator_actions: BTreeMap<String, usize>,
     /// Every broken rule.
     pub violations: Vec<Violation>,
     /// Where the history is.
@@ -266,6 +274,14 @@ impl Summary {
             "  after a leader kill, partition or pause: new leader within {} ms at worst ({} elections), first commit answered within {} ms at worst",
             self.longest_election_ms, self.elections, self.longest_unavailability_ms
         );
+        let _ = writeln!(
+            s,
+            "  operator resolutions: {}",
+            self.operator_actions.values().sum::<usize>()
+        );
+        for (k, n) in &self.operator_actions {
+            let _ = writeln!(s, "    {k:<40} {n}");
+        }
         let _ = writeln!(s, "  nemesis errors: {}", self.nemesis_errors.len());
         for e in self.nemesis_errors.iter().take(5) {
             let _ = writeln!(s, "    {e}");
@@ -436,6 +452,14 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         })
         .collect();
 
+    let operator = config.operator.then(|| {
+        tokio::spawn(workload::operator_loop(
+            config.seed,
+            client.clone(),
+            history.clone(),
+            stopped.clone(),
+        ))
+    });
     let mut nemesis = Nemesis::new(
         config.seed,
         config.nemesis.clone(),
@@ -466,6 +490,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     }
     let chaos_seconds = chaos_start.elapsed().as_secs_f64();
     let _ = stop.send(true);
+    if let Some(op) = operator {
+        let _ = tokio::time::timeout(Duration::from_secs(60), op).await;
+    }
     for mut c in clients {
         // A client still stuck after a minute is stopped: its last attempt is not in the
         // history, and the checker treats what it did as a transaction no client ran.
@@ -600,6 +627,7 @@ fn summarize(
     let mut disk_faults_by_kind = BTreeMap::new();
     let mut disk_fail_stops = 0;
     let mut pauses_by_kind = BTreeMap::new();
+    let mut operator_actions = BTreeMap::new();
     let mut leader_losses: Vec<u64> = Vec::new();
     for r in &nemesis {
         match r.action.as_str() {
@@ -618,6 +646,7 @@ fn summarize(
                 disk_fail_stops += usize::from(r.detail.starts_with("fail-stop"));
             }
             "pause" => *pauses_by_kind.entry(r.kind.clone()).or_insert(0) += 1,
+            "operator" => *operator_actions.entry(r.kind.clone()).or_insert(0) += 1,
             "unexpected_exit" => {
                 unexpected_exits.push(format!("{} at {} ms: {}", r.target, r.at_ms, r.detail))
             }
@@ -682,6 +711,7 @@ fn summarize(
         unexpected_exits,
         txns: counts,
         longest_unavailability_ms,
+        operator_actions,
         violations,
         history: config.dir.join("history.jsonl"),
     }

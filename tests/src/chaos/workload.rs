@@ -340,3 +340,46 @@ async fn ask_again(client: &CoordinatorClient, gtrid: &str, verb: Verb) -> anyho
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {ASK_AGAIN_FOR:?}"))
 }
+
+/// An operator at work during the run (docs/design.md, rule 17): every few hundred
+/// ms it picks a live transaction at random and aborts it (three times in four) or
+/// commits it, as a person resolving what looks stuck would. Whatever the answer
+/// (changed, already decided, refused), the checker then holds every client's answer
+/// and every participant to the recorded outcome. Results go to the history as
+/// nemesis records of action `operator`, kind `<action>_<result>`.
+pub async fn operator_loop(
+    seed: u64,
+    client: CoordinatorClient,
+    history: History,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6f70_6572);
+    while !*stop.borrow_and_update() {
+        let pause = Duration::from_millis(rng.gen_range(200..800));
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
+        let Ok(page) = client.list(None, 200, "").await else {
+            continue;
+        };
+        if page.transactions.is_empty() {
+            continue;
+        }
+        let t = &page.transactions[rng.gen_range(0..page.transactions.len())];
+        let (action, name) = if rng.gen_bool(0.75) {
+            (pb::ResolveAction::Abort, "abort")
+        } else {
+            (pb::ResolveAction::Commit, "commit")
+        };
+        let (result, detail) = match client
+            .resolve(&t.gtrid, action, "chaos-operator", "chaos run")
+            .await
+        {
+            Ok(r) if r.changed => ("changed", String::new()),
+            Ok(_) => ("unchanged", String::new()),
+            Err(e) => ("refused", e.to_string()),
+        };
+        history.nemesis("operator", &format!("{name}_{result}"), &t.gtrid, &detail);
+    }
+}

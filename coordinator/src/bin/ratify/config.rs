@@ -228,6 +228,9 @@ pub(crate) struct NodeFile {
     /// `--otlp-endpoint`.
     #[serde(skip_serializing_if = "Option::is_none")]
     otlp_endpoint: Option<String>,
+    /// `--trace-spans`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_spans: Option<bool>,
 }
 
 /// Reads the node's TOML file (none: every key unset).
@@ -261,6 +264,8 @@ pub(crate) struct LogSettings {
     pub(crate) filter: Option<String>,
     /// Where to export spans.
     pub(crate) otlp_endpoint: Option<String>,
+    /// Build OpenTelemetry spans even without exporting them.
+    pub(crate) trace_spans: bool,
 }
 
 impl LogSettings {
@@ -272,6 +277,7 @@ impl LogSettings {
         format: Option<LogFormat>,
         filter: Option<String>,
         otlp_endpoint: Option<String>,
+        trace_spans: Option<bool>,
         file: &NodeFile,
         default_filter: &str,
     ) -> anyhow::Result<Self> {
@@ -291,6 +297,7 @@ impl LogSettings {
             otlp_endpoint: otlp_endpoint
                 .or_else(|| file.otlp_endpoint.clone())
                 .filter(|e| !e.is_empty()),
+            trace_spans: trace_spans.or(file.trace_spans).unwrap_or(false),
         })
     }
 }
@@ -545,6 +552,7 @@ pub(crate) fn render(c: &NodeConfig, log: &LogSettings) -> anyhow::Result<String
                 .unwrap_or_else(|| log.default_filter.clone()),
         ),
         otlp_endpoint: log.otlp_endpoint.clone(),
+        trace_spans: Some(log.trace_spans),
     };
     Ok(toml::to_string(&file)?)
 }
@@ -662,7 +670,7 @@ mod tests {
             assert!(e.contains(want), "{flags:?}: {e:?} does not say {want:?}");
         }
         let file = parse_file("log_format = \"xml\"\n").expect("a string");
-        let e = LogSettings::resolve(None, None, None, &file, "info").expect_err("xml");
+        let e = LogSettings::resolve(None, None, None, None, &file, "info").expect_err("xml");
         assert!(e.to_string().contains("log_format"), "{e}");
     }
 
@@ -688,8 +696,8 @@ mod tests {
             &NodeFile::default(),
         )
         .expect("valid");
-        let log =
-            LogSettings::resolve(None, None, None, &NodeFile::default(), "info").expect("log");
+        let log = LogSettings::resolve(None, None, None, None, &NodeFile::default(), "info")
+            .expect("log");
         let text = render(&c, &log).expect("render");
         let back =
             resolve(&NodeArgs::default(), &parse_file(&text).expect("parse")).expect("valid");
