@@ -1,6 +1,12 @@
 //! Take part in Ratify global transactions.
 //!
+//! Start with [`App`]: it hosts your resources (a Postgres database, a Kafka
+//! producer, your own [`Resource`]) in one participant server with its recovery
+//! loop, and [`App::transaction`] runs a closure as one global transaction over
+//! them. The modules below are the pieces it is made of, for what it does not cover.
+//!
 //! # Layout
+//! - [`App`], [`AppBuilder`], [`Tx`]: the high-level SDK (module `app`).
 //! - [`xid`]: the XA-shaped branch id and its strict, printable encoding.
 //! - [`resource`]: the XA-style [`resource::Resource`] trait every participant resource implements.
 //! - [`server`]: the participant gRPC server that hosts resources for the coordinator.
@@ -14,6 +20,7 @@
 
 pub mod accounts;
 pub mod adapters;
+mod app;
 mod branch_log;
 pub mod client;
 pub mod durable;
@@ -23,3 +30,13 @@ pub mod recovery;
 pub mod resource;
 pub mod server;
 pub mod xid;
+
+pub use app::{App, AppBuilder, AppError, Tx};
+pub use client::{ClientConfig, ClientError, CoordinatorClient, Decision, Outcome};
+pub use resource::Resource;
+pub use xid::Xid;
+
+#[cfg(feature = "kafka")]
+pub use adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
+#[cfg(feature = "postgres")]
+pub use adapters::postgres::{PgConfig, PgResource};

@@ -176,8 +176,11 @@ impl Publisher {
         let markers = read_ledger(&self.config)?;
         let recorded = self.store.recorded_seq()?;
         let mut last = recorded;
+        let (mut caught_markers, mut caught_branches) = (0usize, 0usize);
         for m in markers.into_values().filter(|m| m.seq > recorded) {
-            tracing::debug!(seq = m.seq, xids = ?m.xids, "ledger: published before the restart, recording");
+            tracing::debug!(seq = m.seq, xids = ?m.xids, "ledger marker published before the restart");
+            caught_markers += 1;
+            caught_branches += m.xids.len();
             for xid in &m.xids {
                 if branch_log::read_outcome(&self.store.outcomes, xid)?
                     == Some(Finished::RolledBack)
@@ -191,6 +194,14 @@ impl Publisher {
             last = m.seq;
         }
         sync_blocking(&self.store)?;
+        if caught_markers > 0 {
+            // A recovery summary: one line, not one per branch.
+            tracing::info!(
+                markers = caught_markers,
+                branches = caught_branches,
+                "ledger: published before the restart, recorded"
+            );
+        }
         self.next_seq = last + 1;
         Ok(())
     }

@@ -1,0 +1,475 @@
+//! The high-level SDK: an [`App`] hosts an application's resources in one
+//! participant server, with the recovery loop that resolves their in-doubt branches,
+//! and runs transaction scopes over them.
+//!
+//! ```no_run
+//! # async fn demo(db: std::sync::Arc<ratify_participant_sdk::accounts::AccountStore>)
+//! # -> Result<(), ratify_participant_sdk::AppError> {
+//! use ratify_participant_sdk::App;
+//!
+//! let app = App::builder()
+//!     .coordinators(["127.0.0.1:7101"])
+//!     .resource("db", db.clone())
+//!     .start()
+//!     .await?;
+//! let moved = app
+//!     .transaction(|tx| async move {
+//!         let branch = db.branch(tx.xid("db")?)?;
+//!         branch.debit("alice", 10)?;
+//!         branch.credit("bob", 10)?;
+//!         Ok::<_, anyhow::Error>(10)
+//!     })
+//!     .await?;
+//! app.shutdown().await;
+//! # let _ = moved; Ok(())
+//! # }
+//! ```
+//!
+//! [`App::transaction`] begins a transaction with a branch on every resource of the
+//! app (or those named, [`App::transaction_on`]), hands the closure a [`Tx`] whose
+//! [`Tx::xid`] gives each branch's id by resource name, rolls back if the closure
+//! fails, commits otherwise, and keeps asking while the outcome is unknown (a commit
+//! is idempotent: asking again returns the recorded decision, never a second run).
+//! It returns the closure's value once the transaction committed, or
+//! [`AppError::Aborted`] with the coordinator's reason.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ratify_proto::pb;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::{BeginOptions, ClientConfig, ClientError, CoordinatorClient, Outcome};
+use crate::recovery::RecoveryLoop;
+use crate::resource::Resource;
+use crate::server::{stopped, ParticipantServer, ServerError};
+use crate::xid::Xid;
+
+/// Why an [`App`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The builder was given no coordinator (neither endpoints nor a client).
+    #[error("no coordinator: give App::builder() its endpoints or a client")]
+    NoCoordinator,
+    /// The builder was given no resource.
+    #[error("no resource: an app hosts at least one")]
+    NoResource,
+    /// The participant server could not be set up (a bad resource name, a name given
+    /// twice, a port that cannot be bound).
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A coordinator call failed in a way asking again does not cure.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The transaction names a resource this app does not host.
+    #[error("no resource named {0:?} in this app (or not in this transaction)")]
+    NoSuchResource(String),
+    /// The coordinator aborted the transaction: nothing of it took effect.
+    #[error("transaction {gtrid} aborted ({reason:?}): {detail}")]
+    Aborted {
+        /// The transaction.
+        gtrid: String,
+        /// Why, as the coordinator recorded it.
+        reason: pb::Reason,
+        /// The coordinator's detail.
+        detail: String,
+    },
+    /// The transaction's work failed; the transaction was rolled back.
+    #[error("the transaction's work failed (rolled back): {0}")]
+    Work(Box<dyn std::error::Error + Send + Sync>),
+    /// The outcome stayed unknown for longer than [`AppBuilder::outcome_timeout`]:
+    /// the transaction may yet commit. Ask with [`App::client`] (`commit` again, or
+    /// `get`).
+    #[error(
+        "the outcome of {gtrid} is still unknown after {waited:?} (it may commit): {last_error}"
+    )]
+    OutcomeUnknown {
+        /// The transaction.
+        gtrid: String,
+        /// How long the app asked.
+        waited: Duration,
+        /// The last failure seen.
+        last_error: String,
+    },
+}
+
+/// Sets up an [`App`]: where the coordinator is, what the app hosts, where its
+/// participant server listens.
+#[must_use]
+pub struct AppBuilder {
+    coordinators: Vec<String>,
+    client_config: ClientConfig,
+    client: Option<CoordinatorClient>,
+    listen: String,
+    advertise: Option<String>,
+    resources: Vec<(String, Arc<dyn Resource>)>,
+    recovery_interval: Duration,
+    txn_timeout: Duration,
+    outcome_timeout: Option<Duration>,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("coordinators", &self.coordinators)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field(
+                "resources",
+                &self.resources.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppBuilder {
+    /// The coordinator nodes' client addresses (`host:port`); any of them will do,
+    /// the client finds the leader.
+    pub fn coordinators<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.coordinators = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Settings of the coordinator client made from [`AppBuilder::coordinators`].
+    pub fn client_config(mut self, config: ClientConfig) -> Self {
+        self.client_config = config;
+        self
+    }
+
+    /// Uses this coordinator client (instead of [`AppBuilder::coordinators`]).
+    pub fn client(mut self, client: CoordinatorClient) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Hosts `resource` under `name` (1 to 64 of `[A-Za-z0-9_.-]`).
+    pub fn resource(mut self, name: impl Into<String>, resource: Arc<dyn Resource>) -> Self {
+        self.resources.push((name.into(), resource));
+        self
+    }
+
+    /// Where the participant server listens (default `127.0.0.1:0`: a free loopback
+    /// port, for a coordinator on the same machine).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
+    }
+
+    /// The address coordinators dial to reach this app (default: the address the
+    /// server is bound to). Needed when it listens on `0.0.0.0` or behind NAT.
+    pub fn advertise(mut self, endpoint: impl Into<String>) -> Self {
+        self.advertise = Some(endpoint.into());
+        self
+    }
+
+    /// How often the recovery loop asks about in-doubt branches (default 2 s).
+    pub fn recovery_interval(mut self, every: Duration) -> Self {
+        self.recovery_interval = every;
+        self
+    }
+
+    /// Timeout of the transactions the app begins (default 30 s): an undecided one
+    /// older than this is aborted.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.txn_timeout = timeout;
+        self
+    }
+
+    /// How long a transaction scope keeps asking for an unknown outcome before it
+    /// returns [`AppError::OutcomeUnknown`] (default: until it is known).
+    pub fn outcome_timeout(mut self, timeout: Duration) -> Self {
+        self.outcome_timeout = Some(timeout);
+        self
+    }
+
+    /// How long [`App::shutdown`] waits for the coordinator to finish the branches
+    /// still prepared here (default 10 s). A commit is answered once it is decided;
+    /// phase 2 reaches the participants just after, so a process that stops right
+    /// after its last transaction would otherwise leave that branch prepared until
+    /// it runs again.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Binds the participant server, starts it and the recovery loop.
+    ///
+    /// # Errors
+    /// [`AppError::NoCoordinator`], [`AppError::NoResource`], [`AppError::Server`]
+    /// (bad or repeated resource name, address not bindable), [`AppError::Client`]
+    /// (bad coordinator endpoint).
+    pub async fn start(self) -> Result<App, AppError> {
+        if self.resources.is_empty() {
+            return Err(AppError::NoResource);
+        }
+        let client = match self.client {
+            Some(c) => c,
+            None if self.coordinators.is_empty() => return Err(AppError::NoCoordinator),
+            None => CoordinatorClient::new(self.coordinators, self.client_config)?,
+        };
+        let mut server = ParticipantServer::new();
+        let mut names = Vec::new();
+        for (name, resource) in &self.resources {
+            server = server.with_resource(name, Arc::clone(resource))?;
+            names.push(name.clone());
+        }
+        let listener = tokio::net::TcpListener::bind(&self.listen)
+            .await
+            .map_err(ServerError::Bind)?;
+        let bound = listener.local_addr().map_err(ServerError::Bind)?;
+        let endpoint = self.advertise.unwrap_or_else(|| bound.to_string());
+        let (stop, rx) = watch::channel(false);
+        let server = tokio::spawn(server.serve(listener, stopped(rx.clone())));
+        let hosted = self.resources.clone();
+        let recovery = RecoveryLoop::new(self.resources, client.clone())
+            .spawn(self.recovery_interval, stopped(rx));
+        tracing::info!(%endpoint, resources = ?names, "app ready");
+        Ok(App {
+            endpoint,
+            client,
+            resources: names,
+            txn_timeout: self.txn_timeout,
+            outcome_timeout: self.outcome_timeout,
+            shutdown_grace: self.shutdown_grace,
+            hosted,
+            stop,
+            tasks: Some((server, recovery)),
+        })
+    }
+}
+
+/// The participant server's task.
+type ServerTask = JoinHandle<Result<(), ServerError>>;
+
+/// An application taking part in global transactions: its resources hosted in one
+/// participant server, the recovery loop, and a coordinator client (see the module
+/// docs). [`App::shutdown`] stops them gracefully; dropping it stops them too.
+pub struct App {
+    endpoint: String,
+    client: CoordinatorClient,
+    resources: Vec<String>,
+    txn_timeout: Duration,
+    outcome_timeout: Option<Duration>,
+    shutdown_grace: Duration,
+    /// The resources, for the shutdown's wait on prepared branches.
+    hosted: Vec<(String, Arc<dyn Resource>)>,
+    stop: watch::Sender<bool>,
+    /// The server and the recovery loop (taken by [`App::shutdown`]).
+    tasks: Option<(ServerTask, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("endpoint", &self.endpoint)
+            .field("resources", &self.resources)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One transaction as its scope sees it: its gtrid and a branch per resource.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tx {
+    inner: Arc<TxInner>,
+}
+
+#[derive(Debug)]
+struct TxInner {
+    gtrid: String,
+    branches: BTreeMap<String, Xid>,
+}
+
+impl Tx {
+    /// The global transaction id.
+    pub fn gtrid(&self) -> &str {
+        &self.inner.gtrid
+    }
+
+    /// The branch id to do `resource`'s work under.
+    ///
+    /// # Errors
+    /// [`AppError::NoSuchResource`] when the transaction has no branch there.
+    pub fn xid(&self, resource: &str) -> Result<&Xid, AppError> {
+        self.inner
+            .branches
+            .get(resource)
+            .ok_or_else(|| AppError::NoSuchResource(resource.to_string()))
+    }
+}
+
+impl App {
+    /// Starts setting up an app.
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            coordinators: Vec::new(),
+            client_config: ClientConfig::default(),
+            client: None,
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            resources: Vec::new(),
+            recovery_interval: Duration::from_secs(2),
+            txn_timeout: Duration::from_secs(30),
+            outcome_timeout: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The endpoint coordinators call this app's participant server at.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The coordinator client (for `get`, `list`, and transactions spanning other
+    /// services' participants).
+    pub fn client(&self) -> &CoordinatorClient {
+        &self.client
+    }
+
+    /// Runs `work` in a new transaction with a branch on every resource of the app
+    /// (see the module docs).
+    ///
+    /// # Errors
+    /// [`AppError::Work`] (rolled back), [`AppError::Aborted`], [`AppError::Client`]
+    /// (Begin refused or failed; a commit answer outside the protocol),
+    /// [`AppError::OutcomeUnknown`] (only with an outcome timeout).
+    pub async fn transaction<T, E, F, Fut>(&self, work: F) -> Result<T, AppError>
+    where
+        F: FnOnce(Tx) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let all: Vec<&str> = self.resources.iter().map(String::as_str).collect();
+        self.transaction_on(&all, work).await
+    }
+
+    /// [`App::transaction`] with branches on the `resources` named only.
+    ///
+    /// # Errors
+    /// As [`App::transaction`], and [`AppError::NoSuchResource`] for a name this app
+    /// does not host.
+    pub async fn transaction_on<T, E, F, Fut>(
+        &self,
+        resources: &[&str],
+        work: F,
+    ) -> Result<T, AppError>
+    where
+        F: FnOnce(Tx) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(unknown) = resources
+            .iter()
+            .find(|r| !self.resources.iter().any(|h| h == *r))
+        {
+            return Err(AppError::NoSuchResource((*unknown).to_string()));
+        }
+        let begun = self
+            .client
+            .begin(BeginOptions {
+                timeout: self.txn_timeout,
+                branches: resources
+                    .iter()
+                    .map(|r| (self.endpoint.clone(), (*r).to_string()))
+                    .collect(),
+                ..BeginOptions::default()
+            })
+            .await?;
+        let tx = Tx {
+            inner: Arc::new(TxInner {
+                gtrid: begun.gtrid.clone(),
+                branches: begun
+                    .branches
+                    .iter()
+                    .map(|b| (b.resource.clone(), b.xid.clone()))
+                    .collect(),
+            }),
+        };
+        let value = match work(tx).await {
+            Ok(v) => v,
+            Err(e) => {
+                // The branch that failed votes NO anyway; rolling back now releases
+                // the others sooner. Its answer changes nothing for the caller.
+                let _ = self.client.rollback(&begun.gtrid).await;
+                return Err(AppError::Work(e.into()));
+            }
+        };
+        self.commit_until_known(&begun.gtrid).await?;
+        Ok(value)
+    }
+
+    /// Commits `gtrid`, asking again while the outcome is unknown.
+    async fn commit_until_known(&self, gtrid: &str) -> Result<(), AppError> {
+        let start = Instant::now();
+        loop {
+            match self.client.commit(gtrid).await {
+                Ok(d) if d.outcome == Outcome::Committed => return Ok(()),
+                Ok(d) => {
+                    return Err(AppError::Aborted {
+                        gtrid: gtrid.to_string(),
+                        reason: d.reason,
+                        detail: d.detail,
+                    })
+                }
+                Err(ClientError::DeadlineExceeded { last_error }) => {
+                    if self
+                        .outcome_timeout
+                        .is_some_and(|limit| start.elapsed() >= limit)
+                    {
+                        return Err(AppError::OutcomeUnknown {
+                            gtrid: gtrid.to_string(),
+                            waited: start.elapsed(),
+                            last_error,
+                        });
+                    }
+                    tracing::debug!(gtrid, %last_error, "commit outcome unknown, asking again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Stops the participant server and the recovery loop. First it waits, up to the
+    /// shutdown grace ([`AppBuilder::shutdown_grace`]), until no branch is prepared
+    /// here any more (the coordinator's phase 2 of the last commits); then it lets
+    /// calls and a recovery round in progress finish.
+    pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + self.shutdown_grace;
+        while Instant::now() < deadline && self.any_prepared().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.stop.send(true);
+        if let Some((server, recovery)) = self.tasks.take() {
+            let _ = server.await;
+            let _ = recovery.await;
+        }
+    }
+}
+
+impl App {
+    /// Does a resource hold a prepared branch (or cannot say)?
+    async fn any_prepared(&self) -> bool {
+        for (_, r) in &self.hosted {
+            match r.recover().await {
+                Ok(xids) if xids.is_empty() => {}
+                _ => return true,
+            }
+        }
+        false
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
