@@ -25,6 +25,13 @@
 //!    progress record, while node 4 answers vote requests for node 3 with a log that
 //!    may lack entries node 3 had acknowledged: the wiped-voter-under-its-old-id hazard
 //!    the README warns about).
+//! 3. `a_node_on_a_dead_voters_address_cannot_elect_a_leader_that_lost_commits`: the
+//!    cost of 2. A transfer commits while one follower is stalled; the other follower
+//!    dies and node 4 starts on its addresses; the leader goes down. Two of three
+//!    voters are gone, so Raft must stay without a leader; instead node 4 grants the
+//!    stalled follower's vote request as the dead voter (empty log), the stalled
+//!    follower leads without the transfer's entries, and the transfer the client was
+//!    told COMMITTED is "no record ... it is aborted once asked about" (rules 1, 2).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -214,4 +221,76 @@ async fn a_replacement_on_the_dead_nodes_addresses_keeps_the_leader_up() -> anyh
          elected by node 4 answering votes as node {dead})"
     );
     Ok(())
+}
+
+/// What the takeover of test 2 costs once a second voter fails: committed entries.
+/// Node `lag` is paused (a stalled follower) while transfer X commits on {leader,
+/// dead}; node `dead` dies and node 4 starts on its addresses, as for a replacement;
+/// the leader fails (in debug builds the takeover itself makes it panic; here it is
+/// killed, so the test does not depend on the build). With two of three voters gone
+/// the cluster should stay without a leader; instead node 4 answers node `lag`'s
+/// vote request *as node `dead`*, with an empty log, so `lag` is elected without
+/// X's entries and the committed transfer is gone from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_dead_voters_address_cannot_elect_a_leader_that_lost_commits(
+) -> anyhow::Result<()> {
+    let mut c = TestCluster::start(&[]).await?;
+    let bank = Bank::open(&c).await?;
+    for i in 0..3 {
+        commit_one(&c, &bank, i).await?;
+    }
+    let leader = c.leader().await?;
+    let lag = c.follower(leader)?;
+    let dead = c
+        .nodes
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != lag)
+        .ok_or_else(|| anyhow::anyhow!("no third node"))?;
+    c.nodes.pause(lag, true)?;
+    let x = bank.transfer(&c.client, 1, 2, 1).await?;
+    must_commit(&c.client.commit(&x.gtrid).await?);
+    let applied = c.nodes.status(leader).await?.last_applied;
+
+    let old = c.nodes.node_info(dead)?;
+    c.nodes.kill(dead)?;
+    let _n4 = Extra::start(c.dir.path(), 4, &old)?;
+    wait_answers(&old.api_addr).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader_survived_takeover = c.nodes.is_running(leader);
+    c.nodes.kill(leader)?;
+    c.nodes.pause(lag, false)?;
+
+    let start = Instant::now();
+    let mut elected = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(s) = c.nodes.status(lag).await {
+            if s.role == "Leader" && s.leader_id == lag {
+                elected = Some(s);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(s) = elected else {
+        // Nobody elected with two of three voters gone: what Raft promises.
+        return Ok(());
+    };
+    let only_lag = CoordinatorClient::new(
+        vec![c.nodes.api_addr(lag)?],
+        ClientConfig {
+            deadline: Duration::from_secs(10),
+            ..ClientConfig::default()
+        },
+    )?;
+    let seen = only_lag.get(&x.gtrid).await;
+    panic!(
+        "with node {dead} dead and node {leader} down (it survived the takeover: \
+         {leader_survived_takeover}), node {lag} was elected leader of voters \
+         {:?} by node 4 answering as node {dead}; transfer {} was committed at index \
+         <= {applied}, node {lag} leads with last_log_index {} and answers for it: {seen:?}",
+        voters(&s.members),
+        x.gtrid,
+        s.last_log_index
+    );
 }
