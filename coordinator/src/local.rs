@@ -545,6 +545,25 @@ pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic:
         .into_inner())
 }
 
+/// The id of the node serving the Raft port at `addr` (`Raft.Identify`).
+///
+/// # Errors
+/// When it cannot be reached or does not answer within a second.
+pub async fn raft_identity(addr: &str) -> Result<NodeId, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(ratify_proto::raft_pb::raft_client::RaftClient::new(channel)
+        .identify(ratify_proto::raft_pb::IdentifyRequest {})
+        .await?
+        .into_inner()
+        .node_id)
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();

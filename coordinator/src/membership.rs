@@ -43,6 +43,9 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest member address accepted.
 pub const MAX_ADDR_BYTES: usize = 256;
 
+/// Most members (voters and learners) a cluster takes.
+pub const MAX_MEMBERS: usize = 9;
+
 /// Why a membership change was refused or did not finish. Refusals change nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
@@ -188,6 +191,16 @@ fn check_new(
                 )));
             }
         }
+    }
+    // Every member costs the leader a replication stream for ever (rule 12): a
+    // cluster takes a handful, and a learner that never caught up counts too.
+    let members =
+        m.nodes().count() - usize::from(replacing.is_some_and(|r| m.get_node(&r).is_some()));
+    if members >= MAX_MEMBERS {
+        return Err(MembershipError::Precondition(format!(
+            "the cluster has {members} members (voters and learners), the most it takes is \
+             {MAX_MEMBERS}; remove one first (a learner that never caught up, too)"
+        )));
     }
     Ok(Present::No)
 }
@@ -357,6 +370,26 @@ impl Membership {
                 "the node at {} is node {}, not node {id}",
                 node.api_addr, status.node_id
             )));
+        }
+        // The Raft address must reach that very node: one that reaches another
+        // member would let it answer for the new one (docs/design.md, "Membership
+        // changes"; the Raft port refuses requests meant for another id, so the
+        // learner would never catch up either).
+        match crate::local::raft_identity(&node.raft_addr).await {
+            Ok(served) if served == id => {}
+            Ok(served) => {
+                return Err(MembershipError::Invalid(format!(
+                    "the Raft address {} is node {served}'s, not node {id}'s",
+                    node.raft_addr
+                )))
+            }
+            Err(s) => {
+                return Err(MembershipError::Precondition(format!(
+                    "cannot reach node {id}'s Raft port at {}: {}",
+                    node.raft_addr,
+                    s.message()
+                )))
+            }
         }
         let ours = format!("{:016x}", self.driver.sm().read().table.cluster_id);
         if status.cluster_id != "0000000000000000" && status.cluster_id != ours {

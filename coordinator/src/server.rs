@@ -243,7 +243,7 @@ pub async fn run(
 
     let raft_server = tonic::transport::Server::builder()
         .add_service(
-            RaftGrpcServer::new(RaftServer::new(raft.clone()))
+            RaftGrpcServer::new(RaftServer::new(raft.clone(), config.id))
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )

@@ -119,7 +119,11 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let mut client = self.client().map_err(RpcError::Unreachable)?;
-        let mut request = tonic::Request::new(RaftPayload { data });
+        // Addressed: whatever answers at the address must be that node.
+        let mut request = tonic::Request::new(RaftPayload {
+            data,
+            target: self.target,
+        });
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -128,8 +132,14 @@ impl PeerConnection {
         };
         let payload = match reply {
             Ok(r) => r.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                // Connection refused or reset: let openraft back off instead of spinning.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                // Connection refused or reset, or another node at the target's
+                // address: let openraft back off instead of spinning.
                 return Err(RpcError::Unreachable(Unreachable::new(&status)));
             }
             Err(status) => return Err(RpcError::Network(NetworkError::new(&status))),
