@@ -55,9 +55,7 @@ async fn the_readme_example_commits_a_row_and_an_event_together() -> anyhow::Res
     let db = format!("readme_{}", std::process::id());
     let (admin, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    admin
-        .execute(&format!("DROP DATABASE IF EXISTS {db}"), &[])
-        .await?;
+    drop_leftovers(&admin, &pg.url).await?;
     admin.execute(&format!("CREATE DATABASE {db}"), &[]).await?;
     let db_url = with_database(&pg.url, &db)?;
     let (client, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;
@@ -106,6 +104,47 @@ async fn the_readme_example_commits_a_row_and_an_event_together() -> anyhow::Res
     assert_eq!(prepared, 0, "nothing left prepared");
     c.wait_all_completed(std::time::Duration::from_secs(30))
         .await?;
+    drop(client);
+    admin
+        .execute(&format!("DROP DATABASE {db} WITH (FORCE)"), &[])
+        .await?;
+    Ok(())
+}
+
+/// Drops the databases of earlier runs, rolling back what they left prepared (a run
+/// that failed half-way): a prepared transaction anywhere on the server blocks other
+/// tests' logical replication slots.
+async fn drop_leftovers(admin: &tokio_postgres::Client, url: &str) -> anyhow::Result<()> {
+    let leftovers = admin
+        .query(
+            r"SELECT gid, database FROM pg_prepared_xacts WHERE database LIKE 'readme\_%'",
+            &[],
+        )
+        .await?;
+    for row in leftovers {
+        let (gid, database): (String, String) = (row.get(0), row.get(1));
+        let (c, conn) =
+            tokio_postgres::connect(&with_database(url, &database)?, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let quoted = gid.replace('\'', "''");
+        c.execute(&format!("ROLLBACK PREPARED '{quoted}'"), &[])
+            .await?;
+    }
+    let dbs = admin
+        .query(
+            r"SELECT datname FROM pg_database WHERE datname LIKE 'readme\_%'",
+            &[],
+        )
+        .await?;
+    for row in dbs {
+        let name: String = row.get(0);
+        admin
+            .execute(
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                &[],
+            )
+            .await?;
+    }
     Ok(())
 }
 
