@@ -247,6 +247,14 @@ impl Driver {
                 "transaction {gtrid} was handed to its one-phase participant meanwhile: its \
                  answer decides"
             ))),
+            // The client's commit marked it committing between the look and the
+            // proposal: the table refused the abort (rule 16); say so in these words.
+            Err(DriveError::Precondition(_)) if !commit && self.is_committing(txn) => {
+                Err(DriveError::Precondition(format!(
+                    "the commit of transaction {gtrid} was logged as started meanwhile: it \
+                     may already have been reported committed, so it cannot be aborted"
+                )))
+            }
             Err(e) => Err(e),
         }
     }
