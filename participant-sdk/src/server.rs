@@ -336,12 +336,13 @@ impl pb::participant_server::Participant for ParticipantServer {
 }
 
 /// A participant hosted in this process on a loopback port, with its recovery loop:
-/// what demos, benchmarks and tests embed. Dropping it stops both.
+/// what demos, benchmarks and tests embed. A one-resource [`crate::App`] (which it
+/// wraps); dropping it stops both.
 pub struct HostedParticipant {
     /// `host:port` to enlist.
     pub endpoint: String,
-    /// Set to stop the server and the recovery loop.
-    stop: tokio::sync::watch::Sender<bool>,
+    /// The app serving it (stopped when dropped).
+    _app: crate::App,
 }
 
 impl HostedParticipant {
@@ -349,33 +350,23 @@ impl HostedParticipant {
     /// branches with `client` every `recovery_interval`.
     ///
     /// # Errors
-    /// [`ServerError::InvalidResourceName`], or [`ServerError::Bind`] when no port can
-    /// be bound.
+    /// [`crate::AppError::Server`]: an invalid resource name, or no port to bind.
     pub async fn start(
         name: &str,
         resource: Arc<dyn Resource>,
         client: crate::client::CoordinatorClient,
         recovery_interval: std::time::Duration,
-    ) -> Result<Self, ServerError> {
-        let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(ServerError::Bind)?;
-        let endpoint = listener
-            .local_addr()
-            .map_err(ServerError::Bind)?
-            .to_string();
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(server.serve(listener, stopped(rx.clone())));
-        crate::recovery::RecoveryLoop::new(vec![(name.to_string(), resource)], client)
-            .spawn(recovery_interval, stopped(rx));
-        Ok(Self { endpoint, stop })
-    }
-}
-
-impl Drop for HostedParticipant {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+    ) -> Result<Self, crate::AppError> {
+        let app = crate::App::builder()
+            .client(client)
+            .resource(name, resource)
+            .recovery_interval(recovery_interval)
+            .start()
+            .await?;
+        Ok(Self {
+            endpoint: app.endpoint().to_string(),
+            _app: app,
+        })
     }
 }
 
