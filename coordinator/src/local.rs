@@ -532,17 +532,22 @@ impl LocalCluster {
 /// # Errors
 /// Transport failures and statuses, as `tonic::Status`.
 pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let channel = dial_quickly(addr).await?;
+    Ok(AdminClient::new(channel)
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// A channel to `addr` for one short question: 300 ms to connect, 1 s per call.
+async fn dial_quickly(addr: &str) -> Result<tonic::transport::Channel, tonic::Status> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(1))
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    Ok(AdminClient::new(channel)
-        .cluster_status(pb::ClusterStatusRequest {})
-        .await?
-        .into_inner())
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
 }
 
 /// The id of the node serving the Raft port at `addr` (`Raft.Identify`).
@@ -550,13 +555,7 @@ pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic:
 /// # Errors
 /// When it cannot be reached or does not answer within a second.
 pub async fn raft_identity(addr: &str) -> Result<NodeId, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = dial_quickly(addr).await?;
     Ok(ratify_proto::raft_pb::raft_client::RaftClient::new(channel)
         .identify(ratify_proto::raft_pb::IdentifyRequest {})
         .await?

@@ -215,6 +215,31 @@ struct Runs {
     ready: Option<(u64, std::time::Instant)>,
 }
 
+impl Runs {
+    /// Marks held transaction `txn` as having its record proposed: from then on the
+    /// table answers for it once the record lands. False when it is not held.
+    fn mark_opened(&mut self, txn: u64) -> bool {
+        match self.active.get_mut(&txn) {
+            Some(h) => {
+                h.opened = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After a proposal about held transaction `txn` (`logged`: its record is in the
+    /// table now): the hold is dropped, or, when nothing landed, left as it was
+    /// before the proposal, for a retry.
+    fn release(&mut self, txn: u64, logged: bool) {
+        if logged {
+            self.active.remove(&txn);
+        } else if let Some(h) = self.active.get_mut(&txn) {
+            h.opened = false;
+        }
+    }
+}
+
 /// A transaction held in this leader's memory.
 struct Held {
     /// What is known of it.
@@ -841,11 +866,7 @@ impl Driver {
                     let logged = driver.has_record(txn);
                     let mut runs = lock(&driver.inner.runs);
                     runs.slots.remove(&txn);
-                    if logged {
-                        runs.active.remove(&txn);
-                    } else if let Some(h) = runs.active.get_mut(&txn) {
-                        h.opened = false;
-                    }
+                    runs.release(txn, logged);
                 }
                 .instrument(span),
             ));
@@ -894,9 +915,7 @@ impl Driver {
                     if held {
                         // From here on the record may be in the log: the branch set is
                         // fixed, and the table answers once the run ends.
-                        if let Some(h) = lock(&self.inner.runs).active.get_mut(&txn) {
-                            h.opened = true;
-                        }
+                        lock(&self.inner.runs).mark_opened(txn);
                     }
                     let records = seed.records();
                     (Some(seed), held, records, false, false)

@@ -227,7 +227,7 @@ impl Driver {
         proposed.audit = AuditTrail::of(audit);
         // From here on the record may be in the log: the table answers for it (as a
         // run does, see `Driver::run`), and the hold is dropped once it landed.
-        let held = seed.is_some() && self.mark_opened(txn);
+        let held = seed.is_some() && lock(&self.inner.runs).mark_opened(txn);
         let result = self
             .decide(
                 txn,
@@ -317,31 +317,14 @@ impl Driver {
         }
     }
 
-    /// Marks a transaction held in memory as having its record proposed; false when
-    /// it is not held (a lost one).
-    fn mark_opened(&self, txn: u64) -> bool {
-        match lock(&self.inner.runs).active.get_mut(&txn) {
-            Some(h) => {
-                h.opened = true;
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Drops the in-memory hold of `txn` once its record is in the table, unless a
     /// run of it is under way (the run does it when it ends). A proposal that did
     /// not land leaves the hold as it was, for a retry.
     fn release_if_logged(&self, txn: u64) {
         let logged = self.has_record(txn);
         let mut runs = lock(&self.inner.runs);
-        if runs.slots.contains_key(&txn) {
-            return;
-        }
-        if logged {
-            runs.active.remove(&txn);
-        } else if let Some(h) = runs.active.get_mut(&txn) {
-            h.opened = false;
+        if !runs.slots.contains_key(&txn) {
+            runs.release(txn, logged);
         }
     }
 }

@@ -60,11 +60,12 @@ pub enum Phase2Outcome {
 /// The branch a participant call is about, named in its span.
 #[derive(Debug, Clone, Copy)]
 struct Branch<'a> {
-    /// `prepare`, `commit`, `commit_one_phase` or `rollback`.
+    /// `prepare`, `commit`, `commit_one_phase`, `rollback` or `recover`.
     op: &'static str,
     endpoint: &'a str,
     resource: &'a str,
-    xid: &'a pb::Xid,
+    /// None for a call about the whole resource (Recover).
+    xid: Option<&'a pb::Xid>,
 }
 
 /// Most participant channels kept open; past it the least recently used goes.
@@ -164,9 +165,19 @@ impl ParticipantPool {
             op,
             endpoint,
             resource,
-            gtrid = %xid.gtrid,
-            xid = %format_args!("{:08x}.{}.{}", xid.format_id, xid.gtrid, xid.bqual),
+            gtrid = tracing::field::Empty,
+            xid = tracing::field::Empty,
         );
+        if let Some(xid) = xid {
+            span.record("gtrid", xid.gtrid.as_str());
+            span.record(
+                "xid",
+                tracing::field::display(format_args!(
+                    "{:08x}.{}.{}",
+                    xid.format_id, xid.gtrid, xid.bqual
+                )),
+            );
+        }
         let client = self.client(endpoint).map_err(|e| (None, e))?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(timeout);
@@ -193,7 +204,7 @@ impl ParticipantPool {
             op: "prepare",
             endpoint,
             resource,
-            xid: &xid,
+            xid: Some(&xid),
         };
         let req = pb::PrepareRequest {
             resource: resource.to_string(),
@@ -239,7 +250,7 @@ impl ParticipantPool {
             },
             endpoint,
             resource,
-            xid: &xid,
+            xid: Some(&xid),
         };
         let req = pb::BranchCommitRequest {
             resource: resource.to_string(),
@@ -277,19 +288,23 @@ impl ParticipantPool {
         resource: &str,
         timeout: Duration,
     ) -> Result<Vec<pb::Xid>, String> {
-        let client = self
-            .client(endpoint)?
-            .max_decoding_message_size(MAX_RECOVER_BYTES);
-        let mut req = tonic::Request::new(pb::RecoverRequest {
+        let branch = Branch {
+            op: "recover",
+            endpoint,
+            resource,
+            xid: None,
+        };
+        let req = pb::RecoverRequest {
             resource: resource.to_string(),
-        });
-        req.set_timeout(timeout);
-        let mut client = client;
-        match tokio::time::timeout(timeout, client.recover(req)).await {
-            Err(_) => Err(format!("{endpoint}: no answer within {timeout:?}")),
-            Ok(Err(status)) => Err(format!("{endpoint}/{resource}: {status}")),
-            Ok(Ok(resp)) => Ok(resp.into_inner().xids),
-        }
+        };
+        self.call(branch, timeout, req, |c, r| async move {
+            c.max_decoding_message_size(MAX_RECOVER_BYTES)
+                .recover(r)
+                .await
+        })
+        .await
+        .map(|resp| resp.xids)
+        .map_err(|(_, detail)| detail)
     }
 
     /// Rollback on one branch, bounded by `timeout`.
@@ -304,7 +319,7 @@ impl ParticipantPool {
             op: "rollback",
             endpoint,
             resource,
-            xid: &xid,
+            xid: Some(&xid),
         };
         let req = pb::BranchRollbackRequest {
             resource: resource.to_string(),
