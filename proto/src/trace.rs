@@ -92,11 +92,17 @@ pub fn extract(metadata: &MetadataMap) -> Option<SpanContext> {
 /// right after creating the span, before entering it or creating children.
 pub fn adopt(span: &tracing::Span, metadata: &MetadataMap) {
     if let Some(remote) = extract(metadata) {
-        let parent = opentelemetry::Context::new().with_remote_span_context(remote);
-        // Fails only when the span is disabled or has no OpenTelemetry layer: then
-        // there is nothing to trace.
-        let _ = span.set_parent(parent);
+        adopt_remote(span, remote);
     }
+}
+
+/// Makes `span` a child of `remote`, a context already read from a caller (see
+/// [`adopt`]).
+pub fn adopt_remote(span: &tracing::Span, remote: SpanContext) {
+    let parent = opentelemetry::Context::new().with_remote_span_context(remote);
+    // Fails only when the span is disabled or has no OpenTelemetry layer: then
+    // there is nothing to trace.
+    let _ = span.set_parent(parent);
 }
 
 /// The trace context of `span` (invalid when the process does not trace).

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use ratify_proto::pb;
 use ratify_proto::pb::admin_server::Admin;
 use ratify_proto::pb::coordinator_server::Coordinator;
@@ -25,7 +26,11 @@ use crate::types::{Gtrid, NodeInfo};
 /// The span of a client's call about a transaction: the root of the coordinator's
 /// part of its trace, a child of the `traceparent` the client sent if any
 /// (docs/design.md, "Tracing").
-fn client_span(op: &'static str, gtrid: Option<Gtrid>, metadata: &MetadataMap) -> tracing::Span {
+fn client_span(
+    op: &'static str,
+    gtrid: Option<Gtrid>,
+    caller: Option<&SpanContext>,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "transaction",
         op,
@@ -35,20 +40,28 @@ fn client_span(op: &'static str, gtrid: Option<Gtrid>, metadata: &MetadataMap) -
     if let Some(g) = gtrid {
         span.record("gtrid", tracing::field::display(g));
     }
-    ratify_proto::trace::adopt(&span, metadata);
+    if let Some(c) = caller {
+        ratify_proto::trace::adopt_remote(&span, c.clone());
+    }
     span
 }
 
-/// Runs `fut` with the caller's trace context inherited (for a node without an
+/// Runs `fut`, a client's call about `gtrid` that drives it, in its [`client_span`]
+/// and with the caller's trace context inherited (for a node without an
 /// OpenTelemetry layer, see `ratify_proto::trace`): the runs it starts take it along
-/// and pass the trace id on to the participants.
-fn with_callers_trace<F: std::future::Future>(
+/// and pass the trace id on to the participants. The header is read once.
+fn traced<F: std::future::Future>(
+    op: &'static str,
+    gtrid: Gtrid,
     metadata: &MetadataMap,
     fut: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    let caller = ratify_proto::trace::extract(metadata)
-        .unwrap_or_else(opentelemetry::trace::SpanContext::empty_context);
-    ratify_proto::trace::scope(caller, fut)
+    let caller = ratify_proto::trace::extract(metadata);
+    let span = client_span(op, Some(gtrid), caller.as_ref());
+    ratify_proto::trace::scope(
+        caller.unwrap_or_else(SpanContext::empty_context),
+        fut.instrument(span),
+    )
 }
 
 /// Serves the client API and the admin API of one node.
@@ -376,7 +389,8 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
-        let span = client_span("begin", None, req.metadata());
+        let caller = ratify_proto::trace::extract(req.metadata());
+        let span = client_span("begin", None, caller.as_ref());
         let req = req.into_inner();
         let timeout = match u64::from(req.timeout_ms) {
             0 => self.driver.default_txn_timeout(),
@@ -440,11 +454,12 @@ impl Coordinator for CoordinatorService {
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way. That task's span, and its participant calls', are
         // children of this one, and so of the client's trace.
-        let span = client_span("commit", Some(gtrid), &metadata);
         let (outcome, reason, detail) = answer_fields(
-            with_callers_trace(
+            traced(
+                "commit",
+                gtrid,
                 &metadata,
-                self.driver.commit(gtrid, branches).instrument(span),
+                self.driver.commit(gtrid, branches),
             )
             .await,
         )?;
@@ -462,11 +477,12 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let branches = validate_branch_list(gtrid, req.branches)?;
-        let span = client_span("rollback", Some(gtrid), &metadata);
         let (outcome, reason, detail) = answer_fields(
-            with_callers_trace(
+            traced(
+                "rollback",
+                gtrid,
                 &metadata,
-                self.driver.rollback(gtrid, branches).instrument(span),
+                self.driver.rollback(gtrid, branches),
             )
             .await,
         )?;
