@@ -16,6 +16,7 @@
 
 pub mod chaos;
 pub mod kafka;
+pub mod load;
 pub mod pg;
 
 use std::path::PathBuf;

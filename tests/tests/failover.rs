@@ -2,89 +2,15 @@
 //! durability and availability as promised in docs/design.md §1.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ratify_participant_sdk::client::{CoordinatorClient, Outcome};
+use ratify_participant_sdk::client::Outcome;
 use ratify_proto::pb;
+use ratify_tests::load::{check_atomicity, workload};
 use ratify_tests::{must_commit, Bank, TestCluster, ACCOUNTS, INITIAL};
 
 /// What one client saw for one transaction.
-#[derive(Debug, Clone)]
-struct Seen {
-    gtrid: String,
-    /// `Some(true)` committed, `Some(false)` aborted, `None` unknown (deadline).
-    outcome: Option<bool>,
-    begun_at: Instant,
-    done_at: Instant,
-}
-
-/// Runs transfers from `clients` tasks until `stop` is set; returns every outcome.
-async fn workload(
-    client: CoordinatorClient,
-    bank: Arc<Bank>,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<Seen> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for w in 0..clients {
-        let (client, bank, stop, seen) = (client.clone(), bank.clone(), stop.clone(), seen.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let begun_at = Instant::now();
-                let Ok(t) = bank
-                    .transfer(&client, (w + i) % ACCOUNTS, (w * 7 + i) % ACCOUNTS, 1)
-                    .await
-                else {
-                    continue;
-                };
-                let outcome = match client.commit(&t.gtrid).await {
-                    Ok(d) => Some(d.outcome == Outcome::Committed),
-                    Err(_) => None,
-                };
-                if let Ok(mut s) = seen.lock() {
-                    s.push(Seen {
-                        gtrid: t.gtrid,
-                        outcome,
-                        begun_at,
-                        done_at: Instant::now(),
-                    });
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let out = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    out
-}
-
-/// After the cluster settles: the bank total is conserved, nothing is left prepared,
-/// nothing is left live, and every outcome a client was told is the recorded one.
-async fn check_atomicity(c: &TestCluster, bank: &Bank, seen: &[Seen]) -> anyhow::Result<()> {
-    bank.wait_settled(Duration::from_secs(30)).await?;
-    c.wait_all_completed(Duration::from_secs(30)).await?;
-    assert_eq!(
-        bank.total()?,
-        2 * ACCOUNTS as i64 * INITIAL,
-        "a transfer committed on one bank only"
-    );
-    for s in seen {
-        let Some(told) = s.outcome else { continue };
-        let t = c.client.get(&s.gtrid).await?;
-        let recorded = t.outcome == pb::Outcome::Committed as i32;
-        assert_eq!(
-            told, recorded,
-            "client was told {told} but the log says {t:?}"
-        );
-    }
-    Ok(())
-}
-
 /// SIGKILL the leader mid-workload: every in-flight transaction ends the same way on
 /// all branches, and new transactions commit again within 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
