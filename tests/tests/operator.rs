@@ -448,6 +448,19 @@ async fn a_heuristic_outcome_is_listed_then_settled() -> anyhow::Result<()> {
         message.contains("branch 1 has no heuristic outcome"),
         "{message}"
     );
+    let too_many: Vec<u32> = (1..=65).collect();
+    let (code, message) = rejected(
+        c.client
+            .resolve_branches(
+                &gtrid,
+                pb::ResolveAction::SettleHeuristic,
+                &too_many,
+                "carol",
+                "x",
+            )
+            .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
 
     let r = c
         .client

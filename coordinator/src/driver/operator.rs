@@ -15,7 +15,7 @@ use super::participants::PrepareOutcome;
 use super::{decision, lock, refusal, DriveError, Driver, Found};
 use crate::txn::{
     AuditEntry, AuditTrail, BranchRecord, Command, CommandResult, Decision, OperatorAction, Reason,
-    Seed, MAX_OPERATOR_BYTES,
+    Seed, MAX_BRANCHES, MAX_OPERATOR_BYTES,
 };
 use crate::types::{now_ms, Gtrid};
 
@@ -97,6 +97,14 @@ impl Driver {
                 ))
             }
             _ => {}
+        }
+        // A transaction has at most MAX_BRANCHES branches: a longer list names one
+        // that is not there, and would only make the log entry large.
+        if bquals.len() > MAX_BRANCHES {
+            return Err(DriveError::Invalid(format!(
+                "a transaction has at most {MAX_BRANCHES} branches; {} named",
+                bquals.len()
+            )));
         }
         self.ensure_leader().await?;
         let audit = AuditEntry {
