@@ -34,7 +34,7 @@ done
 shopt -u nullglob
 
 cargo build --locked -p ratify-coordinator --bin ratify \
-    -p ratify-examples --bin pg_bank --bin order_pipeline --bin tradeoff_lab \
+    -p ratify-examples --bin pg_bank --bin order_pipeline --bin tradeoff_lab --bin atomic_order \
     -p ratify-tests --bin chaos --bin chaos_participant
 # Two test threads: each integration test runs a 3-process cluster on a 2-core machine.
 status=0
