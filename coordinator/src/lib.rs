@@ -9,25 +9,25 @@
 //!   real fdatasync, state machine snapshots in a synced file, Raft network).
 //! - [`driver`]: leader-only 2PC engine (prepare fan-out, decisions, phase 2,
 //!   timeouts, failover recovery).
+//! - [`ask`]: one question to one node (its status, its Raft identity).
 //! - [`membership`]: membership changes (add, remove, replace a node; the quorum
 //!   check), run by the leader for the Admin service.
 //! - [`service`]: the gRPC services; the only place errors become `Status`. Also the
 //!   Prometheus endpoint and the web console.
 //! - [`metrics`]: the node's counters and their Prometheus text rendering.
-//! - [`local`], [`netfault`]: local clusters of node processes, and a fault-injecting
-//!   proxy to cut nodes off (benchmarks, demos, tests, chaos).
-//! - [`server`]: [`server::run`] wires a node together.
+//! - [`server`]: [`server::run`] wires a node together; [`config`]: its settings
+//!   (flags, environment, file) and the `node` command both binaries run.
 //! - [`telemetry`]: logs (text or JSON) and OpenTelemetry tracing for a process.
 
 // openraft's StorageError and ConfigError are large by design, and the storage traits
 // must return them as they are.
 #![allow(clippy::result_large_err)]
 
+pub mod ask;
+pub mod config;
 pub mod driver;
-pub mod local;
 pub mod membership;
 pub mod metrics;
-pub mod netfault;
 pub mod raft;
 pub mod server;
 pub mod service;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use ratify_participant_sdk::server::stopped;
+use ratify_common::stopped;
 use ratify_proto::pb::admin_server::AdminServer;
 use ratify_proto::pb::coordinator_server::CoordinatorServer;
 use ratify_proto::raft_pb::raft_server::RaftServer as RaftGrpcServer;

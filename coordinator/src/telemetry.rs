@@ -186,7 +186,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 /// asked for (`trace_spans`: an app with an exporter of its own). Off, a caller's
 /// trace context still reaches the participants through the task-local of
 /// `ratify_proto::trace`, and the ~0.2 ms of CPU a transaction's spans cost
-/// (measured with `ratify bench`) is not paid.
+/// (measured with `ratify-dev bench`) is not paid.
 fn otel_spans_enabled(config: &TelemetryConfig) -> bool {
     config.otlp_endpoint.is_some() || config.trace_spans
 }

@@ -73,43 +73,7 @@ pub mod typ {
     pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;
 }
 
-/// A global transaction id: the cluster id and the transaction's number, which the
-/// replicated table assigns to each Begin in log order (dense, never reused).
-///
-/// Rendered as 32 lowercase hex digits (16 for the cluster, 16 for the number), so it is
-/// unique forever across leader changes and across clusters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Gtrid {
-    /// Random id chosen once when the cluster was created.
-    pub cluster: u64,
-    /// The transaction's number (from 1).
-    pub index: u64,
-}
-
-impl fmt::Display for Gtrid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}{:016x}", self.cluster, self.index)
-    }
-}
-
-/// A gtrid that is not 32 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed gtrid {0:?}: expected 32 lowercase hex digits")]
-pub struct MalformedGtrid(pub String);
-
-impl std::str::FromStr for Gtrid {
-    type Err = MalformedGtrid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || MalformedGtrid(s.chars().take(64).collect());
-        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(bad());
-        }
-        let cluster = u64::from_str_radix(&s[..16], 16).map_err(|_| bad())?;
-        let index = u64::from_str_radix(&s[16..], 16).map_err(|_| bad())?;
-        Ok(Self { cluster, index })
-    }
-}
+pub use ratify_common::xid::Gtrid;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
@@ -117,30 +81,4 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gtrid_round_trips_and_rejects_garbage() {
-        let g = Gtrid {
-            cluster: 0xdead_beef,
-            index: 42,
-        };
-        let s = g.to_string();
-        assert_eq!(s.len(), 32);
-        assert_eq!(s.parse::<Gtrid>(), Ok(g));
-        for bad in [
-            "",
-            "xyz",
-            &s.to_uppercase(),
-            &format!("{s}0"),
-            "00000000deadbeef000000000000002'",
-            "0000000000000000000000000000000é",
-        ] {
-            assert!(bad.parse::<Gtrid>().is_err(), "accepted {bad:?}");
-        }
-    }
 }

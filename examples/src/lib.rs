@@ -75,9 +75,8 @@ pub fn ratify_binary(explicit: Option<&std::path::Path>) -> anyhow::Result<std::
 /// When the binary is missing or no leader is elected in 20 s.
 pub async fn local_cluster(
     dir: &std::path::Path,
-) -> anyhow::Result<ratify_coordinator::local::LocalCluster> {
-    let cluster =
-        ratify_coordinator::local::LocalCluster::start(&ratify_binary(None)?, dir, 3, vec![])?;
+) -> anyhow::Result<ratify_devkit::local::LocalCluster> {
+    let cluster = ratify_devkit::local::LocalCluster::start(&ratify_binary(None)?, dir, 3, vec![])?;
     cluster
         .wait_for_leader(std::time::Duration::from_secs(20))
         .await?;

@@ -3,7 +3,7 @@
 //! and runs transaction scopes over them.
 //!
 //! ```no_run
-//! # async fn demo(db: std::sync::Arc<ratify_participant_sdk::accounts::AccountStore>)
+//! # async fn demo(db: std::sync::Arc<dyn ratify_participant_sdk::Resource>)
 //! # -> Result<(), ratify_participant_sdk::AppError> {
 //! use ratify_participant_sdk::App;
 //!
@@ -14,10 +14,10 @@
 //!     .await?;
 //! let moved = app
 //!     .transaction(|tx| async move {
-//!         let branch = db.branch(tx.xid("db")?)?;
-//!         branch.debit("alice", 10)?;
-//!         branch.credit("bob", 10)?;
-//!         Ok::<_, anyhow::Error>(10)
+//!         let xid = tx.xid("db")?;
+//!         // The branch's work, on the resource, under `xid` (for Postgres:
+//!         // `PgResource::begin_branch(xid)` and SQL on the branch it gives).
+//!         Ok::<_, anyhow::Error>(xid.to_string())
 //!     })
 //!     .await?;
 //! app.shutdown().await;

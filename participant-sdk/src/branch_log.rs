@@ -1,8 +1,9 @@
-//! Storage pieces shared by the sled-backed resources ([`crate::accounts`],
-//! [`crate::noop`]): the encoding of finished-branch outcomes (commit records and
-//! rollback tombstones), the listing of prepared branches, and error conversion.
+//! Storage pieces for a resource kept in [`crate::durable::DurableSled`] (the Kafka
+//! adapter's stage, and the demo resources of `ratify-devkit`): the encoding of
+//! finished-branch outcomes (commit records and rollback tombstones), the listing of
+//! prepared branches, and error conversion.
 //!
-//! Both resources key their `prepared` and `outcomes` trees by the rendered xid.
+//! Every such resource keys its `prepared` and `outcomes` trees by the rendered xid.
 
 use std::fmt::Display;
 
@@ -12,7 +13,7 @@ use crate::xid::Xid;
 
 /// How a branch finished, as remembered in an `outcomes` tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Finished {
+pub enum Finished {
     /// Committed (two-phase or one-phase).
     Committed,
     /// Rolled back; also the tombstone that refuses a late prepare.
@@ -25,7 +26,7 @@ pub(crate) enum Finished {
 
 impl Finished {
     /// One byte per record: the encoding is tiny and stable.
-    pub(crate) fn encode(self) -> &'static [u8] {
+    pub fn encode(self) -> &'static [u8] {
         match self {
             Self::Committed => b"C",
             Self::RolledBack => b"R",
@@ -33,7 +34,8 @@ impl Finished {
         }
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+    /// Reads a record [`Finished::encode`] wrote; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
         match bytes {
             b"C" => Some(Self::Committed),
             b"R" => Some(Self::RolledBack),
@@ -44,15 +46,12 @@ impl Finished {
 }
 
 /// A storage failure: likely transient (disk full, I/O error), so retry later.
-pub(crate) fn unavailable(e: impl Display) -> ResourceError {
+pub fn unavailable(e: impl Display) -> ResourceError {
     ResourceError::Unavailable(format!("storage: {e}"))
 }
 
 /// Reads how `xid` finished, if it did.
-pub(crate) fn read_outcome(
-    tree: &sled::Tree,
-    xid: &Xid,
-) -> Result<Option<Finished>, ResourceError> {
+pub fn read_outcome(tree: &sled::Tree, xid: &Xid) -> Result<Option<Finished>, ResourceError> {
     match tree.get(xid.render()).map_err(unavailable)? {
         None => Ok(None),
         Some(v) => Finished::decode(&v)
@@ -62,18 +61,14 @@ pub(crate) fn read_outcome(
 }
 
 /// Records how `xid` finished (outside a multi-tree transaction).
-pub(crate) fn write_outcome(
-    tree: &sled::Tree,
-    xid: &Xid,
-    how: Finished,
-) -> Result<(), ResourceError> {
+pub fn write_outcome(tree: &sled::Tree, xid: &Xid, how: Finished) -> Result<(), ResourceError> {
     tree.insert(xid.render(), how.encode())
         .map(drop)
         .map_err(unavailable)
 }
 
 /// Lists the xids keyed in a `prepared` tree.
-pub(crate) fn list_prepared(tree: &sled::Tree) -> Result<Vec<Xid>, ResourceError> {
+pub fn list_prepared(tree: &sled::Tree) -> Result<Vec<Xid>, ResourceError> {
     tree.iter()
         .keys()
         .map(|k| {
@@ -92,13 +87,13 @@ pub(crate) fn list_prepared(tree: &sled::Tree) -> Result<Vec<Xid>, ResourceError
 }
 
 /// Waits until everything written so far is durable.
-pub(crate) async fn sync(durable: &DurableSled) -> Result<(), ResourceError> {
+pub async fn sync(durable: &DurableSled) -> Result<(), ResourceError> {
     durable.sync().await.map_err(unavailable)
 }
 
 /// Maps the result of a multi-tree sled transaction whose aborts carry a
 /// [`ResourceError`].
-pub(crate) fn tx_result<T>(
+pub fn tx_result<T>(
     r: sled::transaction::TransactionResult<T, ResourceError>,
 ) -> Result<T, ResourceError> {
     r.map_err(|e| match e {

@@ -7,34 +7,32 @@
 //!
 //! # Layout
 //! - [`App`], [`AppBuilder`], [`Tx`]: the high-level SDK (module `app`).
-//! - [`xid`]: the XA-shaped branch id and its strict, printable encoding.
+//! - [`xid`], [`wire`], [`failpoint`]: shared with the coordinator, from `ratify-common`:
+//!   identifiers, wire rules, crash points for tests.
 //! - [`resource`]: the XA-style [`resource::Resource`] trait every participant resource implements.
 //! - [`server`]: the participant gRPC server that hosts resources for the coordinator.
 //! - [`recovery`]: the participant-side loop that resolves in-doubt branches.
-//! - [`client`]: the coordinator client (leader discovery, retries, deadlines).
+//! - [`client`]: the coordinator client (leader discovery, retries, deadlines), from
+//!   `ratify-client`.
 //! - [`durable`]: sled with a real, group-committed fdatasync.
-//! - [`failpoint`]: crash points for tests, chosen through `RATIFY_FAILPOINTS`.
-//! - [`accounts`]: an embedded, durable account-balance store for demos and tests.
-//! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
+//! - [`branch_log`]: storage pieces for a resource of your own on [`durable`]
+//!   (finished-branch records, prepared listing).
 //! - [`adapters`]: existing systems as participants (features `kafka`, `postgres`).
 
-pub mod accounts;
 pub mod adapters;
 mod app;
-mod branch_log;
-pub mod client;
+pub mod branch_log;
 pub mod durable;
-pub mod failpoint;
-pub mod noop;
 pub mod recovery;
 pub mod resource;
 pub mod server;
-pub mod xid;
 
 pub use app::{App, AppBuilder, AppError, Tx};
 pub use client::{ClientConfig, ClientError, CoordinatorClient, Decision, Outcome};
+pub use ratify_client as client;
+pub use ratify_common::{failpoint, wire, xid};
 pub use resource::Resource;
-pub use xid::Xid;
+pub use xid::{Gtrid, Xid};
 
 #[cfg(feature = "kafka")]
 pub use adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};

@@ -259,7 +259,44 @@ async fn resolve(
 mod tests {
     use super::*;
     use crate::client::{fake, ClientConfig};
-    use crate::noop::NoopResource;
+    use crate::resource::{CommitResult, ResourceError, RollbackResult, Vote};
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    /// An in-memory resource that only remembers which branches are prepared: what
+    /// the recovery loop looks at.
+    #[derive(Default)]
+    struct Prepared(Mutex<BTreeSet<Xid>>);
+
+    impl Prepared {
+        fn set(&self) -> std::sync::MutexGuard<'_, BTreeSet<Xid>> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Resource for Prepared {
+        async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
+            self.set().insert(xid.clone());
+            Ok(Vote::Yes)
+        }
+        async fn commit(&self, xid: &Xid, _one_phase: bool) -> Result<CommitResult, ResourceError> {
+            self.set().remove(xid);
+            Ok(CommitResult::Committed)
+        }
+        async fn rollback(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
+            self.set().remove(xid);
+            Ok(RollbackResult::RolledBack)
+        }
+        async fn recover(&self) -> Result<Vec<Xid>, ResourceError> {
+            Ok(self.set().iter().cloned().collect())
+        }
+        async fn forget(&self, _xid: &Xid) -> Result<(), ResourceError> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn outcomes_map_to_actions() {
@@ -272,8 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn run_once_resolves_by_the_coordinators_answer() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let resource = Arc::new(NoopResource::open(dir.path())?);
+        let resource = Arc::new(Prepared::default());
         let gtrids: Vec<String> = (1..=5u32).map(|n| format!("{n:032x}")).collect();
         for g in &gtrids {
             resource.prepare(&Xid::new(g.as_str(), "1")?).await?;
@@ -312,8 +348,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_coordinator_leaves_branches_prepared() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let resource = Arc::new(NoopResource::open(dir.path())?);
+        let resource = Arc::new(Prepared::default());
         resource
             .prepare(&Xid::new(format!("{:032x}", 1), "1")?)
             .await?;

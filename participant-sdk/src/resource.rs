@@ -8,17 +8,7 @@ use async_trait::async_trait;
 
 use crate::xid::Xid;
 
-/// Longest resource (and account) name.
-pub const MAX_NAME_LEN: usize = 64;
-
-/// True for a valid resource name: 1 to 64 characters of `[A-Za-z0-9_.-]`. The same
-/// alphabet is used for account names in [`crate::accounts`].
-pub fn is_valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
+pub use ratify_common::wire::{is_valid_name, MAX_NAME_LEN};
 
 /// A resource's phase-1 answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -177,7 +177,7 @@ impl KafkaParticipant {
         coordinators: Vec<String>,
         failpoints: &str,
     ) -> anyhow::Result<Self> {
-        let port = ratify_coordinator::local::free_port()?;
+        let port = ratify_devkit::local::free_port()?;
         let mut p = Self {
             endpoint: format!("127.0.0.1:{port}"),
             data_dir: dir.join(format!("{name}-stage")),
@@ -212,7 +212,7 @@ impl KafkaParticipant {
             .arg(&self.transactional_id)
             .arg("--coordinator")
             .arg(self.coordinators.join(","))
-            .env(ratify_participant_sdk::failpoint::ENV_VAR, failpoints)
+            .env(ratify_common::failpoint::ENV_VAR, failpoints)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

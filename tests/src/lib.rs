@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ratify_coordinator::local::LocalCluster;
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
+use ratify_devkit::local::LocalCluster;
 use ratify_participant_sdk::client::{
     BeginOptions, Begun, ClientConfig, CoordinatorClient, Decision, Outcome,
 };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::{App, AppError};
 use ratify_proto::pb;
 use ratify_tests::TestCluster;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ratify_coordinator::local::{free_port, node_status};
+use ratify_devkit::local::{free_port, node_status};
 use ratify_tests::ratify_binary;
 
 /// A `ratify node` command with no flags and none of this process's `RATIFY_*`

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::client::{BeginOptions, Begun, Decision};
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::HostedParticipant;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ratify_coordinator::local::node_status;
+use ratify_devkit::local::node_status;
 use ratify_participant_sdk::client::{ClientConfig, ClientError, CoordinatorClient};
 use ratify_proto::pb;
 use ratify_tests::load::{check_atomicity, longest_gap, workload};

@@ -37,8 +37,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ratify_coordinator::local::{free_port, node_status};
 use ratify_coordinator::types::NodeInfo;
+use ratify_devkit::local::{free_port, node_status};
 use ratify_participant_sdk::client::{ClientConfig, ClientError, CoordinatorClient};
 use ratify_proto::pb;
 use ratify_tests::{must_commit, ratify_binary, Bank, TestCluster, ACCOUNTS};

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ratify_coordinator::txn::{
     AuditEntry, BranchSpec, Command, Decision, Heuristic, OperatorAction, Reason, Seed, TxnTable,
 };
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::client::BeginOptions;
 use ratify_participant_sdk::resource::Resource;
 use ratify_proto::pb;
@@ -112,7 +112,7 @@ async fn an_operator_commit_waits_for_durable_prepares() -> anyhow::Result<()> {
     // Every fsync of the participant stores in this process stalls (the coordinator
     // nodes inherit the variable but have no such fail point).
     std::env::set_var(
-        ratify_participant_sdk::failpoint::ENV_VAR,
+        ratify_common::failpoint::ENV_VAR,
         format!("durable.sync=sleep:{SLOW_SYNC_MS}"),
     );
     // The run waits for B's vote instead of aborting it as unreachable.

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ratify_coordinator::local::free_port;
+use ratify_devkit::local::free_port;
 use ratify_examples::order_pipeline::{self, order_id, PipelineConfig, Stage};
 use ratify_tests::kafka;
 use ratify_tests::pg::PgEnv;
@@ -42,7 +42,7 @@ impl Service {
         let out = std::fs::File::create(&log)?;
         let child = Command::new(pipeline_binary()?)
             .args(args)
-            .env(ratify_participant_sdk::failpoint::ENV_VAR, failpoints)
+            .env(ratify_common::failpoint::ENV_VAR, failpoints)
             // (RUST_LOG is inherited: unset, the example logs at its default level.)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))

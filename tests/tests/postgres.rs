@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ratify_coordinator::local::free_port;
+use ratify_devkit::local::free_port;
 use ratify_examples::pg_bank::{self, Bank, BankDbs, RESOURCE_A};
 use ratify_proto::pb;
 use ratify_tests::pg::{

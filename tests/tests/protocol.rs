@@ -51,7 +51,7 @@ async fn a_no_vote_rolls_back_every_branch() -> anyhow::Result<()> {
 async fn an_unreachable_participant_aborts() -> anyhow::Result<()> {
     let c = TestCluster::start(&["--prepare-timeout-ms", "1000"]).await?;
     let bank = Bank::open(&c).await?;
-    let dead = format!("127.0.0.1:{}", ratify_coordinator::local::free_port()?);
+    let dead = format!("127.0.0.1:{}", ratify_devkit::local::free_port()?);
     let t = c
         .client
         .begin(BeginOptions {

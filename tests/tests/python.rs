@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::HostedParticipant;
 use ratify_participant_sdk::xid::Xid;

@@ -25,8 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use ratify_devkit::noop::NoopResource;
 use ratify_participant_sdk::client::{BeginOptions, Outcome};
-use ratify_participant_sdk::noop::NoopResource;
 use ratify_tests::{serve, TestCluster};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;

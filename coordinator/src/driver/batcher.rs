@@ -30,7 +30,7 @@ use super::DriveError;
 use crate::metrics::Counters;
 use crate::txn::{Command, CommandResult, Proposal};
 use crate::types::typ::{ClientWriteError, Raft, RaftError};
-use ratify_participant_sdk::failpoint;
+use ratify_common::failpoint;
 
 /// Commands waiting for their entry (always the same one), and where their answers go.
 struct Pending {

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use openraft::ServerState;
-use ratify_participant_sdk::failpoint;
+use ratify_common::failpoint;
 use tokio::sync::watch;
 use tracing::Instrument;
 

@@ -41,8 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use ratify_participant_sdk::failpoint;
-use ratify_proto::pb;
+use ratify_common::failpoint;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -414,7 +413,7 @@ impl Driver {
     pub fn resolve(&self, gtrid: &str) -> Result<Gtrid, DriveError> {
         let g: Gtrid = gtrid
             .parse()
-            .map_err(|e: crate::types::MalformedGtrid| DriveError::Invalid(e.to_string()))?;
+            .map_err(|e: ratify_common::xid::XidError| DriveError::Invalid(e.to_string()))?;
         let cluster = self.inner.sm.read().table.cluster_id;
         if cluster == 0 {
             return Err(DriveError::Unavailable(
@@ -1601,14 +1600,8 @@ fn enlist_in(seed: &mut Seed, spec: BranchSpec) -> Result<BranchRecord, DriveErr
     })
 }
 
-/// The protobuf xid of a branch.
-pub fn xid_pb(gtrid: Gtrid, bqual: u32) -> pb::Xid {
-    pb::Xid {
-        format_id: ratify_proto::XID_FORMAT_ID,
-        gtrid: gtrid.to_string(),
-        bqual: bqual.to_string(),
-    }
-}
+/// The protobuf xid of a branch (the shared rule of `ratify_common::xid`).
+pub use ratify_common::xid::branch_pb as xid_pb;
 
 /// The state machine answered a command with a result of another command: a bug,
 /// reported as retryable rather than crashing the node.

@@ -6,18 +6,19 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ratify_common::wire;
 use ratify_proto::pb;
 use ratify_proto::pb::participant_client::ParticipantClient;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-/// Normalises a participant endpoint into a URI (`host:port` gets `http://`).
+/// The URI to dial for a participant endpoint (`host:port` gets `http://`). Endpoints
+/// were checked by the wire rule when the client named them; one that is not (an old
+/// log entry) is dialled as written and fails there.
 pub fn endpoint_uri(endpoint: &str) -> String {
-    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
+    wire::Endpoint::parse(endpoint)
+        .map(|e| e.uri())
+        .unwrap_or_else(|_| endpoint.to_owned())
 }
 
 /// Largest participant answer accepted.

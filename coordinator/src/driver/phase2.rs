@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use ratify_participant_sdk::failpoint;
+use ratify_common::failpoint;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 

@@ -189,7 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        ratify_participant_sdk::failpoint::hit("sm.before_install_save").await;
+        ratify_common::failpoint::hit("sm.before_install_save").await;
         let mut data: SmData = decode(&bytes).map_err(sm_err)?;
         data.last_applied = meta.last_log_id;
         data.last_membership = meta.last_membership.clone();

@@ -296,7 +296,7 @@ impl Faults {
             (&self.write, "wal.write")
         };
         match injected.load(Ordering::Acquire) {
-            0 => ratify_participant_sdk::failpoint::io_error(point),
+            0 => ratify_common::failpoint::io_error(point),
             code => Some(std::io::Error::from_raw_os_error(code)),
         }
     }

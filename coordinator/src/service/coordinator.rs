@@ -13,15 +13,15 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::to_status;
-use crate::driver::participants::endpoint_uri;
 use crate::driver::{xid_pb, BranchTrouble, DriveError, Driver, OperatorRequest, QueryAnswer};
 use crate::membership::{self, Membership};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
     BranchRecord, BranchSpec, Decision, Lookup, OperatorAction, Seed, TxnRecord, MAX_BRANCHES,
-    MAX_ENDPOINT_BYTES, MAX_LABELS, MAX_LABEL_BYTES, MAX_RESOURCE_BYTES, MAX_TIMEOUT_MS,
+    MAX_LABELS, MAX_LABEL_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::types::{Gtrid, NodeInfo};
+use ratify_common::wire;
 
 /// The span of a client's call about a transaction: the root of the coordinator's
 /// part of its trace, a child of the `traceparent` the client sent if any
@@ -91,31 +91,14 @@ fn invalid(msg: impl Into<String>) -> Status {
 }
 
 fn validate_branch(b: pb::BranchSpec) -> Result<BranchSpec, Status> {
-    if b.endpoint.is_empty() || b.endpoint.len() > MAX_ENDPOINT_BYTES {
-        return Err(invalid(format!(
-            "participant endpoint must be 1 to {MAX_ENDPOINT_BYTES} bytes"
-        )));
+    if let Err(e) = wire::Endpoint::parse(&b.endpoint) {
+        return Err(invalid(format!("participant {e}")));
     }
-    if tonic::transport::Endpoint::from_shared(endpoint_uri(&b.endpoint)).is_err()
-        || b.endpoint
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-    {
+    if !wire::is_valid_name(&b.resource) {
         return Err(invalid(format!(
-            "participant endpoint {:?} is not host:port or a URI",
-            b.endpoint
-        )));
-    }
-    if b.resource.is_empty()
-        || b.resource.len() > MAX_RESOURCE_BYTES
-        || !b
-            .resource
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-    {
-        return Err(invalid(format!(
-            "resource name {:?} must be 1 to {MAX_RESOURCE_BYTES} characters of [A-Za-z0-9_.-]",
-            b.resource.chars().take(80).collect::<String>()
+            "resource name {} must be {}",
+            wire::preview(&b.resource),
+            wire::NAME_RULE
         )));
     }
     Ok(BranchSpec {

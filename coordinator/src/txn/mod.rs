@@ -29,10 +29,6 @@ pub const MAX_BRANCHES: usize = 64;
 pub const MAX_LABELS: usize = 16;
 /// Longest label key or value, in bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
-/// Longest participant endpoint, in bytes.
-pub const MAX_ENDPOINT_BYTES: usize = 256;
-/// Longest resource name, in bytes.
-pub const MAX_RESOURCE_BYTES: usize = 64;
 /// Longest timeout a client may ask for, in milliseconds (one hour).
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Longest decision or heuristic detail kept in the table, in bytes. Longer text (a

@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use ratify_coordinator::local::LocalCluster;
+use ratify_devkit::local::LocalCluster;
+use ratify_devkit::noop::NoopResource;
 use ratify_examples::pg_bank::{connect, with_database};
 use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
 use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
 use ratify_participant_sdk::client::{BeginOptions, ClientConfig, CoordinatorClient, Outcome};
-use ratify_participant_sdk::noop::NoopResource;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::HostedParticipant;
 use ratify_participant_sdk::xid::Xid;

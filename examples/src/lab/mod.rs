@@ -587,7 +587,7 @@ async fn run_impl(
         bootstrap: opts.bootstrap.clone(),
         run_id: run_id.to_owned(),
         coordinators,
-        listen: format!("127.0.0.1:{}", ratify_coordinator::local::free_port()?),
+        listen: format!("127.0.0.1:{}", ratify_devkit::local::free_port()?),
         data_dir: dir.join("b-stage"),
     };
     let mut b = ServiceBProcess {

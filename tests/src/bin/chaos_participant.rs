@@ -30,7 +30,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures::future::BoxFuture;
 use rand::Rng;
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
 use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};

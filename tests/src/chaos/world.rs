@@ -27,9 +27,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ratify_coordinator::local::LocalCluster;
+use ratify_common::failpoint;
 use ratify_coordinator::types::NodeId;
-use ratify_participant_sdk::failpoint;
+use ratify_devkit::local::LocalCluster;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -399,8 +399,8 @@ impl World {
             .await?;
         let coordinators = world.cluster.api_endpoints().join(",");
         for (kind, extra) in app_args {
-            let listen = format!("127.0.0.1:{}", ratify_coordinator::local::free_port()?);
-            let app_addr = format!("127.0.0.1:{}", ratify_coordinator::local::free_port()?);
+            let listen = format!("127.0.0.1:{}", ratify_devkit::local::free_port()?);
+            let app_addr = format!("127.0.0.1:{}", ratify_devkit::local::free_port()?);
             let mut args = vec![
                 "--kind".into(),
                 kind.name().into(),

@@ -1,28 +1,17 @@
-//! `ratify`: run a coordinator node, a local dev cluster, the demo, the benchmark, an
-//! embedded participant, and inspect transactions and cluster health.
+//! `ratify`: run a coordinator node, and inspect and operate transactions and the
+//! cluster. The demo, the dev cluster and the benchmark are `ratify-dev`'s
+//! (crate `ratify-devkit`).
 //!
 //! This binary only parses flags, sets up logging and calls the libraries.
 
-mod bench;
-mod config;
-mod demo;
 mod probe;
-mod workload;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ratify_coordinator::local::LocalCluster;
-use ratify_coordinator::server::run;
-use ratify_coordinator::telemetry::{self, LogFormat, TelemetryConfig};
-use ratify_participant_sdk::accounts::AccountStore;
-use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
-use ratify_participant_sdk::recovery::RecoveryLoop;
-use ratify_participant_sdk::resource::Resource;
-use ratify_participant_sdk::server::ParticipantServer;
+use ratify_client::{ClientConfig, CoordinatorClient};
+use ratify_coordinator::config::{self, LogFlags};
 use ratify_proto::pb;
 
 /// Ratify: a two-phase-commit transaction coordinator on a Raft-replicated log.
@@ -31,29 +20,8 @@ use ratify_proto::pb;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    /// Log lines as text, or as one JSON object per line for log shippers. The
-    /// level is set by RUST_LOG (default: info for `node` — start, leadership,
-    /// recovery — and warn for the other commands; per-transaction events are
-    /// debug; openraft's own lines are kept at warn unless RUST_LOG names openraft).
-    /// Default: text. [file: log_format]
-    #[arg(long, global = true, value_enum, env = "RATIFY_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// Which log lines to print, as RUST_LOG says it (e.g. `info`, `warn,ratify=debug`).
-    /// Default: info for `node`, warn for the other commands. [file: log_filter]
-    #[arg(long, global = true, env = "RUST_LOG", value_name = "FILTER")]
-    log_filter: Option<String>,
-    /// Export trace spans over OTLP/gRPC to this collector (e.g.
-    /// http://127.0.0.1:4317). Default: off (a client's traceparent is still passed
-    /// on to the participants). [file: otlp_endpoint]
-    #[arg(long, global = true, env = "RATIFY_OTLP_ENDPOINT", value_name = "URL")]
-    otlp_endpoint: Option<String>,
-    /// Build OpenTelemetry spans (with their attributes) without exporting them, for
-    /// an in-process exporter; implied by --otlp-endpoint. Off, a client's trace id
-    /// still reaches the participants, and the spans' ~0.2 ms of CPU per transaction
-    /// is saved. Default: false. [file: trace_spans]
-    #[arg(long, global = true, env = "RATIFY_TRACE_SPANS", value_name = "BOOL",
-          num_args = 0..=1, default_missing_value = "true")]
-    trace_spans: Option<bool>,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,16 +29,6 @@ enum Cmd {
     /// Run one coordinator node. Settings: flag, else environment variable, else
     /// --config file key, else default.
     Node(Box<config::NodeArgs>),
-    /// Start a local 3-node cluster on loopback (data in a temp dir) until Ctrl-C.
-    Dev(DevArgs),
-    /// End-to-end demo on embedded defaults: a 3-node cluster, two account
-    /// participants, a transfer workload, a leader SIGKILL, and a summary.
-    Demo(demo::DemoArgs),
-    /// Benchmark: global txn/s and commit latency with two no-op durable
-    /// participants on a 3-node cluster (build with --release).
-    Bench(bench::BenchArgs),
-    /// Host the embedded account store as a participant (with its recovery loop).
-    Participant(ParticipantArgs),
     /// Ask a node's gRPC health service (for container health checks): exit 0 when
     /// SERVING.
     Probe(probe::ProbeArgs),
@@ -80,38 +38,6 @@ enum Cmd {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-}
-
-#[derive(Args, Debug)]
-struct DevArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
-    nodes: u64,
-    /// Keep data here instead of a temp dir.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-struct ParticipantArgs {
-    /// Listen address (ip:port).
-    #[arg(long)]
-    listen: String,
-    /// Folder of the account store.
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// Coordinator client address; repeat for each node.
-    #[arg(long = "coordinator", required = true)]
-    coordinators: Vec<String>,
-    /// Resource name.
-    #[arg(long, default_value = "accounts")]
-    resource: String,
-    /// Accounts to create (acct0..acctN-1) if missing.
-    #[arg(long, default_value_t = 100)]
-    accounts: usize,
-    /// Opening balance of new accounts.
-    #[arg(long, default_value_t = 1000)]
-    initial_balance: i64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -253,45 +179,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Node(_) => "info",
         _ => "warn",
     };
-    let log = config::LogSettings::resolve(
-        cli.log_format,
-        cli.log_filter.clone(),
-        cli.otlp_endpoint.clone(),
-        cli.trace_spans,
-        &node_file,
-        default_filter,
-    )?;
-    // The node processes `dev`, `demo` and `bench` start inherit the settings (the
-    // process is still single-threaded here).
-    if let Some(endpoint) = &log.otlp_endpoint {
-        std::env::set_var("RATIFY_OTLP_ENDPOINT", endpoint);
-    }
-    if log.format == LogFormat::Json {
-        std::env::set_var("RATIFY_LOG_FORMAT", "json");
-    }
-    if let Some(filter) = &log.filter {
-        std::env::set_var("RUST_LOG", filter);
-    }
-    if log.trace_spans {
-        std::env::set_var("RATIFY_TRACE_SPANS", "true");
-    }
-    let telemetry = telemetry::init(&TelemetryConfig {
-        default_filter: log.default_filter.clone(),
-        format: log.format,
-        otlp_endpoint: log.otlp_endpoint.clone(),
-        trace_spans: log.trace_spans,
-        service_name: "ratify".into(),
-    })?;
+    let log = cli.log.resolve(&node_file, default_filter)?;
+    let telemetry = log.init("ratify")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(async move {
         match cli.command {
-            Cmd::Node(a) => node(*a, node_file, log).await,
-            Cmd::Dev(a) => dev(a).await,
-            Cmd::Demo(a) => demo::run(a).await,
-            Cmd::Bench(a) => bench::run(a).await,
-            Cmd::Participant(a) => participant(a).await,
+            Cmd::Node(a) => {
+                Ok(config::run_node(&a, &node_file, &log, config::shutdown_signal()).await?)
+            }
             Cmd::Probe(a) => probe::run(a).await,
             Cmd::Txn(c) => txn(c).await,
             Cmd::Cluster(c) => cluster(c).await,
@@ -300,97 +197,6 @@ fn main() -> anyhow::Result<()> {
     drop(rt);
     telemetry.shutdown();
     result
-}
-
-async fn node(
-    a: config::NodeArgs,
-    file: config::NodeFile,
-    log: config::LogSettings,
-) -> anyhow::Result<()> {
-    let config = config::resolve(&a, &file)?;
-    if a.print_config {
-        print!("{}", config::render(&config, &log)?);
-        return Ok(());
-    }
-    run(config, shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// The path of this very binary, used to spawn node processes.
-fn self_binary() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot locate the ratify binary")
-}
-
-/// Starts a local cluster in `dir` and waits for its leader.
-async fn start_cluster(dir: &Path, nodes: u64, extra: Vec<String>) -> anyhow::Result<LocalCluster> {
-    let cluster = LocalCluster::start(&self_binary()?, dir, nodes, extra)?;
-    cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    Ok(cluster)
-}
-
-async fn dev(a: DevArgs) -> anyhow::Result<()> {
-    let tmp;
-    let dir = match a.dir {
-        Some(d) => d,
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let cluster = start_cluster(&dir, a.nodes, vec![]).await?;
-    println!(
-        "ratify dev cluster is up ({} nodes, data in {})",
-        a.nodes,
-        dir.display()
-    );
-    for id in cluster.ids() {
-        println!("  node {id}: api {}", cluster.api_addr(id)?);
-    }
-    println!(
-        "try: ratify cluster status --coordinator {}",
-        cluster.api_endpoints().join(" --coordinator ")
-    );
-    println!("Ctrl-C stops it.");
-    shutdown_signal().await;
-    Ok(())
-}
-
-async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
-    let store = AccountStore::open(&a.data_dir)?;
-    store
-        .open_numbered_accounts("acct", a.accounts, a.initial_balance)
-        .await?;
-    let client = CoordinatorClient::new(a.coordinators, ClientConfig::default())?;
-    let resource: Arc<dyn Resource> = store;
-    let recovery = RecoveryLoop::new(vec![(a.resource.clone(), Arc::clone(&resource))], client)
-        .spawn(Duration::from_secs(1), shutdown_signal());
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
-    println!(
-        "participant serving resource {:?} on {}",
-        a.resource, a.listen
-    );
-    ParticipantServer::new()
-        .with_resource(a.resource, resource)?
-        .serve(listener, shutdown_signal())
-        .await?;
-    let _ = recovery.await;
-    Ok(())
 }
 
 fn client_for(t: &Target) -> anyhow::Result<CoordinatorClient> {

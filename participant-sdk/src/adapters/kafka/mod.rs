@@ -131,10 +131,11 @@ impl KafkaConfig {
         if self.bootstrap_servers.trim().is_empty() {
             return bad("bootstrap_servers is empty".into());
         }
-        if !crate::resource::is_valid_name(&self.transactional_id) {
+        if !crate::wire::is_valid_name(&self.transactional_id) {
             return bad(format!(
-                "transactional_id {:?} must be 1 to 64 characters of [A-Za-z0-9_.-]",
-                self.transactional_id
+                "transactional_id {} must be {}",
+                crate::wire::preview(&self.transactional_id),
+                crate::wire::NAME_RULE
             ));
         }
         if !is_valid_topic(&self.ledger_topic) {
@@ -607,7 +608,7 @@ impl KafkaBranch {
         if !is_valid_topic(&record.topic) {
             return Err(KafkaError::InvalidInput(format!(
                 "invalid topic {}",
-                crate::xid::preview(&record.topic)
+                crate::wire::preview(&record.topic)
             )));
         }
         if record.partition.is_some_and(|p| p < 0) {
@@ -635,10 +636,10 @@ impl KafkaBranch {
         {
             return Err(KafkaError::InvalidInput(format!(
                 "invalid offset {}/{}@{} for group {}",
-                crate::xid::preview(&offset.topic),
+                crate::wire::preview(&offset.topic),
                 offset.partition,
                 offset.offset,
-                crate::xid::preview(&offset.group)
+                crate::wire::preview(&offset.group)
             )));
         }
         let bytes = offset.group.len() + offset.topic.len() + 16;

@@ -13,7 +13,8 @@
 
 use std::fmt;
 
-use crate::xid::{preview, Xid, MAX_RENDERED_LEN};
+use crate::wire::preview;
+use crate::xid::{Xid, MAX_RENDERED_LEN};
 
 /// First part of every gid Ratify prepares.
 pub const GID_PREFIX: &str = "rtfy.";

@@ -1,4 +1,6 @@
 //! The coordinator client: leader discovery, retries, deadlines (docs/design.md, rule 9).
+//! Applications reach it through the participant SDK (`ratify_participant_sdk::client`);
+//! the `ratify` admin commands use it directly.
 //!
 //! Only the Raft leader serves the `Coordinator` API. [`CoordinatorClient`] remembers
 //! the current leader; a node that is not the leader answers UNAVAILABLE with the
@@ -30,11 +32,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::resource::is_valid_name;
-use crate::xid::{preview, validate_gtrid, Xid, XidError};
-
-/// Longest endpoint the coordinator accepts (`BranchSpec.endpoint`).
-const MAX_ENDPOINT_LEN: usize = 256;
+use ratify_common::wire::{is_valid_name, preview, Endpoint as WireEndpoint, NAME_RULE};
+use ratify_common::xid::{validate_gtrid, Xid, XidError};
 
 /// How many leader hints are followed back to back before backing off, so two nodes
 /// that point at each other during an election do not make the client spin.
@@ -155,34 +154,24 @@ fn is_rejection(code: Code) -> bool {
     )
 }
 
-/// Turns `host:port` or `http://host:port` into `host:port`, strictly.
+/// Turns `host:port` or `http://host:port` into `host:port`, strictly (the wire rule
+/// of `ratify_common::wire::Endpoint`; TLS to the coordinator is not offered yet).
 fn normalize_endpoint(raw: &str) -> Result<String, ClientError> {
-    let bad = |reason: &str| ClientError::InvalidEndpoint {
+    let parsed = WireEndpoint::parse(raw).map_err(|e| ClientError::InvalidEndpoint {
+        endpoint: e.endpoint,
+        reason: e.reason.to_owned(),
+    })?;
+    if parsed.tls {
+        return Err(ClientError::InvalidEndpoint {
+            endpoint: preview(raw),
+            reason: "only http:// endpoints are supported".to_owned(),
+        });
+    }
+    Endpoint::from_shared(parsed.uri()).map_err(|e| ClientError::InvalidEndpoint {
         endpoint: preview(raw),
-        reason: reason.to_owned(),
-    };
-    if raw.len() > MAX_ENDPOINT_LEN {
-        return Err(bad("longer than 256 bytes"));
-    }
-    let hp = raw.strip_prefix("http://").unwrap_or(raw);
-    let hp = hp.strip_suffix('/').unwrap_or(hp);
-    if hp.contains("://") {
-        return Err(bad("only http:// endpoints are supported"));
-    }
-    if !hp
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
-    {
-        return Err(bad("expected host:port"));
-    }
-    let Some((host, port)) = hp.rsplit_once(':') else {
-        return Err(bad("missing :port"));
-    };
-    if host.is_empty() || !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
-        return Err(bad("expected host:port with a port from 1 to 65535"));
-    }
-    Endpoint::from_shared(format!("http://{hp}")).map_err(|e| bad(&e.to_string()))?;
-    Ok(hp.to_owned())
+        reason: e.to_string(),
+    })?;
+    Ok(parsed.host_port)
 }
 
 /// How [`CoordinatorClient::begin`] starts a transaction.
@@ -985,7 +974,7 @@ impl CoordinatorClient {
 fn branch_spec(endpoint: String, resource: String) -> Result<pb::BranchSpec, ClientError> {
     if !is_valid_name(&resource) {
         return Err(ClientError::InvalidInput(format!(
-            "resource {} must be 1 to 64 characters of [A-Za-z0-9_.-]",
+            "resource {} must be {NAME_RULE}",
             preview(&resource)
         )));
     }
@@ -1005,10 +994,10 @@ fn enlisted(branch: pb::Branch) -> Result<EnlistedBranch, ClientError> {
     })
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
-    //! An in-process fake coordinator node: a leader that answers from a table, or a
-    //! follower that redirects to it.
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
+    //! An in-process fake coordinator node for unit tests (feature `fake`): a leader
+    //! that answers from a table, or a follower that redirects to it.
 
     use std::collections::HashMap;
     use std::net::SocketAddr;
@@ -1020,16 +1009,16 @@ pub(crate) mod fake {
 
     /// How the fake node behaves.
     #[derive(Clone)]
-    pub(crate) enum Role {
+    pub enum Role {
         /// Serves calls; outcomes by gtrid (unknown gtrid: NOT_FOUND).
         Leader(Arc<Mutex<HashMap<String, pb::Outcome>>>),
         /// Answers UNAVAILABLE, with this leader hint if any.
         Follower(Option<String>),
     }
 
-    pub(crate) struct FakeNode {
-        pub(crate) role: Role,
-        pub(crate) calls: Arc<AtomicUsize>,
+    struct FakeNode {
+        role: Role,
+        calls: Arc<AtomicUsize>,
     }
 
     impl FakeNode {
@@ -1118,8 +1107,12 @@ pub(crate) mod fake {
         }
     }
 
-    /// Starts a fake node on 127.0.0.1; it runs until the test's runtime ends.
-    pub(crate) async fn start(role: Role) -> anyhow::Result<(SocketAddr, Arc<AtomicUsize>)> {
+    /// Starts a fake node on 127.0.0.1; it runs until the test's runtime ends. Returns
+    /// its address and a counter of the calls it got.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start(role: Role) -> std::io::Result<(SocketAddr, Arc<AtomicUsize>)> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let calls = Arc::new(AtomicUsize::new(0));
@@ -1136,7 +1129,7 @@ pub(crate) mod fake {
     }
 
     /// A leader whose table holds `entries`.
-    pub(crate) fn leader(entries: &[(&str, pb::Outcome)]) -> Role {
+    pub fn leader(entries: &[(&str, pb::Outcome)]) -> Role {
         let table = entries.iter().map(|(g, o)| ((*g).to_owned(), *o)).collect();
         Role::Leader(Arc::new(Mutex::new(table)))
     }

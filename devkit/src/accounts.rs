@@ -28,10 +28,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use crate::branch_log::{self, Finished};
-use crate::durable::{DurableError, DurableSled};
-use crate::resource::{is_valid_name, CommitResult, Resource, ResourceError, RollbackResult, Vote};
-use crate::xid::Xid;
+use ratify_participant_sdk::branch_log::{self, Finished};
+use ratify_participant_sdk::durable::{DurableError, DurableSled};
+use ratify_participant_sdk::resource::{
+    is_valid_name, CommitResult, Resource, ResourceError, RollbackResult, Vote,
+};
+use ratify_participant_sdk::xid::Xid;
 
 /// Tree of balances.
 const BALANCES: &str = "accounts.balances";

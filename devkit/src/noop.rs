@@ -12,10 +12,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use sled::transaction::Transactional;
 
-use crate::branch_log::{self, Finished};
-use crate::durable::{DurableError, DurableSled};
-use crate::resource::{CommitResult, Resource, ResourceError, RollbackResult, Vote};
-use crate::xid::Xid;
+use ratify_participant_sdk::branch_log::{self, Finished};
+use ratify_participant_sdk::durable::{DurableError, DurableSled};
+use ratify_participant_sdk::resource::{
+    CommitResult, Resource, ResourceError, RollbackResult, Vote,
+};
+use ratify_participant_sdk::xid::Xid;
 
 /// A durable do-nothing resource.
 #[derive(Debug)]

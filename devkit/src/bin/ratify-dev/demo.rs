@@ -1,4 +1,4 @@
-//! `ratify demo`: the main job on embedded defaults.
+//! `ratify-dev demo`: the main job on embedded defaults.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rand::Rng;
-use ratify_participant_sdk::accounts::AccountStore;
+use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::client::{
     BeginOptions, ClientConfig, ClientError, CoordinatorClient, Outcome,
 };
 use ratify_participant_sdk::resource::Resource;
 
-/// Flags of `ratify demo`.
+/// Flags of `ratify-dev demo`.
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
     /// How long the transfer workload runs, in seconds.

@@ -1,5 +1,8 @@
-//! The XA-shaped branch id and its strict, printable encoding.
+//! The global transaction id and the XA-shaped branch id, with their strict, printable
+//! encodings: the one definition the coordinator and the SDK share (docs/design.md,
+//! "Identifiers").
 //!
+//! A [`Gtrid`] is (cluster id, transaction number), rendered as 32 lowercase hex digits.
 //! An [`Xid`] is (format id, gtrid, bqual) with the format id fixed to
 //! [`XID_FORMAT_ID`]. Its rendered form `52544659.<gtrid>.<bqual>` is what resources
 //! embed where bind parameters are not allowed (Postgres `PREPARE TRANSACTION '<gid>'`),
@@ -20,8 +23,7 @@ pub const MAX_BQUAL_LEN: usize = 8;
 /// Longest rendered xid: 8 + 1 + 32 + 1 + 8 bytes.
 pub const MAX_RENDERED_LEN: usize = 8 + 1 + GTRID_LEN + 1 + MAX_BQUAL_LEN;
 
-/// How much of a rejected input an error message quotes; hostile input can be huge.
-const PREVIEW_CHARS: usize = 48;
+use crate::wire::preview;
 
 /// Why a gtrid, bqual or xid was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,29 +50,48 @@ impl XidError {
     }
 }
 
-/// Quotes a prefix of rejected input, escaped, so logs and error messages stay
-/// printable and short whatever a caller sent.
-pub(crate) fn preview(s: &str) -> String {
-    let mut p: String = s.chars().take(PREVIEW_CHARS).collect();
-    if p.len() < s.len() {
-        p.push('…');
-    }
-    format!("{p:?}")
-}
-
 /// Checks that `gtrid` is exactly 32 lowercase hex digits.
 ///
 /// # Errors
 /// [`XidError::Gtrid`] otherwise.
 pub fn validate_gtrid(gtrid: &str) -> Result<(), XidError> {
-    let ok = gtrid.len() == GTRID_LEN
-        && gtrid
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(XidError::Gtrid(preview(gtrid)))
+    gtrid.parse::<Gtrid>().map(|_| ())
+}
+
+/// A global transaction id: the cluster id and the transaction's number, which the
+/// coordinator's leader hands out (never reused, docs/design.md rule 16).
+///
+/// Rendered as 32 lowercase hex digits (16 for the cluster, 16 for the number), so it is
+/// unique forever across leader changes and across clusters. Its serde form (two
+/// integers) is part of the coordinator's log format: do not change it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Gtrid {
+    /// Random id chosen once when the cluster was created.
+    pub cluster: u64,
+    /// The transaction's number (from 1).
+    pub index: u64,
+}
+
+impl fmt::Display for Gtrid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}", self.cluster, self.index)
+    }
+}
+
+impl FromStr for Gtrid {
+    type Err = XidError;
+
+    /// Exactly 32 lowercase hex digits; anything else is [`XidError::Gtrid`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || XidError::Gtrid(preview(s));
+        if s.len() != GTRID_LEN || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        let cluster = u64::from_str_radix(&s[..16], 16).map_err(|_| bad())?;
+        let index = u64::from_str_radix(&s[16..], 16).map_err(|_| bad())?;
+        Ok(Self { cluster, index })
     }
 }
 
@@ -150,6 +171,16 @@ impl Xid {
     }
 }
 
+/// The wire form of branch `bqual` of `gtrid`, built straight from the coordinator's
+/// numbers (always valid for a bqual of 1 to 99,999,999).
+pub fn branch_pb(gtrid: Gtrid, bqual: u32) -> pb::Xid {
+    pb::Xid {
+        format_id: XID_FORMAT_ID,
+        gtrid: gtrid.to_string(),
+        bqual: bqual.to_string(),
+    }
+}
+
 impl fmt::Display for Xid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{XID_FORMAT_ID:08x}.{}.{}", self.gtrid, self.bqual)
@@ -212,6 +243,34 @@ mod tests {
         assert_eq!(xid.gtrid(), GTRID);
         assert_eq!(xid.bqual(), "17");
         Ok(())
+    }
+
+    #[test]
+    fn gtrid_round_trips_and_rejects_garbage() {
+        let g = Gtrid {
+            cluster: 0xdead_beef,
+            index: 42,
+        };
+        let s = g.to_string();
+        assert_eq!(s.len(), GTRID_LEN);
+        assert_eq!(s.parse::<Gtrid>(), Ok(g));
+        assert_eq!(validate_gtrid(&s), Ok(()));
+        let xid = branch_pb(g, 3);
+        assert_eq!(
+            Xid::from_pb(&xid).map(|x| x.render()),
+            Ok(format!("52544659.{s}.3"))
+        );
+        for bad in [
+            "",
+            "xyz",
+            &s.to_uppercase(),
+            &format!("{s}0"),
+            "00000000deadbeef000000000000002'",
+            "0000000000000000000000000000000é",
+        ] {
+            assert!(bad.parse::<Gtrid>().is_err(), "{bad:?} parsed");
+            assert!(validate_gtrid(bad).is_err(), "{bad:?} validated");
+        }
     }
 
     #[test]

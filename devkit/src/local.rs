@@ -1,6 +1,6 @@
 //! A local multi-process cluster on loopback: each node is a separate `ratify node`
 //! process with its own data folder, so it can be SIGKILLed and restarted for real.
-//! Used by `ratify dev`, `ratify demo`, `ratify bench` and the integration tests.
+//! Used by `ratify-dev` (demo, dev cluster, bench) and the integration tests.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, TcpListener};
@@ -9,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ratify_proto::pb;
-use ratify_proto::pb::admin_client::AdminClient;
 
 use crate::netfault::FaultProxy;
-use crate::types::{NodeId, NodeInfo};
+use ratify_coordinator::types::{NodeId, NodeInfo};
 
 /// Errors managing a local cluster.
 #[derive(Debug, thiserror::Error)]
@@ -296,7 +295,7 @@ impl LocalCluster {
     /// [`LocalError::NoSuchNode`], or [`LocalError::Io`] when the node does not answer.
     pub async fn metrics(&self, id: NodeId) -> Result<BTreeMap<String, f64>, LocalError> {
         let addr = self.metrics_addr(id)?;
-        crate::metrics::scrape(&addr)
+        ratify_coordinator::metrics::scrape(&addr)
             .await
             .map_err(|e| LocalError::Io(format!("metrics of node {id} at {addr}"), e))
     }
@@ -385,7 +384,7 @@ impl LocalCluster {
             cmd.env("RUST_LOG", "info");
         }
         if !node.failpoints.is_empty() {
-            cmd.env(ratify_participant_sdk::failpoint::ENV_VAR, &node.failpoints);
+            cmd.env(ratify_common::failpoint::ENV_VAR, &node.failpoints);
         }
         let child = cmd
             .spawn()
@@ -526,42 +525,7 @@ impl LocalCluster {
     }
 }
 
-/// Asks the node serving the client API at `addr` for its status, on a fresh connection
-/// (a node that was just restarted answers at once).
-///
-/// # Errors
-/// Transport failures and statuses, as `tonic::Status`.
-pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-    let channel = dial_quickly(addr).await?;
-    Ok(AdminClient::new(channel)
-        .cluster_status(pb::ClusterStatusRequest {})
-        .await?
-        .into_inner())
-}
-
-/// A channel to `addr` for one short question: 300 ms to connect, 1 s per call.
-async fn dial_quickly(addr: &str) -> Result<tonic::transport::Channel, tonic::Status> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))
-}
-
-/// The id of the node serving the Raft port at `addr` (`Raft.Identify`).
-///
-/// # Errors
-/// When it cannot be reached or does not answer within a second.
-pub async fn raft_identity(addr: &str) -> Result<NodeId, tonic::Status> {
-    let channel = dial_quickly(addr).await?;
-    Ok(ratify_proto::raft_pb::raft_client::RaftClient::new(channel)
-        .identify(ratify_proto::raft_pb::IdentifyRequest {})
-        .await?
-        .into_inner()
-        .node_id)
-}
+pub use ratify_coordinator::ask::{node_status, raft_identity};
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {

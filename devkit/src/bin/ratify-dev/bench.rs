@@ -1,4 +1,4 @@
-//! `ratify bench`: global transactions per second and commit latency on a 3-node
+//! `ratify-dev bench`: global transactions per second and commit latency on a 3-node
 //! cluster with two no-op durable participants, at several client counts, next to a
 //! baseline measured in the same run (one lone fdatasync on the same disk), and the
 //! CPU time every process of the run (the three nodes, and this one: the clients and
@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use ratify_devkit::noop::NoopResource;
 use ratify_participant_sdk::client::{BeginOptions, ClientConfig, CoordinatorClient, Outcome};
 use ratify_participant_sdk::durable::DurableSled;
-use ratify_participant_sdk::noop::NoopResource;
 use ratify_participant_sdk::resource::Resource;
 
 use crate::workload::Latencies;
 
-/// Flags of `ratify bench`.
+/// Flags of `ratify-dev bench`.
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
     /// Concurrent clients for each round (comma-separated).
@@ -68,7 +68,7 @@ fn cpu_seconds(pid: &str) -> f64 {
 }
 
 /// CPU seconds used so far by this process and every node process.
-fn cpu_now(cluster: &ratify_coordinator::local::LocalCluster) -> f64 {
+fn cpu_now(cluster: &ratify_devkit::local::LocalCluster) -> f64 {
     let nodes: f64 = cluster
         .ids()
         .into_iter()
@@ -81,7 +81,7 @@ fn cpu_now(cluster: &ratify_coordinator::local::LocalCluster) -> f64 {
 /// Runs the benchmark and prints a table.
 pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -p ratify-coordinator -- bench` for real figures");
+        eprintln!("warning: this is a debug build; run `cargo run --release -p ratify-devkit -- bench` for real figures");
     }
     let tmp = tempfile::tempdir()?;
     let fsync_ms = fsync_baseline(tmp.path()).await?;

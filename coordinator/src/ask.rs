@@ -1,0 +1,46 @@
+//! One question to one node, on a fresh connection with short timeouts: what the
+//! membership check asks a joining node, and what local clusters and tests poll.
+
+use std::time::Duration;
+
+use ratify_proto::pb;
+use ratify_proto::pb::admin_client::AdminClient;
+
+use crate::types::NodeId;
+
+/// Asks the node serving the client API at `addr` for its status, on a fresh connection
+/// (a node that was just restarted answers at once).
+///
+/// # Errors
+/// Transport failures and statuses, as `tonic::Status`.
+pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+    let channel = dial_quickly(addr).await?;
+    Ok(AdminClient::new(channel)
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// A channel to `addr` for one short question: 300 ms to connect, 1 s per call.
+async fn dial_quickly(addr: &str) -> Result<tonic::transport::Channel, tonic::Status> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+}
+
+/// The id of the node serving the Raft port at `addr` (`Raft.Identify`).
+///
+/// # Errors
+/// When it cannot be reached or does not answer within a second.
+pub async fn raft_identity(addr: &str) -> Result<NodeId, tonic::Status> {
+    let channel = dial_quickly(addr).await?;
+    Ok(ratify_proto::raft_pb::raft_client::RaftClient::new(channel)
+        .identify(ratify_proto::raft_pb::IdentifyRequest {})
+        .await?
+        .into_inner()
+        .node_id)
+}

@@ -1,0 +1,180 @@
+//! `ratify-dev`: Ratify on one machine, for trying it and measuring it — the
+//! end-to-end demo, a local dev cluster, the benchmark, and the demo account store as
+//! a participant process. The product binary (`ratify`: node and admin commands) has
+//! none of this.
+//!
+//! Its local clusters run this very binary as their nodes (`ratify-dev node`, the
+//! same command and settings as `ratify node`), so `cargo run -p ratify-devkit --
+//! demo` needs nothing else built.
+//!
+//! This binary only parses flags, sets up logging and calls the libraries.
+
+mod bench;
+mod demo;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ratify_coordinator::config::{self, LogFlags, NodeArgs};
+use ratify_devkit::accounts::AccountStore;
+use ratify_devkit::local::LocalCluster;
+use ratify_participant_sdk::{App, ClientConfig};
+
+/// Ratify on one machine: the demo, a dev cluster, the benchmark.
+#[derive(Parser, Debug)]
+#[command(name = "ratify-dev", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    #[command(flatten)]
+    log: LogFlags,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// End-to-end demo on embedded defaults: a 3-node cluster, two account
+    /// participants, a transfer workload, a leader SIGKILL, and a summary.
+    Demo(demo::DemoArgs),
+    /// Start a local 3-node cluster on loopback (data in a temp dir) until Ctrl-C.
+    Dev(DevArgs),
+    /// Benchmark: global txn/s and commit latency with two no-op durable
+    /// participants on a 3-node cluster (build with --release).
+    Bench(bench::BenchArgs),
+    /// Host the demo account store as a participant (with its recovery loop).
+    Participant(ParticipantArgs),
+    /// A coordinator node of this binary's local clusters: `ratify node`, the same
+    /// flags.
+    #[command(hide = true)]
+    Node(Box<NodeArgs>),
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Keep data here instead of a temp dir.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ParticipantArgs {
+    /// Listen address (ip:port).
+    #[arg(long)]
+    listen: String,
+    /// Folder of the account store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Coordinator client address; repeat for each node.
+    #[arg(long = "coordinator", required = true)]
+    coordinators: Vec<String>,
+    /// Resource name.
+    #[arg(long, default_value = "accounts")]
+    resource: String,
+    /// Accounts to create (acct0..acctN-1) if missing.
+    #[arg(long, default_value_t = 100)]
+    accounts: usize,
+    /// Opening balance of new accounts.
+    #[arg(long, default_value_t = 1000)]
+    initial_balance: i64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = config::parse_cli::<Cli>();
+    let node_file = match &cli.command {
+        Cmd::Node(a) => config::load_file(a.config.as_deref())?,
+        _ => config::NodeFile::default(),
+    };
+    let default_filter = match cli.command {
+        Cmd::Node(_) => "info",
+        _ => "warn",
+    };
+    let log = cli.log.resolve(&node_file, default_filter)?;
+    // The node processes this one starts log the same way (still single-threaded).
+    log.pass_to_children();
+    let telemetry = log.init("ratify")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        match cli.command {
+            Cmd::Node(a) => {
+                Ok(config::run_node(&a, &node_file, &log, config::shutdown_signal()).await?)
+            }
+            Cmd::Dev(a) => dev(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Participant(a) => participant(a).await,
+        }
+    });
+    drop(rt);
+    telemetry.shutdown();
+    result
+}
+
+/// Starts a local cluster of this binary's `node` command in `dir` and waits for its
+/// leader.
+async fn start_cluster(dir: &Path, nodes: u64, extra: Vec<String>) -> anyhow::Result<LocalCluster> {
+    let binary = std::env::current_exe().context("cannot locate the ratify-dev binary")?;
+    let cluster = LocalCluster::start(&binary, dir, nodes, extra)?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    Ok(cluster)
+}
+
+async fn dev(a: DevArgs) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match a.dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let cluster = start_cluster(&dir, a.nodes, vec![]).await?;
+    println!(
+        "ratify dev cluster is up ({} nodes, data in {})",
+        a.nodes,
+        dir.display()
+    );
+    for id in cluster.ids() {
+        println!("  node {id}: api {}", cluster.api_addr(id)?);
+    }
+    println!(
+        "try: ratify cluster status --coordinator {}",
+        cluster.api_endpoints().join(" --coordinator ")
+    );
+    println!("Ctrl-C stops it.");
+    config::shutdown_signal().await;
+    Ok(())
+}
+
+async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
+    let store = AccountStore::open(&a.data_dir)?;
+    store
+        .open_numbered_accounts("acct", a.accounts, a.initial_balance)
+        .await?;
+    let app = App::builder()
+        .coordinators(a.coordinators)
+        .client_config(ClientConfig::default())
+        .listen(&a.listen)
+        .recovery_interval(Duration::from_secs(1))
+        .resource(
+            &a.resource,
+            Arc::clone(&store) as Arc<dyn ratify_participant_sdk::Resource>,
+        )
+        .start()
+        .await?;
+    println!(
+        "participant serving resource {:?} on {}",
+        a.resource,
+        app.endpoint()
+    );
+    config::shutdown_signal().await;
+    app.shutdown().await;
+    Ok(())
+}
