@@ -35,6 +35,7 @@ shopt -u nullglob
 
 cargo build --locked -p ratify-coordinator --bin ratify \
     -p ratify-examples --bin pg_bank --bin order_pipeline --bin tradeoff_lab --bin atomic_order \
+    -p ratify-devkit --bin ratify-dev \
     -p ratify-tests --bin chaos --bin chaos_participant
 # Two test threads: each integration test runs a 3-process cluster on a 2-core machine.
 status=0

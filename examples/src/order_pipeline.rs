@@ -46,10 +46,9 @@ use ratify_participant_sdk::adapters::kafka::{
     KafkaConfig, KafkaOffset, KafkaRecord, KafkaResource,
 };
 use ratify_participant_sdk::adapters::postgres::{PgConfig, PgError, PgResource};
-use ratify_participant_sdk::client::{BeginOptions, Begun, CoordinatorClient, Decision, Outcome};
-use ratify_participant_sdk::recovery::RecoveryLoop;
+use ratify_participant_sdk::client::CoordinatorClient;
 use ratify_participant_sdk::resource::Resource;
-use ratify_participant_sdk::server::ParticipantServer;
+use ratify_participant_sdk::{App, AppError, Tx};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -208,7 +207,8 @@ async fn create_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
 }
 
 /// One service's participant: its Postgres database and its Kafka producer as XA
-/// resources, served over gRPC, with the recovery loop. Dropping it stops both.
+/// resources of one [`App`] (participant server, recovery loop, transaction scopes).
+/// Dropping it stops them.
 pub struct Participant {
     /// `host:port` the coordinator calls.
     pub endpoint: String,
@@ -216,8 +216,8 @@ pub struct Participant {
     pub pg: Arc<PgResource>,
     /// The service's Kafka producer.
     pub kafka: Arc<KafkaResource>,
-    /// Set to stop the server and the recovery loop.
-    stop: tokio::sync::watch::Sender<bool>,
+    /// Hosts both resources and runs the service's transactions.
+    app: App,
 }
 
 impl std::fmt::Debug for Participant {
@@ -226,6 +226,41 @@ impl std::fmt::Debug for Participant {
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
+}
+
+/// A scope's failure, typed so that the caller can tell a duplicate key (an order
+/// placed or shipped twice) from other failures.
+#[derive(Debug, thiserror::Error)]
+enum WorkError {
+    /// A unique violation.
+    #[error("{0:#}")]
+    Duplicate(anyhow::Error),
+    /// Anything else.
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for WorkError {
+    fn from(e: anyhow::Error) -> Self {
+        if is_duplicate(&e) {
+            Self::Duplicate(e)
+        } else {
+            Self::Other(e)
+        }
+    }
+}
+
+/// How a transaction scope of a service ended.
+#[derive(Debug)]
+enum Ended {
+    /// Committed.
+    Committed,
+    /// Aborted, with the coordinator's reason.
+    Aborted(String),
+    /// The work hit a unique violation (rolled back).
+    Duplicate(anyhow::Error),
+    /// The work or the coordinator failed (rolled back, or never begun).
+    Failed(anyhow::Error),
 }
 
 impl Participant {
@@ -253,36 +288,52 @@ impl Participant {
         let kafka = KafkaResource::open(stage_dir, kafka)
             .await
             .context("opening Kafka resource")?;
-        let listener = tokio::net::TcpListener::bind(listen)
+        let app = App::builder()
+            .client(client)
+            .listen(listen)
+            .recovery_interval(recovery_interval)
+            .transaction_timeout(TXN_TIMEOUT)
+            .resource(DB_RESOURCE, Arc::clone(&pg) as Arc<dyn Resource>)
+            .resource(KAFKA_RESOURCE, Arc::clone(&kafka) as Arc<dyn Resource>)
+            .start()
             .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let endpoint = listener.local_addr()?.to_string();
-        let (r_pg, r_kafka): (Arc<dyn Resource>, Arc<dyn Resource>) = (pg.clone(), kafka.clone());
-        let server = ParticipantServer::new()
-            .with_resource(DB_RESOURCE, Arc::clone(&r_pg))?
-            .with_resource(KAFKA_RESOURCE, Arc::clone(&r_kafka))?;
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(server.serve(listener, stopped(rx.clone())));
-        RecoveryLoop::new(
-            vec![(DB_RESOURCE.into(), r_pg), (KAFKA_RESOURCE.into(), r_kafka)],
-            client,
-        )
-        .spawn(recovery_interval, stopped(rx.clone()));
-        pg.spawn_stats_logger(Duration::from_secs(10), stopped(rx));
+            .with_context(|| format!("cannot serve the participant on {listen}"))?;
+        pg.spawn_stats_logger(Duration::from_secs(10), app.stopped());
         Ok(Self {
-            endpoint,
+            endpoint: app.endpoint().to_owned(),
             pg,
             kafka,
-            stop,
+            app,
         })
     }
 
-    /// The branches a transaction of this service enlists: database first.
-    pub fn branches(&self) -> Vec<(String, String)> {
-        vec![
-            (self.endpoint.clone(), DB_RESOURCE.into()),
-            (self.endpoint.clone(), KAFKA_RESOURCE.into()),
-        ]
+    /// Runs `work` as one global transaction on both resources. It never gives up on
+    /// an unknown outcome: running the work again while the first may still commit
+    /// is exactly the duplicate to avoid (the coordinator answers once a majority is
+    /// back).
+    async fn run<F, Fut>(&self, work: F) -> Ended
+    where
+        F: FnOnce(Tx) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let scope = self
+            .app
+            .transaction(|tx| async move { work(tx).await.map_err(WorkError::from) })
+            .await;
+        match scope {
+            Ok(()) => Ended::Committed,
+            Err(AppError::Aborted { reason, detail, .. }) => {
+                Ended::Aborted(format!("{reason:?}: {detail}"))
+            }
+            Err(AppError::Work(e)) => match e.downcast::<WorkError>() {
+                Ok(w) => match *w {
+                    WorkError::Duplicate(e) => Ended::Duplicate(e),
+                    WorkError::Other(e) => Ended::Failed(e),
+                },
+                Err(e) => Ended::Failed(anyhow::anyhow!(e)),
+            },
+            Err(e) => Ended::Failed(e.into()),
+        }
     }
 
     /// Branches of this participant that are prepared and not yet finished.
@@ -301,11 +352,8 @@ impl Participant {
     /// # Errors
     /// When the coordinator cannot be asked, or such transactions remain after
     /// `timeout`.
-    pub async fn wait_coordinator_done(
-        &self,
-        client: &CoordinatorClient,
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
+    pub async fn wait_coordinator_done(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = self.app.client();
         let start = Instant::now();
         loop {
             let mut mine = 0usize;
@@ -355,20 +403,6 @@ impl Participant {
     }
 }
 
-impl Drop for Participant {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// The Kafka settings of service `service` (`a` or `b`).
 pub fn kafka_config(cfg: &PipelineConfig, service: &str) -> KafkaConfig {
     let mut k = KafkaConfig::new(&cfg.bootstrap, cfg.transactional_id(service));
@@ -381,56 +415,6 @@ pub fn kafka_config(cfg: &PipelineConfig, service: &str) -> KafkaConfig {
 /// Is `e` a unique violation (a duplicate key)?
 fn is_duplicate(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<PgError>(), Some(PgError::Db { code, .. }) if code == UNIQUE_VIOLATION)
-}
-
-/// Commits `gtrid`, asking again while the outcome is unknown (commit is idempotent:
-/// a retry returns the recorded decision).
-async fn commit_until_known(client: &CoordinatorClient, gtrid: &str) -> anyhow::Result<Decision> {
-    // Never give up on an unknown outcome: running the batch again in a new transaction
-    // while this one may still commit is exactly the duplicate to avoid. The coordinator
-    // answers once a majority is back; until then the service waits, and says so.
-    let start = Instant::now();
-    let mut warned = Duration::ZERO;
-    loop {
-        match client.commit(gtrid).await {
-            Ok(d) => return Ok(d),
-            Err(e) => {
-                if start.elapsed() >= warned {
-                    tracing::warn!(error = %e, waited = ?start.elapsed(), "commit outcome unknown, asking again");
-                    warned = start.elapsed() + OUTCOME_DEADLINE / 4;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// Runs `work` in transaction `begun`, then commits it. The transaction is rolled
-/// back when `work` fails.
-async fn run_txn<F>(client: &CoordinatorClient, begun: &Begun, work: F) -> anyhow::Result<Decision>
-where
-    F: Future<Output = anyhow::Result<()>>,
-{
-    if let Err(e) = work.await {
-        // The failed branch votes NO anyway; rolling back now releases the other
-        // branch sooner.
-        let _ = client.rollback(&begun.gtrid).await;
-        return Err(e);
-    }
-    commit_until_known(client, &begun.gtrid).await
-}
-
-/// The (database, Kafka) branch xids of `begun`.
-fn two_branches(
-    begun: &Begun,
-) -> anyhow::Result<(
-    &ratify_participant_sdk::xid::Xid,
-    &ratify_participant_sdk::xid::Xid,
-)> {
-    match begun.branches.as_slice() {
-        [db, kafka] => Ok((&db.xid, &kafka.xid)),
-        other => anyhow::bail!("coordinator enlisted {} branches, not 2", other.len()),
-    }
 }
 
 /// An `order-placed` event's value.
@@ -461,8 +445,6 @@ pub struct Placed {
 pub struct ServiceA {
     /// Its participant.
     pub participant: Participant,
-    /// Its coordinator client.
-    client: CoordinatorClient,
     /// The orders topic.
     topic: String,
 }
@@ -484,13 +466,12 @@ impl ServiceA {
             kafka_config(cfg, "service_a"),
             stage_dir,
             listen,
-            client.clone(),
+            client,
             Duration::from_millis(500),
         )
         .await?;
         Ok(Self {
             participant,
-            client,
             topic: cfg.orders_topic.clone(),
         })
     }
@@ -504,48 +485,40 @@ impl ServiceA {
     pub async fn place_order(&self, order_id: &str, amount: i64) -> anyhow::Result<u64> {
         let mut retries = 0;
         loop {
-            let begun = self
-                .client
-                .begin(BeginOptions {
-                    timeout: TXN_TIMEOUT,
-                    branches: self.participant.branches(),
-                    ..Default::default()
-                })
-                .await?;
-            let span = tracing::info_span!("place_order", gtrid = %begun.gtrid, order_id);
-            let work = async {
-                let (xdb, xkafka) = two_branches(&begun)?;
-                let db = self.participant.pg.begin_branch(xdb).await?;
-                db.execute(
-                    "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed')",
-                    &[&order_id, &amount],
-                )
-                .await?;
-                let event = serde_json::to_vec(&OrderPlaced {
-                    order_id: order_id.to_owned(),
-                    amount,
-                })?;
-                self.participant.kafka.branch(xkafka)?.send(
-                    KafkaRecord::new(&self.topic, order_id, event)
-                        .header("type", "order-placed")
-                        .header("gtrid", begun.gtrid.as_str()),
-                )?;
-                Ok(())
-            };
-            let decision = run_txn(&self.client, &begun, work)
-                .instrument(span.clone())
-                .await
-                .map_err(|e| {
-                    if is_duplicate(&e) {
-                        e.context(format!("order {order_id} was already placed"))
-                    } else {
-                        e
+            let ended = self
+                .participant
+                .run(|tx| async move {
+                    let span = tracing::info_span!("place_order", gtrid = tx.gtrid(), order_id);
+                    async {
+                        let db = self.participant.pg.begin_branch(tx.xid(DB_RESOURCE)?).await?;
+                        db.execute(
+                            "INSERT INTO orders (order_id, amount, status) VALUES ($1, $2, 'placed')",
+                            &[&order_id, &amount],
+                        )
+                        .await?;
+                        let event = serde_json::to_vec(&OrderPlaced {
+                            order_id: order_id.to_owned(),
+                            amount,
+                        })?;
+                        self.participant.kafka.branch(tx.xid(KAFKA_RESOURCE)?)?.send(
+                            KafkaRecord::new(&self.topic, order_id, event)
+                                .header("type", "order-placed")
+                                .header("gtrid", tx.gtrid()),
+                        )?;
+                        Ok(())
                     }
-                })?;
-            if decision.outcome == Outcome::Committed {
-                return Ok(retries);
+                    .instrument(span)
+                    .await
+                })
+                .await;
+            match ended {
+                Ended::Committed => return Ok(retries),
+                Ended::Aborted(why) => tracing::debug!(order_id, why, "order aborted, retrying"),
+                Ended::Duplicate(e) => {
+                    return Err(e.context(format!("order {order_id} was already placed")))
+                }
+                Ended::Failed(e) => return Err(e),
             }
-            span.in_scope(|| tracing::debug!(?decision, "order aborted, retrying"));
             retries += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -591,7 +564,7 @@ impl ServiceA {
             .wait_settled(Duration::from_secs(60))
             .await?;
         self.participant
-            .wait_coordinator_done(&self.client, Duration::from_secs(60))
+            .wait_coordinator_done(Duration::from_secs(60))
             .await?;
         Ok(total)
     }
@@ -630,8 +603,6 @@ impl Default for ServiceBOptions {
 pub struct ServiceB {
     /// Its participant.
     pub participant: Participant,
-    /// Its coordinator client.
-    client: CoordinatorClient,
     /// Topics and group.
     cfg: PipelineConfig,
     /// Events shipped by this process (committed transactions).
@@ -664,7 +635,7 @@ impl ServiceB {
             kafka_config(cfg, "service_b"),
             stage_dir,
             listen,
-            client.clone(),
+            client,
             Duration::from_millis(200),
         )
         .await?;
@@ -678,7 +649,6 @@ impl ServiceB {
         participant.wait_settled(Duration::from_secs(120)).await?;
         Ok(Self {
             participant,
-            client,
             cfg: cfg.clone(),
             shipped: AtomicU64::new(0),
         })
@@ -741,18 +711,18 @@ impl ServiceB {
             // One unpublished Kafka branch at a time keeps offsets monotonic.
             self.wait_published().await?;
             match self.ship(batch).await {
-                Ok(d) if d.outcome == Outcome::Committed => {
+                Ended::Committed => {
                     self.shipped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     return Ok(());
                 }
-                Ok(d) => tracing::debug!(?d, "shipment aborted, retrying the batch"),
-                Err(e) if is_duplicate(&e) => {
+                Ended::Aborted(why) => tracing::debug!(why, "shipment aborted, retrying the batch"),
+                Ended::Duplicate(e) => {
                     return Err(e.context(
                         "an order was shipped twice: exactly-once delivery to service B is broken",
                     ))
                 }
-                Err(e) => {
+                Ended::Failed(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "shipment failed, retrying the batch")
                 }
             }
@@ -775,55 +745,56 @@ impl ServiceB {
 
     /// One transaction: shipments rows, `order-shipped` events and the consumer
     /// offsets after the batch.
-    async fn ship(&self, batch: &[Event]) -> anyhow::Result<Decision> {
-        let begun = self
-            .client
-            .begin(BeginOptions {
-                timeout: TXN_TIMEOUT,
-                branches: self.participant.branches(),
-                ..Default::default()
+    async fn ship(&self, batch: &[Event]) -> Ended {
+        self.participant
+            .run(|tx| async move {
+                let span = tracing::info_span!("ship", gtrid = tx.gtrid(), events = batch.len());
+                self.ship_in(&tx, batch).instrument(span).await
             })
+            .await
+    }
+
+    /// The work of [`Self::ship`] in transaction `tx`.
+    async fn ship_in(&self, tx: &Tx, batch: &[Event]) -> anyhow::Result<()> {
+        let ids: Vec<&str> = batch.iter().map(|e| e.order.order_id.as_str()).collect();
+        let amounts: Vec<i64> = batch.iter().map(|e| e.order.amount).collect();
+        let parts: Vec<i32> = batch.iter().map(|e| e.partition).collect();
+        let offsets: Vec<i64> = batch.iter().map(|e| e.offset).collect();
+        let db = self
+            .participant
+            .pg
+            .begin_branch(tx.xid(DB_RESOURCE)?)
             .await?;
-        let span = tracing::info_span!("ship", gtrid = %begun.gtrid, events = batch.len());
-        let work = async {
-            let (xdb, xkafka) = two_branches(&begun)?;
-            let ids: Vec<&str> = batch.iter().map(|e| e.order.order_id.as_str()).collect();
-            let amounts: Vec<i64> = batch.iter().map(|e| e.order.amount).collect();
-            let parts: Vec<i32> = batch.iter().map(|e| e.partition).collect();
-            let offsets: Vec<i64> = batch.iter().map(|e| e.offset).collect();
-            let db = self.participant.pg.begin_branch(xdb).await?;
-            db.execute(
-                "INSERT INTO shipments (order_id, amount, source_partition, source_offset) \
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int8[])",
-                &[&ids, &amounts, &parts, &offsets],
-            )
-            .await?;
-            let kafka = self.participant.kafka.branch(xkafka)?;
-            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            for e in batch {
-                kafka.send(
-                    KafkaRecord::new(
-                        &self.cfg.shipments_topic,
-                        e.order.order_id.as_str(),
-                        serde_json::to_vec(&e.order)?,
-                    )
-                    .header("type", "order-shipped")
-                    .header("gtrid", begun.gtrid.as_str()),
-                )?;
-                let at = next.entry(e.partition).or_insert(e.offset + 1);
-                *at = (*at).max(e.offset + 1);
-            }
-            for (partition, offset) in next {
-                kafka.commit_offset(KafkaOffset {
-                    group: self.cfg.group.clone(),
-                    topic: self.cfg.orders_topic.clone(),
-                    partition,
-                    offset,
-                })?;
-            }
-            Ok(())
-        };
-        run_txn(&self.client, &begun, work).instrument(span).await
+        db.execute(
+            "INSERT INTO shipments (order_id, amount, source_partition, source_offset) \
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int8[])",
+            &[&ids, &amounts, &parts, &offsets],
+        )
+        .await?;
+        let kafka = self.participant.kafka.branch(tx.xid(KAFKA_RESOURCE)?)?;
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for e in batch {
+            kafka.send(
+                KafkaRecord::new(
+                    &self.cfg.shipments_topic,
+                    e.order.order_id.as_str(),
+                    serde_json::to_vec(&e.order)?,
+                )
+                .header("type", "order-shipped")
+                .header("gtrid", tx.gtrid()),
+            )?;
+            let at = next.entry(e.partition).or_insert(e.offset + 1);
+            *at = (*at).max(e.offset + 1);
+        }
+        for (partition, offset) in next {
+            kafka.commit_offset(KafkaOffset {
+                group: self.cfg.group.clone(),
+                topic: self.cfg.orders_topic.clone(),
+                partition,
+                offset,
+            })?;
+        }
+        Ok(())
     }
 }
 

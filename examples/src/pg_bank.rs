@@ -1,17 +1,15 @@
 //! A bank spread over two Postgres databases (`<prefix>_a` and `<prefix>_b`), each an
-//! XA resource hosted by one participant server; a transfer debits an account in A
-//! and credits one in B as one Ratify global transaction.
+//! XA resource of one [`App`]; a transfer debits an account in A and credits one in B
+//! as one Ratify global transaction.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
-use ratify_participant_sdk::client::{BeginOptions, Begun, CoordinatorClient, Decision};
-use ratify_participant_sdk::recovery::RecoveryLoop;
+use ratify_participant_sdk::client::CoordinatorClient;
 use ratify_participant_sdk::resource::Resource;
-use ratify_participant_sdk::server::ParticipantServer;
+use ratify_participant_sdk::{App, AppError, Tx};
 use tokio_postgres::{Client, NoTls};
 
 /// Resource name of bank A at the participant.
@@ -207,76 +205,61 @@ impl Bank {
         Ok(Self { a, b })
     }
 
-    /// The participant server hosting both banks.
+    /// Hosts both banks in one [`App`] listening on `listen`, with their recovery
+    /// loop every `recovery_interval` (`None`: no loop, for tests that watch a
+    /// branch stay prepared) and a prepared-transactions logger each. Transfers
+    /// time out after 10 s undecided.
     ///
     /// # Errors
-    /// Never in practice (the names are valid and distinct).
-    pub fn server(&self) -> anyhow::Result<ParticipantServer> {
-        let a: Arc<dyn Resource> = self.a.clone();
-        let b: Arc<dyn Resource> = self.b.clone();
-        Ok(ParticipantServer::new()
-            .with_resource(RESOURCE_A, a)?
-            .with_resource(RESOURCE_B, b)?)
-    }
-
-    /// Serves both banks on `listener` and, unless `recovery_interval` is `None`, runs
-    /// their recovery loop and a prepared-transactions logger, until `shutdown`.
-    ///
-    /// # Errors
-    /// When the server fails.
-    pub async fn serve(
+    /// When `listen` cannot be bound.
+    pub async fn host(
         &self,
-        listener: tokio::net::TcpListener,
         client: CoordinatorClient,
+        listen: &str,
         recovery_interval: Option<Duration>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if let Some(interval) = recovery_interval {
-            let a: Arc<dyn Resource> = self.a.clone();
-            let b: Arc<dyn Resource> = self.b.clone();
-            RecoveryLoop::new(vec![(RESOURCE_A.into(), a), (RESOURCE_B.into(), b)], client)
-                .spawn(interval, stopped(stop_rx.clone()));
-        }
+    ) -> anyhow::Result<App> {
+        let builder = App::builder()
+            .client(client)
+            .listen(listen)
+            .transaction_timeout(Duration::from_secs(10))
+            .resource(RESOURCE_A, Arc::clone(&self.a) as Arc<dyn Resource>)
+            .resource(RESOURCE_B, Arc::clone(&self.b) as Arc<dyn Resource>);
+        let builder = match recovery_interval {
+            Some(every) => builder.recovery_interval(every),
+            None => builder.without_recovery(),
+        };
+        let app = builder
+            .start()
+            .await
+            .with_context(|| format!("cannot serve the banks on {listen}"))?;
         self.a
-            .spawn_stats_logger(Duration::from_secs(10), stopped(stop_rx.clone()));
+            .spawn_stats_logger(Duration::from_secs(10), app.stopped());
         self.b
-            .spawn_stats_logger(Duration::from_secs(10), stopped(stop_rx));
-        let served = self.server()?.serve(listener, shutdown).await;
-        let _ = stop_tx.send(true);
-        Ok(served?)
+            .spawn_stats_logger(Duration::from_secs(10), app.stopped());
+        Ok(app)
     }
 
-    /// Begins a transfer of `amount` from A's account `from` to B's account `to` at
-    /// the participant `endpoint` and runs its SQL on both branches (concurrently).
-    /// The caller commits (or rolls back) it through `client`.
+    /// Moves `amount` from A's account `from` to B's account `to` as one global
+    /// transaction of `app` (the SQL of both branches runs concurrently) and commits
+    /// it. `begun` is told the gtrid once the work is done, before the commit.
     ///
     /// # Errors
-    /// Coordinator or SQL failures; after a SQL failure the transaction is rolled back.
-    pub async fn begin_transfer(
+    /// As [`App::transaction`]: [`AppError::Work`] for a failed statement (rolled
+    /// back), [`AppError::Aborted`], and the rest.
+    pub async fn transfer(
         &self,
-        client: &CoordinatorClient,
-        endpoint: &str,
+        app: &App,
         from: i32,
         to: i32,
         amount: i64,
-    ) -> anyhow::Result<Begun> {
-        let begun = client
-            .begin(BeginOptions {
-                timeout: Duration::from_secs(10),
-                branches: vec![
-                    (endpoint.to_owned(), RESOURCE_A.to_owned()),
-                    (endpoint.to_owned(), RESOURCE_B.to_owned()),
-                ],
-                ..Default::default()
-            })
-            .await?;
-        let work = async {
-            let (xa, xb) = match begun.branches.as_slice() {
-                [a, b] => (&a.xid, &b.xid),
-                other => anyhow::bail!("coordinator enlisted {} branches, not 2", other.len()),
-            };
-            let (ba, bb) = futures::try_join!(self.a.begin_branch(xa), self.b.begin_branch(xb))?;
+        begun: impl FnOnce(&str) + Send,
+    ) -> Result<Transferred, AppError> {
+        let started = Instant::now();
+        let work = |tx: Tx| async move {
+            let (ba, bb) = futures::try_join!(
+                self.a.begin_branch(tx.xid(RESOURCE_A)?),
+                self.b.begin_branch(tx.xid(RESOURCE_B)?)
+            )?;
             let (debit, credit) = ([&amount as _, &from as _], [&amount as _, &to as _]);
             futures::try_join!(
                 ba.execute(
@@ -288,42 +271,28 @@ impl Bank {
                     &credit
                 ),
             )?;
-            Ok(())
+            begun(tx.gtrid());
+            anyhow::Ok(Transferred {
+                gtrid: tx.gtrid().to_owned(),
+                work: started.elapsed(),
+                total: Duration::ZERO,
+            })
         };
-        if let Err(e) = work.await {
-            // A failed statement makes its branch vote NO anyway; rolling back now
-            // releases the other branch's row lock sooner.
-            let _ = client.rollback(&begun.gtrid).await;
-            return Err(e);
-        }
-        Ok(begun)
-    }
-
-    /// [`Self::begin_transfer`] then commit.
-    ///
-    /// # Errors
-    /// As [`Self::begin_transfer`], and when the commit's outcome is unknown.
-    pub async fn transfer(
-        &self,
-        client: &CoordinatorClient,
-        endpoint: &str,
-        from: i32,
-        to: i32,
-        amount: i64,
-    ) -> anyhow::Result<Decision> {
-        let begun = self
-            .begin_transfer(client, endpoint, from, to, amount)
-            .await?;
-        Ok(client.commit(&begun.gtrid).await?)
+        let mut t = app.transaction(work).await?;
+        t.total = started.elapsed();
+        Ok(t)
     }
 }
 
-async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
+/// A committed transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transferred {
+    /// Its global transaction id.
+    pub gtrid: String,
+    /// Begin and the SQL of both branches.
+    pub work: Duration,
+    /// The whole transfer: the work and the commit.
+    pub total: Duration,
 }
 
 /// Latency samples.

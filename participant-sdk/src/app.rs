@@ -106,7 +106,7 @@ pub struct AppBuilder {
     listen: String,
     advertise: Option<String>,
     resources: Vec<(String, Arc<dyn Resource>)>,
-    recovery_interval: Duration,
+    recovery_interval: Option<Duration>,
     txn_timeout: Duration,
     outcome_timeout: Option<Duration>,
     shutdown_grace: Duration,
@@ -172,7 +172,15 @@ impl AppBuilder {
 
     /// How often the recovery loop asks about in-doubt branches (default 2 s).
     pub fn recovery_interval(mut self, every: Duration) -> Self {
-        self.recovery_interval = every;
+        self.recovery_interval = Some(every);
+        self
+    }
+
+    /// Runs no recovery loop: in-doubt branches wait for the coordinator's own phase
+    /// 2 (which always comes, docs/design.md rule 7) instead of being asked about.
+    /// For tests that watch a branch stay prepared; an application wants the loop.
+    pub fn without_recovery(mut self) -> Self {
+        self.recovery_interval = None;
         self
     }
 
@@ -229,8 +237,12 @@ impl AppBuilder {
         let (stop, rx) = watch::channel(false);
         let server = tokio::spawn(server.serve(listener, stopped(rx.clone())));
         let hosted = self.resources.clone();
-        let recovery = RecoveryLoop::new(self.resources, client.clone())
-            .spawn(self.recovery_interval, stopped(rx));
+        let recovery = match self.recovery_interval {
+            Some(every) => {
+                RecoveryLoop::new(self.resources, client.clone()).spawn(every, stopped(rx))
+            }
+            None => tokio::spawn(async {}),
+        };
         tracing::info!(%endpoint, resources = ?names, "app ready");
         Ok(App {
             endpoint,
@@ -316,7 +328,7 @@ impl App {
             listen: "127.0.0.1:0".into(),
             advertise: None,
             resources: Vec::new(),
-            recovery_interval: Duration::from_secs(2),
+            recovery_interval: Some(Duration::from_secs(2)),
             txn_timeout: Duration::from_secs(30),
             outcome_timeout: None,
             shutdown_grace: Duration::from_secs(10),
@@ -326,6 +338,12 @@ impl App {
     /// The endpoint coordinators call this app's participant server at.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Resolves once the app stops ([`App::shutdown`] or drop): for the app's own
+    /// background tasks (a statistics logger, a consumer loop).
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        stopped(self.stop.subscribe())
     }
 
     /// The coordinator client (for `get`, `list`, and transactions spanning other

@@ -94,7 +94,7 @@ pub fn example_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
     let bin = ratify_binary()?.with_file_name(name);
     anyhow::ensure!(
         bin.exists(),
-        "{} is missing: run `cargo build -p ratify-examples --bin {name}` first (tests/run.sh does)",
+        "{} is missing: run `cargo build --bin {name}` first (tests/run.sh does)",
         bin.display()
     );
     Ok(bin)

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use ratify_devkit::local::free_port;
 use ratify_examples::pg_bank::{self, Bank, BankDbs, RESOURCE_A};
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
+use ratify_participant_sdk::AppError;
 use ratify_proto::pb;
 use ratify_tests::pg::{
     bank_total, fence_rows, fresh_bank, opening_total, prepared, server_lock, wait_no_prepared,
     wait_prepared, ParticipantProc, ParticipantSpec, PgEnv, PG_BALANCE,
 };
-use ratify_tests::{must_abort, must_commit, TestCluster};
+use ratify_tests::TestCluster;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -57,24 +59,6 @@ fn spec(env: &PgEnv, c: &TestCluster, dbs: &BankDbs) -> anyhow::Result<Participa
     })
 }
 
-/// Serves both banks in this process; returns the endpoint and a stop handle.
-async fn serve_in_process(
-    bank: &Bank,
-    c: &TestCluster,
-) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bank, client) = (bank.clone(), c.client.clone());
-    tokio::spawn(async move {
-        bank.serve(listener, client, Some(Duration::from_millis(500)), async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Ok((endpoint, stop))
-}
-
 /// A transfer commits on both databases; one rolled back by the client changes
 /// nothing; one that fails its CHECK constraint votes NO and aborts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,25 +68,47 @@ async fn commit_and_rollback_across_two_databases() -> anyhow::Result<()> {
     let dbs = fresh_bank(&env, "pg_commit").await?;
     let c = TestCluster::start(&[]).await?;
     let bank = Bank::open(&dbs, 8).await?;
-    let (ep, _stop) = serve_in_process(&bank, &c).await?;
+    let app = bank
+        .host(
+            c.client.clone(),
+            "127.0.0.1:0",
+            Some(Duration::from_millis(500)),
+        )
+        .await?;
 
-    must_commit(&bank.transfer(&c.client, &ep, 1, 2, 300).await?);
+    bank.transfer(&app, 1, 2, 300, |_| {}).await?;
     wait_no_prepared(&dbs, SETTLE).await?;
     assert_eq!(moved(&dbs).await?, (PG_BALANCE - 300, PG_BALANCE + 300));
 
-    let t = bank.begin_transfer(&c.client, &ep, 3, 4, 50).await?;
-    must_abort(
-        &c.client.rollback(&t.gtrid).await?,
-        pb::Reason::ClientRollback,
-    );
+    // The work changes its mind after its SQL: the scope rolls the transaction back.
+    let rolled_back = std::sync::Mutex::new(String::new());
+    let (bank_a, seen) = (&bank.a, &rolled_back);
+    let scope = app
+        .transaction(|tx| async move {
+            let branch = bank_a.begin_branch(tx.xid(RESOURCE_A)?).await?;
+            branch
+                .execute(
+                    "UPDATE accounts SET balance = balance - 50 WHERE id = 3",
+                    &[],
+                )
+                .await?;
+            if let Ok(mut g) = seen.lock() {
+                *g = tx.gtrid().to_owned();
+            }
+            Err::<(), _>(anyhow::anyhow!("changed my mind"))
+        })
+        .await;
+    assert!(matches!(scope, Err(AppError::Work(_))), "{scope:?}");
+    let gtrid = rolled_back.lock().map(|g| g.clone()).unwrap_or_default();
+    let t = c.client.get(&gtrid).await?;
+    assert_eq!(t.outcome(), pb::Outcome::Aborted, "{t:?}");
+    assert_eq!(t.reason(), pb::Reason::ClientRollback, "{t:?}");
     assert_eq!(pg_bank::balance(&dbs.a_url, 3).await?, PG_BALANCE);
 
     // Overdraft: the CHECK constraint fails the debit, so the work itself errors and
     // the transaction is rolled back; nothing moves.
-    assert!(bank
-        .transfer(&c.client, &ep, 5, 6, PG_BALANCE + 1)
-        .await
-        .is_err());
+    let overdraft = bank.transfer(&app, 5, 6, PG_BALANCE + 1, |_| {}).await;
+    assert!(matches!(overdraft, Err(AppError::Work(_))), "{overdraft:?}");
     assert_eq!(pg_bank::balance(&dbs.b_url, 6).await?, PG_BALANCE);
 
     c.wait_all_completed(SETTLE).await?;
@@ -255,13 +261,10 @@ async fn hostile_xids_never_reach_postgres() -> anyhow::Result<()> {
     let env = PgEnv::from_env()?;
     let dbs = fresh_bank(&env, "pg_hostile").await?;
     let bank = Bank::open(&dbs, 4).await?;
-    let server = bank.server()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, async move {
-        let _ = stopped.await;
-    }));
+    // No coordinator is needed: the test speaks the participant protocol itself.
+    let nobody = CoordinatorClient::new(vec!["127.0.0.1:1".into()], ClientConfig::default())?;
+    let app = bank.host(nobody, "127.0.0.1:0", None).await?;
+    let addr = app.endpoint().to_owned();
     let mut client =
         pb::participant_client::ParticipantClient::connect(format!("http://{addr}")).await?;
     let good = pb::Xid {

@@ -155,3 +155,42 @@ fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
         .context("the Postgres URL has no database part")?;
     Ok(format!("{base}/{db}"))
 }
+
+/// README's first command, `cargo run -p ratify-devkit -- demo`, as the binary it
+/// builds (shortened): the demo's own cluster (its nodes are `ratify-dev node`
+/// processes), a leader SIGKILL, the balance conserved, exit 0. README's first line
+/// names that command.
+#[test]
+fn the_readme_demo_runs_and_conserves_the_balance() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    assert!(
+        readme
+            .lines()
+            .take(6)
+            .any(|l| l.starts_with("cargo run -p ratify-devkit -- demo")),
+        "README's first command is not the devkit demo"
+    );
+    let bin = ratify_tests::example_binary("ratify-dev", "RATIFY_DEV_BIN")?;
+    let out = Command::new(bin)
+        .args([
+            "demo",
+            "--duration",
+            "4",
+            "--kill-after",
+            "1",
+            "--clients",
+            "4",
+        ])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("SIGKILLed the leader"), "{stdout}");
+    assert!(stdout.contains("conserved"), "{stdout}");
+    Ok(())
+}

@@ -33,12 +33,9 @@ use rand::Rng;
 use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::adapters::kafka::{KafkaConfig, KafkaRecord, KafkaResource};
 use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
-use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
-use ratify_participant_sdk::recovery::RecoveryLoop;
 use ratify_participant_sdk::resource::{
     CommitResult, Resource, ResourceError, RollbackResult, Vote,
 };
-use ratify_participant_sdk::server::ParticipantServer;
 use ratify_participant_sdk::xid::Xid;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -163,16 +160,15 @@ async fn main() -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("--slow-one-phase takes SHARE,MAX_MS, not {other:?}"),
     };
     let name = resource_name(args.kind);
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    // Served until the process is killed (the suite only ever SIGKILLs it).
+    let _participant = ratify_participant_sdk::App::builder()
+        .coordinators(args.coordinator.clone())
+        .listen(&args.listen)
+        .recovery_interval(Duration::from_millis(args.recovery_ms))
+        .resource(name, resource)
+        .start()
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let server = ParticipantServer::new().with_resource(name, Arc::clone(&resource))?;
-    tokio::spawn(server.serve(listener, std::future::pending()));
-    let client = CoordinatorClient::new(args.coordinator.clone(), ClientConfig::default())?;
-    RecoveryLoop::new(vec![(name.into(), resource)], client).spawn(
-        Duration::from_millis(args.recovery_ms),
-        std::future::pending(),
-    );
+        .with_context(|| format!("serving on {}", args.listen))?;
     let work_listener = tokio::net::TcpListener::bind(&args.app)
         .await
         .with_context(|| format!("binding {}", args.app))?;

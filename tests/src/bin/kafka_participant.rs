@@ -15,10 +15,7 @@ use clap::Parser;
 use ratify_participant_sdk::adapters::kafka::{
     KafkaConfig, KafkaOffset, KafkaRecord, KafkaResource,
 };
-use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
-use ratify_participant_sdk::recovery::RecoveryLoop;
 use ratify_participant_sdk::resource::Resource;
-use ratify_participant_sdk::server::ParticipantServer;
 use ratify_participant_sdk::xid::Xid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -81,17 +78,15 @@ async fn main() -> anyhow::Result<()> {
     let resource = KafkaResource::open(&args.data_dir, config)
         .await
         .context("opening the kafka adapter")?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     let as_resource: std::sync::Arc<dyn Resource> = resource.clone();
-    let server = ParticipantServer::new().with_resource("kafka", as_resource.clone())?;
-    tokio::spawn(server.serve(listener, std::future::pending()));
-    let client = CoordinatorClient::new(args.coordinator.clone(), ClientConfig::default())?;
-    RecoveryLoop::new(vec![("kafka".into(), as_resource)], client).spawn(
-        Duration::from_millis(args.recovery_ms),
-        std::future::pending(),
-    );
+    let _participant = ratify_participant_sdk::App::builder()
+        .coordinators(args.coordinator.clone())
+        .listen(&args.listen)
+        .recovery_interval(Duration::from_millis(args.recovery_ms))
+        .resource("kafka", as_resource)
+        .start()
+        .await
+        .with_context(|| format!("serving on {}", args.listen))?;
     let mut out = tokio::io::stdout();
     out.write_all(b"ready\n").await?;
     out.flush().await?;

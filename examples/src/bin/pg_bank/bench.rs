@@ -17,7 +17,7 @@ use clap::Args;
 use rand::Rng;
 use ratify_examples::narayana;
 use ratify_examples::pg_bank::{self, Bank, BankDbs, Latencies};
-use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient, Outcome};
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
 
 use crate::Common;
 
@@ -122,8 +122,8 @@ impl Mode {
 struct Ctx {
     dbs: BankDbs,
     bank: Bank,
-    client: CoordinatorClient,
-    endpoint: String,
+    /// Hosts both banks; runs the Ratify transfers.
+    app: ratify_participant_sdk::App,
     /// Accounts per client partition.
     per_client: i32,
 }
@@ -190,23 +190,14 @@ async fn client_loop(ctx: Arc<Ctx>, mode: Mode, i: usize, until: Instant) -> any
                 }
                 prepared && ra.is_ok() && rb.is_ok()
             }
-            Mode::Ratify => {
-                let begun_at = Instant::now();
-                match ctx
-                    .bank
-                    .begin_transfer(&ctx.client, &ctx.endpoint, from, to, amount)
-                    .await
-                {
-                    Ok(begun) => {
-                        r.begin.record(begun_at.elapsed());
-                        let c = Instant::now();
-                        let d = ctx.client.commit(&begun.gtrid).await;
-                        r.commit.record(c.elapsed());
-                        matches!(d, Ok(d) if d.outcome == Outcome::Committed)
-                    }
-                    Err(_) => false,
+            Mode::Ratify => match ctx.bank.transfer(&ctx.app, from, to, amount, |_| {}).await {
+                Ok(t) => {
+                    r.begin.record(t.work);
+                    r.commit.record(t.total - t.work);
+                    true
                 }
-            }
+                Err(_) => false,
+            },
         };
         if ok {
             r.done += 1;
@@ -247,23 +238,13 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let cluster = ratify_examples::local_cluster(&tmp.path().join("cluster")).await?;
     let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
     let bank = Bank::open(&dbs, max_clients * 2 + 4).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = {
-        let (bank, client) = (bank.clone(), client.clone());
-        tokio::spawn(async move {
-            bank.serve(listener, client, Some(Duration::from_secs(1)), async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let app = bank
+        .host(client, "127.0.0.1:0", Some(Duration::from_secs(1)))
+        .await?;
     let ctx = Arc::new(Ctx {
         dbs: dbs.clone(),
         bank,
-        client,
-        endpoint,
+        app,
         per_client: accounts / max_clients as i32,
     });
 
@@ -391,8 +372,9 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(before == after, "total changed: {before} -> {after}");
     println!();
     println!("total conserved ({after}); no prepared transaction left");
-    let _ = stop.send(());
-    served.await??;
+    if let Ok(ctx) = Arc::try_unwrap(ctx) {
+        ctx.app.shutdown().await;
+    }
     drop(cluster);
     Ok(())
 }

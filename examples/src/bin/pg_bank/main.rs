@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ratify_examples::local_cluster;
 use ratify_examples::pg_bank::{self, Bank, BankDbs};
-use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient, Outcome};
+use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
+use ratify_participant_sdk::AppError;
 
 /// A bank transfer between two Postgres databases, made atomic by Ratify.
 #[derive(Parser, Debug)]
@@ -141,18 +141,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
     let client = CoordinatorClient::new(endpoints, ClientConfig::default())?;
     let bank = Arc::new(Bank::open(&dbs, 32).await?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = {
-        let (bank, client) = (Arc::clone(&bank), client.clone());
-        tokio::spawn(async move {
-            bank.serve(listener, client, Some(Duration::from_secs(1)), async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let app = Arc::new(
+        bank.host(client, "127.0.0.1:0", Some(Duration::from_secs(1)))
+            .await?,
+    );
 
     let committed = Arc::new(AtomicU64::new(0));
     let aborted = Arc::new(AtomicU64::new(0));
@@ -160,7 +152,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.clients.max(1) {
-        let (bank, client, endpoint) = (Arc::clone(&bank), client.clone(), endpoint.clone());
+        let (bank, app) = (Arc::clone(&bank), Arc::clone(&app));
         let (committed, aborted, next) = (
             Arc::clone(&committed),
             Arc::clone(&aborted),
@@ -178,12 +170,12 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
                         rng.gen_range(1..=100),
                     )
                 };
-                match bank.transfer(&client, &endpoint, from, to, amount).await {
-                    Ok(d) if d.outcome == Outcome::Committed => {
+                match bank.transfer(&app, from, to, amount, |_| {}).await {
+                    Ok(_) => {
                         committed.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(d) => {
-                        tracing::debug!(?d, "transfer aborted");
+                    Err(e @ AppError::Aborted { .. }) => {
+                        tracing::debug!(error = %e, "transfer aborted");
                         aborted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -210,8 +202,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = pg_bank::total(&dbs.a_url).await? + pg_bank::total(&dbs.b_url).await?;
-    let _ = stop.send(());
-    served.await??;
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.shutdown().await;
+    }
     let (ok, ko) = (
         committed.load(Ordering::Relaxed),
         aborted.load(Ordering::Relaxed),
@@ -236,33 +229,30 @@ async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
     }
     let client = CoordinatorClient::new(a.coordinators.clone(), ClientConfig::default())?;
     let bank = Bank::open(&dbs, 16).await?;
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let endpoint = listener.local_addr()?.to_string();
     let recovery =
         (a.recovery_interval_ms > 0).then(|| Duration::from_millis(a.recovery_interval_ms));
-    let serving = {
-        let (bank, client) = (bank.clone(), client.clone());
-        tokio::spawn(async move {
-            bank.serve(listener, client, recovery, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-        })
-    };
-    println!("ready {endpoint}");
+    let app = bank.host(client, &a.listen, recovery).await?;
+    println!("ready {}", app.endpoint());
     for _ in 0..a.transfers {
-        let begun = bank
-            .begin_transfer(&client, &endpoint, a.from, a.to, a.amount)
-            .await?;
-        println!("begun {}", begun.gtrid);
-        let outcome = match client.commit(&begun.gtrid).await {
-            Ok(d) if d.outcome == Outcome::Committed => "committed".to_string(),
-            Ok(d) => format!("aborted {:?}", d.reason),
+        // The gtrid is printed once the work is done, before the commit (what the
+        // tests wait for); the outcome after it.
+        let seen = std::sync::Mutex::new(String::new());
+        let said = |gtrid: &str| {
+            println!("begun {gtrid}");
+            if let Ok(mut s) = seen.lock() {
+                *s = gtrid.to_owned();
+            }
+        };
+        let outcome = match bank.transfer(&app, a.from, a.to, a.amount, said).await {
+            Ok(_) => "committed".to_string(),
+            Err(AppError::Aborted { reason, .. }) => format!("aborted {reason:?}"),
+            Err(AppError::Work(e)) => return Err(anyhow::anyhow!(e)),
             Err(e) => format!("unknown {e}"),
         };
-        println!("outcome {} {outcome}", begun.gtrid);
+        let gtrid = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        println!("outcome {gtrid} {outcome}");
     }
-    serving.await?
+    tokio::signal::ctrl_c().await?;
+    app.shutdown().await;
+    Ok(())
 }
