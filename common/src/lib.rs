@@ -5,9 +5,11 @@
 //!   ([`xid::Xid`]), their strict encodings and wire forms.
 //! - [`wire`]: the name alphabet, endpoint syntax and size limits.
 //! - [`failpoint`]: crash points for tests, chosen through `RATIFY_FAILPOINTS`.
+//! - [`group`]: group commit (rounds of queued requests served by one step).
 //! - [`stopped`]: the shutdown signal servers and loops wait on.
 
 pub mod failpoint;
+pub mod group;
 pub mod wire;
 pub mod xid;
 

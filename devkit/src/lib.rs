@@ -6,10 +6,12 @@
 //! - [`netfault`]: a TCP proxy that cuts a node off from its peers, for partitions.
 //! - [`accounts`]: an embedded, durable account-balance store (the demo's banks).
 //! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
+//! - [`latency`]: latency samples and their percentiles (an HDR histogram).
 //!
 //! The `ratify-dev` binary runs the demo, a dev cluster and the benchmark on these.
 
 pub mod accounts;
+pub mod latency;
 pub mod local;
 pub mod netfault;
 pub mod noop;

@@ -295,43 +295,6 @@ pub struct Transferred {
     pub total: Duration,
 }
 
-/// Latency samples.
-#[derive(Debug, Clone, Default)]
-pub struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    /// Records one sample.
-    pub fn record(&mut self, d: Duration) {
-        self.0.push(d);
-    }
-
-    /// Merges another set.
-    pub fn extend(&mut self, other: Latencies) {
-        self.0.extend(other.0);
-    }
-
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True without samples.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The `p`-th percentile (0..=100) in milliseconds; 0 without samples.
-    pub fn percentile_ms(&mut self, p: f64) -> f64 {
-        if self.0.is_empty() {
-            return 0.0;
-        }
-        self.0.sort_unstable();
-        let last = self.0.len() - 1;
-        let rank = ((p / 100.0) * last as f64).round() as usize;
-        self.0[rank.min(last)].as_secs_f64() * 1000.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

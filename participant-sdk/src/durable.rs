@@ -226,9 +226,10 @@ fn sync_loop(
 ) {
     // Set by the first failed round; every later round fails with it (module docs).
     let mut failed: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
+    let mut queue = rx;
+    while let Ok(first) = queue.recv() {
+        // Every request queued before the round starts is served by its one sync.
+        let batch = crate::group::round(first, &mut queue, |_| true);
         let result = match &failed {
             Some(why) => Err(io::Error::other(format!(
                 "an earlier sync of this store failed ({why}); nothing written since is \

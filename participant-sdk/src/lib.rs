@@ -30,7 +30,7 @@ pub mod server;
 pub use app::{App, AppBuilder, AppError, Tx};
 pub use client::{ClientConfig, ClientError, CoordinatorClient, Decision, Outcome};
 pub use ratify_client as client;
-pub use ratify_common::{failpoint, wire, xid};
+pub use ratify_common::{failpoint, group, wire, xid};
 pub use resource::Resource;
 pub use xid::{Gtrid, Xid};
 

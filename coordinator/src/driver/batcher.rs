@@ -30,7 +30,7 @@ use super::DriveError;
 use crate::metrics::Counters;
 use crate::txn::{Command, CommandResult, Proposal};
 use crate::types::typ::{ClientWriteError, Raft, RaftError};
-use ratify_common::failpoint;
+use ratify_common::{failpoint, group};
 
 /// Commands waiting for their entry (always the same one), and where their answers go.
 struct Pending {
@@ -124,20 +124,14 @@ async fn run(
         let Some(first) = rx.recv().await else {
             return;
         };
-        let size = |p: &Pending| p.cmds.iter().map(Command::approx_bytes).sum::<usize>();
-        let mut bytes = size(&first);
-        let mut count = first.cmds.len();
-        let mut batch = vec![first];
-        while count < max_batch && bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += size(&p);
-                    count += p.cmds.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        // Whatever queued meanwhile rides in this entry, up to its command and byte
+        // bounds.
+        let (mut bytes, mut count) = (0usize, 0usize);
+        let batch = group::round(first, &mut rx, |p: &Pending| {
+            bytes += p.cmds.iter().map(Command::approx_bytes).sum::<usize>();
+            count += p.cmds.len();
+            count < max_batch && bytes < MAX_ENTRY_BYTES
+        });
         let counters = counters.clone();
         // Each caller's answer is the one to its group's last command.
         let mut commands = Vec::with_capacity(count);

@@ -270,6 +270,10 @@ struct Inner {
     counters: Arc<Counters>,
     /// Read access to the applied table.
     sm: SharedSm,
+    /// The cluster id once the table knows it (0 before): it is set by the first
+    /// entry and never changes, so the commit path reads it here, not under the
+    /// table's lock for every gtrid it renders.
+    cluster: std::sync::atomic::AtomicU64,
     /// Tunables.
     config: DriverConfig,
     /// Channels to participants.
@@ -334,6 +338,7 @@ impl Driver {
                 batcher,
                 counters,
                 sm,
+                cluster: std::sync::atomic::AtomicU64::new(0),
                 config,
                 pool: ParticipantPool::default(),
                 runs: Mutex::new(Runs::default()),
@@ -414,7 +419,7 @@ impl Driver {
         let g: Gtrid = gtrid
             .parse()
             .map_err(|e: ratify_common::xid::XidError| DriveError::Invalid(e.to_string()))?;
-        let cluster = self.inner.sm.read().table.cluster_id;
+        let cluster = self.cluster_id();
         if cluster == 0 {
             return Err(DriveError::Unavailable(
                 "this node has not caught up with the cluster yet; retry on the leader".into(),
@@ -430,9 +435,23 @@ impl Driver {
 
     fn gtrid(&self, txn: u64) -> Gtrid {
         Gtrid {
-            cluster: self.inner.sm.read().table.cluster_id,
+            cluster: self.cluster_id(),
             index: txn,
         }
+    }
+
+    /// The cluster id, 0 while this node has not applied the cluster's first entry.
+    fn cluster_id(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let known = self.inner.cluster.load(Ordering::Acquire);
+        if known != 0 {
+            return known;
+        }
+        let applied = self.inner.sm.read().table.cluster_id;
+        if applied != 0 {
+            self.inner.cluster.store(applied, Ordering::Release);
+        }
+        applied
     }
 
     /// Proposes a command and returns what the state machine answered. A committed

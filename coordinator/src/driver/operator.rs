@@ -129,7 +129,7 @@ impl Driver {
                 action = audit.action.name(),
                 reason = %audit.reason,
                 changed = r.changed,
-                outcome = ?r.decision.outcome(),
+                outcome = if r.decision.commit { "commit" } else { "abort" },
                 "operator resolution"
             ),
             Err(e) => tracing::info!(

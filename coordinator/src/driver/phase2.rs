@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use ratify_common::failpoint;
+use ratify_common::{failpoint, group};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -225,13 +225,7 @@ impl Driver {
                 t = rx.recv() => match t { Some(t) => t, None => return },
                 _ = shutdown.changed() => return,
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_COMPLETIONS_PER_ENTRY {
-                match rx.try_recv() {
-                    Ok(t) => batch.push(t),
-                    Err(_) => break,
-                }
-            }
+            let batch = group::round_of(first, &mut rx, MAX_COMPLETIONS_PER_ENTRY);
             let txns: Vec<u64> = batch.iter().map(|&(t, _)| t).collect();
             let abandoned = batch
                 .iter()

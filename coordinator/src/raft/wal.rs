@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
+use ratify_common::group;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode, CodecError};
@@ -441,11 +442,10 @@ fn write_loop(
             .sync_data()
             .map_err(|e| io_failure("fdatasync", path, &e)),
     };
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            batch.push(op);
-        }
+    let mut queue = rx;
+    while let Ok(first) = queue.recv() {
+        // Everything queued: one write and (when anyone waits) one fdatasync.
+        let batch = group::round(first, &mut queue, |_| true);
         let mut buf = Vec::new();
         let mut waiting: Vec<Done> = Vec::new();
         let mut result: Result<(), String> = Ok(());

@@ -25,6 +25,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use ratify_proto::pb;
+
+use super::attention::{concerns, Concern, Thresholds};
 use serde::Serialize;
 
 use crate::driver::{BranchTrouble, Driver};
@@ -361,18 +363,22 @@ fn txn_view(s: &Sources<'_>, gtrid: Gtrid, rec: &TxnRecord, state: pb::TxnState)
             }
         })
         .collect();
-    let mut attention = Vec::new();
-    if rec.is_heuristic() {
-        attention.push("heuristic");
-    }
-    if branches.iter().any(|b| b.failed_calls > 0) {
-        attention.push("failing_calls");
-    }
-    if let Some(d) = &rec.decision {
-        if s.now_ms.saturating_sub(d.decided_ms) >= PHASE2_OVERDUE_MS && !rec.is_heuristic() {
-            attention.push("phase2_overdue");
-        }
-    }
+    // The rule ListNeedingAttention applies, with the console's thresholds: a failing
+    // call shows at once, phase 2 after PHASE2_OVERDUE_MS.
+    let limits = Thresholds {
+        failing_after_ms: 0,
+        overdue_after_ms: PHASE2_OVERDUE_MS,
+    };
+    let mut attention: Vec<&'static str> = concerns(
+        rec,
+        |bqual| (s.trouble)(gtrid.index, bqual),
+        s.now_ms,
+        limits,
+    )
+    .iter()
+    .map(Concern::kind)
+    .collect();
+    attention.dedup();
     TxnView {
         gtrid: gtrid.to_string(),
         state: state_name(state),
@@ -502,7 +508,7 @@ pub fn build(s: &Sources<'_>) -> ConsoleView {
             cluster: table.cluster_id,
             index,
         };
-        let state = rec.state(running);
+        let state = super::convert::state(rec, running);
         live += 1;
         in_memory += u64::from(memory);
         *by_state.entry(state_name(state)).or_default() += 1;

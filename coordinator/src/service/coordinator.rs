@@ -1,7 +1,7 @@
 //! The public `Coordinator` and `Admin` gRPC services: input validation, then the
 //! driver. Bad input is refused here, before anything reaches the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use opentelemetry::trace::SpanContext;
@@ -12,13 +12,14 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::to_status;
-use crate::driver::{xid_pb, BranchTrouble, DriveError, Driver, OperatorRequest, QueryAnswer};
+use super::attention::{self, Concern, Thresholds};
+use super::{convert, to_status};
+use crate::driver::{DriveError, Driver, OperatorRequest, QueryAnswer};
 use crate::membership::{self, Membership};
 use crate::raft::log_store::LogStore;
 use crate::txn::{
-    BranchRecord, BranchSpec, Decision, Lookup, OperatorAction, Seed, TxnRecord, MAX_BRANCHES,
-    MAX_LABELS, MAX_LABEL_BYTES, MAX_TIMEOUT_MS,
+    BranchSpec, Decision, Lookup, OperatorAction, Seed, TxnRecord, MAX_BRANCHES, MAX_LABELS,
+    MAX_LABEL_BYTES, MAX_TIMEOUT_MS,
 };
 use crate::types::{Gtrid, NodeInfo};
 use ratify_common::wire;
@@ -162,102 +163,14 @@ fn validate_labels(
     Ok(labels.into_iter().collect())
 }
 
-fn branch_pb(gtrid: Gtrid, b: &BranchRecord) -> pb::Branch {
-    pb::Branch {
-        xid: Some(xid_pb(gtrid, b.bqual)),
-        endpoint: b.spec.endpoint.clone(),
-        resource: b.spec.resource.clone(),
-        heuristic: b
-            .heuristic
-            .as_ref()
-            .map(|h| h.detail.clone())
-            .unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
-/// Why a live transaction needs a person (empty: it does not): a heuristic
-/// outcome, phase 2 pending longer than `stuck_after_ms`, a branch whose calls
-/// have failed for longer than that.
-fn attention(
-    gtrid: Gtrid,
-    rec: &TxnRecord,
-    trouble: &HashMap<(u64, u32), BranchTrouble>,
-    now: u64,
-    stuck_after_ms: u64,
-) -> Vec<String> {
-    let mut why = Vec::new();
-    for b in &rec.branches {
-        if let Some(h) = b.heuristic.as_ref().filter(|h| !h.settled) {
-            why.push(format!(
-                "heuristic outcome on branch {}: {}",
-                b.bqual, h.detail
-            ));
-        }
-    }
-    if let Some(d) = &rec.decision {
-        let pending = now.saturating_sub(d.decided_ms);
-        if pending >= stuck_after_ms && rec.pending_phase2().next().is_some() {
-            why.push(format!(
-                "phase 2 ({}) pending for {} s",
-                if d.commit { "commit" } else { "rollback" },
-                pending / 1000
-            ));
-        }
-    }
-    for b in &rec.branches {
-        if let Some(t) = trouble.get(&(gtrid.index, b.bqual)) {
-            let failing = now.saturating_sub(t.since_ms);
-            if failing >= stuck_after_ms {
-                why.push(format!(
-                    "branch {} ({}/{}) failing for {} s ({} calls): {}",
-                    b.bqual,
-                    b.spec.endpoint,
-                    b.spec.resource,
-                    failing / 1000,
-                    t.attempts,
-                    t.last_error
-                ));
-            }
-        }
-    }
-    why
-}
-
-/// The operator actions recorded with `d`.
-fn audit_pb(d: &Decision) -> Vec<pb::AuditEntry> {
-    d.audit
-        .entries()
-        .iter()
-        .map(|a| pb::AuditEntry {
-            operator: a.operator.clone(),
-            action: match a.action {
-                OperatorAction::Abort => pb::ResolveAction::Abort,
-                OperatorAction::Commit => pb::ResolveAction::Commit,
-                OperatorAction::SettleHeuristic => pb::ResolveAction::SettleHeuristic,
-            } as i32,
-            reason: a.reason.clone(),
-            at_unix_ms: a.at_ms,
-        })
-        .collect()
-}
-
 /// A Commit or Rollback answer: the decision, or FORGOTTEN (a domain answer, in the
 /// response, not a status).
 fn answer_fields(r: Result<Decision, DriveError>) -> Result<(i32, i32, String), Status> {
     match r {
-        Ok(d) => Ok(decision_fields(&d)),
+        Ok(d) => Ok(convert::decision_fields(&d)),
         Err(DriveError::Forgotten(detail)) => Ok((pb::Outcome::Forgotten as i32, 0, detail)),
         Err(e) => Err(to_status(e)),
     }
-}
-
-fn decision_fields(d: &Decision) -> (i32, i32, String) {
-    (
-        d.outcome() as i32,
-        pb::Reason::from(d.reason) as i32,
-        d.detail.clone(),
-    )
 }
 
 impl CoordinatorService {
@@ -266,38 +179,9 @@ impl CoordinatorService {
     }
 
     fn live_pb(&self, gtrid: Gtrid, rec: &TxnRecord) -> pb::Transaction {
-        let state = rec.state(self.driver.is_preparing(gtrid.index));
-        let (outcome, reason, detail, decided) = match &rec.decision {
-            Some(d) => {
-                let (o, r, det) = decision_fields(d);
-                (o, r, det, d.decided_ms)
-            }
-            None => (pb::Outcome::InProgress as i32, 0, String::new(), 0),
-        };
-        pb::Transaction {
-            gtrid: gtrid.to_string(),
-            state: state as i32,
-            outcome,
-            reason,
-            detail,
-            branches: rec
-                .branches
-                .iter()
-                .map(|b| {
-                    let mut pb = branch_pb(gtrid, b);
-                    if let Some(t) = self.driver.trouble(gtrid.index, b.bqual) {
-                        pb.failed_calls = t.attempts;
-                        pb.last_error = t.last_error;
-                    }
-                    pb
-                })
-                .collect(),
-            labels: rec.labels.clone().into_iter().collect(),
-            created_unix_ms: rec.created_ms,
-            deadline_unix_ms: rec.deadline_ms,
-            decided_unix_ms: decided,
-            audit: rec.decision.as_ref().map(audit_pb).unwrap_or_default(),
-        }
+        convert::live(gtrid, rec, self.driver.is_preparing(gtrid.index), |bqual| {
+            self.driver.trouble(gtrid.index, bqual)
+        })
     }
 
     /// A transaction this leader holds in memory only (ACTIVE, or PREPARING while its
@@ -313,19 +197,7 @@ impl CoordinatorService {
         let txn = match (sm.table.lookup(gtrid.index), &memory) {
             (Lookup::Absent | Lookup::Unknown, Some(seed)) => self.memory_pb(gtrid, seed.clone()),
             (Lookup::Live(rec), _) => self.live_pb(gtrid, rec),
-            (Lookup::Finished(f), _) => {
-                let (outcome, reason, detail) = decision_fields(&f.decision);
-                pb::Transaction {
-                    gtrid: gtrid.to_string(),
-                    state: pb::TxnState::Completed as i32,
-                    outcome,
-                    reason,
-                    detail,
-                    decided_unix_ms: f.decision.decided_ms,
-                    audit: audit_pb(&f.decision),
-                    ..Default::default()
-                }
-            }
+            (Lookup::Finished(f), _) => convert::completed(gtrid, &f.decision),
             (Lookup::Forgotten, _) => pb::Transaction {
                 gtrid: gtrid.to_string(),
                 state: pb::TxnState::Completed as i32,
@@ -408,7 +280,7 @@ impl Coordinator for CoordinatorService {
             branches: begun
                 .branches
                 .iter()
-                .map(|b| branch_pb(begun.gtrid, b))
+                .map(|b| convert::branch(begun.gtrid, b, None))
                 .collect(),
             deadline_unix_ms: begun.deadline_ms,
         }))
@@ -423,7 +295,7 @@ impl Coordinator for CoordinatorService {
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let b = self.driver.enlist(gtrid, spec).await.map_err(to_status)?;
         Ok(Response::new(pb::EnlistResponse {
-            branch: Some(branch_pb(gtrid, &b)),
+            branch: Some(convert::branch(gtrid, &b, None)),
         }))
     }
 
@@ -578,7 +450,10 @@ impl Coordinator for CoordinatorService {
         let gtrid = self.leader_gtrid(&xid.gtrid).await?;
         let answer = self.driver.query(gtrid).await.map_err(to_status)?;
         let (outcome, reason) = match answer {
-            QueryAnswer::Decided(d) => (d.outcome() as i32, pb::Reason::from(d.reason) as i32),
+            QueryAnswer::Decided(d) => (
+                convert::outcome(&d) as i32,
+                pb::Reason::from(d.reason) as i32,
+            ),
             QueryAnswer::InProgress => (pb::Outcome::InProgress as i32, 0),
             QueryAnswer::Forgotten => (pb::Outcome::Forgotten as i32, 0),
         };
@@ -645,13 +520,19 @@ impl Admin for CoordinatorService {
         let trouble = self.driver.trouble_snapshot();
         let mut found: Vec<(u64, u64, Vec<String>)> = {
             let sm = self.driver.sm().read();
-            let cluster = sm.table.cluster_id;
             sm.table
                 .live
                 .iter()
                 .filter_map(|(&index, rec)| {
-                    let why =
-                        attention(Gtrid { cluster, index }, rec, &trouble, now, stuck_after_ms);
+                    let why: Vec<String> = attention::concerns(
+                        rec,
+                        |bqual| trouble.get(&(index, bqual)).cloned(),
+                        now,
+                        Thresholds::both(stuck_after_ms),
+                    )
+                    .iter()
+                    .map(Concern::describe)
+                    .collect();
                     (!why.is_empty()).then(|| (now.saturating_sub(rec.created_ms), index, why))
                 })
                 .collect()

@@ -3,13 +3,17 @@
 //! # Layout
 //! - this file: [`to_status`], the single mapping from driver errors to status codes.
 //! - [`coordinator`]: the public `Coordinator` and `Admin` services.
+//! - [`attention`]: when a live transaction needs a person (console and admin).
+//! - [`convert`]: every conversion between the coordinator's types and protobuf.
 //! - [`raft`]: the internal `Raft` service (served on its own port).
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (plain HTTP, its own port).
 //! - [`console`]: the web console and its JSON document, on the metrics port.
 //! - [`health`]: the standard `grpc.health.v1.Health` (following the node's role) and
 //!   server reflection, on the client port.
 
+pub mod attention;
 pub mod console;
+pub mod convert;
 pub mod coordinator;
 pub mod health;
 pub mod metrics;

@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use ratify_proto::pb;
-
 pub use table::{
     cut as cut_detail, describe, Forgotten, Lookup, Outcomes, TxnTable, MAX_FORGOTTEN_RANGES,
     MAX_PINNED,
@@ -93,24 +91,6 @@ impl Reason {
     /// only decisions a handed-over transaction accepts (docs/design.md, rule 10).
     pub fn is_one_phase_answer(self) -> bool {
         matches!(self, Self::OnePhase | Self::OnePhaseRefused)
-    }
-}
-
-impl From<Reason> for pb::Reason {
-    fn from(r: Reason) -> Self {
-        match r {
-            Reason::ClientCommit => pb::Reason::ClientCommit,
-            Reason::ClientRollback => pb::Reason::ClientRollback,
-            Reason::Timeout => pb::Reason::Timeout,
-            Reason::VotedNo => pb::Reason::VotedNo,
-            Reason::ParticipantUnreachable => pb::Reason::ParticipantUnreachable,
-            Reason::ParticipantInquiry => pb::Reason::ParticipantInquiry,
-            Reason::Operator => pb::Reason::Operator,
-            Reason::OnePhase => pb::Reason::OnePhase,
-            Reason::ProtocolError => pb::Reason::ProtocolError,
-            Reason::OnePhaseRefused => pb::Reason::OnePhaseRefused,
-            Reason::LeaderLost => pb::Reason::LeaderLost,
-        }
     }
 }
 
@@ -198,17 +178,6 @@ impl AuditTrail {
             v.pop();
         }
         v.push(entry);
-    }
-}
-
-impl Decision {
-    /// The public outcome of this decision.
-    pub fn outcome(&self) -> pb::Outcome {
-        if self.commit {
-            pb::Outcome::Committed
-        } else {
-            pb::Outcome::Aborted
-        }
     }
 }
 
@@ -347,20 +316,6 @@ impl TxnRecord {
         self.branches
             .iter()
             .any(|b| b.heuristic.as_ref().is_some_and(|h| !h.settled))
-    }
-
-    /// The public state of this live record. `running_here`: a commit or abort run
-    /// of it is under way on this node (an undecided record is PREPARING then, even
-    /// before its `CommitStarted` is applied).
-    pub fn state(&self, running_here: bool) -> pb::TxnState {
-        match &self.decision {
-            Some(_) if self.is_heuristic() => pb::TxnState::Heuristic,
-            Some(d) if d.commit => pb::TxnState::Committed,
-            Some(_) => pb::TxnState::Aborted,
-            None if self.handed_over => pb::TxnState::OnePhase,
-            None if self.committing || running_here => pb::TxnState::Preparing,
-            None => pb::TxnState::Active,
-        }
     }
 }
 

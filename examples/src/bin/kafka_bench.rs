@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use ratify_devkit::latency::Latencies;
 use ratify_devkit::local::LocalCluster;
 use ratify_devkit::noop::NoopResource;
 use ratify_examples::pg_bank::{connect, with_database};
@@ -248,14 +249,6 @@ struct Row {
     p99_ms: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
-}
-
 async fn round(s: Arc<Scenario>, clients: usize, args: &Args, topic: &str) -> anyhow::Result<Row> {
     let value = vec![b'x'; args.value_bytes];
     let deadline = Instant::now() + Duration::from_secs(args.duration);
@@ -265,29 +258,28 @@ async fn round(s: Arc<Scenario>, clients: usize, args: &Args, topic: &str) -> an
         let (s, topic, value, batch) =
             (Arc::clone(&s), topic.to_string(), value.clone(), args.batch);
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let mut lat = Latencies::default();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 s.run_one(c, &topic, &value, batch).await?;
-                lat.push(t0.elapsed());
+                lat.record(t0.elapsed());
             }
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
+    let mut all = Latencies::default();
     for t in tasks {
-        all.extend(t.await??);
+        all.extend(&t.await??);
     }
     let secs = start.elapsed().as_secs_f64();
-    all.sort();
     Ok(Row {
         scenario: s.name(),
         publishes: !matches!(&*s, Scenario::RatifyPg { kafka: None, .. }),
         clients,
-        txns: all.len(),
+        txns: usize::try_from(all.len()).unwrap_or(usize::MAX),
         secs,
-        p50_ms: percentile(&all, 0.5),
-        p99_ms: percentile(&all, 0.99),
+        p50_ms: all.percentile_ms(50.0),
+        p99_ms: all.percentile_ms(99.0),
     })
 }
 

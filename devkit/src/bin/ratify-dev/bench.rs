@@ -13,7 +13,7 @@ use ratify_participant_sdk::client::{BeginOptions, ClientConfig, CoordinatorClie
 use ratify_participant_sdk::durable::DurableSled;
 use ratify_participant_sdk::resource::Resource;
 
-use crate::workload::Latencies;
+use ratify_devkit::latency::Latencies;
 
 /// Flags of `ratify-dev bench`.
 #[derive(Args, Debug)]
@@ -108,7 +108,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
         let before = cluster.metrics(leader).await?;
         let cpu_before = cpu_now(&cluster);
-        let mut r = run_round(&client, &branches, c, Duration::from_secs(a.duration)).await?;
+        let r = run_round(&client, &branches, c, Duration::from_secs(a.duration)).await?;
         let cpu = cpu_now(&cluster) - cpu_before;
         let after = cluster.metrics(leader).await?;
         let delta = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
@@ -203,8 +203,8 @@ async fn run_round(
         let (c, ab, cl, tl) = t.await??;
         round.committed += c;
         round.aborted += ab;
-        round.commit.extend(cl);
-        round.total.extend(tl);
+        round.commit.extend(&cl);
+        round.total.extend(&tl);
     }
     round.elapsed = start.elapsed();
     Ok(round)

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rand::Rng;
+use ratify_devkit::latency::Latencies;
 use ratify_examples::narayana;
-use ratify_examples::pg_bank::{self, Bank, BankDbs, Latencies};
+use ratify_examples::pg_bank::{self, Bank, BankDbs};
 use ratify_participant_sdk::client::{ClientConfig, CoordinatorClient};
 
 use crate::Common;
@@ -91,9 +92,9 @@ impl Round {
     fn merge(&mut self, o: Round) {
         self.done += o.done;
         self.failed += o.failed;
-        self.total.extend(o.total);
-        self.begin.extend(o.begin);
-        self.commit.extend(o.commit);
+        self.total.extend(&o.total);
+        self.begin.extend(&o.begin);
+        self.commit.extend(&o.commit);
     }
 
     fn tps(&self) -> f64 {
