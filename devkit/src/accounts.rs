@@ -483,14 +483,7 @@ impl AccountStore {
     /// Records a rollback tombstone for `xid`, removing its prepared record if any, in
     /// one sled transaction.
     fn record_rolled_back(&self, xid: &Xid) -> Result<(), ResourceError> {
-        let key = xid.render();
-        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(
-            |(prepared, outcomes)| {
-                prepared.remove(key.as_bytes())?;
-                outcomes.insert(key.as_bytes(), Finished::RolledBack.encode())?;
-                Ok(())
-            },
-        ))
+        branch_log::finish(&self.prepared, &self.outcomes, xid, Finished::RolledBack)
     }
 
     /// The prepared record of `xid`, which the in-memory state says exists.
@@ -506,14 +499,10 @@ impl AccountStore {
     /// Phase 1 under the state lock; the caller syncs before a YES.
     fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let mut state = self.state();
-        match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
-            // Only committing is consistent with what happened; YES leads there.
-            Some(Finished::Committed) => return Ok(Vote::Yes),
-            // A retried prepare (a new leader re-running the prepare round): the same
-            // vote, not NO, which would abort a transaction that can commit.
-            Some(Finished::ReadOnly) => return Ok(Vote::ReadOnly),
-            None => {}
+        if let Some(vote) =
+            branch_log::answer_prepare(branch_log::read_outcome(&self.outcomes, xid)?)
+        {
+            return Ok(vote);
         }
         if state.prepared.contains_key(xid) {
             return Ok(Vote::Yes);
@@ -552,17 +541,9 @@ impl AccountStore {
     /// Phase 2 (or one-phase) commit under the state lock; the caller syncs.
     fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
         let mut state = self.state();
-        match branch_log::read_outcome(&self.outcomes, xid)? {
-            // Read-only: nothing to commit, so it is trivially committed.
-            Some(Finished::Committed | Finished::ReadOnly) => return Ok(CommitResult::Committed),
-            // Two-phase too: a heuristic answer the coordinator records (contract).
-            Some(Finished::RolledBack) => {
-                if !one_phase {
-                    tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
-                }
-                return Ok(CommitResult::RolledBack);
-            }
-            None => {}
+        let finished = branch_log::read_outcome(&self.outcomes, xid)?;
+        if let Some(answer) = branch_log::answer_commit(finished, xid, one_phase) {
+            return Ok(answer);
         }
         // Also for a one-phase commit: a leader without one phase prepared the branch
         // and died, and the next one, with one phase on, asks for a one-phase commit.
@@ -600,14 +581,10 @@ impl AccountStore {
     /// Rollback under the state lock; the caller syncs.
     fn rollback_locked(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
         let mut state = self.state();
-        match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::Committed) => return Ok(RollbackResult::AlreadyCommitted),
-            // Read-only: nothing to undo. The record stays, so a retried prepare still
-            // votes READ_ONLY (harmless: nothing is prepared by it).
-            Some(Finished::RolledBack | Finished::ReadOnly) => {
-                return Ok(RollbackResult::RolledBack)
-            }
-            None => {}
+        if let Some(answer) =
+            branch_log::answer_rollback(branch_log::read_outcome(&self.outcomes, xid)?)
+        {
+            return Ok(answer);
         }
         self.record_rolled_back(xid)?;
         state.unlock_accounts(xid);
@@ -621,14 +598,7 @@ impl Resource for AccountStore {
     #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
     async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let vote = self.prepare_locked(xid)?;
-        // A NO needs no sync: if its tombstone is lost in a crash, so is the pending
-        // work, and a later prepare still votes NO. A READ_ONLY does: a retry after a
-        // crash that lost its record would vote NO and abort a commit.
-        if matches!(vote, Vote::No(_)) {
-            return Ok(vote);
-        }
-        branch_log::sync(&self.durable).await?;
-        Ok(vote)
+        branch_log::durable_vote(&self.durable, vote).await
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%xid))]

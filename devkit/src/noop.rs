@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use sled::transaction::Transactional;
 
 use ratify_participant_sdk::branch_log::{self, Finished};
 use ratify_participant_sdk::durable::{DurableError, DurableSled};
@@ -80,25 +79,15 @@ impl NoopResource {
 
     /// Moves `xid` from prepared to finished `how`, in one sled transaction.
     fn finish(&self, xid: &Xid, how: Finished) -> Result<(), ResourceError> {
-        let key = xid.render();
-        branch_log::tx_result((&self.prepared, &self.outcomes).transaction(
-            |(prepared, outcomes)| {
-                prepared.remove(key.as_bytes())?;
-                outcomes.insert(key.as_bytes(), how.encode())?;
-                Ok(())
-            },
-        ))
+        branch_log::finish(&self.prepared, &self.outcomes, xid, how)
     }
 
     fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let _guard = self.guard();
-        match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
-            // Only committing is consistent with what happened; YES leads there.
-            Some(Finished::Committed) => return Ok(Vote::Yes),
-            // Never written here; answered as the contract says, for completeness.
-            Some(Finished::ReadOnly) => return Ok(Vote::ReadOnly),
-            None => {}
+        if let Some(vote) =
+            branch_log::answer_prepare(branch_log::read_outcome(&self.outcomes, xid)?)
+        {
+            return Ok(vote);
         }
         if self.vote_no_for_all {
             branch_log::write_outcome(&self.outcomes, xid, Finished::RolledBack)?;
@@ -112,36 +101,27 @@ impl NoopResource {
 
     fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
         let _guard = self.guard();
-        match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::Committed | Finished::ReadOnly) => Ok(CommitResult::Committed),
-            // Two-phase too: a heuristic answer the coordinator records (contract).
-            Some(Finished::RolledBack) => {
-                if !one_phase {
-                    tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
-                }
-                Ok(CommitResult::RolledBack)
-            }
-            None if one_phase && self.vote_no_for_all => {
-                self.finish(xid, Finished::RolledBack)?;
-                Ok(CommitResult::RolledBack)
-            }
-            None => {
-                self.finish(xid, Finished::Committed)?;
-                Ok(CommitResult::Committed)
-            }
+        let finished = branch_log::read_outcome(&self.outcomes, xid)?;
+        if let Some(answer) = branch_log::answer_commit(finished, xid, one_phase) {
+            return Ok(answer);
         }
+        if one_phase && self.vote_no_for_all {
+            self.finish(xid, Finished::RolledBack)?;
+            return Ok(CommitResult::RolledBack);
+        }
+        self.finish(xid, Finished::Committed)?;
+        Ok(CommitResult::Committed)
     }
 
     fn rollback_locked(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
         let _guard = self.guard();
-        match branch_log::read_outcome(&self.outcomes, xid)? {
-            Some(Finished::Committed) => Ok(RollbackResult::AlreadyCommitted),
-            Some(Finished::RolledBack | Finished::ReadOnly) => Ok(RollbackResult::RolledBack),
-            None => {
-                self.finish(xid, Finished::RolledBack)?;
-                Ok(RollbackResult::RolledBack)
-            }
+        if let Some(answer) =
+            branch_log::answer_rollback(branch_log::read_outcome(&self.outcomes, xid)?)
+        {
+            return Ok(answer);
         }
+        self.finish(xid, Finished::RolledBack)?;
+        Ok(RollbackResult::RolledBack)
     }
 }
 
@@ -151,10 +131,7 @@ impl Resource for NoopResource {
     async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let vote = self.prepare_locked(xid)?;
         // Also for a repeated prepare: the first one's sync may have failed.
-        if vote == Vote::Yes {
-            branch_log::sync(&self.durable).await?;
-        }
-        Ok(vote)
+        branch_log::durable_vote(&self.durable, vote).await
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%xid))]

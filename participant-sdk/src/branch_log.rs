@@ -8,7 +8,7 @@
 use std::fmt::Display;
 
 use crate::durable::DurableSled;
-use crate::resource::ResourceError;
+use crate::resource::{CommitResult, ResourceError, RollbackResult, Vote};
 use crate::xid::Xid;
 
 /// How a branch finished, as remembered in an `outcomes` tree.
@@ -100,4 +100,79 @@ pub fn tx_result<T>(
         sled::transaction::TransactionError::Abort(e) => e,
         sled::transaction::TransactionError::Storage(e) => unavailable(e),
     })
+}
+
+/// Moves `xid` from its `prepared` tree to `outcomes` as finished `how`, in one sled
+/// transaction (no prepared record is fine: a branch finished before it prepared).
+pub fn finish(
+    prepared: &sled::Tree,
+    outcomes: &sled::Tree,
+    xid: &Xid,
+    how: Finished,
+) -> Result<(), ResourceError> {
+    use sled::transaction::Transactional;
+    let key = xid.render();
+    tx_result((prepared, outcomes).transaction(|(prepared, outcomes)| {
+        prepared.remove(key.as_bytes())?;
+        outcomes.insert(key.as_bytes(), how.encode())?;
+        Ok(())
+    }))
+}
+
+// The skeleton every resource kept this way shares: what a branch that already
+// finished answers, per the `Resource` contract (docs/design.md, rules 4-6). Each
+// resource asks these first and goes on to its own staging only on `None`.
+
+/// The vote of a finished branch asked to prepare again: NO after a rollback (the
+/// tombstone fences a late prepare), YES after a commit (only committing is consistent
+/// with what happened), READ_ONLY again after a read-only vote (a new leader re-running
+/// the prepare round must get the same vote, not a NO that aborts a committable
+/// transaction).
+pub fn answer_prepare(finished: Option<Finished>) -> Option<Vote> {
+    Some(match finished? {
+        Finished::RolledBack => Vote::No("branch was rolled back".into()),
+        Finished::Committed => Vote::Yes,
+        Finished::ReadOnly => Vote::ReadOnly,
+    })
+}
+
+/// The answer of a finished branch asked to commit: committed after a commit or a
+/// read-only vote (nothing to commit), rolled back after a rollback — for a two-phase
+/// commit that is a heuristic the coordinator records, so it is logged.
+pub fn answer_commit(
+    finished: Option<Finished>,
+    xid: &Xid,
+    one_phase: bool,
+) -> Option<CommitResult> {
+    Some(match finished? {
+        Finished::Committed | Finished::ReadOnly => CommitResult::Committed,
+        Finished::RolledBack => {
+            if !one_phase {
+                tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
+            }
+            CommitResult::RolledBack
+        }
+    })
+}
+
+/// The answer of a finished branch asked to roll back: already committed (a
+/// heuristic for the coordinator) after a commit, rolled back otherwise (a read-only
+/// branch has nothing to undo; its record stays, so a retried prepare still votes
+/// READ_ONLY).
+pub fn answer_rollback(finished: Option<Finished>) -> Option<RollbackResult> {
+    Some(match finished? {
+        Finished::Committed => RollbackResult::AlreadyCommitted,
+        Finished::RolledBack | Finished::ReadOnly => RollbackResult::RolledBack,
+    })
+}
+
+/// Makes a vote durable before it is sent: a YES (the prepared state) and a READ_ONLY
+/// (its record: a retry after a crash that lost it would vote NO and abort a commit).
+/// A NO needs no sync: if its tombstone is lost in a crash, so is the pending work,
+/// and a later prepare still votes NO.
+pub async fn durable_vote(durable: &DurableSled, vote: Vote) -> Result<Vote, ResourceError> {
+    if !matches!(vote, Vote::No(_)) {
+        sync(durable).await?;
+    }
+    Ok(vote)
 }

@@ -54,7 +54,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use sled::transaction::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 pub use stage::{KafkaOffset, KafkaRecord};
@@ -356,14 +355,10 @@ impl KafkaResource {
     /// Phase 1 under the state lock; the caller syncs before a YES.
     fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let mut state = self.state();
-        match branch_log::read_outcome(&self.store.outcomes, xid)? {
-            Some(Finished::RolledBack) => return Ok(Vote::No("branch was rolled back".into())),
-            // Only committing is consistent with what happened; YES leads there.
-            Some(Finished::Committed) => return Ok(Vote::Yes),
-            // A retried prepare (a new leader re-running the prepare round): the same
-            // vote. YES would make a later rollback of it look like a heuristic.
-            Some(Finished::ReadOnly) => return Ok(Vote::ReadOnly),
-            None => {}
+        if let Some(vote) =
+            branch_log::answer_prepare(branch_log::read_outcome(&self.store.outcomes, xid)?)
+        {
+            return Ok(vote);
         }
         if self
             .store
@@ -403,19 +398,9 @@ impl KafkaResource {
         one_phase: bool,
     ) -> Result<Result<CommitResult, Option<Staged>>, ResourceError> {
         let mut state = self.state();
-        match branch_log::read_outcome(&self.store.outcomes, xid)? {
-            // Read-only: nothing to publish, so it is trivially committed.
-            Some(Finished::Committed | Finished::ReadOnly) => {
-                return Ok(Ok(CommitResult::Committed))
-            }
-            // Two-phase too: a heuristic answer the coordinator records (contract).
-            Some(Finished::RolledBack) => {
-                if !one_phase {
-                    tracing::warn!(%xid, "two-phase commit of a rolled-back branch");
-                }
-                return Ok(Ok(CommitResult::RolledBack));
-            }
-            None => {}
+        let finished = branch_log::read_outcome(&self.store.outcomes, xid)?;
+        if let Some(answer) = branch_log::answer_commit(finished, xid, one_phase) {
+            return Ok(Ok(answer));
         }
         if one_phase && state.publishing.contains_key(xid) {
             // A retry while the first attempt is still publishing: its work is out of
@@ -503,23 +488,17 @@ impl KafkaResource {
                 "{xid} is being published; ask again"
             )));
         }
-        match branch_log::read_outcome(&self.store.outcomes, xid)? {
-            Some(Finished::Committed) => return Ok(RollbackResult::AlreadyCommitted),
-            // Read-only: nothing to undo; the record stays (a retried prepare still
-            // votes READ_ONLY, which prepares nothing).
-            Some(Finished::RolledBack | Finished::ReadOnly) => {
-                return Ok(RollbackResult::RolledBack)
-            }
-            None => {}
+        if let Some(answer) =
+            branch_log::answer_rollback(branch_log::read_outcome(&self.store.outcomes, xid)?)
+        {
+            return Ok(answer);
         }
-        let key = xid.render();
-        branch_log::tx_result((&self.store.staged, &self.store.outcomes).transaction(
-            |(staged, outcomes)| {
-                staged.remove(key.as_bytes())?;
-                outcomes.insert(key.as_bytes(), Finished::RolledBack.encode())?;
-                Ok(())
-            },
-        ))?;
+        branch_log::finish(
+            &self.store.staged,
+            &self.store.outcomes,
+            xid,
+            Finished::RolledBack,
+        )?;
         state.pending.remove(xid);
         Ok(RollbackResult::RolledBack)
     }
@@ -529,14 +508,7 @@ impl KafkaResource {
 impl Resource for KafkaResource {
     #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
     async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
-        let vote = self.prepare_locked(xid)?;
-        // A NO needs no sync: if its tombstone is lost in a crash, so is the pending
-        // work, and a later prepare still votes NO. A READ_ONLY does: a retry after a
-        // crash that lost its record would vote NO and abort a commit.
-        if matches!(vote, Vote::No(_)) {
-            return Ok(vote);
-        }
-        branch_log::sync(&self.store.durable).await?;
+        let vote = branch_log::durable_vote(&self.store.durable, self.prepare_locked(xid)?).await?;
         if vote == Vote::Yes {
             failpoint::hit("kafka.after_stage").await;
         }
