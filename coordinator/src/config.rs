@@ -636,6 +636,20 @@ pub struct LogFlags {
 }
 
 impl LogFlags {
+    /// For a command: the node's file (read and checked when the command is `node`,
+    /// whose file may set its logging too) and the logging settings. A node logs at
+    /// info what a person reads (start, leadership, recovery); other commands print
+    /// their own output and only warnings besides.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, a bad `log_format`.
+    pub fn settings(&self, node: Option<&NodeArgs>) -> Result<(NodeFile, LogSettings)> {
+        let file = load_file(node.and_then(|a| a.config.as_deref()))?;
+        let default_filter = if node.is_some() { "info" } else { "warn" };
+        let log = self.resolve(&file, default_filter)?;
+        Ok((file, log))
+    }
+
     /// The settings these flags (over `file`, over `default_filter`) give.
     ///
     /// # Errors

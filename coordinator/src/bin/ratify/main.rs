@@ -168,18 +168,11 @@ enum ClusterCmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = config::parse_cli::<Cli>();
-    // A node's file may set its logging too; read (and check) it first.
-    let node_file = match &cli.command {
-        Cmd::Node(a) => config::load_file(a.config.as_deref())?,
-        _ => config::NodeFile::default(),
+    let node = match &cli.command {
+        Cmd::Node(a) => Some(a.as_ref()),
+        _ => None,
     };
-    // A node says what a person reads (start, leadership, recovery); the other
-    // commands print their own output and only warnings besides.
-    let default_filter = match cli.command {
-        Cmd::Node(_) => "info",
-        _ => "warn",
-    };
-    let log = cli.log.resolve(&node_file, default_filter)?;
+    let (node_file, log) = cli.log.settings(node)?;
     let telemetry = log.init("ratify")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

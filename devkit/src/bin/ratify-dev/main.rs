@@ -86,15 +86,11 @@ struct ParticipantArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = config::parse_cli::<Cli>();
-    let node_file = match &cli.command {
-        Cmd::Node(a) => config::load_file(a.config.as_deref())?,
-        _ => config::NodeFile::default(),
+    let node = match &cli.command {
+        Cmd::Node(a) => Some(a.as_ref()),
+        _ => None,
     };
-    let default_filter = match cli.command {
-        Cmd::Node(_) => "info",
-        _ => "warn",
-    };
-    let log = cli.log.resolve(&node_file, default_filter)?;
+    let (node_file, log) = cli.log.settings(node)?;
     // The node processes this one starts log the same way (still single-threaded).
     log.pass_to_children();
     let telemetry = log.init("ratify")?;
