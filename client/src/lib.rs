@@ -978,6 +978,10 @@ fn branch_spec(endpoint: String, resource: String) -> Result<pb::BranchSpec, Cli
             preview(&resource)
         )));
     }
+    // The coordinator refuses what the wire rule refuses; say so before sending.
+    if let Err(e) = WireEndpoint::parse(&endpoint) {
+        return Err(ClientError::InvalidInput(format!("participant {e}")));
+    }
     Ok(pb::BranchSpec { endpoint, resource })
 }
 
@@ -1048,12 +1052,36 @@ pub mod fake {
 
     #[tonic::async_trait]
     impl pb::coordinator_server::Coordinator for FakeNode {
+        /// Hands out a gtrid its table does not know (so a commit of it is
+        /// NOT_FOUND unless the test adds it), with the branches asked for.
         async fn begin(
             &self,
-            _: Request<pb::BeginRequest>,
+            r: Request<pb::BeginRequest>,
         ) -> Result<Response<pb::BeginResponse>, Status> {
             self.check()?;
-            Err(Status::unimplemented("fake"))
+            let n = self.calls.load(Ordering::SeqCst);
+            let gtrid = format!("{:016x}{n:016x}", 0xfa4e_u64);
+            let branches = r
+                .into_inner()
+                .branches
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| pb::Branch {
+                    xid: Some(pb::Xid {
+                        format_id: ratify_proto::XID_FORMAT_ID,
+                        gtrid: gtrid.clone(),
+                        bqual: (i + 1).to_string(),
+                    }),
+                    endpoint: b.endpoint,
+                    resource: b.resource,
+                    ..Default::default()
+                })
+                .collect();
+            Ok(Response::new(pb::BeginResponse {
+                gtrid,
+                branches,
+                deadline_unix_ms: 0,
+            }))
         }
         async fn enlist(
             &self,

@@ -47,8 +47,9 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Checks `raw`: `host:port`, `http://host:port` or `https://host:port` (one
-    /// trailing `/` allowed), at most [`MAX_ENDPOINT_LEN`] bytes, host of
-    /// `[A-Za-z0-9-._:[]]`, port 1 to 65535.
+    /// trailing `/` allowed), at most [`MAX_ENDPOINT_LEN`] bytes; the host a name or
+    /// IPv4 address of `[A-Za-z0-9-._]`, or an IPv6 address in brackets; the port 1
+    /// to 65535.
     ///
     /// # Errors
     /// [`EndpointError`] saying which part is wrong.
@@ -81,8 +82,29 @@ impl Endpoint {
         let Some((host, port)) = hp.rsplit_once(':') else {
             return Err(bad("missing :port"));
         };
-        if host.is_empty() || !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
+        if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
             return Err(bad("expected host:port with a port from 1 to 65535"));
+        }
+        let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            // An IPv6 address in brackets.
+            Some(v6) => {
+                v6.contains(':')
+                    && v6
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            }
+            // A name or an IPv4 address: no colon, no bracket.
+            None => {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            }
+        };
+        if !host_ok {
+            return Err(bad(
+                "expected host:port (a name, an IPv4 address or an IPv6 address in brackets)",
+            ));
         }
         Ok(Self {
             tls,
@@ -146,6 +168,12 @@ mod tests {
             "ftp://host:80",
             "http://a b:80",
             "http://host:80/path",
+            "a:b:80",
+            "[::1:80",
+            "a]:80",
+            "[]:80",
+            "[x::1]:80",
+            "user@host:80",
             &format!("{}:80", "a".repeat(300)),
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?} accepted");

@@ -259,6 +259,9 @@ enum Ended {
     Aborted(String),
     /// The work hit a unique violation (rolled back).
     Duplicate(anyhow::Error),
+    /// The commit was sent and its outcome is unknown: the transaction may yet
+    /// commit, so its work must not run again in a new one.
+    Unknown(anyhow::Error),
     /// The work or the coordinator failed (rolled back, or never begun).
     Failed(anyhow::Error),
 }
@@ -332,6 +335,7 @@ impl Participant {
                 },
                 Err(e) => Ended::Failed(anyhow::anyhow!(e)),
             },
+            Err(e @ AppError::OutcomeUnknown { .. }) => Ended::Unknown(e.into()),
             Err(e) => Ended::Failed(e.into()),
         }
     }
@@ -517,7 +521,7 @@ impl ServiceA {
                 Ended::Duplicate(e) => {
                     return Err(e.context(format!("order {order_id} was already placed")))
                 }
-                Ended::Failed(e) => return Err(e),
+                Ended::Failed(e) | Ended::Unknown(e) => return Err(e),
             }
             retries += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -721,6 +725,11 @@ impl ServiceB {
                     return Err(e.context(
                         "an order was shipped twice: exactly-once delivery to service B is broken",
                     ))
+                }
+                // Shipping the batch again could ship it twice; a restarted B waits
+                // for its in-doubt branches and reads the offsets they leave.
+                Ended::Unknown(e) => {
+                    return Err(e.context("a shipment's outcome is unknown: stopping service B"))
                 }
                 Ended::Failed(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "shipment failed, retrying the batch")

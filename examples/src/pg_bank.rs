@@ -208,7 +208,8 @@ impl Bank {
     /// Hosts both banks in one [`App`] listening on `listen`, with their recovery
     /// loop every `recovery_interval` (`None`: no loop, for tests that watch a
     /// branch stay prepared) and a prepared-transactions logger each. Transfers
-    /// time out after 10 s undecided.
+    /// time out after 10 s undecided; a commit without an answer within the client's
+    /// deadline is reported as [`AppError::OutcomeUnknown`].
     ///
     /// # Errors
     /// When `listen` cannot be bound.
@@ -222,6 +223,10 @@ impl Bank {
             .client(client)
             .listen(listen)
             .transaction_timeout(Duration::from_secs(10))
+            // One commit call's deadline, then the transfer reports its outcome
+            // unknown (the demo counts it, `pg_bank participant` prints it) instead of
+            // asking for ever.
+            .outcome_timeout(Duration::ZERO)
             .resource(RESOURCE_A, Arc::clone(&self.a) as Arc<dyn Resource>)
             .resource(RESOURCE_B, Arc::clone(&self.b) as Arc<dyn Resource>);
         let builder = match recovery_interval {

@@ -80,9 +80,11 @@ pub enum AppError {
     /// The transaction's work failed; the transaction was rolled back.
     #[error("the transaction's work failed (rolled back): {0}")]
     Work(Box<dyn std::error::Error + Send + Sync>),
-    /// The outcome stayed unknown for longer than [`AppBuilder::outcome_timeout`]:
-    /// the transaction may yet commit. Ask with [`App::client`] (`commit` again, or
-    /// `get`).
+    /// The outcome is unknown: it stayed so for longer than
+    /// [`AppBuilder::outcome_timeout`], or the coordinator answered the commit with
+    /// something asking again cannot cure (a protocol error, a refusal). The
+    /// transaction may yet commit: do not run its work again in a new one. Ask with
+    /// [`App::client`] (`commit` again, or `get`).
     #[error(
         "the outcome of {gtrid} is still unknown after {waited:?} (it may commit): {last_error}"
     )]
@@ -176,9 +178,10 @@ impl AppBuilder {
         self
     }
 
-    /// Runs no recovery loop: in-doubt branches wait for the coordinator's own phase
-    /// 2 (which always comes, docs/design.md rule 7) instead of being asked about.
-    /// For tests that watch a branch stay prepared; an application wants the loop.
+    /// Runs no recovery loop: in-doubt branches wait for the coordinator's phase 2
+    /// instead of asking about their outcome. Only for tests that watch a branch stay
+    /// prepared: an abort whose rollback the coordinator abandoned (rule 12) reaches a
+    /// branch only through the loop, so an application wants it.
     pub fn without_recovery(mut self) -> Self {
         self.recovery_interval = None;
         self
@@ -437,21 +440,27 @@ impl App {
                         detail: d.detail,
                     })
                 }
-                Err(ClientError::DeadlineExceeded { last_error }) => {
-                    if self
+                // Every other answer leaves the outcome unknown: the commit was
+                // sent, and may have been decided. Asking again may tell (no leader,
+                // a run in progress: FAILED_PRECONDITION); a refusal asking again
+                // cannot cure is reported as unknown at once, never as a failure the
+                // caller could take as "not committed" and run the work again.
+                Err(e) => {
+                    let may_cure = e.is_retryable()
+                        || matches!(&e, ClientError::Rejected { code, .. } if *code == tonic::Code::FailedPrecondition);
+                    let out_of_time = self
                         .outcome_timeout
-                        .is_some_and(|limit| start.elapsed() >= limit)
-                    {
+                        .is_some_and(|limit| start.elapsed() >= limit);
+                    if !may_cure || out_of_time {
                         return Err(AppError::OutcomeUnknown {
                             gtrid: gtrid.to_string(),
                             waited: start.elapsed(),
-                            last_error,
+                            last_error: e.to_string(),
                         });
                     }
-                    tracing::debug!(gtrid, %last_error, "commit outcome unknown, asking again");
+                    tracing::debug!(gtrid, error = %e, "commit outcome unknown, asking again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -489,5 +498,35 @@ impl App {
 impl Drop for App {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::fake;
+    use crate::testing::Prepared;
+
+    /// A commit the coordinator refuses (here NOT_FOUND) leaves the outcome unknown
+    /// to the app: it must say so, not report a failure a caller could take as "not
+    /// committed" and run the work again in a new transaction.
+    #[tokio::test]
+    async fn a_refused_commit_is_an_unknown_outcome_not_a_failure() -> anyhow::Result<()> {
+        let (leader, _) = fake::start(fake::leader(&[])).await?;
+        let app = App::builder()
+            .coordinators([leader.to_string()])
+            .without_recovery()
+            .resource("r", Arc::new(Prepared::default()))
+            .start()
+            .await?;
+        let ran = app
+            .transaction(|tx| async move { anyhow::Ok(tx.gtrid().to_owned()) })
+            .await;
+        assert!(
+            matches!(&ran, Err(AppError::OutcomeUnknown { last_error, .. }) if last_error.contains("NotFound")),
+            "{ran:?}"
+        );
+        app.shutdown().await;
+        Ok(())
     }
 }

@@ -26,6 +26,8 @@ pub mod durable;
 pub mod recovery;
 pub mod resource;
 pub mod server;
+#[cfg(test)]
+mod testing;
 
 pub use app::{App, AppBuilder, AppError, Tx};
 pub use client::{ClientConfig, ClientError, CoordinatorClient, Decision, Outcome};

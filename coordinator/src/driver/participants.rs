@@ -12,13 +12,19 @@ use ratify_proto::pb::participant_client::ParticipantClient;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-/// The URI to dial for a participant endpoint (`host:port` gets `http://`). Endpoints
-/// were checked by the wire rule when the client named them; one that is not (an old
-/// log entry) is dialled as written and fails there.
+/// The URI to dial for a participant endpoint: `host:port` gets `http://`, a URI is
+/// taken as it is. New endpoints pass the wire rule (`ratify_common::wire`); ones an
+/// earlier version recorded under its looser rule (any URI tonic takes) are dialled
+/// the way that version dialled them, so their transactions still finish.
 pub fn endpoint_uri(endpoint: &str) -> String {
-    wire::Endpoint::parse(endpoint)
-        .map(|e| e.uri())
-        .unwrap_or_else(|_| endpoint.to_owned())
+    if let Ok(e) = wire::Endpoint::parse(endpoint) {
+        return e.uri();
+    }
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
 }
 
 /// Largest participant answer accepted.
@@ -342,5 +348,19 @@ impl ParticipantPool {
                 )),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint_uri;
+
+    /// Endpoints an earlier version accepted are dialled as it dialled them.
+    #[test]
+    fn old_endpoints_are_dialled_as_before() {
+        assert_eq!(endpoint_uri("127.0.0.1:7000"), "http://127.0.0.1:7000");
+        assert_eq!(endpoint_uri("svc"), "http://svc");
+        assert_eq!(endpoint_uri("svc:7000/x"), "http://svc:7000/x");
+        assert_eq!(endpoint_uri("https://svc:7000"), "https://svc:7000");
     }
 }

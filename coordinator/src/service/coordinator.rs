@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::attention::{self, Concern, Thresholds};
 use super::{convert, to_status};
+use crate::driver::participants::endpoint_uri;
 use crate::driver::{DriveError, Driver, OperatorRequest, QueryAnswer};
 use crate::membership::{self, Membership};
 use crate::raft::log_store::LogStore;
@@ -91,10 +92,49 @@ fn invalid(msg: impl Into<String>) -> Status {
     to_status(DriveError::Invalid(msg.into()))
 }
 
-fn validate_branch(b: pb::BranchSpec) -> Result<BranchSpec, Status> {
-    if let Err(e) = wire::Endpoint::parse(&b.endpoint) {
-        return Err(invalid(format!("participant {e}")));
+/// Which endpoint rule a branch is checked by.
+#[derive(Clone, Copy)]
+enum EndpointRule {
+    /// A branch named now (Begin, Enlist): the wire rule, and dialable.
+    New,
+    /// A branch a client names again (Commit's and Rollback's lists): possibly
+    /// recorded by an earlier version, whose rule was only "a URI tonic takes, 1 to
+    /// 256 bytes, no white space or control characters". Refusing such a list would
+    /// answer a retried Commit with INVALID_ARGUMENT instead of its recorded outcome.
+    Recorded,
+}
+
+fn validate_endpoint(endpoint: &str, rule: EndpointRule) -> Result<(), Status> {
+    let dialable = || tonic::transport::Endpoint::from_shared(endpoint_uri(endpoint)).is_ok();
+    match rule {
+        EndpointRule::New => match wire::Endpoint::parse(endpoint) {
+            Err(e) => Err(invalid(format!("participant {e}"))),
+            Ok(_) if !dialable() => Err(invalid(format!(
+                "participant endpoint {} is not a URI that can be dialled",
+                wire::preview(endpoint)
+            ))),
+            Ok(_) => Ok(()),
+        },
+        EndpointRule::Recorded => {
+            let ok = (1..=wire::MAX_ENDPOINT_LEN).contains(&endpoint.len())
+                && !endpoint
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+                && dialable();
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "participant endpoint {} is not host:port or a URI",
+                    wire::preview(endpoint)
+                )))
+            }
+        }
     }
+}
+
+fn validate_branch(b: pb::BranchSpec, rule: EndpointRule) -> Result<BranchSpec, Status> {
+    validate_endpoint(&b.endpoint, rule)?;
     if !wire::is_valid_name(&b.resource) {
         return Err(invalid(format!(
             "resource name {} must be {}",
@@ -135,10 +175,13 @@ fn validate_branch_list(
                 )))
             }
         }
-        let spec = validate_branch(pb::BranchSpec {
-            endpoint: b.endpoint,
-            resource: b.resource,
-        })?;
+        let spec = validate_branch(
+            pb::BranchSpec {
+                endpoint: b.endpoint,
+                resource: b.resource,
+            },
+            EndpointRule::Recorded,
+        )?;
         if specs.contains(&spec) {
             return Err(invalid(format!("branches[{i}] names a branch twice")));
         }
@@ -265,7 +308,7 @@ impl Coordinator for CoordinatorService {
         let branches = req
             .branches
             .into_iter()
-            .map(validate_branch)
+            .map(|b| validate_branch(b, EndpointRule::New))
             .collect::<Result<Vec<_>, _>>()?;
         let begun = self
             .driver
@@ -291,7 +334,10 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::EnlistRequest>,
     ) -> Result<Response<pb::EnlistResponse>, Status> {
         let req = req.into_inner();
-        let spec = validate_branch(req.branch.ok_or_else(|| invalid("branch is required"))?)?;
+        let spec = validate_branch(
+            req.branch.ok_or_else(|| invalid("branch is required"))?,
+            EndpointRule::New,
+        )?;
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         let b = self.driver.enlist(gtrid, spec).await.map_err(to_status)?;
         Ok(Response::new(pb::EnlistResponse {
@@ -683,4 +729,44 @@ fn members_pb(m: &Membership) -> Vec<pb::Member> {
             voter,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new branch follows the wire rule; a branch named again in a Commit's list
+    /// may have been recorded by an earlier version under its looser rule, and must
+    /// still be taken (a retried Commit gets the recorded outcome, not a refusal).
+    #[test]
+    fn recorded_endpoints_are_judged_by_the_rule_they_were_recorded_under() {
+        let spec = |endpoint: &str| pb::BranchSpec {
+            endpoint: endpoint.into(),
+            resource: "r".into(),
+        };
+        for old in ["svc", "127.0.0.1:7000/x", "http://svc:7000/x"] {
+            assert!(
+                validate_branch(spec(old), EndpointRule::New).is_err(),
+                "{old}"
+            );
+            assert!(
+                validate_branch(spec(old), EndpointRule::Recorded).is_ok(),
+                "{old}"
+            );
+        }
+        for never in ["", "a b:1", "x\n:1"] {
+            assert!(
+                validate_branch(spec(never), EndpointRule::Recorded).is_err(),
+                "{never:?}"
+            );
+        }
+        for bad in ["a:b:80", "[::1:80", "a]:80"] {
+            assert!(
+                validate_branch(spec(bad), EndpointRule::New).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(validate_branch(spec("[::1]:7101"), EndpointRule::New).is_ok());
+        assert!(validate_branch(spec("node-2.ratify:7101"), EndpointRule::New).is_ok());
+    }
 }
