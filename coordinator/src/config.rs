@@ -699,6 +699,36 @@ impl LogSettings {
     }
 }
 
+/// A binary's `main`: starts logging with `log` (the settings of [`LogFlags::settings`];
+/// also passed on to child node processes when `children`), runs `command` on a
+/// multi-threaded runtime, then flushes and stops logging (span export included).
+///
+/// # Errors
+/// When logging or the runtime cannot start, or what `command` returns.
+pub fn run_command<E, F, Fut>(
+    log: LogSettings,
+    children: bool,
+    command: F,
+) -> std::result::Result<(), E>
+where
+    F: FnOnce(LogSettings) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    E: From<TelemetryError> + From<std::io::Error>,
+{
+    if children {
+        // Still single-threaded: nothing else reads the environment yet.
+        log.pass_to_children();
+    }
+    let telemetry = log.init("ratify")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(command(log));
+    drop(rt);
+    telemetry.shutdown();
+    result
+}
+
 /// Why `node` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -25,13 +25,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use ratify_participant_sdk::branch_log::{self, Finished};
+use ratify_participant_sdk::branch_log::{self, Finished, StagedResource};
 use ratify_participant_sdk::durable::{DurableError, DurableSled};
 use ratify_participant_sdk::resource::{
-    is_valid_name, CommitResult, Resource, ResourceError, RollbackResult, Vote,
+    is_valid_name, CommitResult, ResourceError, RollbackResult, Vote,
 };
 use ratify_participant_sdk::xid::Xid;
 
@@ -495,9 +494,23 @@ impl AccountStore {
             .ok_or_else(|| ResourceError::Failed(format!("prepared record of {xid} is missing")))?;
         decode_prepared(xid, &bytes)
     }
+}
+
+impl StagedResource for AccountStore {
+    fn durable(&self) -> &DurableSled {
+        &self.durable
+    }
+
+    fn prepared(&self) -> &sled::Tree {
+        &self.prepared
+    }
+
+    fn outcomes(&self) -> &sled::Tree {
+        &self.outcomes
+    }
 
     /// Phase 1 under the state lock; the caller syncs before a YES.
-    fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {
+    fn prepare_step(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let mut state = self.state();
         if let Some(vote) =
             branch_log::answer_prepare(branch_log::read_outcome(&self.outcomes, xid)?)
@@ -539,7 +552,7 @@ impl AccountStore {
     }
 
     /// Phase 2 (or one-phase) commit under the state lock; the caller syncs.
-    fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
+    fn commit_step(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
         let mut state = self.state();
         let finished = branch_log::read_outcome(&self.outcomes, xid)?;
         if let Some(answer) = branch_log::answer_commit(finished, xid, one_phase) {
@@ -579,7 +592,7 @@ impl AccountStore {
     }
 
     /// Rollback under the state lock; the caller syncs.
-    fn rollback_locked(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
+    fn rollback_step(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
         let mut state = self.state();
         if let Some(answer) =
             branch_log::answer_rollback(branch_log::read_outcome(&self.outcomes, xid)?)
@@ -590,44 +603,6 @@ impl AccountStore {
         state.unlock_accounts(xid);
         state.pending.remove(xid);
         Ok(RollbackResult::RolledBack)
-    }
-}
-
-#[async_trait]
-impl Resource for AccountStore {
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
-        let vote = self.prepare_locked(xid)?;
-        branch_log::durable_vote(&self.durable, vote).await
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn commit(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
-        let result = self.commit_locked(xid, one_phase)?;
-        // Acknowledge only durable outcomes: once told, the coordinator may forget
-        // the transaction, and a lost commit would resurrect an in-doubt branch.
-        branch_log::sync(&self.durable).await?;
-        Ok(result)
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn rollback(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
-        let result = self.rollback_locked(xid)?;
-        branch_log::sync(&self.durable).await?;
-        Ok(result)
-    }
-
-    async fn recover(&self) -> Result<Vec<Xid>, ResourceError> {
-        branch_log::list_prepared(&self.prepared)
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn forget(&self, xid: &Xid) -> Result<(), ResourceError> {
-        // No sync: a forgotten record that reappears after a crash is harmless.
-        self.outcomes
-            .remove(xid.render())
-            .map(drop)
-            .map_err(branch_log::unavailable)
     }
 }
 
@@ -681,6 +656,7 @@ fn positive(amount: i64) -> Result<i64, AccountsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ratify_participant_sdk::resource::Resource;
 
     fn xid(n: u32) -> anyhow::Result<Xid> {
         Ok(Xid::new(format!("{n:032x}"), "1")?)

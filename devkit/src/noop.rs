@@ -9,13 +9,9 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use async_trait::async_trait;
-
-use ratify_participant_sdk::branch_log::{self, Finished};
+use ratify_participant_sdk::branch_log::{self, Finished, StagedResource};
 use ratify_participant_sdk::durable::{DurableError, DurableSled};
-use ratify_participant_sdk::resource::{
-    CommitResult, Resource, ResourceError, RollbackResult, Vote,
-};
+use ratify_participant_sdk::resource::{CommitResult, ResourceError, RollbackResult, Vote};
 use ratify_participant_sdk::xid::Xid;
 
 /// A durable do-nothing resource.
@@ -81,8 +77,22 @@ impl NoopResource {
     fn finish(&self, xid: &Xid, how: Finished) -> Result<(), ResourceError> {
         branch_log::finish(&self.prepared, &self.outcomes, xid, how)
     }
+}
 
-    fn prepare_locked(&self, xid: &Xid) -> Result<Vote, ResourceError> {
+impl StagedResource for NoopResource {
+    fn durable(&self) -> &DurableSled {
+        &self.durable
+    }
+
+    fn prepared(&self) -> &sled::Tree {
+        &self.prepared
+    }
+
+    fn outcomes(&self) -> &sled::Tree {
+        &self.outcomes
+    }
+
+    fn prepare_step(&self, xid: &Xid) -> Result<Vote, ResourceError> {
         let _guard = self.guard();
         if let Some(vote) =
             branch_log::answer_prepare(branch_log::read_outcome(&self.outcomes, xid)?)
@@ -99,7 +109,7 @@ impl NoopResource {
         Ok(Vote::Yes)
     }
 
-    fn commit_locked(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
+    fn commit_step(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
         let _guard = self.guard();
         let finished = branch_log::read_outcome(&self.outcomes, xid)?;
         if let Some(answer) = branch_log::answer_commit(finished, xid, one_phase) {
@@ -113,7 +123,7 @@ impl NoopResource {
         Ok(CommitResult::Committed)
     }
 
-    fn rollback_locked(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
+    fn rollback_step(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
         let _guard = self.guard();
         if let Some(answer) =
             branch_log::answer_rollback(branch_log::read_outcome(&self.outcomes, xid)?)
@@ -125,48 +135,10 @@ impl NoopResource {
     }
 }
 
-#[async_trait]
-impl Resource for NoopResource {
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
-        let vote = self.prepare_locked(xid)?;
-        // Also for a repeated prepare: the first one's sync may have failed.
-        branch_log::durable_vote(&self.durable, vote).await
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn commit(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
-        let result = self.commit_locked(xid, one_phase)?;
-        // Acknowledge only a durable commit: the coordinator may forget the
-        // transaction once told, and a lost commit would bring back a prepared
-        // branch nobody can resolve. Group commit keeps this cheap.
-        branch_log::sync(&self.durable).await?;
-        Ok(result)
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn rollback(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
-        let result = self.rollback_locked(xid)?;
-        branch_log::sync(&self.durable).await?;
-        Ok(result)
-    }
-
-    async fn recover(&self) -> Result<Vec<Xid>, ResourceError> {
-        branch_log::list_prepared(&self.prepared)
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(%xid))]
-    async fn forget(&self, xid: &Xid) -> Result<(), ResourceError> {
-        self.outcomes
-            .remove(xid.render())
-            .map(drop)
-            .map_err(branch_log::unavailable)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ratify_participant_sdk::resource::Resource;
 
     fn xid(n: u32) -> anyhow::Result<Xid> {
         Ok(Xid::new(format!("{n:032x}"), "1")?)

@@ -176,3 +176,69 @@ pub async fn durable_vote(durable: &DurableSled, vote: Vote) -> Result<Vote, Res
     }
     Ok(vote)
 }
+
+/// A resource kept in a [`DurableSled`] whose steps are synchronous writes under its
+/// own lock (the demo account store and the no-op resource of `ratify-devkit` are
+/// two): implement the steps and get [`crate::Resource`] with the contract's
+/// durability rules — a vote made durable before it is sent ([`durable_vote`]), a
+/// commit or rollback acknowledged only once durable (the coordinator may forget the
+/// transaction once told, and a lost commit would bring back a branch nobody can
+/// resolve), prepared branches listed from [`StagedResource::prepared`], forgotten
+/// outcomes removed without a sync (one that reappears after a crash is harmless).
+///
+/// Each step should answer a finished branch with [`answer_prepare`],
+/// [`answer_commit`] or [`answer_rollback`] first.
+pub trait StagedResource: Send + Sync + 'static {
+    /// The store every step writes to.
+    fn durable(&self) -> &DurableSled;
+    /// Rendered xid → the branch's prepared state.
+    fn prepared(&self) -> &sled::Tree;
+    /// Rendered xid → how it finished ([`Finished`]).
+    fn outcomes(&self) -> &sled::Tree;
+    /// Phase 1; the vote is made durable by the caller.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn prepare_step(&self, xid: &Xid) -> Result<Vote, ResourceError>;
+    /// Phase 2 (or one-phase) commit; made durable by the caller.
+    ///
+    /// # Errors
+    /// Storage errors, a two-phase commit of a branch never prepared.
+    fn commit_step(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError>;
+    /// Rollback; made durable by the caller.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn rollback_step(&self, xid: &Xid) -> Result<RollbackResult, ResourceError>;
+}
+
+#[async_trait::async_trait]
+impl<T: StagedResource> crate::Resource for T {
+    async fn prepare(&self, xid: &Xid) -> Result<Vote, ResourceError> {
+        let vote = self.prepare_step(xid)?;
+        durable_vote(self.durable(), vote).await
+    }
+
+    async fn commit(&self, xid: &Xid, one_phase: bool) -> Result<CommitResult, ResourceError> {
+        let result = self.commit_step(xid, one_phase)?;
+        sync(self.durable()).await?;
+        Ok(result)
+    }
+
+    async fn rollback(&self, xid: &Xid) -> Result<RollbackResult, ResourceError> {
+        let result = self.rollback_step(xid)?;
+        sync(self.durable()).await?;
+        Ok(result)
+    }
+
+    async fn recover(&self) -> Result<Vec<Xid>, ResourceError> {
+        list_prepared(self.prepared())
+    }
+
+    async fn forget(&self, xid: &Xid) -> Result<(), ResourceError> {
+        self.outcomes()
+            .remove(xid.render())
+            .map(drop)
+            .map_err(unavailable)
+    }
+}

@@ -173,11 +173,7 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let (node_file, log) = cli.log.settings(node)?;
-    let telemetry = log.init("ratify")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(async move {
+    config::run_command(log, false, |log| async move {
         match cli.command {
             Cmd::Node(a) => {
                 Ok(config::run_node(&a, &node_file, &log, config::shutdown_signal()).await?)
@@ -186,10 +182,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Txn(c) => txn(c).await,
             Cmd::Cluster(c) => cluster(c).await,
         }
-    });
-    drop(rt);
-    telemetry.shutdown();
-    result
+    })
 }
 
 fn client_for(t: &Target) -> anyhow::Result<CoordinatorClient> {

@@ -91,13 +91,8 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let (node_file, log) = cli.log.settings(node)?;
-    // The node processes this one starts log the same way (still single-threaded).
-    log.pass_to_children();
-    let telemetry = log.init("ratify")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(async move {
+    // The node processes this one starts log the same way.
+    config::run_command(log, true, |log| async move {
         match cli.command {
             Cmd::Node(a) => {
                 Ok(config::run_node(&a, &node_file, &log, config::shutdown_signal()).await?)
@@ -107,10 +102,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Participant(a) => participant(a).await,
         }
-    });
-    drop(rt);
-    telemetry.shutdown();
-    result
+    })
 }
 
 /// Starts a local cluster of this binary's `node` command in `dir` and waits for its
