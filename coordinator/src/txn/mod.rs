@@ -10,6 +10,8 @@
 //! - this file: the persisted types (they are part of the log and snapshot encoding).
 //! - [`table`]: [`TxnTable`], the deterministic apply function and the lookups.
 
+#[cfg(test)]
+mod proptests;
 mod table;
 
 use std::collections::BTreeMap;
