@@ -98,29 +98,33 @@ enum EndpointRule {
     /// A branch named now (Begin, Enlist): the wire rule, and dialable.
     New,
     /// A branch a client names again (Commit's and Rollback's lists): possibly
-    /// recorded by an earlier version, whose rule was only "a URI tonic takes, 1 to
-    /// 256 bytes, no white space or control characters". Refusing such a list would
-    /// answer a retried Commit with INVALID_ARGUMENT instead of its recorded outcome.
+    /// recorded by an earlier version under a looser rule: "a URI tonic takes, 1 to
+    /// 256 bytes, no white space or control characters" before a427543, the wire rule
+    /// without the authority check from then to f5027dc (so `a:b:80` may be on
+    /// record). Only what every version refused is refused here: length, white space
+    /// and control characters. Refusing more would answer a retried Commit with
+    /// INVALID_ARGUMENT instead of its recorded outcome; a branch that cannot be
+    /// dialled is unreachable to the driver, which the operator resolves.
     Recorded,
 }
 
 fn validate_endpoint(endpoint: &str, rule: EndpointRule) -> Result<(), Status> {
-    let dialable = || tonic::transport::Endpoint::from_shared(endpoint_uri(endpoint)).is_ok();
     match rule {
         EndpointRule::New => match wire::Endpoint::parse(endpoint) {
             Err(e) => Err(invalid(format!("participant {e}"))),
-            Ok(_) if !dialable() => Err(invalid(format!(
-                "participant endpoint {} is not a URI that can be dialled",
-                wire::preview(endpoint)
-            ))),
+            Ok(_) if tonic::transport::Endpoint::from_shared(endpoint_uri(endpoint)).is_err() => {
+                Err(invalid(format!(
+                    "participant endpoint {} is not a URI that can be dialled",
+                    wire::preview(endpoint)
+                )))
+            }
             Ok(_) => Ok(()),
         },
         EndpointRule::Recorded => {
             let ok = (1..=wire::MAX_ENDPOINT_LEN).contains(&endpoint.len())
                 && !endpoint
                     .chars()
-                    .any(|c| c.is_whitespace() || c.is_control())
-                && dialable();
+                    .any(|c| c.is_whitespace() || c.is_control());
             if ok {
                 Ok(())
             } else {
@@ -763,6 +767,11 @@ mod tests {
         for bad in ["a:b:80", "[::1:80", "a]:80"] {
             assert!(
                 validate_branch(spec(bad), EndpointRule::New).is_err(),
+                "{bad}"
+            );
+            // Accepted by a427543..f5027dc, so possibly on record.
+            assert!(
+                validate_branch(spec(bad), EndpointRule::Recorded).is_ok(),
                 "{bad}"
             );
         }

@@ -138,8 +138,10 @@ fn command() -> impl Strategy<Value = Command> {
                 now_ms,
                 abandoned,
             }),
-        // The driver hands over single-branch transactions only.
-        txn().prop_map(|txn| Command::HandOver { txn, branches: 1 }),
+        // The driver hands over single-branch transactions only; a log may say
+        // anything.
+        (txn(), prop_oneof![3 => Just(1u32), 1 => 0u32..4])
+            .prop_map(|(txn, branches)| Command::HandOver { txn, branches }),
         (txn(), 0u32..5, any::<bool>(), text(), any::<bool>()).prop_map(
             |(txn, bqual, committed, detail, settled)| Command::Heuristic {
                 txn,
@@ -179,6 +181,79 @@ fn decided(table: &TxnTable, txn: u64) -> Option<bool> {
     }
 }
 
+/// The decision the table holds for `txn`, live or finished.
+fn decision_of(table: &TxnTable, txn: u64) -> Option<&Decision> {
+    match table.lookup(txn) {
+        Lookup::Live(rec) => rec.decision.as_ref(),
+        Lookup::Finished(f) => Some(&f.decision),
+        Lookup::Forgotten | Lookup::Absent | Lookup::Unknown => None,
+    }
+}
+
+/// What an undecided live record was, before a command.
+#[derive(Clone, Copy)]
+struct Before {
+    handed_over: bool,
+    committing: bool,
+    round: u64,
+}
+
+fn undecided_before(table: &TxnTable) -> BTreeMap<u64, Before> {
+    table
+        .live
+        .iter()
+        .filter(|(_, rec)| rec.decision.is_none())
+        .map(|(&txn, rec)| {
+            (
+                txn,
+                Before {
+                    handed_over: rec.handed_over,
+                    committing: rec.committing,
+                    round: rec.round,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Who may decide what (docs/design.md, rules 10 and 16), across one command: a
+/// handed-over transaction is decided only by its participant's one-phase answer,
+/// and a committing one is aborted only by the round that marked it, on a vote that
+/// failed.
+fn check_transition(
+    before: &BTreeMap<u64, Before>,
+    cmd: &Command,
+    table: &TxnTable,
+) -> Result<(), TestCaseError> {
+    for (&txn, was) in before {
+        let Some(d) = decision_of(table, txn) else {
+            continue;
+        };
+        if was.handed_over {
+            prop_assert!(
+                d.reason.is_one_phase_answer(),
+                "txn {txn}: handed over, decided by {:?}",
+                d.reason
+            );
+        } else if was.committing && !d.commit {
+            let by_marker = matches!(
+                cmd,
+                Command::Decide { txn: t, round, .. } if *t == txn && *round == was.round
+            ) && matches!(
+                d.reason,
+                Reason::VotedNo | Reason::ParticipantUnreachable | Reason::ProtocolError
+            );
+            prop_assert!(
+                by_marker,
+                "txn {txn}: committing in round {}, aborted by {:?}",
+                was.round,
+                cmd
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The table's invariants after any prefix of any sequence.
 fn check(table: &TxnTable, first_decisions: &mut BTreeMap<u64, bool>) -> Result<(), TestCaseError> {
     for (&txn, rec) in &table.live {
@@ -190,9 +265,9 @@ fn check(table: &TxnTable, first_decisions: &mut BTreeMap<u64, bool>) -> Result<
         for (i, b) in rec.branches.iter().enumerate() {
             prop_assert_eq!(b.bqual as usize, i + 1, "txn {}: bquals out of order", txn);
         }
-        // Live and finished are exclusive.
+        // Live and finished (or pinned) are exclusive.
         prop_assert!(
-            !matches!(table.lookup(txn), Lookup::Finished(_)),
+            table.finished.get(&txn).is_none() && table.pinned.get(&txn).is_none(),
             "txn {txn} is live and finished"
         );
         // A handed-over transaction has exactly one branch.
@@ -239,7 +314,9 @@ proptest! {
         let mut table = TxnTable::default();
         let mut first = BTreeMap::new();
         for cmd in cmds {
-            let _ = table.apply(cmd);
+            let before = undecided_before(&table);
+            let _ = table.apply(cmd.clone());
+            check_transition(&before, &cmd, &table)?;
             check(&table, &mut first)?;
         }
     }

@@ -454,6 +454,14 @@ impl TxnTable {
             return CommandResult::Refused(Refusal::Committing);
         }
         if !rec.handed_over {
+            // One phase is for exactly one branch: a branchless record handed over
+            // would have no participant whose answer could ever decide it.
+            if branches != 1 {
+                return CommandResult::Refused(Refusal::BranchSetChanged {
+                    prepared: branches,
+                    enlisted: rec.branches.len() as u32,
+                });
+            }
             if let Err(refused) = same_branches(rec, branches) {
                 return refused;
             }
@@ -961,6 +969,31 @@ mod tests {
             t.apply(Command::HandOver { txn, branches: 2 }),
             CommandResult::Decided(d) if !d.commit
         ));
+    }
+
+    /// Found by review of the property tests: a branchless record handed over (the
+    /// generator only ever sent one branch) had no participant to decide it.
+    #[test]
+    fn only_a_single_branch_transaction_is_handed_over() {
+        let mut t = table();
+        let empty = begun(&mut t, 0);
+        assert!(matches!(
+            t.apply(Command::HandOver {
+                txn: empty,
+                branches: 0,
+            }),
+            CommandResult::Refused(Refusal::BranchSetChanged { .. })
+        ));
+        assert!(!t.live[&empty].handed_over);
+        let two = begun(&mut t, 2);
+        assert!(matches!(
+            t.apply(Command::HandOver {
+                txn: two,
+                branches: 2,
+            }),
+            CommandResult::Refused(Refusal::BranchSetChanged { .. })
+        ));
+        assert!(!t.live[&two].handed_over);
     }
 
     #[test]

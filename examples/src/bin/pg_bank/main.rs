@@ -148,14 +148,18 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
 
     let committed = Arc::new(AtomicU64::new(0));
     let aborted = Arc::new(AtomicU64::new(0));
+    // An outcome the client could not learn (or a failure before the commit) is not
+    // an abort: the transfer may have committed, and the totals say so.
+    let unknown = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.clients.max(1) {
         let (bank, app) = (Arc::clone(&bank), Arc::clone(&app));
-        let (committed, aborted, next) = (
+        let (committed, aborted, unknown, next) = (
             Arc::clone(&committed),
             Arc::clone(&aborted),
+            Arc::clone(&unknown),
             Arc::clone(&next),
         );
         let (accounts, transfers) = (c.accounts, a.transfers);
@@ -179,8 +183,8 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
                         aborted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "transfer failed");
-                        aborted.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "transfer failed or its outcome is unknown");
+                        unknown.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -205,12 +209,13 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     if let Ok(app) = Arc::try_unwrap(app) {
         app.shutdown().await;
     }
-    let (ok, ko) = (
+    let (ok, ko, unsure) = (
         committed.load(Ordering::Relaxed),
         aborted.load(Ordering::Relaxed),
+        unknown.load(Ordering::Relaxed),
     );
     println!(
-        "{ok} committed, {ko} aborted in {:.1} s ({:.0} transfers/s); total before {before}, after {after}; no prepared transaction left",
+        "{ok} committed, {ko} aborted, {unsure} failed or unknown in {:.1} s ({:.0} transfers/s); total before {before}, after {after}; no prepared transaction left",
         elapsed.as_secs_f64(),
         ok as f64 / elapsed.as_secs_f64()
     );
