@@ -32,6 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use ratify_common::tls::Transport;
 use ratify_common::wire::{is_valid_name, preview, Endpoint as WireEndpoint, NAME_RULE};
 use ratify_common::xid::{validate_gtrid, Xid, XidError};
 
@@ -52,6 +53,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Largest backoff (it doubles each time up to this). Default 250 ms.
     pub backoff_max: Duration,
+    /// Plaintext (the default, for coordinators run with `--insecure`) or mutual
+    /// TLS: the certificate presented names this client (`ratify://client/<name>`),
+    /// and the transactions it begins are its own (docs/design.md, "Security").
+    pub transport: Transport,
 }
 
 impl Default for ClientConfig {
@@ -62,6 +67,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_millis(500),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(250),
+            transport: Transport::Plain,
         }
     }
 }
@@ -154,17 +160,17 @@ fn is_rejection(code: Code) -> bool {
     )
 }
 
-/// Turns `host:port` or `http://host:port` into `host:port`, strictly (the wire rule
-/// of `ratify_common::wire::Endpoint`; TLS to the coordinator is not offered yet).
-fn normalize_endpoint(raw: &str) -> Result<String, ClientError> {
+/// Turns `host:port`, `http://host:port` or (with a TLS transport) `https://host:port`
+/// into `host:port`, strictly (the wire rule of `ratify_common::wire::Endpoint`).
+fn normalize_endpoint(raw: &str, tls: bool) -> Result<String, ClientError> {
     let parsed = WireEndpoint::parse(raw).map_err(|e| ClientError::InvalidEndpoint {
         endpoint: e.endpoint,
         reason: e.reason.to_owned(),
     })?;
-    if parsed.tls {
+    if parsed.tls && !tls {
         return Err(ClientError::InvalidEndpoint {
             endpoint: preview(raw),
-            reason: "only http:// endpoints are supported".to_owned(),
+            reason: "https:// needs TLS settings (ClientConfig::transport)".to_owned(),
         });
     }
     Endpoint::from_shared(parsed.uri()).map_err(|e| ClientError::InvalidEndpoint {
@@ -320,7 +326,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The leader address a not-leader node put in its answer, if valid.
 fn leader_hint(status: &Status) -> Option<String> {
     let hint = status.metadata().get(LEADER_METADATA_KEY)?.to_str().ok()?;
-    normalize_endpoint(hint).ok()
+    normalize_endpoint(hint, true).ok()
 }
 
 type CoordinatorRpc = pb::coordinator_client::CoordinatorClient<Channel>;
@@ -337,7 +343,7 @@ impl CoordinatorClient {
         }
         let endpoints = endpoints
             .iter()
-            .map(|e| normalize_endpoint(e))
+            .map(|e| normalize_endpoint(e, config.transport.is_tls()))
             .collect::<Result<Vec<_>, _>>()?;
         // Start at a random node so many clients do not all ask the same follower.
         let cursor = rand::thread_rng().gen_range(0..endpoints.len());
@@ -656,6 +662,79 @@ impl CoordinatorClient {
         .await
     }
 
+    /// Registers participant `name` at `endpoint` (`Admin.RegisterParticipant`):
+    /// under TLS, branches may only name registered endpoints. An operator names
+    /// anyone; a participant's certificate registers its own name only (`name`
+    /// empty: the certificate's). Safe to retry.
+    ///
+    /// # Errors
+    /// [`ClientError::Rejected`] (PERMISSION_DENIED, INVALID_ARGUMENT,
+    /// FAILED_PRECONDITION: the endpoint is another name's), [`ClientError::DeadlineExceeded`].
+    pub async fn register_participant(
+        &self,
+        name: &str,
+        endpoint: &str,
+    ) -> Result<pb::RegisterParticipantResponse, ClientError> {
+        let request = pb::RegisterParticipantRequest {
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        self.leader_call("register_participant", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch)
+                .register_participant(r)
+                .await
+        })
+        .instrument(tracing::info_span!(
+            "coordinator",
+            op = "register_participant",
+            name,
+            endpoint
+        ))
+        .await
+    }
+
+    /// Removes participant `name` from the registry (operators). Safe to retry.
+    ///
+    /// # Errors
+    /// As [`CoordinatorClient::register_participant`].
+    pub async fn unregister_participant(
+        &self,
+        name: &str,
+    ) -> Result<pb::UnregisterParticipantResponse, ClientError> {
+        let request = pb::UnregisterParticipantRequest {
+            name: name.to_owned(),
+        };
+        self.leader_call("unregister_participant", request, |ch, r| async move {
+            pb::admin_client::AdminClient::new(ch)
+                .unregister_participant(r)
+                .await
+        })
+        .instrument(tracing::info_span!(
+            "coordinator",
+            op = "unregister_participant",
+            name
+        ))
+        .await
+    }
+
+    /// The registered participants, by name (operators).
+    ///
+    /// # Errors
+    /// As [`CoordinatorClient::register_participant`].
+    pub async fn list_participants(&self) -> Result<pb::ListParticipantsResponse, ClientError> {
+        self.leader_call(
+            "list_participants",
+            pb::ListParticipantsRequest {},
+            |ch, r| async move {
+                pb::admin_client::AdminClient::new(ch)
+                    .list_participants(r)
+                    .await
+            },
+        )
+        .instrument(tracing::info_span!("coordinator", op = "list_participants"))
+        .await
+    }
+
     /// Replaces voter `old_id` (typically dead) by the new node `new_id` at
     /// `raft_addr`, `api_addr`, in one call (`Admin.ReplaceMember`): the new node is
     /// added as a learner and, once caught up, swapped in by one joint change. Safe to
@@ -712,7 +791,7 @@ impl CoordinatorClient {
                 .instrument(span)
                 .await;
         };
-        let addr = normalize_endpoint(endpoint)?;
+        let addr = normalize_endpoint(endpoint, self.inner.config.transport.is_tls())?;
         let timeout = self.inner.config.attempt_timeout;
         match self
             .attempt(&addr, timeout, pb::ClusterStatusRequest {}, &rpc)
@@ -825,14 +904,14 @@ impl CoordinatorClient {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| ClientError::InvalidEndpoint {
                 endpoint: preview(addr),
                 reason: e.to_string(),
             })?
             .connect_timeout(self.inner.config.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let ch = self.inner.config.transport.channel(endpoint);
         channels.insert(addr.to_owned(), ch.clone());
         Ok(ch)
     }
@@ -1297,7 +1376,7 @@ mod tests {
             "http://node-1.example:7000",
             "http://[::1]:7000/",
         ] {
-            assert!(normalize_endpoint(ok).is_ok(), "refused {ok}");
+            assert!(normalize_endpoint(ok, false).is_ok(), "refused {ok}");
         }
         for bad in [
             "",
@@ -1311,7 +1390,7 @@ mod tests {
             "no de:7000",
             "user@node:7000",
         ] {
-            assert!(normalize_endpoint(bad).is_err(), "accepted {bad:?}");
+            assert!(normalize_endpoint(bad, false).is_err(), "accepted {bad:?}");
         }
         assert!(matches!(
             CoordinatorClient::new(vec![], ClientConfig::default()),

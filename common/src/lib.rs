@@ -7,9 +7,11 @@
 //! - [`failpoint`]: crash points for tests, chosen through `RATIFY_FAILPOINTS`.
 //! - [`group`]: group commit (rounds of queued requests served by one step).
 //! - [`stopped`]: the shutdown signal servers and loops wait on.
+//! - [`tls`]: mutual TLS for every gRPC surface and the identities certificates carry.
 
 pub mod failpoint;
 pub mod group;
+pub mod tls;
 pub mod wire;
 pub mod xid;
 

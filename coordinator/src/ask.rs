@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ratify_common::tls::Transport;
 use ratify_proto::pb;
 use ratify_proto::pb::admin_client::AdminClient;
 
@@ -13,8 +14,11 @@ use crate::types::NodeId;
 ///
 /// # Errors
 /// Transport failures and statuses, as `tonic::Status`.
-pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-    let channel = dial_quickly(addr).await?;
+pub async fn node_status(
+    addr: &str,
+    transport: &Transport,
+) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+    let channel = dial_quickly(addr, transport).await?;
     Ok(AdminClient::new(channel)
         .cluster_status(pb::ClusterStatusRequest {})
         .await?
@@ -22,22 +26,25 @@ pub async fn node_status(addr: &str) -> Result<pb::ClusterStatusResponse, tonic:
 }
 
 /// A channel to `addr` for one short question: 300 ms to connect, 1 s per call.
-async fn dial_quickly(addr: &str) -> Result<tonic::transport::Channel, tonic::Status> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn dial_quickly(
+    addr: &str,
+    transport: &Transport,
+) -> Result<tonic::transport::Channel, tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+        .timeout(Duration::from_secs(1));
+    // A new channel: a fresh connection, made by the call (its failure is
+    // UNAVAILABLE).
+    Ok(transport.channel(endpoint))
 }
 
 /// The id of the node serving the Raft port at `addr` (`Raft.Identify`).
 ///
 /// # Errors
 /// When it cannot be reached or does not answer within a second.
-pub async fn raft_identity(addr: &str) -> Result<NodeId, tonic::Status> {
-    let channel = dial_quickly(addr).await?;
+pub async fn raft_identity(addr: &str, transport: &Transport) -> Result<NodeId, tonic::Status> {
+    let channel = dial_quickly(addr, transport).await?;
     Ok(ratify_proto::raft_pb::raft_client::RaftClient::new(channel)
         .identify(ratify_proto::raft_pb::IdentifyRequest {})
         .await?

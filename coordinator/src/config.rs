@@ -220,6 +220,93 @@ pub struct NodeArgs {
     /// [file: abandon_rollback_after_secs]
     #[arg(long, env = "RATIFY_ABANDON_ROLLBACK_AFTER_SECS", value_name = "SECS")]
     abandon_rollback_after_secs: Option<u64>,
+    /// Mutual TLS, or `--insecure`.
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// How a binary speaks gRPC (docs/design.md, "Security"): mutual TLS from three
+/// PEM files, or plaintext when `--insecure` is given, which is allowed only when
+/// every address involved is on loopback.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsFlags {
+    /// CA certificate(s), PEM: every peer's certificate must be issued by one.
+    /// Reloaded when the file changes (or on SIGHUP). [file: tls_ca]
+    #[arg(long, env = "RATIFY_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// This process's certificate chain, PEM, leaf first; its SAN URIs
+    /// `ratify://<role>/<name>` say who it is. Reloaded when the file changes.
+    /// [file: tls_cert]
+    #[arg(long, env = "RATIFY_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM. [file: tls_key]
+    #[arg(long, env = "RATIFY_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Plaintext and no identities: anyone who reaches a port may do anything.
+    /// Refused unless every address is on loopback; a warning is logged. Default
+    /// false. [file: insecure]
+    #[arg(long, env = "RATIFY_INSECURE", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub insecure: Option<bool>,
+}
+
+/// Whether `addr` (`host:port`; a name is resolved) is on loopback only.
+fn on_loopback(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+impl TlsFlags {
+    /// The transport these flags (over the file's keys) ask for. `addrs` are the
+    /// addresses this process listens on or dials, each with what it is, for the
+    /// loopback rule of `--insecure`.
+    ///
+    /// # Errors
+    /// Neither TLS nor `--insecure`, both, part of the three files, a file that
+    /// cannot be read or holds no usable certificate or key, or `--insecure` with an
+    /// address off loopback.
+    pub fn transport(
+        &self,
+        file: &NodeFile,
+        addrs: &[(&str, &str)],
+    ) -> Result<ratify_common::tls::Transport> {
+        use ratify_common::tls::{Tls, TlsFiles, Transport};
+        let ca = self.tls_ca.clone().or_else(|| file.tls_ca.clone());
+        let cert = self.tls_cert.clone().or_else(|| file.tls_cert.clone());
+        let key = self.tls_key.clone().or_else(|| file.tls_key.clone());
+        let insecure = self.insecure.or(file.insecure).unwrap_or(false);
+        let any_tls = ca.is_some() || cert.is_some() || key.is_some();
+        if insecure {
+            ensure!(
+                !any_tls,
+                "--insecure (RATIFY_INSECURE, insecure) cannot go with --tls-ca, --tls-cert or --tls-key: choose one"
+            );
+            for (what, addr) in addrs {
+                ensure!(
+                    on_loopback(addr),
+                    "--insecure (RATIFY_INSECURE, insecure) is allowed on loopback only, and {what} {addr:?} is not: give --tls-ca, --tls-cert and --tls-key"
+                );
+            }
+            tracing::warn!(
+                "--insecure: plaintext gRPC, no identities; anyone who can reach these ports can do anything"
+            );
+            return Ok(Transport::Plain);
+        }
+        let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+            bail!(
+                "TLS is required: give --tls-ca, --tls-cert and --tls-key (RATIFY_TLS_CA, RATIFY_TLS_CERT, RATIFY_TLS_KEY; file keys tls_ca, tls_cert, tls_key), or --insecure on loopback"
+            );
+        };
+        let tls = Tls::load(TlsFiles { ca, cert, key }).map_err(|e| config_error!("TLS: {e}"))?;
+        Ok(Transport::Tls(tls))
+    }
 }
 
 /// The node's TOML file: the same settings as [`NodeArgs`] (and the global logging
@@ -265,6 +352,14 @@ pub struct NodeFile {
     max_live_txns: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     abandon_rollback_after_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insecure: Option<bool>,
     /// `text` or `json` (`--log-format`).
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
@@ -545,6 +640,14 @@ pub fn resolve(a: &NodeArgs, file: &NodeFile) -> Result<NodeConfig> {
         r.max_count,
         r.min_count
     );
+    let mut addrs = vec![
+        ("--raft-addr", raft_addr.as_str()),
+        ("--api-addr", api_addr.as_str()),
+    ];
+    if let Some(m) = &metrics_addr {
+        addrs.push(("--metrics-addr", m.as_str()));
+    }
+    driver.transport = a.tls.transport(file, &addrs)?;
     Ok(NodeConfig {
         id,
         raft_addr,
@@ -565,6 +668,10 @@ pub fn resolve(a: &NodeArgs, file: &NodeFile) -> Result<NodeConfig> {
 /// When a value cannot be rendered (a data folder that is not UTF-8).
 pub fn render(c: &NodeConfig, log: &LogSettings) -> Result<String> {
     let d = &c.driver;
+    let tls_files = match &d.transport {
+        ratify_common::tls::Transport::Tls(t) => Some(t.files()),
+        ratify_common::tls::Transport::Plain => None,
+    };
     let format = log
         .format
         .to_possible_value()
@@ -594,6 +701,10 @@ pub fn render(c: &NodeConfig, log: &LogSettings) -> Result<String> {
         retain_outcomes_max: Some(d.retention.max_count),
         max_live_txns: Some(d.max_live),
         abandon_rollback_after_secs: Some(d.abandon_rollback_after.as_secs()),
+        tls_ca: tls_files.map(|f| f.ca.clone()),
+        tls_cert: tls_files.map(|f| f.cert.clone()),
+        tls_key: tls_files.map(|f| f.key.clone()),
+        insecure: tls_files.is_none().then_some(true),
         log_format: format,
         log_filter: Some(
             log.filter
@@ -804,8 +915,9 @@ mod tests {
     const BASE: &[&str] = &[
         "--id=1",
         "--raft-addr=localhost:7001",
-        "--api-addr=0.0.0.0:7101",
+        "--api-addr=127.0.0.1:7101",
         "--data-dir=/tmp/x",
+        "--insecure",
     ];
 
     /// [`BASE`] with `extra`, which replaces a base flag of the same name.
@@ -890,6 +1002,47 @@ mod tests {
         let file = parse_file("log_format = \"xml\"\n").expect("a string");
         let e = LogSettings::resolve(None, None, None, None, &file, "info").expect_err("xml");
         assert!(e.to_string().contains("log_format"), "{e}");
+    }
+
+    /// Plaintext only when asked for, and then only on loopback; TLS needs its three
+    /// files, each read and checked at start.
+    #[test]
+    fn plaintext_is_asked_for_and_kept_on_loopback() {
+        let none = NodeFile::default();
+        let bare = [
+            "--id=1",
+            "--raft-addr=127.0.0.1:7001",
+            "--api-addr=127.0.0.1:7101",
+            "--data-dir=/tmp/x",
+        ];
+        assert!(err(&args(&bare), &none).contains("TLS is required"));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--api-addr=0.0.0.0:7101"], "loopback only"),
+            (&["--metrics-addr=10.1.2.3:9100"], "loopback only"),
+            (&["--tls-ca=/x/ca.pem"], "cannot go with"),
+        ];
+        for (flags, want) in cases {
+            let e = err(&with(flags), &none);
+            assert!(e.contains(want), "{flags:?}: {e:?} does not say {want:?}");
+        }
+        let mut tls: Vec<&str> = bare.to_vec();
+        tls.push("--tls-ca=/nonexistent/ca.pem");
+        assert!(
+            err(&args(&tls), &none).contains("--tls-cert"),
+            "part of the files"
+        );
+        tls.extend([
+            "--tls-cert=/nonexistent/n.pem",
+            "--tls-key=/nonexistent/n.key",
+        ]);
+        let e = err(&args(&tls), &none);
+        assert!(
+            e.contains("/nonexistent/n.pem"),
+            "the unreadable file is named: {e}"
+        );
+        let c =
+            resolve(&with(&[]), &parse_file("insecure = true\n").expect("file")).expect("valid");
+        assert!(!c.driver.transport.is_tls());
     }
 
     #[test]

@@ -353,16 +353,18 @@ impl Membership {
     /// Asks the node at `node.api_addr` who it is: it must be node `id`, running, and
     /// not part of another cluster.
     async fn preflight(&self, id: NodeId, node: &NodeInfo) -> Result<(), MembershipError> {
-        let status = crate::ask::node_status(&node.api_addr).await.map_err(|s| {
-            MembershipError::Precondition(format!(
-                "cannot reach node {id} at {}: {}; start it first (ratify node --id {id} \
+        let status = crate::ask::node_status(&node.api_addr, self.driver.transport())
+            .await
+            .map_err(|s| {
+                MembershipError::Precondition(format!(
+                    "cannot reach node {id} at {}: {}; start it first (ratify node --id {id} \
                  --raft-addr {} --api-addr {} --data-dir ..., without --init)",
-                node.api_addr,
-                s.message(),
-                node.raft_addr,
-                node.api_addr
-            ))
-        })?;
+                    node.api_addr,
+                    s.message(),
+                    node.raft_addr,
+                    node.api_addr
+                ))
+            })?;
         if status.node_id != id {
             return Err(MembershipError::Invalid(format!(
                 "the node at {} is node {}, not node {id}",
@@ -373,7 +375,7 @@ impl Membership {
         // member would let it answer for the new one (docs/design.md, "Membership
         // changes"; the Raft port refuses requests meant for another id, so the
         // learner would never catch up either).
-        match crate::ask::raft_identity(&node.raft_addr).await {
+        match crate::ask::raft_identity(&node.raft_addr, self.driver.transport()).await {
             Ok(served) if served == id => {}
             Ok(served) => {
                 return Err(MembershipError::Invalid(format!(

@@ -210,6 +210,7 @@ pub async fn run(
             .map_err(|e| StartError::Raft(e.to_string()))?,
         Network {
             source_ip: config.raft_source_ip,
+            transport: config.driver.transport.clone(),
         },
         log.clone(),
         sm,
@@ -218,6 +219,8 @@ pub async fn run(
     .map_err(|e| StartError::Raft(e.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let transport = config.driver.transport.clone();
+    transport.watch(stop_rx.clone());
     let driver = Driver::start(
         config.id,
         raft.clone(),
@@ -228,6 +231,7 @@ pub async fn run(
     let metrics_task = metrics_listener.map(|l| {
         tokio::spawn(crate::service::metrics::serve(
             l,
+            transport.clone(),
             driver.clone(),
             stopped(stop_rx.clone()),
         ))
@@ -247,14 +251,14 @@ pub async fn run(
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(nodelay(raft_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(transport.incoming(raft_listener), stopped(stop_rx.clone()));
     let api_server = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(service.clone()).max_decoding_message_size(1024 * 1024))
         .add_service(AdminServer::new(service))
         .add_service(health_service)
         .add_service(crate::service::health::reflection_v1()?)
         .add_service(crate::service::health::reflection_v1alpha()?)
-        .serve_with_incoming_shutdown(nodelay(api_listener), stopped(stop_rx));
+        .serve_with_incoming_shutdown(transport.incoming(api_listener), stopped(stop_rx));
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
 
@@ -320,11 +324,6 @@ pub async fn run(
         None => Ok(()),
         Some(f) => Err(StartError::Fatal(f)),
     }
-}
-
-/// An incoming stream with Nagle off: small RPCs must not wait for delayed ACKs.
-fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 #[cfg(test)]

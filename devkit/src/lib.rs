@@ -7,10 +7,12 @@
 //! - [`accounts`]: an embedded, durable account-balance store (the demo's banks).
 //! - [`noop`]: a resource that does nothing but prepare durably (benchmarks).
 //! - [`latency`]: latency samples and their percentiles (an HDR histogram).
+//! - [`certs`]: throwaway certificate authorities and the certificates they issue.
 //!
 //! The `ratify-dev` binary runs the demo, a dev cluster and the benchmark on these.
 
 pub mod accounts;
+pub mod certs;
 pub mod latency;
 pub mod local;
 pub mod netfault;

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use ratify_proto::pb;
 
+use crate::certs::Ca;
 use crate::netfault::FaultProxy;
+use ratify_common::tls::{Role, Tls, TlsFiles, Transport};
 use ratify_coordinator::types::{NodeId, NodeInfo};
 
 /// Errors managing a local cluster.
@@ -31,6 +33,52 @@ pub enum LocalError {
     /// The cluster was not started with fault proxies.
     #[error("this cluster has no fault proxies (use start_partitionable)")]
     NotPartitionable,
+    /// A certificate could not be made, or TLS set up with it.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A TLS cluster's certificate authority and the certificate its callers use.
+struct LocalTls {
+    /// The throwaway CA (in `dir/tls`), which issued each node's certificate.
+    ca: Ca,
+    /// A caller holding every role but `peer`: operator, client and participant.
+    admin: Transport,
+}
+
+impl std::fmt::Debug for LocalTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTls").field("ca", &self.ca).finish()
+    }
+}
+
+/// The name of the certificate [`LocalCluster::transport`] presents.
+pub const ADMIN_NAME: &str = "dev-admin";
+
+impl LocalTls {
+    fn new(dir: &Path) -> Result<Self, LocalError> {
+        let tls = |e: &dyn std::fmt::Display| LocalError::Tls(e.to_string());
+        let ca = Ca::new(&dir.join("tls"), "ratify local cluster CA").map_err(|e| tls(&e))?;
+        let files = ca
+            .issue(
+                ADMIN_NAME,
+                &[
+                    (Role::Operator, ADMIN_NAME),
+                    (Role::Client, ADMIN_NAME),
+                    (Role::Participant, ADMIN_NAME),
+                ],
+            )
+            .map_err(|e| tls(&e))?;
+        let admin = Transport::Tls(Tls::load(files).map_err(|e| tls(&e))?);
+        Ok(Self { ca, admin })
+    }
+
+    /// Node `id`'s certificate (made on first use).
+    fn node_files(&self, id: NodeId) -> Result<TlsFiles, LocalError> {
+        self.ca
+            .issue(&format!("node{id}"), &[(Role::Peer, &id.to_string())])
+            .map_err(|e| LocalError::Tls(e.to_string()))
+    }
 }
 
 /// One node process.
@@ -67,6 +115,9 @@ pub struct LocalCluster {
     extra_args: Vec<String>,
     /// Fault proxies in front of each node's Raft port (partitionable clusters only).
     proxies: BTreeMap<NodeId, FaultProxy>,
+    /// Mutual TLS (nodes run with certificates of a throwaway CA), or none (nodes run
+    /// `--insecure`: every port is on loopback).
+    tls: Option<LocalTls>,
 }
 
 /// Lowest port [`free_port`] picks from.
@@ -127,7 +178,36 @@ impl LocalCluster {
         n: u64,
         extra_args: Vec<String>,
     ) -> Result<Self, LocalError> {
-        Self::launch(binary, dir, n, extra_args, BTreeMap::new())
+        Self::launch(binary, dir, n, extra_args, BTreeMap::new(), None)
+    }
+
+    /// Like [`Self::start`] with mutual TLS on every port: a throwaway CA in
+    /// `dir/tls` issues each node `ratify://peer/<id>`; [`Self::transport`] presents
+    /// an operator, client and participant certificate, and [`Self::ca`] issues more.
+    ///
+    /// # Errors
+    /// As [`Self::start`], and [`LocalError::Tls`].
+    pub fn start_tls(
+        binary: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: Vec<String>,
+    ) -> Result<Self, LocalError> {
+        let tls = LocalTls::new(dir)?;
+        Self::launch(binary, dir, n, extra_args, BTreeMap::new(), Some(tls))
+    }
+
+    /// How to reach this cluster's nodes: plaintext, or TLS with a certificate
+    /// holding the operator, client and participant roles ([`ADMIN_NAME`]).
+    pub fn transport(&self) -> Transport {
+        self.tls
+            .as_ref()
+            .map_or(Transport::Plain, |t| t.admin.clone())
+    }
+
+    /// The CA of a TLS cluster.
+    pub fn ca(&self) -> Option<&Ca> {
+        self.tls.as_ref().map(|t| &t.ca)
     }
 
     /// Like [`Self::start`], with a [`FaultProxy`] in front of every node's Raft port
@@ -151,7 +231,7 @@ impl LocalCluster {
                 .map_err(|e| LocalError::Io("start fault proxy".into(), e))?;
             proxies.insert(id, proxy);
         }
-        Self::launch(binary, dir, n, extra_args, proxies)
+        Self::launch(binary, dir, n, extra_args, proxies, None)
     }
 
     fn launch(
@@ -160,6 +240,7 @@ impl LocalCluster {
         n: u64,
         extra_args: Vec<String>,
         proxies: BTreeMap<NodeId, FaultProxy>,
+        tls: Option<LocalTls>,
     ) -> Result<Self, LocalError> {
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
@@ -198,6 +279,7 @@ impl LocalCluster {
             nodes,
             extra_args,
             proxies,
+            tls,
         };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
         for id in ids {
@@ -376,6 +458,20 @@ impl LocalCluster {
         if let Some(ip) = node.source_ip {
             cmd.arg("--raft-source-ip").arg(ip.to_string());
         }
+        match &self.tls {
+            Some(tls) => {
+                let files = tls.node_files(id)?;
+                cmd.arg("--tls-ca")
+                    .arg(&files.ca)
+                    .arg("--tls-cert")
+                    .arg(&files.cert)
+                    .arg("--tls-key")
+                    .arg(&files.key);
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
         cmd.args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -500,7 +596,7 @@ impl LocalCluster {
         let addr = self
             .api_addr(id)
             .map_err(|e| tonic::Status::not_found(e.to_string()))?;
-        node_status(&addr).await
+        node_status(&addr, &self.transport()).await
     }
 
     /// Waits until a running node reports itself leader with the cluster named, and

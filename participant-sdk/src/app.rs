@@ -104,6 +104,7 @@ pub enum AppError {
 pub struct AppBuilder {
     coordinators: Vec<String>,
     client_config: ClientConfig,
+    transport: ratify_common::tls::Transport,
     client: Option<CoordinatorClient>,
     listen: String,
     advertise: Option<String>,
@@ -143,6 +144,18 @@ impl AppBuilder {
     /// Settings of the coordinator client made from [`AppBuilder::coordinators`].
     pub fn client_config(mut self, config: ClientConfig) -> Self {
         self.client_config = config;
+        self
+    }
+
+    /// Mutual TLS for both sides of the app (docs/design.md, "Security"): the
+    /// coordinator client presents `tls`'s certificate (which should name
+    /// `ratify://client/<name>` and, for [`CoordinatorClient::query_outcome`] from
+    /// recovery, `ratify://participant/<name>`), and the participant server accepts
+    /// only the coordinator nodes' certificates. Without it, both are plaintext.
+    pub fn tls(mut self, tls: Arc<ratify_common::tls::Tls>) -> Self {
+        let transport = ratify_common::tls::Transport::Tls(tls);
+        self.client_config.transport = transport.clone();
+        self.transport = transport;
         self
     }
 
@@ -217,16 +230,20 @@ impl AppBuilder {
     /// [`AppError::NoCoordinator`], [`AppError::NoResource`], [`AppError::Server`]
     /// (bad or repeated resource name, address not bindable), [`AppError::Client`]
     /// (bad coordinator endpoint).
-    pub async fn start(self) -> Result<App, AppError> {
+    pub async fn start(mut self) -> Result<App, AppError> {
         if self.resources.is_empty() {
             return Err(AppError::NoResource);
+        }
+        // `tls` wins over a later `client_config` that left the transport plain.
+        if self.transport.is_tls() && !self.client_config.transport.is_tls() {
+            self.client_config.transport = self.transport.clone();
         }
         let client = match self.client {
             Some(c) => c,
             None if self.coordinators.is_empty() => return Err(AppError::NoCoordinator),
             None => CoordinatorClient::new(self.coordinators, self.client_config)?,
         };
-        let mut server = ParticipantServer::new();
+        let mut server = ParticipantServer::new().with_transport(self.transport.clone());
         let mut names = Vec::new();
         for (name, resource) in &self.resources {
             server = server.with_resource(name, Arc::clone(resource))?;
@@ -237,6 +254,11 @@ impl AppBuilder {
             .map_err(ServerError::Bind)?;
         let bound = listener.local_addr().map_err(ServerError::Bind)?;
         let endpoint = self.advertise.unwrap_or_else(|| bound.to_string());
+        // Under TLS the coordinator calls registered participants only: the app
+        // registers its endpoint under its certificate's participant name.
+        if self.transport.is_tls() {
+            client.register_participant("", &endpoint).await?;
+        }
         let (stop, rx) = watch::channel(false);
         let server = tokio::spawn(server.serve(listener, stopped(rx.clone())));
         let hosted = self.resources.clone();
@@ -327,6 +349,7 @@ impl App {
         AppBuilder {
             coordinators: Vec::new(),
             client_config: ClientConfig::default(),
+            transport: ratify_common::tls::Transport::Plain,
             client: None,
             listen: "127.0.0.1:0".into(),
             advertise: None,

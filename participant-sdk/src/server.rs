@@ -5,6 +5,7 @@
 //! only say that a call could not be answered, and `status_of` is the one place
 //! that decides which code.
 
+use ratify_common::tls::{Caller, Role, Transport};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -84,6 +85,9 @@ fn status_of(e: CallError) -> Status {
 pub struct ParticipantServer {
     /// Resources by name, as the coordinator addresses them in requests.
     resources: HashMap<String, Arc<dyn Resource>>,
+    /// Plaintext (anyone may call) or mutual TLS (only the coordinator cluster's
+    /// nodes, `ratify://peer/<id>`, may call; docs/design.md, "Security").
+    transport: Transport,
 }
 
 impl std::fmt::Debug for ParticipantServer {
@@ -122,7 +126,18 @@ impl ParticipantServer {
         Ok(self)
     }
 
-    /// The tonic service, to embed in a server that hosts other services too.
+    /// Serves over `transport`: with TLS, only a coordinator node's certificate
+    /// (`ratify://peer/<id>` of the CA) may call Prepare, Commit, Rollback and
+    /// Recover; others are refused with PERMISSION_DENIED and no resource is touched.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// The tonic service, to embed in a server that hosts other services too. With
+    /// a TLS transport, that server must take its connections from
+    /// [`Transport::incoming`] (which tells the service who calls); any other
+    /// connection is refused.
     pub fn into_service(self) -> pb::participant_server::ParticipantServer<Self> {
         pb::participant_server::ParticipantServer::new(self)
     }
@@ -138,15 +153,25 @@ impl ParticipantServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let addr = listener.local_addr().ok();
-        tracing::info!(?addr, resources = ?self, "participant server listening");
-        tonic::transport::Server::builder()
+        tracing::info!(?addr, resources = ?self, tls = self.transport.is_tls(), "participant server listening");
+        let transport = self.transport.clone();
+        let (stop_watch, watching) = tokio::sync::watch::channel(false);
+        transport.watch(watching);
+        // Nagle off (in both transports): small RPCs must not wait for delayed ACKs.
+        let result = tonic::transport::Server::builder()
             .add_service(self.into_service())
-            .serve_with_incoming_shutdown(
-                // Nagle off: small RPCs must not wait for delayed ACKs.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown,
-            )
-            .await?;
+            .serve_with_incoming_shutdown(transport.incoming(listener), shutdown)
+            .await;
+        let _ = stop_watch.send(true);
+        result?;
+        Ok(())
+    }
+
+    /// Refuses a caller other than a coordinator node, under TLS.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.transport.is_tls() {
+            Caller::require(request, Role::Peer)?;
+        }
         Ok(())
     }
 
@@ -218,6 +243,7 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        self.authorize(&request)?;
         let (metadata, _, req) = request.into_parts();
         let vote = self
             .run(
@@ -246,6 +272,7 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::BranchCommitRequest>,
     ) -> Result<Response<pb::BranchCommitResponse>, Status> {
+        self.authorize(&request)?;
         let (metadata, _, req) = request.into_parts();
         let one_phase = req.one_phase;
         let xid = req.xid.clone();
@@ -297,6 +324,7 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::BranchRollbackRequest>,
     ) -> Result<Response<pb::BranchRollbackResponse>, Status> {
+        self.authorize(&request)?;
         let (metadata, _, req) = request.into_parts();
         crate::failpoint::hit("participant.before_rollback").await;
         let result = self
@@ -322,6 +350,7 @@ impl pb::participant_server::Participant for ParticipantServer {
         &self,
         request: Request<pb::RecoverRequest>,
     ) -> Result<Response<pb::RecoverResponse>, Status> {
+        self.authorize(&request)?;
         let req = request.into_inner();
         let span = tracing::info_span!("participant", op = "recover", resource = %req.resource);
         let r = self.resource(&req.resource).map_err(status_of)?;

@@ -100,6 +100,14 @@ pub fn example_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// How a [`TestCluster`]'s nodes run.
+#[derive(Clone, Copy)]
+enum Mode {
+    Plain,
+    Partitionable,
+    Tls,
+}
+
 /// A 3-node cluster of real processes, with a client and a temp folder.
 pub struct TestCluster {
     /// The processes.
@@ -116,7 +124,17 @@ impl TestCluster {
     /// # Errors
     /// When the binary is missing or no leader is elected in 20 s.
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
-        Self::launch(extra, false).await
+        Self::launch(extra, Mode::Plain).await
+    }
+
+    /// Like [`Self::start`] with mutual TLS on every port (a throwaway CA; the
+    /// client presents the operator/client/participant certificate of
+    /// `LocalCluster::transport`, and `nodes.ca()` issues more).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_tls(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(extra, Mode::Tls).await
     }
 
     /// Like [`Self::start`], with fault proxies on the Raft ports so a node can be
@@ -125,10 +143,10 @@ impl TestCluster {
     /// # Errors
     /// As [`Self::start`].
     pub async fn start_partitionable(extra: &[&str]) -> anyhow::Result<Self> {
-        Self::launch(extra, true).await
+        Self::launch(extra, Mode::Partitionable).await
     }
 
-    async fn launch(extra: &[&str], partitionable: bool) -> anyhow::Result<Self> {
+    async fn launch(extra: &[&str], mode: Mode) -> anyhow::Result<Self> {
         init_logging();
         let mut dir = tempfile::Builder::new().prefix("ratify-test-").tempdir()?;
         if std::env::var_os("RATIFY_KEEP_TEST_DIRS").is_some() {
@@ -138,10 +156,12 @@ impl TestCluster {
         }
         let (binary, data) = (ratify_binary()?, dir.path().join("cluster"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let nodes = if partitionable {
-            LocalCluster::start_partitionable(&binary, &data, 3, extra).await?
-        } else {
-            LocalCluster::start(&binary, &data, 3, extra)?
+        let nodes = match mode {
+            Mode::Partitionable => {
+                LocalCluster::start_partitionable(&binary, &data, 3, extra).await?
+            }
+            Mode::Plain => LocalCluster::start(&binary, &data, 3, extra)?,
+            Mode::Tls => LocalCluster::start_tls(&binary, &data, 3, extra)?,
         };
         if let Err(e) = nodes.wait_for_leader(Duration::from_secs(20)).await {
             // Rare, and only visible in CI: say what each node was doing.
@@ -155,7 +175,11 @@ impl TestCluster {
             }
             anyhow::bail!("{e}{logs}");
         }
-        let client = CoordinatorClient::new(nodes.api_endpoints(), ClientConfig::default())?;
+        let config = ClientConfig {
+            transport: nodes.transport(),
+            ..ClientConfig::default()
+        };
+        let client = CoordinatorClient::new(nodes.api_endpoints(), config)?;
         Ok(Self { nodes, client, dir })
     }
 

@@ -15,7 +15,7 @@ use ratify_tests::ratify_binary;
 /// variables (the test gives each its own).
 fn node_cmd() -> anyhow::Result<Command> {
     let mut cmd = Command::new(ratify_binary()?);
-    cmd.arg("node").stdin(Stdio::null());
+    cmd.arg("node").arg("--insecure").stdin(Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("RATIFY_") || k == "RUST_LOG" {
             cmd.env_remove(k);
@@ -224,7 +224,7 @@ async fn three_nodes_configured_by_environment_with_host_names_elect_a_leader() 
     let start = Instant::now();
     let leader = 'found: loop {
         for &(id, _, a) in &ports {
-            if let Ok(s) = node_status(&format!("localhost:{a}")).await {
+            if let Ok(s) = node_status(&format!("localhost:{a}"), &Default::default()).await {
                 if s.role == "Leader" && s.leader_id == id && s.cluster_id != "0000000000000000" {
                     break 'found id;
                 }
@@ -244,7 +244,7 @@ async fn three_nodes_configured_by_environment_with_host_names_elect_a_leader() 
     };
     // Every node knows the leader, and the followers name it by its host name.
     for &(id, _, a) in &ports {
-        let s = node_status(&format!("localhost:{a}")).await?;
+        let s = node_status(&format!("localhost:{a}"), &Default::default()).await?;
         assert_eq!(s.leader_id, leader, "node {id}");
     }
     let (_, _, leader_api) = ports

@@ -101,7 +101,7 @@ async fn health_follows_the_leader_and_reflection_lists_the_public_services() ->
     // `ratify probe` (the image's own health check) says the same.
     let probe = |addr: &str, service: &str, alive: bool| -> anyhow::Result<bool> {
         let mut cmd = std::process::Command::new(ratify_tests::ratify_binary()?);
-        cmd.args(["probe", "--addr", addr, "--service", service]);
+        cmd.args(["probe", "--insecure", "--addr", addr, "--service", service]);
         if alive {
             cmd.arg("--alive");
         }

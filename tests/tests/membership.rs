@@ -32,7 +32,7 @@ fn admin(c: &TestCluster) -> anyhow::Result<CoordinatorClient> {
 async fn wait_answers(api_addr: &str) -> anyhow::Result<pb::ClusterStatusResponse> {
     let start = Instant::now();
     loop {
-        match node_status(api_addr).await {
+        match node_status(api_addr, &Default::default()).await {
             Ok(s) => return Ok(s),
             Err(e) if start.elapsed() > Duration::from_secs(20) => {
                 anyhow::bail!("the node at {api_addr} never answered: {e}")

@@ -301,6 +301,7 @@ async fn a_node_refuses_another_nodes_data_dir() -> anyhow::Result<()> {
     let out = std::process::Command::new(ratify_tests::ratify_binary()?)
         .args([
             "node",
+            "--insecure",
             "--id",
             "2",
             "--raft-addr",

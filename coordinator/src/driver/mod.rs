@@ -89,6 +89,9 @@ pub struct DriverConfig {
     pub abandon_rollback_after: Duration,
     /// Participant channels unused this long are closed.
     pub channel_idle: Duration,
+    /// How participants are dialled: mutual TLS with the node's certificate, or
+    /// plaintext under `--insecure` (docs/design.md, "Security").
+    pub transport: ratify_common::tls::Transport,
 }
 
 impl Default for DriverConfig {
@@ -107,6 +110,7 @@ impl Default for DriverConfig {
             max_live: 100_000,
             abandon_rollback_after: Duration::from_secs(300),
             channel_idle: Duration::from_secs(60),
+            transport: ratify_common::tls::Transport::Plain,
         }
     }
 }
@@ -339,8 +343,8 @@ impl Driver {
                 counters,
                 sm,
                 cluster: std::sync::atomic::AtomicU64::new(0),
+                pool: ParticipantPool::new(config.transport.clone()),
                 config,
-                pool: ParticipantPool::default(),
                 runs: Mutex::new(Runs::default()),
                 phase2: Mutex::new(HashSet::new()),
                 completions,
@@ -367,6 +371,11 @@ impl Driver {
     /// The applied state.
     pub fn sm(&self) -> &SharedSm {
         &self.inner.sm
+    }
+
+    /// How this node dials participants and other nodes.
+    pub fn transport(&self) -> &ratify_common::tls::Transport {
+        &self.inner.config.transport
     }
 
     /// What this node did since it started.
@@ -511,6 +520,20 @@ impl Driver {
                 Ok(d)
             }
             CommandResult::HandedOver => Err(DriveError::HandedOver),
+            CommandResult::Refused(r) => Err(refusal(r)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Logs a change of the participant registry (`Register` or `Unregister`);
+    /// whether it changed anything.
+    ///
+    /// # Errors
+    /// `NotLeader`, `Unavailable`, `Precondition` (the registry refused it).
+    pub async fn change_registry(&self, cmd: Command) -> Result<bool, DriveError> {
+        self.ensure_leader().await?;
+        match self.propose_group(vec![cmd]).await? {
+            CommandResult::Registry { changed } => Ok(changed),
             CommandResult::Refused(r) => Err(refusal(r)),
             other => Err(unexpected(other)),
         }
@@ -1532,6 +1555,20 @@ impl Driver {
         v
     }
 
+    /// The value of label `key` of the undecided-or-live transaction `txn`, held in
+    /// memory or in the table; `None` when it has no such label or is not live.
+    pub fn live_label(&self, txn: u64, key: &str) -> Option<String> {
+        if let Some(v) = lock(&self.inner.runs)
+            .active
+            .get(&txn)
+            .map(|h| h.seed.labels.get(key).cloned())
+        {
+            return v;
+        }
+        let sm = self.inner.sm.read();
+        sm.table.live.get(&txn)?.labels.get(key).cloned()
+    }
+
     /// The transaction `txn`, if this leader holds it in memory only.
     pub fn held(&self, txn: u64) -> Option<Seed> {
         lock(&self.inner.runs)
@@ -1642,7 +1679,8 @@ fn refusal(r: Refusal) -> DriveError {
         | Refusal::BranchSetChanged { .. }
         | Refusal::HandedOver
         | Refusal::Committing
-        | Refusal::NoHeuristic(_) => DriveError::Precondition(r.to_string()),
+        | Refusal::NoHeuristic(_)
+        | Refusal::Registration(_) => DriveError::Precondition(r.to_string()),
     }
 }
 

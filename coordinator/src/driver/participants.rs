@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ratify_common::tls::Transport;
 use ratify_common::wire;
 use ratify_proto::pb;
 use ratify_proto::pb::participant_client::ParticipantClient;
@@ -94,9 +95,19 @@ struct Cached {
 pub struct ParticipantPool {
     /// Channel per endpoint string.
     clients: Mutex<HashMap<String, Cached>>,
+    /// Plaintext or mutual TLS.
+    transport: Transport,
 }
 
 impl ParticipantPool {
+    /// A pool dialling over `transport`.
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            clients: Mutex::default(),
+            transport,
+        }
+    }
+
     /// Closes channels unused for `idle` or longer.
     pub fn close_idle(&self, idle: Duration) {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,8 +145,8 @@ impl ParticipantPool {
             .tcp_nodelay(true);
         // A participant's answer is a vote and a short detail: anything larger is
         // refused by the decoder rather than buffered.
-        let client =
-            ParticipantClient::new(ep.connect_lazy()).max_decoding_message_size(MAX_ANSWER_BYTES);
+        let client = ParticipantClient::new(self.transport.channel(ep))
+            .max_decoding_message_size(MAX_ANSWER_BYTES);
         clients.insert(
             endpoint.to_string(),
             Cached {

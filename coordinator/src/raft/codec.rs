@@ -13,9 +13,19 @@ use serde::Serialize;
 /// abandoned aborts (3 was only ever on a development branch: its variants were
 /// numbered differently). 5: no Begin or Enlist entries; number reservations, `Open`
 /// records and the forgotten mark (docs/design.md, rule 16). 6: operator audit trails
-/// on decisions, settled heuristic outcomes (rule 17). Any change to a persisted type's
-/// layout bumps it.
-const VERSION: u8 = 6;
+/// on decisions, settled heuristic outcomes (rule 17). 7: the participant registry
+/// (`Register`, `Unregister`, and the table's last field). Any change to a persisted
+/// type's layout bumps it.
+const VERSION: u8 = 7;
+
+/// The version before: every layout of version 7 but the table's, which ends with
+/// the participant registry that version 6 lacks. So a version-6 value decodes as
+/// version 7, and a version-6 table (a snapshot, whose table is its last field)
+/// decodes as version 7 with an empty registry appended (docs/design.md, "Upgrades").
+const PREVIOUS: u8 = 6;
+
+/// An empty map in bincode's fixed-width layout: its length, a u64 of 0.
+const EMPTY_MAP: [u8; 8] = [0; 8];
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +56,25 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// # Errors
 /// [`CodecError`] on empty input, an unknown version, or malformed bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    match bytes.split_first() {
-        None => Err(CodecError::Empty),
-        // Same layout as `bincode::serialize` (fixed-width integers), but bytes left
-        // over are an error: a value of another layout must not decode as a prefix.
-        Some((&VERSION, rest)) => Ok(bincode::DefaultOptions::new()
+    // Same layout as `bincode::serialize` (fixed-width integers), but bytes left
+    // over are an error: a value of another layout must not decode as a prefix.
+    let strict = |b: &[u8]| -> Result<T, CodecError> {
+        Ok(bincode::DefaultOptions::new()
             .with_fixint_encoding()
             .reject_trailing_bytes()
-            .deserialize(rest)?),
+            .deserialize(b)?)
+    };
+    match bytes.split_first() {
+        None => Err(CodecError::Empty),
+        Some((&VERSION, rest)) => strict(rest),
+        // A version-6 value is a version-7 one, unless it ends with a table: then
+        // it is short of the registry, which was empty (see PREVIOUS). A value that
+        // decodes as is never gets the map appended.
+        Some((&PREVIOUS, rest)) => strict(rest).or_else(|first| {
+            let mut with_registry = rest.to_vec();
+            with_registry.extend_from_slice(&EMPTY_MAP);
+            strict(&with_registry).map_err(|_| first)
+        }),
         Some((&v, _)) => Err(CodecError::Version(v)),
     }
 }
@@ -75,6 +96,34 @@ mod tests {
             Err(CodecError::Version(9))
         ));
         assert!(decode::<(u64, String)>(&[VERSION, 1]).is_err());
+    }
+
+    /// A version-6 snapshot (the table without the registry) is read by version 7
+    /// with an empty registry, and version-6 commands as they were.
+    #[test]
+    fn version_6_data_is_read() {
+        use crate::raft::SmData;
+        use crate::txn::{Command, Proposal};
+        let mut data = SmData::default();
+        data.table.cluster_id = 42;
+        data.table.next_txn = 9;
+        let v7 = encode(&data).expect("encode");
+        // The registry is the last 8 bytes (an empty map); version 6 had none.
+        assert_eq!(&v7[v7.len() - 8..], &EMPTY_MAP);
+        let mut v6 = v7[..v7.len() - 8].to_vec();
+        v6[0] = PREVIOUS;
+        let read: SmData = decode(&v6).expect("a version-6 snapshot");
+        assert_eq!(read.table, data.table);
+        assert_eq!(read.last_applied, data.last_applied);
+        let p = Proposal {
+            commands: vec![Command::Reserve { upto: 7 }],
+        };
+        let mut old = encode(&p).expect("encode");
+        old[0] = PREVIOUS;
+        assert_eq!(decode::<Proposal>(&old).expect("version-6 commands"), p);
+        // Another version is still refused.
+        v6[0] = 5;
+        assert!(matches!(decode::<SmData>(&v6), Err(CodecError::Version(5))));
     }
 
     /// A value whose bytes are longer than its layout (another version's command
@@ -130,12 +179,19 @@ mod tests {
                         at_ms: 9,
                     },
                 },
+                Command::Register {
+                    name: "p".into(),
+                    endpoint: "h:1".into(),
+                    by: "o".into(),
+                    at_ms: 9,
+                },
+                Command::Unregister { name: "p".into() },
             ],
         };
         let bytes = encode(&p).expect("encode");
         let expected: Vec<u8> = [
             &[VERSION][..],
-            &5u64.to_le_bytes(),
+            &7u64.to_le_bytes(),
             &1u32.to_le_bytes(),
             &7u64.to_le_bytes(),
             &9u32.to_le_bytes(),
@@ -171,6 +227,19 @@ mod tests {
             &1u64.to_le_bytes(),
             b"r",
             &9u64.to_le_bytes(),
+            // Register
+            &12u32.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            b"p",
+            &3u64.to_le_bytes(),
+            b"h:1",
+            &1u64.to_le_bytes(),
+            b"o",
+            &9u64.to_le_bytes(),
+            // Unregister
+            &13u32.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            b"p",
         ]
         .concat();
         assert_eq!(bytes, expected);

@@ -21,6 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use ratify_common::tls::Transport;
 use ratify_proto::raft_pb::raft_client::RaftClient;
 use ratify_proto::raft_pb::RaftPayload;
 use serde::de::DeserializeOwned;
@@ -40,6 +41,9 @@ pub struct Network {
     /// Source address for connections to peers (`None`: the OS picks). Lets a test
     /// proxy tell nodes apart on loopback, to cut one node off (see `netfault`).
     pub source_ip: Option<IpAddr>,
+    /// Plaintext or mutual TLS (the node's own certificate is presented; the peer's
+    /// must be of the cluster's CA and name its host).
+    pub transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -50,6 +54,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft_addr.clone(),
             source_ip: self.source_ip,
+            transport: self.transport.clone(),
             client: None,
         }
     }
@@ -64,6 +69,8 @@ pub struct PeerConnection {
     addr: String,
     /// Source address of the connection, if fixed.
     source_ip: Option<IpAddr>,
+    /// Plaintext or mutual TLS.
+    transport: Transport,
     /// Created on first use so that a dead peer costs nothing until contacted.
     client: Option<RaftClient<Channel>>,
 }
@@ -84,9 +91,8 @@ impl PeerConnection {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .local_address(self.source_ip);
-        let client = RaftClient::new(endpoint.connect_lazy())
+            .tcp_nodelay(true);
+        let client = RaftClient::new(self.transport.channel_from(endpoint, self.source_ip))
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
         self.client = Some(client.clone());

@@ -1,6 +1,7 @@
 //! The public `Coordinator` and `Admin` gRPC services: input validation, then the
 //! driver. Bad input is refused here, before anything reaches the log.
 
+use ratify_common::tls::{Caller, Role};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -194,6 +195,31 @@ fn validate_branch_list(
     Ok(Some(specs))
 }
 
+/// The label that records who began a transaction (the `ratify://client/<name>` of
+/// its certificate), set by the coordinator under TLS; clients may not set labels
+/// under [`RESERVED_LABEL_PREFIX`] (docs/design.md, "Security").
+pub const OWNER_LABEL: &str = "ratify.owner";
+
+/// Label keys the coordinator keeps for itself.
+pub const RESERVED_LABEL_PREFIX: &str = "ratify.";
+
+/// The client name a request is made under: `None` for plaintext (`--insecure`:
+/// anyone may do anything), the certificate's `ratify://client/<name>` otherwise.
+fn client_of<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    match Caller::of(req) {
+        Some(Caller::Anyone) => Ok(None),
+        _ => Caller::require(req, Role::Client).map(Some),
+    }
+}
+
+/// Refuses a caller that is not `role` (PERMISSION_DENIED; plaintext passes).
+fn require<T>(req: &Request<T>, role: Role) -> Result<(), Status> {
+    match Caller::of(req) {
+        Some(Caller::Anyone) => Ok(()),
+        _ => Caller::require(req, role).map(drop),
+    }
+}
+
 fn validate_labels(
     labels: std::collections::HashMap<String, String>,
 ) -> Result<BTreeMap<String, String>, Status> {
@@ -201,6 +227,13 @@ fn validate_labels(
         return Err(invalid(format!("at most {MAX_LABELS} labels")));
     }
     for (k, v) in &labels {
+        if k.starts_with(RESERVED_LABEL_PREFIX) {
+            return Err(invalid(format!(
+                "label key {} is reserved (keys starting with {RESERVED_LABEL_PREFIX:?} are \
+                 the coordinator's)",
+                wire::preview(k)
+            )));
+        }
         if k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES {
             return Err(invalid(format!(
                 "label keys must be 1 to {MAX_LABEL_BYTES} bytes and values at most {MAX_LABEL_BYTES}"
@@ -270,6 +303,94 @@ impl CoordinatorService {
         Ok(txn)
     }
 
+    /// Refuses `client` acting on `gtrid` when another client began it
+    /// (PERMISSION_DENIED). A transaction with no owner (begun without TLS, or
+    /// re-created on a new leader from a Commit's branch list) and one no longer live
+    /// (its outcome is only read) pass.
+    fn check_owner(&self, gtrid: Gtrid, client: Option<&str>) -> Result<(), Status> {
+        let Some(client) = client else { return Ok(()) };
+        match self.driver.live_label(gtrid.index, OWNER_LABEL) {
+            Some(owner) if owner != client => Err(Status::permission_denied(format!(
+                "transaction {gtrid} belongs to ratify://client/{owner}, not to \
+                 ratify://client/{client}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Under TLS, refuses branches naming an endpoint no participant is registered at
+    /// (FAILED_PRECONDITION): the coordinator dials registered participants only.
+    fn check_registered<'a>(
+        &self,
+        specs: impl IntoIterator<Item = &'a BranchSpec>,
+    ) -> Result<(), Status> {
+        if !self.driver.transport().is_tls() {
+            return Ok(());
+        }
+        let sm = self.driver.sm().read();
+        for s in specs {
+            if sm.table.participant_at(&s.endpoint).is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "no participant is registered at {}: a branch must name a registered \
+                     participant's endpoint exactly (ratify participant register, or the \
+                     participant registers itself); nothing was changed",
+                    wire::preview(&s.endpoint)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this leader knows `gtrid` (live, held, finished or forgotten): a branch
+    /// list sent with its Commit is then not what the driver goes by.
+    fn knows(&self, gtrid: Gtrid) -> bool {
+        self.driver.held(gtrid.index).is_some()
+            || !matches!(
+                self.driver.sm().read().table.lookup(gtrid.index),
+                Lookup::Absent | Lookup::Unknown
+            )
+    }
+
+    /// Under TLS, a branch list that would make this leader drive an unknown
+    /// transaction must name registered participants only.
+    fn check_list(&self, gtrid: Gtrid, list: &Option<Vec<BranchSpec>>) -> Result<(), Status> {
+        match list {
+            Some(specs) if !self.knows(gtrid) => self.check_registered(specs),
+            _ => Ok(()),
+        }
+    }
+
+    /// A participant asks only about its own branches: the branch's endpoint must be
+    /// registered under its name (where this leader still knows the branch).
+    fn check_branch_owner(&self, gtrid: Gtrid, bqual: u32, name: &str) -> Result<(), Status> {
+        let endpoint = match self.driver.held(gtrid.index) {
+            Some(seed) => seed
+                .branches
+                .get((bqual as usize).wrapping_sub(1))
+                .map(|b| b.endpoint.clone()),
+            None => match self.driver.sm().read().table.lookup(gtrid.index) {
+                Lookup::Live(rec) => rec
+                    .branches
+                    .iter()
+                    .find(|b| b.bqual == bqual)
+                    .map(|b| b.spec.endpoint.clone()),
+                _ => None,
+            },
+        };
+        let Some(endpoint) = endpoint else {
+            return Ok(());
+        };
+        let sm = self.driver.sm().read();
+        match sm.table.participant_at(&endpoint) {
+            Some(owner) if owner == name => Ok(()),
+            owner => Err(Status::permission_denied(format!(
+                "branch {gtrid}.{bqual} is at {} ({}), not participant {name}'s",
+                wire::preview(&endpoint),
+                owner.map_or("not registered".to_string(), |o| format!("participant {o}"))
+            ))),
+        }
+    }
+
     /// Every call is served by a caught-up leader, so that clients see one history.
     /// It is checked before the request's gtrid is looked at: a node that is not
     /// ready may not know the cluster id yet, and must redirect rather than answer
@@ -291,6 +412,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
+        let client = client_of(&req)?;
         let caller = ratify_proto::trace::extract(req.metadata());
         let span = client_span("begin", None, caller.as_ref());
         let req = req.into_inner();
@@ -308,12 +430,16 @@ impl Coordinator for CoordinatorService {
                 "at most {MAX_BRANCHES} branches per transaction"
             )));
         }
-        let labels = validate_labels(req.labels)?;
+        let mut labels = validate_labels(req.labels)?;
+        if let Some(owner) = client {
+            labels.insert(OWNER_LABEL.to_string(), owner);
+        }
         let branches = req
             .branches
             .into_iter()
             .map(|b| validate_branch(b, EndpointRule::New))
             .collect::<Result<Vec<_>, _>>()?;
+        self.check_registered(&branches)?;
         let begun = self
             .driver
             .begin(timeout, labels, branches)
@@ -337,12 +463,15 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::EnlistRequest>,
     ) -> Result<Response<pb::EnlistResponse>, Status> {
+        let client = client_of(&req)?;
         let req = req.into_inner();
         let spec = validate_branch(
             req.branch.ok_or_else(|| invalid("branch is required"))?,
             EndpointRule::New,
         )?;
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
+        self.check_owner(gtrid, client.as_deref())?;
+        self.check_registered([&spec])?;
         let b = self.driver.enlist(gtrid, spec).await.map_err(to_status)?;
         Ok(Response::new(pb::EnlistResponse {
             branch: Some(convert::branch(gtrid, &b, None)),
@@ -353,9 +482,12 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let client = client_of(&req)?;
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
+        self.check_owner(gtrid, client.as_deref())?;
         let branches = validate_branch_list(gtrid, req.branches)?;
+        self.check_list(gtrid, &branches)?;
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way. That task's span, and its participant calls', are
         // children of this one, and so of the client's trace.
@@ -379,9 +511,12 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
+        let client = client_of(&req)?;
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
+        self.check_owner(gtrid, client.as_deref())?;
         let branches = validate_branch_list(gtrid, req.branches)?;
+        self.check_list(gtrid, &branches)?;
         let (outcome, reason, detail) = answer_fields(
             traced(
                 "rollback",
@@ -402,7 +537,13 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        // An operator reads any transaction, a client its own.
+        let client = match require(&req, Role::Operator) {
+            Ok(()) => None,
+            Err(_) => client_of(&req)?,
+        };
         let gtrid = self.leader_gtrid(&req.into_inner().gtrid).await?;
+        self.check_owner(gtrid, client.as_deref())?;
         let txn = self.transaction_pb(gtrid)?;
         Ok(Response::new(pb::GetTransactionResponse {
             transaction: Some(txn),
@@ -413,6 +554,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        require(&req, Role::Operator)?;
         self.leader_only().await?;
         let req = req.into_inner();
         let want = pb::TxnState::try_from(req.state)
@@ -481,6 +623,11 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<pb::QueryOutcomeRequest>,
     ) -> Result<Response<pb::QueryOutcomeResponse>, Status> {
+        require(&req, Role::Participant)?;
+        let participant = match Caller::of(&req) {
+            Some(Caller::Certified(_)) => Caller::require(&req, Role::Participant).ok(),
+            _ => None,
+        };
         let xid = req
             .into_inner()
             .xid
@@ -498,6 +645,9 @@ impl Coordinator for CoordinatorService {
             return Err(invalid("xid bqual must be 1 to 8 decimal digits"));
         }
         let gtrid = self.leader_gtrid(&xid.gtrid).await?;
+        if let (Some(name), Ok(bqual)) = (&participant, xid.bqual.parse::<u32>()) {
+            self.check_branch_owner(gtrid, bqual, name)?;
+        }
         let answer = self.driver.query(gtrid).await.map_err(to_status)?;
         let (outcome, reason) = match answer {
             QueryAnswer::Decided(d) => (
@@ -511,12 +661,121 @@ impl Coordinator for CoordinatorService {
     }
 }
 
+fn participant_pb(name: &str, p: &crate::txn::Participant) -> pb::RegisteredParticipant {
+    pb::RegisteredParticipant {
+        name: name.to_string(),
+        endpoint: p.endpoint.clone(),
+        registered_by: p.by.clone(),
+        registered_unix_ms: p.at_ms,
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for CoordinatorService {
+    async fn register_participant(
+        &self,
+        req: Request<pb::RegisterParticipantRequest>,
+    ) -> Result<Response<pb::RegisterParticipantResponse>, Status> {
+        // An operator names anyone; a participant only itself.
+        let (by, own) = match Caller::of(&req) {
+            Some(Caller::Anyone) => ("an --insecure caller".to_string(), None),
+            Some(caller @ Caller::Certified(_)) => {
+                let by = caller.describe();
+                match caller.name_as(Role::Operator) {
+                    Some(_) => (by, None),
+                    None => (by, Some(Caller::require(&req, Role::Participant)?)),
+                }
+            }
+            None => {
+                return Err(Status::unauthenticated(
+                    "the request came on no known connection",
+                ))
+            }
+        };
+        let r = req.into_inner();
+        let name = match (own, r.name.is_empty()) {
+            (Some(own), true) => own,
+            (Some(own), false) if own == r.name => own,
+            (Some(own), false) => {
+                return Err(Status::permission_denied(format!(
+                    "participant {own} may register itself only, not {}",
+                    wire::preview(&r.name)
+                )))
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "name is required (an operator names the participant)",
+                ))
+            }
+            (None, false) => r.name,
+        };
+        if !wire::is_valid_name(&name) {
+            return Err(invalid(format!(
+                "participant name {} must be {}",
+                wire::preview(&name),
+                wire::NAME_RULE
+            )));
+        }
+        validate_endpoint(&r.endpoint, EndpointRule::New)?;
+        self.leader_only().await?;
+        let changed = self
+            .driver
+            .change_registry(crate::txn::Command::Register {
+                name: name.clone(),
+                endpoint: r.endpoint,
+                by,
+                at_ms: crate::types::now_ms(),
+            })
+            .await
+            .map_err(to_status)?;
+        let sm = self.driver.sm().read();
+        let participant = sm
+            .table
+            .participants
+            .get(&name)
+            .map(|p| participant_pb(&name, p));
+        Ok(Response::new(pb::RegisterParticipantResponse {
+            changed,
+            participant,
+        }))
+    }
+
+    async fn unregister_participant(
+        &self,
+        req: Request<pb::UnregisterParticipantRequest>,
+    ) -> Result<Response<pb::UnregisterParticipantResponse>, Status> {
+        require(&req, Role::Operator)?;
+        let name = req.into_inner().name;
+        self.leader_only().await?;
+        let changed = self
+            .driver
+            .change_registry(crate::txn::Command::Unregister { name })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UnregisterParticipantResponse { changed }))
+    }
+
+    async fn list_participants(
+        &self,
+        req: Request<pb::ListParticipantsRequest>,
+    ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
+        require(&req, Role::Operator)?;
+        self.leader_only().await?;
+        let sm = self.driver.sm().read();
+        let participants = sm
+            .table
+            .participants
+            .iter()
+            .map(|(n, p)| participant_pb(n, p))
+            .collect();
+        Ok(Response::new(pb::ListParticipantsResponse { participants }))
+    }
+
     async fn resolve_transaction(
         &self,
         req: Request<pb::ResolveTransactionRequest>,
     ) -> Result<Response<pb::ResolveTransactionResponse>, Status> {
+        require(&req, Role::Operator)?;
         let req = req.into_inner();
         let action = match pb::ResolveAction::try_from(req.action) {
             Ok(pb::ResolveAction::Abort) => OperatorAction::Abort,
@@ -553,6 +812,7 @@ impl Admin for CoordinatorService {
         &self,
         req: Request<pb::ListNeedingAttentionRequest>,
     ) -> Result<Response<pb::ListNeedingAttentionResponse>, Status> {
+        require(&req, Role::Operator)?;
         self.leader_only().await?;
         let req = req.into_inner();
         let stuck_after_ms = match req.stuck_after_ms {
@@ -624,8 +884,12 @@ impl Admin for CoordinatorService {
 
     async fn cluster_status(
         &self,
-        _req: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        // Operators, and the leader checking a node it is asked to add.
+        if require(&req, Role::Operator).is_err() {
+            require(&req, Role::Peer)?;
+        }
         let m = self.driver.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let members = membership
@@ -665,6 +929,7 @@ impl Admin for CoordinatorService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        require(&req, Role::Operator)?;
         let r = req.into_inner();
         let node = NodeInfo {
             raft_addr: r.raft_addr,
@@ -682,6 +947,7 @@ impl Admin for CoordinatorService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        require(&req, Role::Operator)?;
         let id = req.into_inner().id;
         let m = self.membership.clone();
         let changed = detached(async move { m.remove(id).await }).await?;
@@ -695,6 +961,7 @@ impl Admin for CoordinatorService {
         &self,
         req: Request<pb::ReplaceMemberRequest>,
     ) -> Result<Response<pb::ReplaceMemberResponse>, Status> {
+        require(&req, Role::Operator)?;
         let r = req.into_inner();
         let node = NodeInfo {
             raft_addr: r.raft_addr,

@@ -1,11 +1,17 @@
 //! The metrics port: Prometheus text at `GET /metrics`, and the web console
-//! (`GET /`, `GET /api/v1/console`, see [`super::console`]), over plain HTTP.
+//! (`GET /`, `GET /api/v1/console`, see [`super::console`]), over HTTP/1.1: in
+//! plaintext under `--insecure` (loopback only), else over TLS that requires a
+//! client certificate of the cluster's CA, like every other port (docs/design.md,
+//! "Security").
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use std::net::SocketAddr;
+
+use ratify_common::tls::{Alpn, Conn, Transport};
 use tokio::net::TcpListener;
 
 use super::console::Console;
@@ -18,6 +24,7 @@ use crate::metrics::{render, LeaderView};
 /// When the HTTP server fails.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     driver: Driver,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -27,9 +34,46 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(driver)
         .merge(console.router());
-    axum::serve(listener, app)
+    let local = listener.local_addr()?;
+    let incoming = Incoming {
+        conns: transport.incoming_as(listener, Alpn::Http1),
+        local,
+    };
+    axum::serve(incoming, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The connections of the metrics port, as axum takes them.
+struct Incoming {
+    conns: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Conn>> + Send>>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(conn)) => {
+                    let from = conn.info().remote.unwrap_or(self.local);
+                    return (conn, from);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics port: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 async fn metrics(State(driver): State<Driver>) -> impl IntoResponse {

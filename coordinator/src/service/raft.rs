@@ -1,14 +1,30 @@
 //! The internal Raft service: decodes openraft requests from peers and hands them to
 //! the local Raft node. Served on the Raft port only, never on the client port.
+//!
+//! # Who may call (docs/design.md, "Security")
+//! Under TLS only a certificate with a `ratify://peer/<id>` name is served, and:
+//! - a Vote only from a member of this node's membership (a removed node cannot
+//!   disrupt the cluster with elections);
+//! - an AppendEntries or InstallSnapshot only from the node the request names as
+//!   leader (a peer cannot speak for another), and only if that node is a member, a
+//!   membership the request carries names it (a follower that has not yet heard of a
+//!   new member learns it from that member's own entries or snapshot), or the request
+//!   carries no entries (the probe a new leader starts with; it changes no log);
+//! - anything from anyone while this node has no membership yet (a node being added
+//!   is first called by the leader that adds it).
 
 use ratify_proto::raft_pb::raft_server::Raft as RaftService;
 use ratify_proto::raft_pb::{IdentifyRequest, IdentifyResponse, RaftPayload};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::EntryPayload;
+use ratify_common::tls::{Caller, Role};
+
 use crate::raft::codec::{decode, encode};
-use crate::types::typ::Raft;
-use crate::types::NodeId;
+use crate::types::typ::{Raft, Vote};
+use crate::types::{NodeId, TypeConfig};
 
 /// Serves peers' Raft RPCs.
 #[derive(Clone)]
@@ -23,6 +39,54 @@ impl RaftServer {
     /// Wraps the local Raft node `id`.
     pub fn new(raft: Raft, id: NodeId) -> Self {
         Self { raft, id }
+    }
+
+    /// The calling node's id from its certificate (`None`: plaintext, anyone).
+    fn caller<T>(req: &Request<T>) -> Result<Option<NodeId>, Status> {
+        match Caller::of(req) {
+            Some(Caller::Anyone) => Ok(None),
+            _ => {
+                let name = Caller::require(req, Role::Peer)?;
+                name.parse::<NodeId>().map(Some).map_err(|_| {
+                    Status::permission_denied(format!(
+                        "ratify://peer/{name} does not name a node id"
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Whether `id` is in this node's effective membership; true while it has none.
+    fn knows(&self, id: NodeId) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let mut nodes = membership.nodes().peekable();
+        nodes.peek().is_none() || membership.nodes().any(|(n, _)| *n == id)
+    }
+
+    /// Refuses a request from `caller` claiming `vote`'s leadership unless the rules
+    /// of the module docs allow it; `carried` says whether a membership in the request
+    /// names the caller, `probe` whether it carries no entries.
+    fn check_leader(
+        &self,
+        caller: Option<NodeId>,
+        vote: &Vote,
+        carried: bool,
+        probe: bool,
+    ) -> Result<(), Status> {
+        let Some(id) = caller else { return Ok(()) };
+        if vote.leader_id().voted_for() != Some(id) {
+            return Err(Status::permission_denied(format!(
+                "node {id} may not speak for leader {:?}",
+                vote.leader_id().voted_for()
+            )));
+        }
+        if carried || probe || self.knows(id) {
+            Ok(())
+        } else {
+            Err(not_member(id))
+        }
     }
 
     /// The request's payload, decoded, if it is meant for this node.
@@ -49,30 +113,67 @@ fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload { data, target: 0 }))
 }
 
+fn not_member(id: NodeId) -> Status {
+    Status::permission_denied(format!("node {id} is not a member of this cluster"))
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn append_entries(
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        payload(&self.raft.append_entries(self.request(req)?).await)
+        let caller = Self::caller(&req)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.request(req)?;
+        if let Some(id) = caller {
+            let carried = rpc.entries.iter().any(|e| match &e.payload {
+                EntryPayload::Membership(m) => m.nodes().any(|(n, _)| *n == id),
+                _ => false,
+            });
+            self.check_leader(caller, &rpc.vote, carried, rpc.entries.is_empty())?;
+        }
+        payload(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        payload(&self.raft.vote(self.request(req)?).await)
+        let caller = Self::caller(&req)?;
+        let rpc: VoteRequest<NodeId> = self.request(req)?;
+        if let Some(id) = caller {
+            if rpc.vote.leader_id().voted_for() != Some(id) {
+                return Err(Status::permission_denied(format!(
+                    "node {id} may not ask votes for another node"
+                )));
+            }
+            if !self.knows(id) {
+                return Err(not_member(id));
+            }
+        }
+        payload(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        payload(&self.raft.install_snapshot(self.request(req)?).await)
+        let caller = Self::caller(&req)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.request(req)?;
+        if let Some(id) = caller {
+            let carried = rpc
+                .meta
+                .last_membership
+                .membership()
+                .nodes()
+                .any(|(n, _)| *n == id);
+            self.check_leader(caller, &rpc.vote, carried, false)?;
+        }
+        payload(&self.raft.install_snapshot(rpc).await)
     }
 
     async fn identify(
         &self,
-        _req: Request<IdentifyRequest>,
+        req: Request<IdentifyRequest>,
     ) -> Result<Response<IdentifyResponse>, Status> {
+        Self::caller(&req)?;
         Ok(Response::new(IdentifyResponse { node_id: self.id }))
     }
 }

@@ -451,7 +451,39 @@ pub enum Command {
         /// Who, why, when.
         audit: AuditEntry,
     },
+    /// Registers (or moves) participant `name` at `endpoint` (docs/design.md,
+    /// "Security"). Refused, changing nothing, for a name or endpoint outside the
+    /// wire rules, an endpoint another name holds, or a full registry.
+    Register {
+        /// The participant's name (its certificate's `ratify://participant/<name>`).
+        name: String,
+        /// Where branches reach it.
+        endpoint: String,
+        /// Who registered it, for operators.
+        by: String,
+        /// When (leader clock).
+        at_ms: u64,
+    },
+    /// Removes participant `name` from the registry.
+    Unregister {
+        /// The name.
+        name: String,
+    },
 }
+
+/// A registered participant (docs/design.md, "Security").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// Where branches reach it.
+    pub endpoint: String,
+    /// Who registered it.
+    pub by: String,
+    /// When (leader clock).
+    pub at_ms: u64,
+}
+
+/// Most registered participants.
+pub const MAX_PARTICIPANTS: usize = 10_000;
 
 impl BranchSpec {
     fn approx_bytes(&self) -> usize {
@@ -488,6 +520,10 @@ impl Command {
             Command::SettleHeuristic { audit, bquals, .. } => {
                 audit.operator.len() + audit.reason.len() + 4 * bquals.len()
             }
+            Command::Register {
+                name, endpoint, by, ..
+            } => name.len() + endpoint.len() + by.len() + 8,
+            Command::Unregister { name } => name.len(),
             Command::SetClusterId { .. }
             | Command::Reserve { .. }
             | Command::SetRetention(_)
@@ -551,6 +587,9 @@ pub enum Refusal {
     /// An operator asked to settle a heuristic outcome the transaction does not have.
     #[error("branch {0} has no heuristic outcome to settle")]
     NoHeuristic(u32),
+    /// A registration the registry cannot take.
+    #[error("participant registration refused: {0}")]
+    Registration(String),
 }
 
 /// The state machine's answer to a command.
@@ -581,6 +620,11 @@ pub enum CommandResult {
         /// The decision, with the new audit entry when `changed`.
         decision: Decision,
         /// Something was settled now.
+        changed: bool,
+    },
+    /// `Register` or `Unregister` applied; `changed` false when it was so already.
+    Registry {
+        /// Something changed.
         changed: bool,
     },
 }

@@ -169,6 +169,18 @@ fn command() -> impl Strategy<Value = Command> {
         (txn(), bquals()).prop_map(|(txn, bquals)| Command::Acknowledged { txn, bquals }),
         (txn(), bquals(), audit_entry())
             .prop_map(|(txn, bquals, audit)| { Command::SettleHeuristic { txn, bquals, audit } }),
+        (
+            prop_oneof!["p[1-3]", ".{0,8}"],
+            prop_oneof!["h:[1-3]", ".{0,8}"],
+            text()
+        )
+            .prop_map(|(name, endpoint, by)| Command::Register {
+                name,
+                endpoint,
+                by,
+                at_ms: 0
+            }),
+        prop_oneof!["p[1-3]", ".{0,8}"].prop_map(|name| Command::Unregister { name }),
     ]
 }
 
@@ -296,6 +308,17 @@ fn check(table: &TxnTable, first_decisions: &mut BTreeMap<u64, bool>) -> Result<
             }
         }
     }
+    // The registry is bounded, and one endpoint belongs to one name.
+    prop_assert!(table.participants.len() <= MAX_PARTICIPANTS);
+    let mut endpoints: Vec<&str> = table
+        .participants
+        .values()
+        .map(|p| p.endpoint.as_str())
+        .collect();
+    endpoints.sort_unstable();
+    let n = endpoints.len();
+    endpoints.dedup();
+    prop_assert_eq!(endpoints.len(), n, "an endpoint registered under two names");
     // Numbers at or above the reserved mark were never issued, so nothing of them is
     // recorded.
     for &txn in table.live.keys() {
@@ -354,9 +377,11 @@ proptest! {
     fn hostile_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = codec::decode::<Vec<Command>>(&bytes);
         let _ = codec::decode::<TxnTable>(&bytes);
-        let mut versioned = bytes.clone();
-        versioned.insert(0, 6);
-        let _ = codec::decode::<Vec<Command>>(&versioned);
-        let _ = codec::decode::<TxnTable>(&versioned);
+        for version in [6u8, 7] {
+            let mut versioned = bytes.clone();
+            versioned.insert(0, version);
+            let _ = codec::decode::<Vec<Command>>(&versioned);
+            let _ = codec::decode::<TxnTable>(&versioned);
+        }
     }
 }

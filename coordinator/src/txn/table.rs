@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditEntry, BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Reason,
-    Refusal, Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES, MAX_OPERATOR_BYTES,
+    AuditEntry, BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord,
+    Participant, Reason, Refusal, Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
+    MAX_OPERATOR_BYTES, MAX_PARTICIPANTS,
 };
 
 /// The replicated transaction table: live transactions plus recent outcomes.
@@ -37,6 +38,9 @@ pub struct TxnTable {
     /// the time floor whatever `retention.max_count` says: a branch may still be
     /// prepared and will ask. Bounded by [`MAX_PINNED`].
     pub pinned: Outcomes,
+    /// The participant registry, by name (docs/design.md, "Security"). Last of the
+    /// fields: a version-6 table is this layout without it (`raft/codec.rs`).
+    pub participants: BTreeMap<String, Participant>,
 }
 
 /// Completed outcomes by transaction number, and the order they completed in.
@@ -229,6 +233,15 @@ impl TxnTable {
                 }),
             },
             Command::HandOver { txn, branches } => self.hand_over(txn, branches),
+            Command::Register {
+                name,
+                endpoint,
+                by,
+                at_ms,
+            } => self.register(name, endpoint, by, at_ms),
+            Command::Unregister { name } => CommandResult::Registry {
+                changed: self.participants.remove(&name).is_some(),
+            },
             Command::CommitStarted {
                 txn,
                 branches,
@@ -441,6 +454,57 @@ impl TxnTable {
             return CommandResult::Refused(Refusal::Committing);
         }
         CommandResult::CommitStarted
+    }
+
+    /// The registered name whose endpoint is `endpoint`.
+    pub fn participant_at(&self, endpoint: &str) -> Option<&str> {
+        self.participants
+            .iter()
+            .find(|(_, p)| p.endpoint == endpoint)
+            .map(|(n, _)| n.as_str())
+    }
+
+    fn register(
+        &mut self,
+        name: String,
+        endpoint: String,
+        by: String,
+        at_ms: u64,
+    ) -> CommandResult {
+        let refuse = |why: String| CommandResult::Refused(Refusal::Registration(why));
+        if !ratify_common::wire::is_valid_name(&name) {
+            return refuse(format!(
+                "name {} is not a wire name",
+                ratify_common::wire::preview(&name)
+            ));
+        }
+        if ratify_common::wire::Endpoint::parse(&endpoint).is_err() {
+            return refuse(format!(
+                "endpoint {} is not host:port",
+                ratify_common::wire::preview(&endpoint)
+            ));
+        }
+        if let Some(other) = self.participant_at(&endpoint).filter(|n| *n != name) {
+            return refuse(format!("endpoint {endpoint} is participant {other}'s"));
+        }
+        match self.participants.get(&name) {
+            Some(p) if p.endpoint == endpoint => CommandResult::Registry { changed: false },
+            None if self.participants.len() >= MAX_PARTICIPANTS => refuse(format!(
+                "the registry holds the maximum of {MAX_PARTICIPANTS}"
+            )),
+            _ => {
+                let by = cut_to(by, MAX_OPERATOR_BYTES);
+                self.participants.insert(
+                    name,
+                    Participant {
+                        endpoint,
+                        by,
+                        at_ms,
+                    },
+                );
+                CommandResult::Registry { changed: true }
+            }
+        }
     }
 
     fn hand_over(&mut self, txn: u64, branches: u32) -> CommandResult {

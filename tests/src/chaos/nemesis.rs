@@ -375,7 +375,8 @@ impl Nemesis {
         tokio::spawn(async move {
             while start.elapsed() < Duration::from_secs(120) {
                 for ep in &others {
-                    if let Ok(s) = ratify_devkit::local::node_status(ep).await {
+                    if let Ok(s) = ratify_devkit::local::node_status(ep, &Default::default()).await
+                    {
                         let stale = Some(s.node_id) == cut_off && s.term <= term;
                         if s.role == "Leader" && s.leader_id == s.node_id && !stale {
                             let ms = start.elapsed().as_millis().to_string();

@@ -38,6 +38,37 @@ enum Cmd {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// The participant registry: under TLS, branches may only name registered
+    /// participants' endpoints.
+    #[command(subcommand)]
+    Participant(ParticipantCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ParticipantCmd {
+    /// Register (or move) a participant: NAME is its certificate's
+    /// `ratify://participant/NAME`, ENDPOINT where the coordinator calls it.
+    Register {
+        #[command(flatten)]
+        target: Target,
+        /// The participant's name.
+        name: String,
+        /// Its endpoint (host:port), exactly as branches will name it.
+        endpoint: String,
+    },
+    /// Remove a participant from the registry (branches already recorded keep
+    /// their endpoint).
+    Unregister {
+        #[command(flatten)]
+        target: Target,
+        /// The participant's name.
+        name: String,
+    },
+    /// List the registered participants.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -45,6 +76,27 @@ struct Target {
     /// Coordinator client address; repeat for each node.
     #[arg(long = "coordinator", default_value = "127.0.0.1:7101")]
     coordinators: Vec<String>,
+    /// Mutual TLS (an operator's certificate, `ratify://operator/<name>`), or
+    /// `--insecure` for a node on loopback run with `--insecure`.
+    #[command(flatten)]
+    tls: config::TlsFlags,
+}
+
+impl Target {
+    fn transport(&self) -> anyhow::Result<ratify_common::tls::Transport> {
+        let addrs: Vec<(&str, &str)> = self
+            .coordinators
+            .iter()
+            .map(|c| {
+                (
+                    "--coordinator",
+                    c.trim_start_matches("http://")
+                        .trim_start_matches("https://"),
+                )
+            })
+            .collect();
+        Ok(self.tls.transport(&config::NodeFile::default(), &addrs)?)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +233,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Probe(a) => probe::run(a).await,
             Cmd::Txn(c) => txn(c).await,
             Cmd::Cluster(c) => cluster(c).await,
+            Cmd::Participant(c) => participant(c).await,
         }
     })
 }
@@ -188,6 +241,7 @@ fn main() -> anyhow::Result<()> {
 fn client_for(t: &Target) -> anyhow::Result<CoordinatorClient> {
     let config = ClientConfig {
         deadline: Duration::from_secs(5),
+        transport: t.transport()?,
         ..ClientConfig::default()
     };
     Ok(CoordinatorClient::new(t.coordinators.clone(), config)?)
@@ -415,6 +469,7 @@ fn membership_client(t: &Target) -> anyhow::Result<CoordinatorClient> {
     let config = ClientConfig {
         attempt_timeout: Duration::from_secs(150),
         deadline: Duration::from_secs(180),
+        transport: t.transport()?,
         ..ClientConfig::default()
     };
     Ok(CoordinatorClient::new(t.coordinators.clone(), config)?)
@@ -434,6 +489,41 @@ fn print_members(members: &[pb::Member]) {
             m.api_addr
         );
     }
+}
+
+async fn participant(c: ParticipantCmd) -> anyhow::Result<()> {
+    match c {
+        ParticipantCmd::Register {
+            target,
+            name,
+            endpoint,
+        } => {
+            let r = client_for(&target)?
+                .register_participant(&name, &endpoint)
+                .await?;
+            if r.changed {
+                println!("participant {name} registered at {endpoint}");
+            } else {
+                println!("participant {name} already is registered at {endpoint}; nothing changed");
+            }
+        }
+        ParticipantCmd::Unregister { target, name } => {
+            let r = client_for(&target)?.unregister_participant(&name).await?;
+            if r.changed {
+                println!("participant {name} unregistered");
+            } else {
+                println!("no participant {name}; nothing changed");
+            }
+        }
+        ParticipantCmd::List { target } => {
+            let r = client_for(&target)?.list_participants().await?;
+            println!("{:<24} {:<32} REGISTERED BY", "NAME", "ENDPOINT");
+            for p in r.participants {
+                println!("{:<24} {:<32} {}", p.name, p.endpoint, p.registered_by);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {

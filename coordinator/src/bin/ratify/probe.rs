@@ -28,6 +28,10 @@ pub(crate) struct ProbeArgs {
     /// Give up after this long.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     timeout_ms: u64,
+    /// Mutual TLS (any certificate of the cluster's CA: a node's own will do), or
+    /// `--insecure` for a node on loopback.
+    #[command(flatten)]
+    tls: ratify_coordinator::config::TlsFlags,
 }
 
 /// Runs the probe.
@@ -36,13 +40,15 @@ pub(crate) struct ProbeArgs {
 /// When the node does not answer in time, or (without `--alive`) is not SERVING.
 pub(crate) async fn run(a: ProbeArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(a.timeout_ms.max(1));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))
+    let transport = a.tls.transport(
+        &ratify_coordinator::config::NodeFile::default(),
+        &[("--addr", a.addr.as_str())],
+    )?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))
         .with_context(|| format!("{:?} is not HOST:PORT", a.addr))?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}", a.addr))?;
+        .timeout(timeout);
+    let channel = transport.channel(endpoint);
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: a.service.clone(),
