@@ -29,13 +29,19 @@ USER ratify:ratify
 # Listen on every interface; the addresses other nodes and clients use are the
 # ones in RATIFY_PEERS. Set RATIFY_ID and RATIFY_PEERS (and RATIFY_INIT=true on one
 # node) per node.
+# Mutual TLS on every port (README, "Security"): mount the CA and this node's
+# certificate (naming ratify://peer/<id>) at /etc/ratify/tls; deploy/make-certs.sh
+# makes a set for a try.
 ENV RATIFY_RAFT_ADDR=0.0.0.0:7001 \
     RATIFY_API_ADDR=0.0.0.0:7101 \
     RATIFY_METRICS_ADDR=0.0.0.0:9101 \
-    RATIFY_DATA_DIR=/var/lib/ratify
+    RATIFY_DATA_DIR=/var/lib/ratify \
+    RATIFY_TLS_CA=/etc/ratify/tls/ca.pem \
+    RATIFY_TLS_CERT=/etc/ratify/tls/node.pem \
+    RATIFY_TLS_KEY=/etc/ratify/tls/node.key
 VOLUME ["/var/lib/ratify"]
 # 7001 Raft (nodes only), 7101 clients and participants (gRPC, health, reflection),
-# 9101 Prometheus metrics and the web console (HTTP).
+# 9101 Prometheus metrics and the web console (HTTPS, client certificate required).
 EXPOSE 7001 7101 9101
 # SERVING: the ready leader, or a follower that redirects to the leader it knows.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -186,6 +186,11 @@ fn the_kubernetes_start_script_gives_each_pod_its_id_and_the_dns_peers() -> anyh
         .filter(|(k, _)| k.starts_with("RATIFY_"))
         .collect();
     env.push(("RATIFY_PEERS".into(), peers));
+    let certs = make_certs("kubernetes")?;
+    let at = certs.path().display().to_string();
+    for (_, v) in &mut env {
+        *v = v.replace(MOUNT, &at);
+    }
     // A stand-in `ratify` first on PATH runs the real one with --print-config.
     let dir = tempfile::tempdir()?;
     let stub = dir.path().join("ratify");
@@ -213,6 +218,7 @@ fn the_kubernetes_start_script_gives_each_pod_its_id_and_the_dns_peers() -> anyh
         let out = cmd
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("HOSTNAME", pod)
+            .env("TLS_DIR", &at)
             .env("PATH", path)
             .output()?;
         anyhow::ensure!(
@@ -247,8 +253,34 @@ fn the_kubernetes_start_script_gives_each_pod_its_id_and_the_dns_peers() -> anyh
             t.get("api_addr").and_then(toml::Value::as_str),
             Some("0.0.0.0:7101")
         );
+        assert_eq!(
+            t.get("tls_cert").and_then(toml::Value::as_str),
+            Some(format!("{at}/node-{id}.pem").as_str()),
+            "{pod} presents its own certificate"
+        );
     }
     Ok(())
+}
+
+/// Where the deploy files mount the certificates.
+const MOUNT: &str = "/etc/ratify/tls";
+
+/// `deploy/make-certs.sh` into a temporary folder.
+fn make_certs(kind: &str) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/make-certs.sh");
+    let out = Command::new("/bin/sh")
+        .arg(script)
+        .arg(dir.path())
+        .arg(kind)
+        .arg("prod")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "make-certs.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir)
 }
 
 #[test]
@@ -267,7 +299,10 @@ fn the_compose_settings_and_the_image_defaults_are_accepted() -> anyhow::Result<
         .filter(|(k, _)| k.starts_with("RATIFY_"))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    assert_eq!(image.len(), 4, "{image:?}");
+    assert_eq!(image.len(), 7, "{image:?}");
+    // The certificates the deploy files mount, made by the script they name.
+    let certs = make_certs("compose")?;
+    let at = certs.path().display().to_string();
     let peers = compose
         .lines()
         .find_map(|l| l.strip_prefix("x-peers: &peers "))
@@ -294,7 +329,11 @@ fn the_compose_settings_and_the_image_defaults_are_accepted() -> anyhow::Result<
     }
     assert_eq!(services.len(), 3);
     for (i, env) in services.iter().enumerate() {
-        let t = print_config(env)?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace(MOUNT, &at)))
+            .collect();
+        let t = print_config(&env)?;
         let n = i as i64 + 1;
         assert_eq!(t.get("id").and_then(toml::Value::as_integer), Some(n));
         assert_eq!(t.get("init").and_then(toml::Value::as_bool), Some(n == 1));
@@ -312,9 +351,14 @@ fn the_compose_settings_and_the_image_defaults_are_accepted() -> anyhow::Result<
             peers.iter().any(|p| p.as_str() == Some(own.as_str())),
             "node {n} is not among its peers as {own}: {peers:?}"
         );
-        // Its health check probes its own API port.
+        // It presents its own certificate, and its health check probes its own API
+        // port.
+        assert_eq!(
+            t.get("tls_cert").and_then(toml::Value::as_str),
+            Some(format!("{at}/node-{n}.pem").as_str())
+        );
         assert!(
-            compose.contains(&format!("\"127.0.0.1:710{n}\"]")),
+            compose.contains(&format!("\"127.0.0.1:710{n}\", \"--tls-cert\"")),
             "no health check on port 710{n}"
         );
     }
