@@ -205,6 +205,26 @@ impl LocalCluster {
             .map_or(Transport::Plain, |t| t.admin.clone())
     }
 
+    /// A transport presenting a new certificate of this cluster's CA that grants
+    /// `roles` to `name` (written to `dir/tls/<name>.pem`); plaintext for a
+    /// plaintext cluster.
+    ///
+    /// # Errors
+    /// [`LocalError::Tls`].
+    pub fn transport_for(&self, name: &str, roles: &[Role]) -> Result<Transport, LocalError> {
+        let Some(tls) = &self.tls else {
+            return Ok(Transport::Plain);
+        };
+        let names: Vec<(Role, &str)> = roles.iter().map(|r| (*r, name)).collect();
+        let files = tls
+            .ca
+            .issue(name, &names)
+            .map_err(|e| LocalError::Tls(e.to_string()))?;
+        Ok(Transport::Tls(
+            Tls::load(files).map_err(|e| LocalError::Tls(e.to_string()))?,
+        ))
+    }
+
     /// The CA of a TLS cluster.
     pub fn ca(&self) -> Option<&Ca> {
         self.tls.as_ref().map(|t| &t.ca)

@@ -152,8 +152,13 @@ impl AppBuilder {
     /// `ratify://client/<name>` and, for [`CoordinatorClient::query_outcome`] from
     /// recovery, `ratify://participant/<name>`), and the participant server accepts
     /// only the coordinator nodes' certificates. Without it, both are plaintext.
-    pub fn tls(mut self, tls: Arc<ratify_common::tls::Tls>) -> Self {
-        let transport = ratify_common::tls::Transport::Tls(tls);
+    pub fn tls(self, tls: Arc<ratify_common::tls::Tls>) -> Self {
+        self.transport(ratify_common::tls::Transport::Tls(tls))
+    }
+
+    /// [`AppBuilder::tls`], or plaintext ([`ratify_common::tls::Transport::Plain`],
+    /// the default).
+    pub fn transport(mut self, transport: ratify_common::tls::Transport) -> Self {
         self.client_config.transport = transport.clone();
         self.transport = transport;
         self

@@ -387,7 +387,25 @@ impl HostedParticipant {
         client: crate::client::CoordinatorClient,
         recovery_interval: std::time::Duration,
     ) -> Result<Self, crate::AppError> {
+        Self::start_on(name, resource, client, recovery_interval, Transport::Plain).await
+    }
+
+    /// [`HostedParticipant::start`] serving over `transport`: under TLS only the
+    /// coordinator's nodes may call it, and it registers its endpoint with `client`
+    /// (whose certificate must name `ratify://participant/<name>`).
+    ///
+    /// # Errors
+    /// As [`HostedParticipant::start`], and [`crate::AppError::Client`] when the
+    /// registration is refused.
+    pub async fn start_on(
+        name: &str,
+        resource: Arc<dyn Resource>,
+        client: crate::client::CoordinatorClient,
+        recovery_interval: std::time::Duration,
+        transport: Transport,
+    ) -> Result<Self, crate::AppError> {
         let app = crate::App::builder()
+            .transport(transport)
             .client(client)
             .resource(name, resource)
             .recovery_interval(recovery_interval)

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ratify_common::tls::{Role, Tls, TlsFiles, Transport};
 use ratify_devkit::accounts::AccountStore;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::server::HostedParticipant;
@@ -80,6 +81,18 @@ fn python_command(module: &str, log: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// `--tls-ca/--tls-cert/--tls-key` for a Python process.
+fn tls_args(cmd: &mut Command, tls: Option<&TlsFiles>) {
+    if let Some(f) = tls {
+        cmd.arg("--tls-ca")
+            .arg(&f.ca)
+            .arg("--tls-cert")
+            .arg(&f.cert)
+            .arg("--tls-key")
+            .arg(&f.key);
+    }
+}
+
 /// The last lines of a log file, for error messages.
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -126,6 +139,17 @@ impl PyParticipant {
         failpoint: Option<&str>,
         span_log: Option<&Path>,
     ) -> anyhow::Result<(Self, Vec<Value>)> {
+        Self::start_full(c, listen, failpoint, span_log, None).await
+    }
+
+    /// [`PyParticipant::start_with`], speaking mutual TLS with `tls` when given.
+    async fn start_full(
+        c: &TestCluster,
+        listen: &str,
+        failpoint: Option<&str>,
+        span_log: Option<&Path>,
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<(Self, Vec<Value>)> {
         let log = c.dir.path().join("py-participant.log");
         let mut cmd = python_command("ratify_py.participant", &log)?;
         cmd.arg("--listen")
@@ -147,6 +171,7 @@ impl PyParticipant {
         if let Some(path) = span_log {
             cmd.env(SPAN_LOG_ENV, path);
         }
+        tls_args(&mut cmd, tls);
         let mut child = cmd.spawn().context("cannot start the Python participant")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut events = BufReader::new(stdout).lines();
@@ -196,12 +221,22 @@ struct PyClient {
 impl PyClient {
     /// Starts it with `coordinators` (in that order) and the Python store's file.
     async fn start(c: &TestCluster, coordinators: &[String]) -> anyhow::Result<Self> {
+        Self::start_tls(c, coordinators, None).await
+    }
+
+    /// [`PyClient::start`], speaking mutual TLS with `tls` when given.
+    async fn start_tls(
+        c: &TestCluster,
+        coordinators: &[String],
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<Self> {
         let log = c.dir.path().join("py-client.log");
         let mut cmd = python_command("ratify_py.driver", &log)?;
         cmd.arg("--db").arg(c.dir.path().join("py-bank.sqlite"));
         for ep in coordinators {
             cmd.arg("--coordinator").arg(ep);
         }
+        tls_args(&mut cmd, tls);
         let mut child = cmd.spawn().context("cannot start the Python client")?;
         let stdin = child.stdin.take().context("no stdin")?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -619,5 +654,86 @@ async fn a_python_clients_trace_reaches_the_python_participant_through_the_coord
     );
     assert_conserved(&rust, &mut py).await?;
     drop(part);
+    Ok(())
+}
+
+/// The Python client and participant over mutual TLS: the participant registers
+/// itself under its certificate's name, the client (another certificate) begins a
+/// transaction naming it, and the coordinator's nodes drive it to COMMITTED; a caller
+/// that is not a node is refused by the Python participant, and a plaintext Python
+/// client gets no answer from the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_and_participant_speak_mtls() -> anyhow::Result<()> {
+    let c = TestCluster::start_tls(&[]).await?;
+    let ca = c.nodes.ca().context("a TLS cluster")?;
+    let bank = ca.issue("py-bank", &[(Role::Participant, "py-bank")])?;
+    let app = ca.issue("py-app", &[(Role::Client, "py-app")])?;
+    let (py, _) = PyParticipant::start_full(&c, "127.0.0.1:0", None, None, Some(&bank)).await?;
+    let registered = c.client.list_participants().await?;
+    assert!(
+        registered
+            .participants
+            .iter()
+            .any(|p| p.name == "py-bank" && p.endpoint == py.endpoint),
+        "{registered:?}"
+    );
+    let mut client = PyClient::start_tls(&c, &c.nodes.api_endpoints(), Some(&app)).await?;
+    let (gtrid, xids) = client.begin(&[&py.endpoint]).await?;
+    client.work("debit", &xids[0], "acct1", 7).await?;
+    let answer = client.commit(&gtrid).await?;
+    // One branch: committed in one phase, by the coordinator's call over mTLS.
+    assert_decision(&answer, "COMMITTED", "ONE_PHASE");
+    let seen = client.inspect(&xids[0], "acct1").await?;
+    assert_eq!(seen["balance"], INITIAL - 7, "{seen}");
+
+    // The Python participant serves the coordinator's nodes only.
+    let admin = c.nodes.transport();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", py.endpoint))?
+        .timeout(Duration::from_secs(5));
+    let e = pb::participant_client::ParticipantClient::new(admin.channel(endpoint))
+        .recover(pb::RecoverRequest {
+            resource: RESOURCE.into(),
+        })
+        .await
+        .expect_err("a client certificate listed the prepared branches");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // Nor does another CA's certificate get through, at the handshake.
+    let other = ratify_devkit::certs::Ca::new(&c.dir.path().join("other-ca"), "other")?
+        .issue("node1", &[(Role::Peer, "1")])?;
+    let stranger = Transport::Tls(Tls::load(other)?);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", py.endpoint))?
+        .timeout(Duration::from_secs(5));
+    let e = pb::participant_client::ParticipantClient::new(stranger.channel(endpoint))
+        .recover(pb::RecoverRequest {
+            resource: RESOURCE.into(),
+        })
+        .await
+        .expect_err("another CA's node certificate was served");
+    assert_ne!(
+        e.code(),
+        tonic::Code::PermissionDenied,
+        "refused before any check: {e:?}"
+    );
+
+    // A plaintext Python client is refused at the coordinator.
+    let mut plain = PyClient::start(&c, &c.nodes.api_endpoints()).await?;
+    plain
+        .stdin
+        .write_all(
+            format!(
+                "{}\n",
+                json!({"op": "begin", "branches": [], "timeout_ms": 1000})
+            )
+            .as_bytes(),
+        )
+        .await?;
+    plain.stdin.flush().await?;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(40),
+        next_json(&mut plain.answers, &plain.log),
+    )
+    .await
+    .context("the plaintext client never answered")??;
+    assert_eq!(refused["ok"], false, "{refused}");
     Ok(())
 }

@@ -87,8 +87,40 @@ class DeadlineExceeded(RatifyError):
 
 
 @dataclass(frozen=True)
+class Tls:
+    """Mutual TLS material, PEM bytes (README, "Security"): the CA that the other
+    side's certificate must be issued by, and this process's certificate chain and key.
+    The certificate's SAN URIs say who it is: ``ratify://client/<name>`` to begin and
+    commit, ``ratify://participant/<name>`` to serve branches and ask their outcome.
+    Read once: rotating it means restarting the process.
+    """
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_files(cls, ca: str, cert: str, key: str) -> "Tls":
+        """Reads the three PEM files."""
+        with open(ca, "rb") as a, open(cert, "rb") as c, open(key, "rb") as k:
+            return cls(a.read(), c.read(), k.read())
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """For a client: verify the server against the CA, present this certificate."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """For a server: present this certificate, require one of the CA from callers."""
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+        )
+
+
+@dataclass(frozen=True)
 class ClientConfig:
-    """Timeouts and backoff, in seconds, and metadata sent with every call."""
+    """Timeouts and backoff, in seconds, metadata sent with every call, and TLS."""
 
     #: Longest wait for one attempt (one RPC to one node).
     attempt_timeout: float = 3.0
@@ -101,6 +133,8 @@ class ClientConfig:
     #: gRPC metadata sent with every call (lower-case keys), e.g. credentials. The
     #: trace context is added to it (replacing any ``traceparent``/``tracestate``).
     metadata: tuple[tuple[str, str], ...] = ()
+    #: Mutual TLS; ``None`` for plaintext (a cluster run with ``--insecure``).
+    tls: Tls | None = None
 
 
 @dataclass(frozen=True)
@@ -323,6 +357,18 @@ class CoordinatorClient:
         resp = self._call("QueryOutcome", req, traceparent)
         return outcome_name(resp.outcome), reason_name(resp.reason)
 
+    def register_participant(self, endpoint: str, name: str = "") -> bool:
+        """Registers this participant at ``endpoint`` (``Admin.RegisterParticipant``):
+        under TLS a branch may only name a registered endpoint. ``name`` empty: the
+        certificate's ``ratify://participant/<name>``. True when something changed.
+
+        Raises:
+            Rejected: not a participant certificate, another participant's endpoint.
+            DeadlineExceeded: no leader answered in time.
+        """
+        req = coordinator_pb2.RegisterParticipantRequest(name=name, endpoint=endpoint)
+        return self._call("RegisterParticipant", req, admin=True).changed
+
     def leader(self) -> str | None:
         """The node that last served a call, or that a hint named."""
         with self._lock:
@@ -337,12 +383,18 @@ class CoordinatorClient:
 
     # -- the retry loop --------------------------------------------------------
 
-    def _stub(self, addr: str) -> coordinator_pb2_grpc.CoordinatorStub:
+    def _stub(self, addr: str, admin: bool = False) -> object:
         with self._lock:
             ch = self._channels.get(addr)
             if ch is None:
-                ch = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+                tls = self.config.tls
+                if tls is None:
+                    ch = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+                else:
+                    ch = grpc.secure_channel(addr, tls.channel_credentials(), options=CHANNEL_OPTIONS)
                 self._channels[addr] = ch
+        if admin:
+            return coordinator_pb2_grpc.AdminStub(ch)
         return coordinator_pb2_grpc.CoordinatorStub(ch)
 
     def _first_node(self) -> str:
@@ -362,7 +414,7 @@ class CoordinatorClient:
                 i = self._cursor
             return self.endpoints[i % len(self.endpoints)]
 
-    def _call(self, method: str, req: T, traceparent: str | None = None) -> object:
+    def _call(self, method: str, req: T, traceparent: str | None = None, admin: bool = False) -> object:
         """Calls ``method`` on the leader, following hints and retrying until the deadline.
 
         Every attempt sends :attr:`ClientConfig.metadata` and the trace context
@@ -383,7 +435,7 @@ class CoordinatorClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"{method}: no answer within {cfg.deadline}s; last: {last_error}")
-            rpc: Callable[..., object] = getattr(self._stub(addr), method)
+            rpc: Callable[..., object] = getattr(self._stub(addr, admin), method)
             try:
                 resp = rpc(req, timeout=min(remaining, cfg.attempt_timeout), metadata=metadata)
             except grpc.RpcError as err:

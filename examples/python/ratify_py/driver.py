@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ratify_py.client import ClientConfig, CoordinatorClient, Decision
+from ratify_py.tlsargs import add_tls_arguments, tls_from
 from ratify_py.store import AccountStore
 from ratify_py.xid import Xid
 
@@ -102,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ratify_py.driver", description=__doc__.split("\n")[0])
     p.add_argument("--coordinator", action="append", required=True, help="coordinator node host:port (repeat)")
     p.add_argument("--db", required=True, help="SQLite file of the Python participant's store")
+    add_tls_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    driver = Driver(CoordinatorClient(args.coordinator, ClientConfig()), AccountStore(args.db))
+    config = ClientConfig(tls=tls_from(args))
+    driver = Driver(CoordinatorClient(args.coordinator, config), AccountStore(args.db))
     for line in sys.stdin:
         if not line.strip():
             continue

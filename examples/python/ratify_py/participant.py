@@ -32,6 +32,7 @@ import threading
 
 from ratify_py import spanlog
 from ratify_py.client import ClientConfig, CoordinatorClient
+from ratify_py.tlsargs import add_tls_arguments, tls_from
 from ratify_py.recovery import RecoveryLoop, RecoveryReport
 from ratify_py.server import serve
 from ratify_py.store import AccountStore
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accounts", type=int, default=20, help="create acct0..acctN-1 if missing")
     p.add_argument("--initial-balance", type=int, default=1000, help="opening balance of new accounts")
     p.add_argument("--recovery-interval", type=float, default=1.0, help="seconds between recovery rounds")
+    add_tls_arguments(p)
     p.add_argument(
         "--log-level",
         default=os.environ.get(LOG_LEVEL_ENV, "INFO"),
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     store = AccountStore(args.db)
     store.open_accounts([f"acct{i}" for i in range(args.accounts)], args.initial_balance)
     resources = {args.resource: store}
-    client = CoordinatorClient(args.coordinator, ClientConfig(deadline=5.0))
+    tls = tls_from(args)
+    client = CoordinatorClient(args.coordinator, ClientConfig(deadline=5.0, tls=tls))
 
     def report(r: RecoveryReport) -> None:
         if r.committed or r.rolled_back:
@@ -85,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
     recovery = RecoveryLoop(resources, client, on_report=report)
     recovery.run_once()
-    server, port = serve(resources, args.listen)
+    server, port = serve(resources, args.listen, tls=tls)
     host = args.listen.rpartition(":")[0]
+    if tls is not None:
+        # Under TLS the coordinator calls registered participants only.
+        client.register_participant(f"{host}:{port}")
     emit({"event": "listening", "endpoint": f"{host}:{port}"})
     log.info("serving resource %s (%s) on %s:%d", args.resource, args.db, host, port)
     recovery.start(args.recovery_interval)

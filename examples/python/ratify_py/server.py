@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from ratify_py import tracing
+from ratify_py.client import Tls
 from ratify_py.pb import participant_pb2, participant_pb2_grpc
 from ratify_py.store import AccountStore, CommitResult, ProtocolViolation, RollbackResult, StoreError, Vote
 from ratify_py.xid import Xid, XidError
@@ -75,6 +76,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServicer):
     resources: Mapping[str, AccountStore]
     failpoint: str = ""
     tracer: trace.Tracer = field(default_factory=tracing.tracer)
+    #: Under TLS: serve coordinator nodes only (a ``ratify://peer/<id>`` certificate).
+    require_peer: bool = False
     _crash_armed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +98,11 @@ class ParticipantService(participant_pb2_grpc.ParticipantServicer):
         Failures become gRPC statuses and an error status on the span.
         """
         name = getattr(request, "resource")
+        if self.require_peer and not is_coordinator(context):
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "only the coordinator's nodes (ratify://peer/<id>) call a participant",
+            )
         parent = tracing.extract(context.invocation_metadata())
         with self.tracer.start_as_current_span(
             "participant",
@@ -200,13 +208,23 @@ class ParticipantService(participant_pb2_grpc.ParticipantServicer):
         return participant_pb2.RecoverResponse(xids=[x.to_pb() for x in xids])
 
 
+def is_coordinator(context: grpc.ServicerContext) -> bool:
+    """Whether the caller's verified certificate names ``ratify://peer/<id>``."""
+    auth = context.auth_context()
+    names = list(auth.get("x509_subject_alternative_name", [])) + list(auth.get("peer_uri", []))
+    return any(n.startswith(b"ratify://peer/") for n in names)
+
+
 def serve(
     resources: Mapping[str, AccountStore],
     listen: str,
     failpoint: str | None = None,
     tracer: trace.Tracer | None = None,
+    tls: Tls | None = None,
 ) -> tuple[grpc.Server, int]:
     """Starts the participant server on ``listen`` (``host:port``, port 0 picks one).
+
+    With ``tls`` it speaks mutual TLS and serves the coordinator's nodes only.
 
     ``tracer`` makes the call spans (default: :func:`ratify_py.tracing.tracer`, the
     global provider's). Returns the server and the bound port.
@@ -218,10 +236,11 @@ def serve(
         resources,
         failpoint if failpoint is not None else os.environ.get(FAILPOINT_ENV, ""),
         tracer if tracer is not None else tracing.tracer(),
+        require_peer=tls is not None,
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=(("grpc.so_reuseport", 0),))
     participant_pb2_grpc.add_ParticipantServicer_to_server(service, server)
-    port = server.add_insecure_port(listen)
+    port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, tls.server_credentials())
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
     server.start()

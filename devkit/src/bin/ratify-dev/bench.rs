@@ -30,6 +30,10 @@ pub(crate) struct BenchArgs {
     /// Extra flag for every node, e.g. `--node-arg=--propose-pipeline=1` (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// Mutual TLS on every connection (a throwaway CA), as a deployment runs;
+    /// default plaintext on loopback, to compare with earlier figures.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Median latency of a lone small write + fdatasync on the data disk.
@@ -86,12 +90,27 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let fsync_ms = fsync_baseline(tmp.path()).await?;
     println!("baseline: lone fdatasync p50 = {fsync_ms:.3} ms");
-    let cluster = crate::start_cluster(&tmp.path().join("cluster"), 3, a.node_args.clone()).await?;
-    let client = CoordinatorClient::new(cluster.api_endpoints(), ClientConfig::default())?;
+    let cluster =
+        crate::start_cluster(&tmp.path().join("cluster"), 3, a.node_args.clone(), a.tls).await?;
+    println!(
+        "transport: {}",
+        if a.tls {
+            "mutual TLS"
+        } else {
+            "plaintext (loopback)"
+        }
+    );
+    let client = CoordinatorClient::new(
+        cluster.api_endpoints(),
+        ClientConfig {
+            transport: cluster.transport(),
+            ..ClientConfig::default()
+        },
+    )?;
     let p1: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p1"))?);
     let p2: Arc<dyn Resource> = Arc::new(NoopResource::open(tmp.path().join("p2"))?);
-    let part1 = crate::workload::host("noop", p1, client.clone()).await?;
-    let part2 = crate::workload::host("noop", p2, client.clone()).await?;
+    let part1 = crate::workload::host(&cluster, "noop-1", "noop", p1).await?;
+    let part2 = crate::workload::host(&cluster, "noop-2", "noop", p2).await?;
     let branches = vec![
         (part1.endpoint.clone(), "noop".to_string()),
         (part2.endpoint.clone(), "noop".to_string()),

@@ -51,9 +51,16 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.clients, a.duration
     );
     println!("   data and node logs in {}", dir.display());
-    let mut cluster = crate::start_cluster(&dir.join("cluster"), 3, vec![]).await?;
+    // Mutual TLS everywhere, with a CA made for the run (README, "Security").
+    let mut cluster = crate::start_cluster(&dir.join("cluster"), 3, vec![], true).await?;
     let endpoints = cluster.api_endpoints();
-    let client = CoordinatorClient::new(endpoints.clone(), ClientConfig::default())?;
+    let client = CoordinatorClient::new(
+        endpoints.clone(),
+        ClientConfig {
+            transport: cluster.transport(),
+            ..ClientConfig::default()
+        },
+    )?;
 
     let bank_a = AccountStore::open(dir.join("bank-a"))?;
     let bank_b = AccountStore::open(dir.join("bank-b"))?;
@@ -66,10 +73,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let expected_total = bank_a.total()? + bank_b.total()?;
     let res_a: Arc<dyn Resource> = bank_a.clone();
     let res_b: Arc<dyn Resource> = bank_b.clone();
-    let part_a = crate::workload::host("accounts", res_a, client.clone()).await?;
-    let part_b = crate::workload::host("accounts", res_b, client.clone()).await?;
+    let part_a = crate::workload::host(&cluster, "bank-a", "accounts", res_a).await?;
+    let part_b = crate::workload::host(&cluster, "bank-b", "accounts", res_b).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
     println!("   cluster up, leader is node {leader}; total balance {expected_total}");
+    println!(
+        "   mutual TLS on every connection (a CA made for this run, in {})",
+        dir.join("cluster").join("tls").display()
+    );
 
     let counters = Arc::new(Counters::default());
     // Completion times of commits, to find the longest stall around the leader kill.

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ratify_common::tls::Role;
 use ratify_coordinator::config::{self, LogFlags, NodeArgs};
 use ratify_devkit::accounts::AccountStore;
 use ratify_devkit::local::LocalCluster;
@@ -57,6 +58,9 @@ struct DevArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Plaintext (default: mutual TLS with a throwaway CA in DIR/tls).
+    #[arg(long)]
+    insecure: bool,
     /// Keep data here instead of a temp dir.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -82,6 +86,9 @@ struct ParticipantArgs {
     /// Opening balance of new accounts.
     #[arg(long, default_value_t = 1000)]
     initial_balance: i64,
+    /// Mutual TLS (a `ratify://participant/<name>` certificate), or `--insecure`.
+    #[command(flatten)]
+    tls: config::TlsFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,9 +114,18 @@ fn main() -> anyhow::Result<()> {
 
 /// Starts a local cluster of this binary's `node` command in `dir` and waits for its
 /// leader.
-async fn start_cluster(dir: &Path, nodes: u64, extra: Vec<String>) -> anyhow::Result<LocalCluster> {
+async fn start_cluster(
+    dir: &Path,
+    nodes: u64,
+    extra: Vec<String>,
+    tls: bool,
+) -> anyhow::Result<LocalCluster> {
     let binary = std::env::current_exe().context("cannot locate the ratify-dev binary")?;
-    let cluster = LocalCluster::start(&binary, dir, nodes, extra)?;
+    let cluster = if tls {
+        LocalCluster::start_tls(&binary, dir, nodes, extra)?
+    } else {
+        LocalCluster::start(&binary, dir, nodes, extra)?
+    };
     cluster.wait_for_leader(Duration::from_secs(20)).await?;
     Ok(cluster)
 }
@@ -123,7 +139,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let cluster = start_cluster(&dir, a.nodes, vec![]).await?;
+    let cluster = start_cluster(&dir, a.nodes, vec![], !a.insecure).await?;
     println!(
         "ratify dev cluster is up ({} nodes, data in {})",
         a.nodes,
@@ -132,8 +148,34 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     for id in cluster.ids() {
         println!("  node {id}: api {}", cluster.api_addr(id)?);
     }
+    let flags = match cluster.ca() {
+        Some(ca) => {
+            // An operator/client/participant certificate for the commands below, and
+            // one for a participant (`ratify-dev participant`).
+            let tls = dir.join("tls");
+            let admin = ratify_devkit::local::ADMIN_NAME;
+            cluster.transport_for("dev-participant", &[Role::Participant, Role::Client])?;
+            println!(
+                "mutual TLS with a throwaway CA ({}); for the commands:",
+                ca.ca_file().display()
+            );
+            println!(
+                "  export RATIFY_TLS_CA={} RATIFY_TLS_CERT={} RATIFY_TLS_KEY={}",
+                ca.ca_file().display(),
+                tls.join(format!("{admin}.pem")).display(),
+                tls.join(format!("{admin}.key")).display()
+            );
+            println!(
+                "  (a participant: RATIFY_TLS_CERT={} RATIFY_TLS_KEY={})",
+                tls.join("dev-participant.pem").display(),
+                tls.join("dev-participant.key").display()
+            );
+            ""
+        }
+        None => " --insecure",
+    };
     println!(
-        "try: ratify cluster status --coordinator {}",
+        "try: ratify cluster status{flags} --coordinator {}",
         cluster.api_endpoints().join(" --coordinator ")
     );
     println!("Ctrl-C stops it.");
@@ -146,9 +188,17 @@ async fn participant(a: ParticipantArgs) -> anyhow::Result<()> {
     store
         .open_numbered_accounts("acct", a.accounts, a.initial_balance)
         .await?;
+    let mut addrs: Vec<(&str, &str)> = a
+        .coordinators
+        .iter()
+        .map(|c| ("--coordinator", c.as_str()))
+        .collect();
+    addrs.push(("--listen", a.listen.as_str()));
+    let transport = a.tls.transport(&config::NodeFile::default(), &addrs)?;
     let app = App::builder()
-        .coordinators(a.coordinators)
+        .coordinators(a.coordinators.clone())
         .client_config(ClientConfig::default())
+        .transport(transport)
         .listen(&a.listen)
         .recovery_interval(Duration::from_secs(1))
         .resource(
