@@ -911,7 +911,11 @@ impl CoordinatorClient {
             })?
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true);
-        let ch = self.inner.config.transport.channel(endpoint);
+        let ch = self
+            .inner
+            .config
+            .transport
+            .channel(endpoint, ratify_common::tls::Expect::Node(None));
         channels.insert(addr.to_owned(), ch.clone());
         Ok(ch)
     }

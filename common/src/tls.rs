@@ -45,6 +45,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`Tls::watch`] looks at the files.
 pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// Most TLS handshakes a listener runs at once; connections past it are closed at
+/// once (a flood of silent connections cannot take every file descriptor).
+pub const MAX_HANDSHAKES: usize = 256;
+
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -172,6 +176,8 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
 pub struct Tls {
     files: TlsFiles,
     current: RwLock<(Stamp, Arc<Loaded>)>,
+    /// A watcher runs.
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -185,10 +191,15 @@ impl Tls {
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let stamp = files.stamp();
         let loaded = load(&files)?;
-        Ok(Arc::new(Self {
+        let tls = Arc::new(Self {
             files,
             current: RwLock::new((stamp, Arc::new(loaded))),
-        }))
+            watching: std::sync::atomic::AtomicBool::new(false),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tls.watch();
+        }
+        Ok(tls)
     }
 
     /// The files this was loaded from.
@@ -205,8 +216,18 @@ impl Tls {
     /// material is in use; on an error the previous material stays (a rotation
     /// half-written is tried again at the next look).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        self.reload(false)
+    }
+
+    /// Re-reads the files whether or not they look changed (SIGHUP: a rotation that
+    /// kept the size and time, `cp -p`, is read too). `Ok(true)` when read.
+    pub fn reload_now(&self) -> Result<bool, TlsError> {
+        self.reload(true)
+    }
+
+    fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let stamp = self.files.stamp();
-        {
+        if !force {
             let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
             if guard.0 == stamp {
                 return Ok(false);
@@ -218,15 +239,21 @@ impl Tls {
         Ok(true)
     }
 
-    /// Looks at the files every [`WATCH_EVERY`] until `stop` reads true, and on
-    /// SIGHUP; new connections use what was read last.
-    pub fn watch(self: &Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
-        let tls = Arc::clone(self);
+    /// Looks at the files every [`WATCH_EVERY`] until every holder of this `Tls` is
+    /// gone, and reads them on SIGHUP whatever they look like; new connections use
+    /// what was read last. [`Tls::load`] starts it when called on a tokio runtime (a
+    /// client alone reloads too); otherwise call it once on one. Idempotent.
+    pub fn watch(self: &Arc<Self>) {
+        if self
+            .watching
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut hup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let stopped = crate::stopped(stop);
-            tokio::pin!(stopped);
             loop {
                 let hangup = async {
                     match hup.as_mut() {
@@ -236,12 +263,12 @@ impl Tls {
                         None => std::future::pending().await,
                     }
                 };
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    _ = tokio::time::sleep(WATCH_EVERY) => {}
-                    _ = hangup => {}
-                }
-                match tls.reload_if_changed() {
+                let forced = tokio::select! {
+                    _ = tokio::time::sleep(WATCH_EVERY) => false,
+                    _ = hangup => true,
+                };
+                let Some(tls) = weak.upgrade() else { return };
+                match tls.reload(forced) {
                     Ok(true) => {
                         tracing::info!(cert = %tls.files.cert.display(), "TLS certificates reloaded")
                     }
@@ -265,6 +292,7 @@ impl Tls {
     ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let tls = Arc::clone(self);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 // The listener closes as soon as the server stops taking connections.
@@ -280,6 +308,10 @@ impl Tls {
                         continue;
                     }
                 };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many TLS handshakes under way; connection closed");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let loaded = tls.loaded();
                 let config = match alpn {
@@ -289,6 +321,7 @@ impl Tls {
                 let acceptor = TlsAcceptor::from(Arc::clone(config));
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
@@ -304,16 +337,18 @@ impl Tls {
 
     /// A lazy channel to `endpoint` over TLS: the server's certificate must be of the
     /// CA and name the endpoint's host; this process's certificate is presented.
-    /// Connections are made from `source` when given.
+    /// Connections are made from `source` when given; a server that is not `expect`
+    /// (by its certificate's names) is hung up on after the handshake.
     pub fn channel(
         self: &Arc<Self>,
         endpoint: Endpoint,
         source: Option<std::net::IpAddr>,
+        expect: Expect,
     ) -> Channel {
         let tls = Arc::clone(self);
         let connect = tower::service_fn(move |uri: http::Uri| {
-            let tls = Arc::clone(&tls);
-            Box::pin(async move { tls.connect(uri, source).await })
+            let (tls, expect) = (Arc::clone(&tls), expect.clone());
+            Box::pin(async move { tls.connect(uri, source, expect).await })
                 as Pin<Box<dyn Future<Output = io::Result<_>> + Send>>
         });
         endpoint.connect_with_connector_lazy(connect)
@@ -323,6 +358,7 @@ impl Tls {
         &self,
         uri: http::Uri,
         source: Option<std::net::IpAddr>,
+        expect: Expect,
     ) -> io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
         let bad =
             |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
@@ -352,6 +388,24 @@ impl Tls {
         tcp.set_nodelay(true)?;
         let connector = TlsConnector::from(Arc::clone(&self.loaded().client));
         let stream = connector.connect(name, tcp).await?;
+        // The chain and the host name are verified; now who it is.
+        let names = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|leaf| names_in(leaf.as_ref()))
+            .unwrap_or_default();
+        if !expect.is_met_by(&names) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{uri}: the server is {}, not {}",
+                    Caller::Certified(names).describe(),
+                    expect.describe()
+                ),
+            ));
+        }
         Ok(hyper_util::rt::TokioIo::new(stream))
     }
 }
@@ -376,17 +430,22 @@ impl Transport {
     }
 
     /// A lazy channel to `endpoint` (whose URI keeps the `http` scheme: the TLS is
-    /// this transport's, not tonic's).
-    pub fn channel(&self, endpoint: Endpoint) -> Channel {
-        self.channel_from(endpoint, None)
+    /// this transport's, not tonic's) whose server must be `expect`.
+    pub fn channel(&self, endpoint: Endpoint, expect: Expect) -> Channel {
+        self.channel_from(endpoint, None, expect)
     }
 
     /// [`Transport::channel`] with connections made from `source` (tests that tell
     /// nodes apart on loopback by their source address).
-    pub fn channel_from(&self, endpoint: Endpoint, source: Option<std::net::IpAddr>) -> Channel {
+    pub fn channel_from(
+        &self,
+        endpoint: Endpoint,
+        source: Option<std::net::IpAddr>,
+        expect: Expect,
+    ) -> Channel {
         match self {
             Transport::Plain => endpoint.local_address(source).connect_lazy(),
-            Transport::Tls(tls) => tls.channel(endpoint, source),
+            Transport::Tls(tls) => tls.channel(endpoint, source, expect),
         }
     }
 
@@ -417,6 +476,7 @@ impl Transport {
                             info: ConnInfo {
                                 remote,
                                 caller: Caller::Anyone,
+                                hosts: Vec::new(),
                             },
                         }
                     })
@@ -426,16 +486,17 @@ impl Transport {
                 c.map(|stream| {
                     let (tcp, session) = stream.get_ref();
                     let remote = tcp.peer_addr().ok();
-                    let names = session
+                    let (names, hosts) = session
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .map(|leaf| names_in(leaf.as_ref()))
+                        .map(|leaf| (names_in(leaf.as_ref()), hosts_in(leaf.as_ref())))
                         .unwrap_or_default();
                     Conn {
                         io: ConnIo::Tls(Box::new(stream)),
                         info: ConnInfo {
                             remote,
                             caller: Caller::Certified(names),
+                            hosts,
                         },
                     }
                 })
@@ -443,10 +504,10 @@ impl Transport {
         }
     }
 
-    /// Starts [`Tls::watch`] (nothing for plaintext).
-    pub fn watch(&self, stop: tokio::sync::watch::Receiver<bool>) {
+    /// Starts [`Tls::watch`] if it does not run yet (nothing for plaintext).
+    pub fn watch(&self) {
         if let Transport::Tls(tls) = self {
-            tls.watch(stop);
+            tls.watch();
         }
     }
 }
@@ -478,6 +539,9 @@ pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// Who the peer is: its certificate's names, computed once per connection.
     pub caller: Caller,
+    /// The host names and IP addresses its certificate names (DNS and IP SANs): where
+    /// it may claim to be reached.
+    pub hosts: Vec<String>,
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -548,6 +612,44 @@ impl tokio::io::AsyncWrite for Conn {
         match &mut self.get_mut().io {
             ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Who a client expects the server it dials to be (checked on the server's
+/// certificate after the handshake): a man in the middle holding some other
+/// certificate of the CA (an app's, for the same host) is hung up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// A coordinator node (`ratify://peer/<id>`), this one if given.
+    Node(Option<u64>),
+    /// A participant (`ratify://participant/<name>`), this one if given.
+    Participant(Option<String>),
+    /// Any certificate of the CA (tests, tools).
+    Anyone,
+}
+
+impl Expect {
+    fn is_met_by(&self, names: &[(Role, String)]) -> bool {
+        let has = |role: Role, name: Option<&str>| {
+            names
+                .iter()
+                .any(|(r, n)| *r == role && name.is_none_or(|want| want == n))
+        };
+        match self {
+            Expect::Node(id) => has(Role::Peer, id.map(|i| i.to_string()).as_deref()),
+            Expect::Participant(name) => has(Role::Participant, name.as_deref()),
+            Expect::Anyone => true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Expect::Node(Some(id)) => Role::Peer.uri(&id.to_string()),
+            Expect::Node(None) => Role::Peer.uri("<id>"),
+            Expect::Participant(Some(n)) => Role::Participant.uri(n),
+            Expect::Participant(None) => Role::Participant.uri("<name>"),
+            Expect::Anyone => "a certificate of the CA".into(),
         }
     }
 }
@@ -667,6 +769,33 @@ pub fn names_in(der: &[u8]) -> Vec<(Role, String)> {
         .iter()
         .filter_map(|n| match n {
             x509_parser::extensions::GeneralName::URI(uri) => parse_name(uri),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The DNS names and IP addresses in a DER certificate's subject alternative names.
+pub fn hosts_in(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
             _ => None,
         })
         .collect()

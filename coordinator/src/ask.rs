@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ratify_common::tls::Transport;
+use ratify_common::tls::{Expect, Transport};
 use ratify_proto::pb;
 use ratify_proto::pb::admin_client::AdminClient;
 
@@ -36,7 +36,7 @@ async fn dial_quickly(
         .timeout(Duration::from_secs(1));
     // A new channel: a fresh connection, made by the call (its failure is
     // UNAVAILABLE).
-    Ok(transport.channel(endpoint))
+    Ok(transport.channel(endpoint, Expect::Node(None)))
 }
 
 /// The id of the node serving the Raft port at `addr` (`Raft.Identify`).

@@ -647,6 +647,11 @@ pub fn resolve(a: &NodeArgs, file: &NodeFile) -> Result<NodeConfig> {
     if let Some(m) = &metrics_addr {
         addrs.push(("--metrics-addr", m.as_str()));
     }
+    // Plaintext goes to the peers too.
+    for info in peers.values() {
+        addrs.push(("--peer", info.raft_addr.as_str()));
+        addrs.push(("--peer", info.api_addr.as_str()));
+    }
     driver.transport = a.tls.transport(file, &addrs)?;
     Ok(NodeConfig {
         id,
@@ -955,7 +960,7 @@ mod tests {
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let file = parse_file(
             "id = 7\nprepare_timeout_ms = 111\nmax_live_txns = 5\none_phase = false\ninit = true\n\
-             peers = [\"1=localhost:7001,localhost:7101\", \"2=b:7002,b:7102; 3=c:7003,c:7103\"]\n",
+             peers = [\"1=localhost:7001,localhost:7101\", \"2=127.0.0.2:7002,127.0.0.2:7102; 3=127.0.0.3:7003,127.0.0.3:7103\"]\n",
         )
         .expect("file");
         let c = resolve(&with(&["--prepare-timeout-ms=222"]), &file).expect("valid");
@@ -970,7 +975,11 @@ mod tests {
         );
         let c = resolve(&with(&["--one-phase", "--init=false"]), &file).expect("valid");
         assert!(c.driver.one_phase && !c.init, "a bool flag wins both ways");
-        let c = resolve(&with(&["--peer", "1=a:1,a:2;2=b:1,b:2"]), &file).expect("valid");
+        let c = resolve(
+            &with(&["--peer", "1=127.0.0.1:1,127.0.0.1:2;2=[::1]:1,[::1]:2"]),
+            &file,
+        )
+        .expect("valid");
         assert_eq!(c.peers.len(), 2, "--peer replaces the file's peers");
     }
 
@@ -1020,6 +1029,7 @@ mod tests {
             (&["--api-addr=0.0.0.0:7101"], "loopback only"),
             (&["--metrics-addr=10.1.2.3:9100"], "loopback only"),
             (&["--tls-ca=/x/ca.pem"], "cannot go with"),
+            (&["--peer=2=10.0.0.2:7001,10.0.0.2:7101"], "loopback only"),
         ];
         for (flags, want) in cases {
             let e = err(&with(flags), &none);

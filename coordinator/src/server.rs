@@ -220,7 +220,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let transport = config.driver.transport.clone();
-    transport.watch(stop_rx.clone());
+    transport.watch();
     let driver = Driver::start(
         config.id,
         raft.clone(),

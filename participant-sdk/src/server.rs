@@ -155,14 +155,12 @@ impl ParticipantServer {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, resources = ?self, tls = self.transport.is_tls(), "participant server listening");
         let transport = self.transport.clone();
-        let (stop_watch, watching) = tokio::sync::watch::channel(false);
-        transport.watch(watching);
+        transport.watch();
         // Nagle off (in both transports): small RPCs must not wait for delayed ACKs.
         let result = tonic::transport::Server::builder()
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(transport.incoming(listener), shutdown)
             .await;
-        let _ = stop_watch.send(true);
         result?;
         Ok(())
     }

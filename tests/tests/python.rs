@@ -690,12 +690,14 @@ async fn the_python_client_and_participant_speak_mtls() -> anyhow::Result<()> {
     let admin = c.nodes.transport();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", py.endpoint))?
         .timeout(Duration::from_secs(5));
-    let e = pb::participant_client::ParticipantClient::new(admin.channel(endpoint))
-        .recover(pb::RecoverRequest {
-            resource: RESOURCE.into(),
-        })
-        .await
-        .expect_err("a client certificate listed the prepared branches");
+    let e = pb::participant_client::ParticipantClient::new(
+        admin.channel(endpoint, ratify_common::tls::Expect::Anyone),
+    )
+    .recover(pb::RecoverRequest {
+        resource: RESOURCE.into(),
+    })
+    .await
+    .expect_err("a client certificate listed the prepared branches");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     // Nor does another CA's certificate get through, at the handshake.
     let other = ratify_devkit::certs::Ca::new(&c.dir.path().join("other-ca"), "other")?
@@ -703,12 +705,14 @@ async fn the_python_client_and_participant_speak_mtls() -> anyhow::Result<()> {
     let stranger = Transport::Tls(Tls::load(other)?);
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", py.endpoint))?
         .timeout(Duration::from_secs(5));
-    let e = pb::participant_client::ParticipantClient::new(stranger.channel(endpoint))
-        .recover(pb::RecoverRequest {
-            resource: RESOURCE.into(),
-        })
-        .await
-        .expect_err("another CA's node certificate was served");
+    let e = pb::participant_client::ParticipantClient::new(
+        stranger.channel(endpoint, ratify_common::tls::Expect::Anyone),
+    )
+    .recover(pb::RecoverRequest {
+        resource: RESOURCE.into(),
+    })
+    .await
+    .expect_err("another CA's node certificate was served");
     assert_ne!(
         e.code(),
         tonic::Code::PermissionDenied,

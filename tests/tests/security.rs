@@ -64,6 +64,7 @@ fn channel(t: &Transport, addr: &str) -> anyhow::Result<tonic::transport::Channe
         Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(3)),
+        ratify_common::tls::Expect::Anyone,
     ))
 }
 
@@ -85,6 +86,16 @@ async fn identify(ch: tonic::transport::Channel) -> Result<u64, tonic::Status> {
 /// One raw HTTP/1.1 GET of /metrics over TLS (rustls directly), presenting
 /// `identity` if any: the response's first line, or the error.
 async fn https_get(addr: &str, ca: &Path, identity: Option<&TlsFiles>) -> anyhow::Result<String> {
+    https_get_path(addr, "/metrics", ca, identity).await
+}
+
+/// [`https_get`] of `path`.
+async fn https_get_path(
+    addr: &str,
+    path: &str,
+    ca: &Path,
+    identity: Option<&TlsFiles>,
+) -> anyhow::Result<String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca)? {
         roots.add(c?)?;
@@ -105,8 +116,10 @@ async fn https_get(addr: &str, ca: &Path, identity: Option<&TlsFiles>) -> anyhow
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost")?, tcp)
         .await?;
-    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut body = Vec::new();
     tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut body)).await??;
     let text = String::from_utf8_lossy(&body).to_string();
@@ -178,9 +191,28 @@ async fn a_client_without_a_certificate_of_the_ca_is_refused_on_every_port() -> 
                 .contains("200"),
             "node {id}'s metrics answered another CA's certificate"
         );
-        let peer = ca.issue("prom", &[(Role::Operator, "prometheus")])?;
-        let line = https_get(&metrics, &ca_file, Some(&peer)).await?;
+        // Metrics (counts only) for any certificate of the CA; the console (every
+        // transaction, its owner and branches) for operators only.
+        let prometheus = ca.issue("prom", &[])?;
+        let line = https_get(&metrics, &ca_file, Some(&prometheus)).await?;
         assert!(line.contains("200"), "node {id}'s metrics: {line}");
+        let line = https_get_path(&metrics, "/api/v1/console", &ca_file, Some(&prometheus)).await?;
+        assert!(
+            line.contains("403"),
+            "node {id}'s console to a role-less certificate: {line}"
+        );
+        let client = ca.issue("app", &[(Role::Client, "app")])?;
+        let line = https_get_path(&metrics, "/api/v1/console", &ca_file, Some(&client)).await?;
+        assert!(
+            line.contains("403"),
+            "node {id}'s console to a client: {line}"
+        );
+        let operator = ca.issue("ops", &[(Role::Operator, "ops")])?;
+        let line = https_get_path(&metrics, "/api/v1/console", &ca_file, Some(&operator)).await?;
+        assert!(
+            line.contains("200"),
+            "node {id}'s console to an operator: {line}"
+        );
     }
     Ok(())
 }
@@ -236,6 +268,50 @@ async fn only_members_speak_raft() -> anyhow::Result<()> {
         })
         .await
         .expect_err("a non-member appended entries");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Nor by an empty AppendEntries (it would still set the vote and may truncate
+    // the log), nor by a snapshot whose membership names it (helper-18, finding 1).
+    let probe = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(1_000, 9),
+        prev_log_id: Some(LogId::new(CommittedLeaderId::new(1_000, 9), 1)),
+        entries: vec![],
+        leader_commit: None,
+    };
+    let e = raft
+        .clone()
+        .append_entries(RaftPayload {
+            data: encode(&probe)?,
+            target: leader,
+        })
+        .await
+        .expect_err("a non-member sent an empty AppendEntries");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let forged_at = LogId::new(CommittedLeaderId::new(1_000, 9), 1_000_000);
+    let membership = openraft::Membership::new(
+        vec![[9u64].into_iter().collect()],
+        [(9u64, ratify_coordinator::types::NodeInfo::default())]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    let snapshot = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+        vote: Vote::new_committed(1_000, 9),
+        meta: openraft::SnapshotMeta {
+            last_log_id: Some(forged_at),
+            last_membership: openraft::StoredMembership::new(Some(forged_at), membership),
+            snapshot_id: "forged".into(),
+        },
+        offset: 0,
+        data: vec![],
+        done: true,
+    };
+    let e = raft
+        .clone()
+        .install_snapshot(RaftPayload {
+            data: encode(&snapshot)?,
+            target: leader,
+        })
+        .await
+        .expect_err("a non-member installed a snapshot naming itself");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // A member's certificate cannot speak for another node either.
     let member = transport(ca.issue("node2-copy", &[(Role::Peer, "2")])?)?;
@@ -330,6 +406,23 @@ async fn a_participant_takes_calls_only_from_the_coordinator() -> anyhow::Result
         .await
         .expect_err("another CA's certificate was served");
     assert_ne!(e.code(), Code::Ok);
+    // The other way round: a client that dials the app's port as if it were a
+    // coordinator node hangs up, since the certificate there is a participant's.
+    let fooled = CoordinatorClient::new(
+        vec![app.endpoint().to_string()],
+        ClientConfig {
+            transport: c.nodes.transport(),
+            deadline: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )?;
+    let answer = fooled.cluster_status(Some(app.endpoint())).await;
+    match &answer {
+        Err(ClientError::Unreachable { message, .. }) => {
+            assert!(message.contains("not ratify://peer"), "{message}")
+        }
+        other => panic!("a participant was taken for a node: {other:?}"),
+    }
     app.shutdown().await;
     Ok(())
 }
@@ -569,6 +662,11 @@ async fn branches_name_registered_participants_only() -> anyhow::Result<()> {
         Code::FailedPrecondition,
         "an endpoint belongs to one name"
     );
+    // A participant registers only at a host its certificate names.
+    assert_eq!(
+        code_of(shop.register_participant("", "10.0.0.7:5432").await),
+        Code::PermissionDenied
+    );
     assert!(
         mall.register_participant("", "127.0.0.1:7778")
             .await?
@@ -603,21 +701,61 @@ async fn branches_name_registered_participants_only() -> anyhow::Result<()> {
     assert_eq!(answer.outcome, pb::Outcome::InProgress as i32, "{answer:?}");
     alice.rollback(&begun.gtrid).await?;
 
+    // A transaction ended by a branch of a participant that moved: shop's recorded
+    // branch stays shop's (it may ask its outcome), and its old endpoint cannot be
+    // taken by another name while it is remembered.
+    let kept = alice.begin(branch("127.0.0.1:7777")).await?;
+    let kept_xid = kept.branches[0].xid.clone();
+    assert!(
+        shop.register_participant("", "127.0.0.1:7779")
+            .await?
+            .changed
+    );
+    shop.query_outcome(&kept_xid).await?;
+    assert_eq!(
+        code_of(mall.query_outcome(&kept_xid).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code_of(mall.register_participant("", "127.0.0.1:7777").await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code_of(alice.begin(branch("127.0.0.1:7777")).await),
+        Code::FailedPrecondition,
+        "a new branch names a current endpoint"
+    );
+    // A branch the transaction does not have is nobody's to ask about.
+    let mut missing = kept_xid.clone();
+    missing = ratify_participant_sdk::xid::Xid::from_pb(&pb::Xid {
+        bqual: "9".into(),
+        ..missing.to_pb()
+    })?;
+    assert_eq!(
+        code_of(shop.query_outcome(&missing).await),
+        Code::PermissionDenied
+    );
+    alice.rollback(&kept.gtrid).await?;
+
     // Unregistered, it is refused again.
     assert!(c.client.unregister_participant("shop").await?.changed);
     assert!(!c.client.unregister_participant("shop").await?.changed);
     assert_eq!(
-        code_of(alice.begin(branch("127.0.0.1:7777")).await),
+        code_of(alice.begin(branch("127.0.0.1:7779")).await),
         Code::FailedPrecondition
     );
     Ok(())
 }
 
 /// A new leader that never heard of a transaction drives it from the branch list
-/// sent with its Commit: under TLS that list must name registered participants, or a
-/// client could make the coordinator dial anywhere by naming an unknown gtrid.
+/// sent with its Commit: under TLS that list is used only if it names registered
+/// participants, or a client could make the coordinator dial anywhere by naming an
+/// unknown gtrid. Otherwise the transaction is aborted as lost (LEADER_LOST), an
+/// answer the owner's retry gets too, and nothing is dialled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_list_cannot_name_an_unregistered_endpoint() -> anyhow::Result<()> {
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let trap_addr = trap.local_addr()?.to_string();
     let mut c = TestCluster::start_tls(&[]).await?;
     let leader = c.nodes.wait_for_leader(Duration::from_secs(10)).await?;
     let begun = c.client.begin(BeginOptions::default()).await?;
@@ -632,19 +770,150 @@ async fn a_commit_list_cannot_name_an_unregistered_endpoint() -> anyhow::Result<
                 gtrid: begun.gtrid.clone(),
                 bqual: "1".into(),
             }),
-            endpoint: "127.0.0.1:9".into(),
+            endpoint: trap_addr.clone(),
             resource: "r".into(),
             ..Default::default()
         }],
     };
-    let e = pb::coordinator_client::CoordinatorClient::new(channel(&c.nodes.transport(), &api)?)
-        .commit(pb::CommitRequest {
-            gtrid: begun.gtrid.clone(),
-            branches: Some(forged),
+    let mut rpc =
+        pb::coordinator_client::CoordinatorClient::new(channel(&c.nodes.transport(), &api)?);
+    for _ in 0..2 {
+        let answer = rpc
+            .commit(pb::CommitRequest {
+                gtrid: begun.gtrid.clone(),
+                branches: Some(forged.clone()),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(answer.outcome, pb::Outcome::Aborted as i32, "{answer:?}");
+        assert_eq!(answer.reason, pb::Reason::LeaderLost as i32, "{answer:?}");
+    }
+    let dialled = tokio::time::timeout(Duration::from_millis(500), trap.accept()).await;
+    assert!(
+        dialled.is_err(),
+        "the coordinator dialled the unregistered endpoint"
+    );
+    Ok(())
+}
+
+/// Membership changes under TLS: a dead voter is replaced by a new node with its
+/// own certificate, which then counts (the leader is killed and the two left elect
+/// one and commit); the replaced node's certificate is refused by the Raft port from
+/// then on (it is no longer a member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_replaced_under_tls_counts_and_the_old_one_is_refused() -> anyhow::Result<()> {
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+    use ratify_coordinator::raft::codec::encode;
+
+    let mut c = TestCluster::start_tls(&[]).await?;
+    let leader = c.nodes.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut others = c.nodes.ids().into_iter().filter(|&id| id != leader);
+    let (dead, other) = (
+        others.next().context("a follower")?,
+        others.next().context("another")?,
+    );
+    c.nodes.kill(dead)?;
+    let new = c.nodes.spawn_joining(4)?;
+    // Started, not yet listening: wait until it answers (over TLS, as the leader will).
+    let up = Instant::now();
+    while c.nodes.status(4).await.is_err() {
+        anyhow::ensure!(
+            up.elapsed() < Duration::from_secs(20),
+            "node 4 never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = CoordinatorClient::new(
+        c.nodes.api_endpoints(),
+        ClientConfig {
+            transport: c.nodes.transport(),
+            attempt_timeout: Duration::from_secs(150),
+            deadline: Duration::from_secs(180),
+            ..ClientConfig::default()
+        },
+    )?;
+    let r = admin
+        .replace_member(dead, 4, &new.raft_addr, &new.api_addr)
+        .await?;
+    assert!(r.changed, "{r:?}");
+    let target = c.nodes.status(leader).await?.last_applied;
+    c.wait_applied(4, target, Duration::from_secs(15)).await?;
+
+    // The replaced node's own identity is no member any more.
+    let old = transport(ca(&c)?.issue(
+        &format!("node{dead}-again"),
+        &[(Role::Peer, &dead.to_string())],
+    )?)?;
+    let raft_addr = c.nodes.node_info(leader)?.raft_addr;
+    let e = RaftClient::new(channel(&old, &raft_addr)?)
+        .vote(RaftPayload {
+            data: encode(&VoteRequest::<u64>::new(Vote::new(1_000, dead), None))?,
+            target: leader,
         })
         .await
-        .expect_err("a forged list was driven");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("registered"), "{e:?}");
+        .expect_err("a replaced node asked for a vote");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Node 4 counts: without the leader, {other, 4} elect one of them and commit.
+    c.nodes.kill(leader)?;
+    let next = c.nodes.wait_for_leader(Duration::from_secs(15)).await?;
+    assert!(next == other || next == 4, "leader {next}");
+    let b = c.client.begin(BeginOptions::default()).await?;
+    let d = c.client.commit(&b.gtrid).await?;
+    assert_eq!(
+        d.outcome,
+        ratify_participant_sdk::client::Outcome::Committed
+    );
+    Ok(())
+}
+
+/// A participant that comes back on another port (and registers there) is called
+/// there for the branches recorded at its old endpoint: a branch enlisted before the
+/// move commits after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_moved_is_called_where_it_is_now() -> anyhow::Result<()> {
+    let c = TestCluster::start_tls(&[]).await?;
+    let files = ca(&c)?.issue(
+        "mover",
+        &[(Role::Client, "mover"), (Role::Participant, "mover")],
+    )?;
+    let start = |store: &str| {
+        let (files, endpoints, path) = (
+            files.clone(),
+            c.nodes.api_endpoints(),
+            c.dir.path().join(store),
+        );
+        async move {
+            let resource = Arc::new(ratify_devkit::noop::NoopResource::open(path)?);
+            anyhow::Ok(
+                App::builder()
+                    .coordinators(endpoints)
+                    .tls(Tls::load(files)?)
+                    .resource("r", resource)
+                    .without_recovery()
+                    .start()
+                    .await?,
+            )
+        }
+    };
+    let first = start("noop-1").await?;
+    let old = first.endpoint().to_string();
+    let alice = client_with(&c, "alice", &[Role::Client])?;
+    let begun = alice
+        .begin(BeginOptions {
+            branches: vec![(old.clone(), "r".to_string())],
+            ..BeginOptions::default()
+        })
+        .await?;
+    first.shutdown().await;
+    let second = start("noop-2").await?;
+    assert_ne!(second.endpoint(), old);
+    let d = alice.commit(&begun.gtrid).await?;
+    assert_eq!(
+        d.outcome,
+        ratify_participant_sdk::client::Outcome::Committed
+    );
+    second.shutdown().await;
     Ok(())
 }

@@ -335,6 +335,7 @@ impl Driver {
             config.propose_timeout,
             counters.clone(),
         );
+        let pool = ParticipantPool::new(config.transport.clone(), Some(sm.clone()));
         let driver = Self {
             inner: Arc::new(Inner {
                 id,
@@ -343,7 +344,7 @@ impl Driver {
                 counters,
                 sm,
                 cluster: std::sync::atomic::AtomicU64::new(0),
-                pool: ParticipantPool::new(config.transport.clone()),
+                pool,
                 config,
                 runs: Mutex::new(Runs::default()),
                 phase2: Mutex::new(HashSet::new()),

@@ -6,12 +6,14 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ratify_common::tls::Transport;
+use ratify_common::tls::{Expect, Transport};
 use ratify_common::wire;
 use ratify_proto::pb;
 use ratify_proto::pb::participant_client::ParticipantClient;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
+
+use crate::raft::SharedSm;
 
 /// The URI to dial for a participant endpoint: `host:port` gets `http://`, a URI is
 /// taken as it is. New endpoints pass the wire rule (`ratify_common::wire`); ones an
@@ -97,15 +99,27 @@ pub struct ParticipantPool {
     clients: Mutex<HashMap<String, Cached>>,
     /// Plaintext or mutual TLS.
     transport: Transport,
+    /// The replicated table, for the participant registry: a branch recorded at an
+    /// endpoint its participant has since left is called where it is now.
+    sm: Option<SharedSm>,
 }
 
 impl ParticipantPool {
-    /// A pool dialling over `transport`.
-    pub fn new(transport: Transport) -> Self {
+    /// A pool dialling over `transport`, following the registry of `sm` if given.
+    pub fn new(transport: Transport, sm: Option<SharedSm>) -> Self {
         Self {
             clients: Mutex::default(),
             transport,
+            sm,
         }
+    }
+
+    /// Where a branch recorded at `endpoint` is called (docs/design.md, "Security").
+    fn target(&self, endpoint: &str) -> String {
+        self.sm
+            .as_ref()
+            .and_then(|sm| sm.read().table.route(endpoint).map(str::to_string))
+            .unwrap_or_else(|| endpoint.to_string())
     }
 
     /// Closes channels unused for `idle` or longer.
@@ -145,7 +159,14 @@ impl ParticipantPool {
             .tcp_nodelay(true);
         // A participant's answer is a vote and a short detail: anything larger is
         // refused by the decoder rather than buffered.
-        let client = ParticipantClient::new(self.transport.channel(ep))
+        // The server must be a participant, the one registered there if any.
+        let expect = Expect::Participant(self.sm.as_ref().and_then(|sm| {
+            sm.read()
+                .table
+                .owner_of_endpoint(endpoint)
+                .map(str::to_string)
+        }));
+        let client = ParticipantClient::new(self.transport.channel(ep, expect))
             .max_decoding_message_size(MAX_ANSWER_BYTES);
         clients.insert(
             endpoint.to_string(),
@@ -196,7 +217,8 @@ impl ParticipantPool {
                 )),
             );
         }
-        let client = self.client(endpoint).map_err(|e| (None, e))?;
+        let target = self.target(endpoint);
+        let client = self.client(&target).map_err(|e| (None, e))?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(timeout);
         ratify_proto::trace::inject(req.metadata_mut(), &span);
@@ -204,8 +226,8 @@ impl ParticipantPool {
             .instrument(span)
             .await;
         match answer {
-            Err(_) => Err((None, format!("{endpoint}: no answer within {timeout:?}"))),
-            Ok(Err(status)) => Err((Some(status.code()), format!("{endpoint}: {status}"))),
+            Err(_) => Err((None, format!("{target}: no answer within {timeout:?}"))),
+            Ok(Err(status)) => Err((Some(status.code()), format!("{target}: {status}"))),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
         }
     }

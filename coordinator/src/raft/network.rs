@@ -21,7 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use ratify_common::tls::Transport;
+use ratify_common::tls::{Expect, Transport};
 use ratify_proto::raft_pb::raft_client::RaftClient;
 use ratify_proto::raft_pb::RaftPayload;
 use serde::de::DeserializeOwned;
@@ -92,9 +92,13 @@ impl PeerConnection {
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let client = RaftClient::new(self.transport.channel_from(endpoint, self.source_ip))
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024);
+        let client = RaftClient::new(self.transport.channel_from(
+            endpoint,
+            self.source_ip,
+            Expect::Node(Some(self.target)),
+        ))
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024);
         self.client = Some(client.clone());
         Ok(client)
     }

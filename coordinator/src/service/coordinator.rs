@@ -352,12 +352,24 @@ impl CoordinatorService {
     }
 
     /// Under TLS, a branch list that would make this leader drive an unknown
-    /// transaction must name registered participants only.
-    fn check_list(&self, gtrid: Gtrid, list: &Option<Vec<BranchSpec>>) -> Result<(), Status> {
-        match list {
-            Some(specs) if !self.knows(gtrid) => self.check_registered(specs),
-            _ => Ok(()),
+    /// transaction is used only if it names registered participants (current or
+    /// earlier endpoints); otherwise the transaction is driven as if no list came:
+    /// aborted (LEADER_LOST), which is what it is, since no participant can be asked
+    /// at an unregistered endpoint. Refusing instead would leave the owner's retried
+    /// Commit without an answer.
+    fn usable_list(&self, gtrid: Gtrid, list: Option<Vec<BranchSpec>>) -> Option<Vec<BranchSpec>> {
+        let specs = list?;
+        if !self.driver.transport().is_tls() || self.knows(gtrid) {
+            return Some(specs);
         }
+        let sm = self.driver.sm().read();
+        let registered = specs
+            .iter()
+            .all(|s| sm.table.owner_of_endpoint(&s.endpoint).is_some());
+        if !registered {
+            tracing::warn!(%gtrid, "a branch list naming an unregistered participant was not used");
+        }
+        registered.then_some(specs)
     }
 
     /// A participant asks only about its own branches: the branch's endpoint must be
@@ -377,11 +389,24 @@ impl CoordinatorService {
                 _ => None,
             },
         };
+        let known = self.driver.held(gtrid.index).is_some()
+            || matches!(
+                self.driver.sm().read().table.lookup(gtrid.index),
+                Lookup::Live(_)
+            );
         let Some(endpoint) = endpoint else {
-            return Ok(());
+            // A transaction this leader knows has no such branch: nobody's to ask
+            // about. One it does not hold live (finished, absent) only has an outcome.
+            return if known {
+                Err(Status::permission_denied(format!(
+                    "transaction {gtrid} has no branch {bqual}"
+                )))
+            } else {
+                Ok(())
+            };
         };
         let sm = self.driver.sm().read();
-        match sm.table.participant_at(&endpoint) {
+        match sm.table.owner_of_endpoint(&endpoint) {
             Some(owner) if owner == name => Ok(()),
             owner => Err(Status::permission_denied(format!(
                 "branch {gtrid}.{bqual} is at {} ({}), not participant {name}'s",
@@ -486,8 +511,7 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         self.check_owner(gtrid, client.as_deref())?;
-        let branches = validate_branch_list(gtrid, req.branches)?;
-        self.check_list(gtrid, &branches)?;
+        let branches = self.usable_list(gtrid, validate_branch_list(gtrid, req.branches)?);
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way. That task's span, and its participant calls', are
         // children of this one, and so of the client's trace.
@@ -515,8 +539,7 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         self.check_owner(gtrid, client.as_deref())?;
-        let branches = validate_branch_list(gtrid, req.branches)?;
-        self.check_list(gtrid, &branches)?;
+        let branches = self.usable_list(gtrid, validate_branch_list(gtrid, req.branches)?);
         let (outcome, reason, detail) = answer_fields(
             traced(
                 "rollback",
@@ -661,6 +684,19 @@ impl Coordinator for CoordinatorService {
     }
 }
 
+/// The host of `host:port` (or a URI of one), lower case, IPv6 without brackets.
+fn endpoint_host(endpoint: &str) -> String {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
 fn participant_pb(name: &str, p: &crate::txn::Participant) -> pb::RegisteredParticipant {
     pb::RegisteredParticipant {
         name: name.to_string(),
@@ -676,15 +712,21 @@ impl Admin for CoordinatorService {
         &self,
         req: Request<pb::RegisterParticipantRequest>,
     ) -> Result<Response<pb::RegisterParticipantResponse>, Status> {
-        // An operator names anyone; a participant only itself.
-        let (by, own) = match Caller::of(&req) {
-            Some(Caller::Anyone) => ("an --insecure caller".to_string(), None),
+        // An operator names anyone (and an empty name is its own participant name,
+        // if it has one); a participant only itself, at a host its certificate names.
+        let (by, own, operator, hosts) = match Caller::of(&req) {
+            Some(Caller::Anyone) => ("an --insecure caller".to_string(), None, true, None),
             Some(caller @ Caller::Certified(_)) => {
-                let by = caller.describe();
-                match caller.name_as(Role::Operator) {
-                    Some(_) => (by, None),
-                    None => (by, Some(Caller::require(&req, Role::Participant)?)),
+                let own = caller.name_as(Role::Participant).map(str::to_string);
+                let operator = caller.name_as(Role::Operator).is_some();
+                if own.is_none() && !operator {
+                    Caller::require(&req, Role::Participant)?;
                 }
+                let hosts = req
+                    .extensions()
+                    .get::<ratify_common::tls::ConnInfo>()
+                    .map(|i| i.hosts.clone());
+                (caller.describe(), own, operator, hosts)
             }
             None => {
                 return Err(Status::unauthenticated(
@@ -696,18 +738,18 @@ impl Admin for CoordinatorService {
         let name = match (own, r.name.is_empty()) {
             (Some(own), true) => own,
             (Some(own), false) if own == r.name => own,
+            (_, false) if operator => r.name,
             (Some(own), false) => {
                 return Err(Status::permission_denied(format!(
                     "participant {own} may register itself only, not {}",
                     wire::preview(&r.name)
                 )))
             }
-            (None, true) => {
+            (None, _) => {
                 return Err(invalid(
                     "name is required (an operator names the participant)",
                 ))
             }
-            (None, false) => r.name,
         };
         if !wire::is_valid_name(&name) {
             return Err(invalid(format!(
@@ -715,6 +757,23 @@ impl Admin for CoordinatorService {
                 wire::preview(&name),
                 wire::NAME_RULE
             )));
+        }
+        // A participant registers only where its certificate says it is reached: the
+        // coordinator then never dials a host a participant merely named.
+        if let (false, Some(hosts)) = (operator, &hosts) {
+            let host = endpoint_host(&r.endpoint);
+            if !hosts.contains(&host) {
+                return Err(Status::permission_denied(format!(
+                    "participant {name}'s certificate does not name the host {} (it names {}); \
+                     an operator may register it there",
+                    wire::preview(&host),
+                    if hosts.is_empty() {
+                        "none".to_string()
+                    } else {
+                        hosts.join(", ")
+                    }
+                )));
+            }
         }
         validate_endpoint(&r.endpoint, EndpointRule::New)?;
         self.leader_only().await?;
@@ -776,7 +835,20 @@ impl Admin for CoordinatorService {
         req: Request<pb::ResolveTransactionRequest>,
     ) -> Result<Response<pb::ResolveTransactionResponse>, Status> {
         require(&req, Role::Operator)?;
-        let req = req.into_inner();
+        // The audit trail records who acted as the certificate says (rule 17); the
+        // name the request gives is kept beside it when it differs.
+        let certified = match Caller::of(&req) {
+            Some(c @ Caller::Certified(_)) => c.name_as(Role::Operator).map(str::to_string),
+            _ => None,
+        };
+        let mut req = req.into_inner();
+        if let Some(name) = certified {
+            if req.operator.is_empty() || req.operator == name {
+                req.operator = name;
+            } else {
+                req.operator = format!("{name} (as {})", req.operator);
+            }
+        }
         let action = match pb::ResolveAction::try_from(req.action) {
             Ok(pb::ResolveAction::Abort) => OperatorAction::Abort,
             Ok(pb::ResolveAction::Commit) => OperatorAction::Commit,

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
 
-use ratify_common::tls::{Alpn, Conn, Transport};
+use ratify_common::tls::{Alpn, Caller, Conn, Role, Transport};
 use tokio::net::TcpListener;
 
 use super::console::Console;
@@ -30,18 +30,53 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // The console samples the decision counters until this server stops.
     let (console, _sampler) = Console::start(driver.clone());
+    // The console lists transactions, their owners and branches: operators only.
+    // `/metrics` holds counts only: any certificate of the CA (a Prometheus's).
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(driver)
-        .merge(console.router());
+        .merge(
+            console
+                .router()
+                .layer(axum::middleware::from_fn(operators_only)),
+        );
     let local = listener.local_addr()?;
     let incoming = Incoming {
         conns: transport.incoming_as(listener, Alpn::Http1),
         local,
     };
-    axum::serve(incoming, app)
+    axum::serve(incoming, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Who is on the other end of a metrics-port connection.
+#[derive(Clone)]
+struct Peer(Caller);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Incoming>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Self {
+        Peer(stream.io().info().caller.clone())
+    }
+}
+
+async fn operators_only(
+    axum::extract::ConnectInfo(Peer(caller)): axum::extract::ConnectInfo<Peer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if caller.name_as(Role::Operator).is_some() {
+        next.run(req).await
+    } else {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            format!(
+                "the console needs an operator's certificate (ratify://operator/<name>); this is {}\n",
+                caller.describe()
+            ),
+        )
+            .into_response()
+    }
 }
 
 /// The connections of the metrics port, as axum takes them.

@@ -2,16 +2,17 @@
 //! the local Raft node. Served on the Raft port only, never on the client port.
 //!
 //! # Who may call (docs/design.md, "Security")
-//! Under TLS only a certificate with a `ratify://peer/<id>` name is served, and:
-//! - a Vote only from a member of this node's membership (a removed node cannot
-//!   disrupt the cluster with elections);
-//! - an AppendEntries or InstallSnapshot only from the node the request names as
-//!   leader (a peer cannot speak for another), and only if that node is a member, a
-//!   membership the request carries names it (a follower that has not yet heard of a
-//!   new member learns it from that member's own entries or snapshot), or the request
-//!   carries no entries (the probe a new leader starts with; it changes no log);
-//! - anything from anyone while this node has no membership yet (a node being added
-//!   is first called by the leader that adds it).
+//! Under TLS only a certificate with a `ratify://peer/<id>` name is served, only for
+//! that id (a Vote from the candidate it names, an AppendEntries or InstallSnapshot
+//! from the leader it names), and only while that id is a member of this node's
+//! membership (voter or learner, as its log stands). Every one of these requests can
+//! change the vote or the log (an empty AppendEntries still saves a higher vote and
+//! may truncate), so no request from a non-member is taken, whatever it claims about
+//! the membership. The one exception: a node with no membership yet (about to be
+//! added) takes a peer, since the leader adding it calls it first.
+//!
+//! The cost: a follower that missed a membership change naming a new node cannot
+//! hear from that node, should it lead, until it is replaced (it shows as lagging).
 
 use ratify_proto::raft_pb::raft_server::Raft as RaftService;
 use ratify_proto::raft_pb::{IdentifyRequest, IdentifyResponse, RaftPayload};
@@ -19,7 +20,6 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::EntryPayload;
 use ratify_common::tls::{Caller, Role};
 
 use crate::raft::codec::{decode, encode};
@@ -65,24 +65,17 @@ impl RaftServer {
         nodes.peek().is_none() || membership.nodes().any(|(n, _)| *n == id)
     }
 
-    /// Refuses a request from `caller` claiming `vote`'s leadership unless the rules
-    /// of the module docs allow it; `carried` says whether a membership in the request
-    /// names the caller, `probe` whether it carries no entries.
-    fn check_leader(
-        &self,
-        caller: Option<NodeId>,
-        vote: &Vote,
-        carried: bool,
-        probe: bool,
-    ) -> Result<(), Status> {
+    /// Refuses a request from `caller` that claims `vote` (a candidacy or a
+    /// leadership) unless `vote` is the caller's own and the caller is a member.
+    fn check_vote(&self, caller: Option<NodeId>, vote: &Vote) -> Result<(), Status> {
         let Some(id) = caller else { return Ok(()) };
         if vote.leader_id().voted_for() != Some(id) {
             return Err(Status::permission_denied(format!(
-                "node {id} may not speak for leader {:?}",
+                "node {id} may not speak for node {:?}",
                 vote.leader_id().voted_for()
             )));
         }
-        if carried || probe || self.knows(id) {
+        if self.knows(id) {
             Ok(())
         } else {
             Err(not_member(id))
@@ -125,29 +118,14 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let caller = Self::caller(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = self.request(req)?;
-        if let Some(id) = caller {
-            let carried = rpc.entries.iter().any(|e| match &e.payload {
-                EntryPayload::Membership(m) => m.nodes().any(|(n, _)| *n == id),
-                _ => false,
-            });
-            self.check_leader(caller, &rpc.vote, carried, rpc.entries.is_empty())?;
-        }
+        self.check_vote(caller, &rpc.vote)?;
         payload(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let caller = Self::caller(&req)?;
         let rpc: VoteRequest<NodeId> = self.request(req)?;
-        if let Some(id) = caller {
-            if rpc.vote.leader_id().voted_for() != Some(id) {
-                return Err(Status::permission_denied(format!(
-                    "node {id} may not ask votes for another node"
-                )));
-            }
-            if !self.knows(id) {
-                return Err(not_member(id));
-            }
-        }
+        self.check_vote(caller, &rpc.vote)?;
         payload(&self.raft.vote(rpc).await)
     }
 
@@ -157,15 +135,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let caller = Self::caller(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = self.request(req)?;
-        if let Some(id) = caller {
-            let carried = rpc
-                .meta
-                .last_membership
-                .membership()
-                .nodes()
-                .any(|(n, _)| *n == id);
-            self.check_leader(caller, &rpc.vote, carried, false)?;
-        }
+        self.check_vote(caller, &rpc.vote)?;
         payload(&self.raft.install_snapshot(rpc).await)
     }
 

@@ -474,16 +474,23 @@ pub enum Command {
 /// A registered participant (docs/design.md, "Security").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
-    /// Where branches reach it.
+    /// Where new branches reach it.
     pub endpoint: String,
     /// Who registered it.
     pub by: String,
     /// When (leader clock).
     pub at_ms: u64,
+    /// Its earlier endpoints, newest last (at most [`MAX_FORMER_ENDPOINTS`]): branches
+    /// recorded there are its own, and calls to them go to `endpoint` (a participant
+    /// restarted on another port still gets phase 2 and may ask its outcomes).
+    pub former: Vec<String>,
 }
 
 /// Most registered participants.
 pub const MAX_PARTICIPANTS: usize = 10_000;
+
+/// Most earlier endpoints kept per participant.
+pub const MAX_FORMER_ENDPOINTS: usize = 16;
 
 impl BranchSpec {
     fn approx_bytes(&self) -> usize {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     AuditEntry, BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord,
     Participant, Reason, Refusal, Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
-    MAX_OPERATOR_BYTES, MAX_PARTICIPANTS,
+    MAX_FORMER_ENDPOINTS, MAX_OPERATOR_BYTES, MAX_PARTICIPANTS,
 };
 
 /// The replicated transaction table: live transactions plus recent outcomes.
@@ -456,12 +456,34 @@ impl TxnTable {
         CommandResult::CommitStarted
     }
 
-    /// The registered name whose endpoint is `endpoint`.
+    /// The registered name whose current endpoint is `endpoint` (what a new branch
+    /// must name).
     pub fn participant_at(&self, endpoint: &str) -> Option<&str> {
         self.participants
             .iter()
             .find(|(_, p)| p.endpoint == endpoint)
             .map(|(n, _)| n.as_str())
+    }
+
+    /// The registered name whose current or an earlier endpoint is `endpoint` (whose
+    /// branch one recorded there is).
+    pub fn owner_of_endpoint(&self, endpoint: &str) -> Option<&str> {
+        self.participants
+            .iter()
+            .find(|(_, p)| p.endpoint == endpoint || p.former.iter().any(|f| f == endpoint))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Where a call to a branch recorded at `endpoint` goes: the current endpoint of
+    /// the participant that had it, if it moved since; `None` to dial it as recorded.
+    pub fn route(&self, endpoint: &str) -> Option<&str> {
+        if self.participants.is_empty() {
+            return None;
+        }
+        self.participants
+            .values()
+            .find(|p| p.endpoint != endpoint && p.former.iter().any(|f| f == endpoint))
+            .map(|p| p.endpoint.as_str())
     }
 
     fn register(
@@ -484,22 +506,40 @@ impl TxnTable {
                 ratify_common::wire::preview(&endpoint)
             ));
         }
-        if let Some(other) = self.participant_at(&endpoint).filter(|n| *n != name) {
-            return refuse(format!("endpoint {endpoint} is participant {other}'s"));
+        // An endpoint (current or earlier) is one name's: branches recorded there
+        // are that participant's, and calls to them follow it.
+        if let Some(other) = self.owner_of_endpoint(&endpoint).filter(|n| *n != name) {
+            return refuse(format!(
+                "endpoint {endpoint} is (or was) participant {other}'s; unregister {other} first"
+            ));
         }
-        match self.participants.get(&name) {
+        let by = cut_to(by, MAX_OPERATOR_BYTES);
+        let full = self.participants.len() >= MAX_PARTICIPANTS;
+        match self.participants.get_mut(&name) {
             Some(p) if p.endpoint == endpoint => CommandResult::Registry { changed: false },
-            None if self.participants.len() >= MAX_PARTICIPANTS => refuse(format!(
+            Some(p) => {
+                // Moved: the old endpoint stays its own, the newest ones kept.
+                let old = std::mem::replace(&mut p.endpoint, endpoint);
+                p.former.retain(|f| *f != old && *f != p.endpoint);
+                p.former.push(old);
+                if p.former.len() > MAX_FORMER_ENDPOINTS {
+                    p.former.remove(0);
+                }
+                p.by = by;
+                p.at_ms = at_ms;
+                CommandResult::Registry { changed: true }
+            }
+            None if full => refuse(format!(
                 "the registry holds the maximum of {MAX_PARTICIPANTS}"
             )),
-            _ => {
-                let by = cut_to(by, MAX_OPERATOR_BYTES);
+            None => {
                 self.participants.insert(
                     name,
                     Participant {
                         endpoint,
                         by,
                         at_ms,
+                        former: Vec::new(),
                     },
                 );
                 CommandResult::Registry { changed: true }

@@ -48,7 +48,7 @@ pub(crate) async fn run(a: ProbeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{:?} is not HOST:PORT", a.addr))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = transport.channel(endpoint);
+    let channel = transport.channel(endpoint, ratify_common::tls::Expect::Node(None));
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: a.service.clone(),
