@@ -172,6 +172,48 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     })
 }
 
+/// A TLS client configuration for a server outside Ratify (Postgres, an HTTP
+/// endpoint): the server's certificate must be issued by a CA in `ca` and name the
+/// host dialled; `identity` (certificate chain and key, PEM) is presented when given.
+///
+/// # Errors
+/// [`TlsError`] naming the file that cannot be read or the material rustls refuses.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| file_error(ca, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(ca, e))?;
+    if cas.is_empty() {
+        return Err(file_error(ca, "no certificate in the file"));
+    }
+    for c in cas {
+        roots
+            .add(c)
+            .map_err(|e| file_error(ca, format!("not a usable CA: {e}")))?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_error(cert, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_error(cert, e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Config(e.to_string()))
+        }
+    }
+}
+
 /// A process's TLS material, reloadable (see the module docs).
 pub struct Tls {
     files: TlsFiles,

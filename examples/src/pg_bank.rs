@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource};
+use ratify_participant_sdk::adapters::postgres::{PgConfig, PgResource, PgTls};
 use ratify_participant_sdk::client::CoordinatorClient;
 use ratify_participant_sdk::resource::Resource;
 use ratify_participant_sdk::{App, AppError, Tx};
@@ -196,8 +196,22 @@ impl Bank {
     /// # Errors
     /// The adapter's startup errors.
     pub async fn open(dbs: &BankDbs, pool_size: usize) -> anyhow::Result<Self> {
+        Self::open_tls(dbs, pool_size, None).await
+    }
+
+    /// [`Bank::open`], over TLS to the server when `tls` is given (the URLs'
+    /// `sslmode` says whether plaintext is allowed).
+    ///
+    /// # Errors
+    /// The adapter's startup errors.
+    pub async fn open_tls(
+        dbs: &BankDbs,
+        pool_size: usize,
+        tls: Option<PgTls>,
+    ) -> anyhow::Result<Self> {
         let cfg = |url: &str, tag: &str| PgConfig {
             pool_size,
+            tls: tls.clone(),
             ..PgConfig::new(url, tag)
         };
         let a = PgResource::connect(cfg(&dbs.a_url, &dbs.a_name)).await?;

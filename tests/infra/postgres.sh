@@ -12,6 +12,8 @@
 #   RATIFY_TEST_PG_OPTS     the `-o` options the postmaster was started with
 #   RATIFY_TEST_PG_LOG      the server log file
 #   RATIFY_TEST_PG_RUN_AS   the user pg_ctl must run as (empty: the current user)
+#   RATIFY_TEST_PG_TLS_CA   the CA of the server's TLS certificate (the server takes TLS
+#                           and plaintext; `sslmode=require` connects with TLS only)
 #
 # Tests SIGKILL the postmaster (its pid is the first line of $RATIFY_TEST_PG_DATA/postmaster.pid)
 # and start it again with
@@ -117,6 +119,27 @@ start() {
     chmod 700 "$data"
     touch "$log"
     [[ -n "$user" ]] && chown "$owner" "$log"
+    # TLS: a throwaway CA and a server certificate for 127.0.0.1 / localhost.
+    local tls="$state/tls"
+    if ! command -v openssl >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl) >&2
+    fi
+    if [[ ! -f "$tls/server.pem" ]]; then
+        mkdir -p "$tls"
+        (
+            cd "$tls"
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+            openssl req -x509 -new -key ca.key -days 3650 -subj "/CN=ratify test postgres CA" -out ca.pem
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key 2>/dev/null
+            openssl req -new -key server.key -subj "/CN=localhost" -out server.csr
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile server.ext -out server.pem 2>/dev/null
+            rm -f server.csr server.ext ca.srl
+        ) >&2
+    fi
+    chmod 600 "$tls/server.key"
+    [[ -n "$user" ]] && chown "$owner" "$tls/server.key" "$tls/server.pem"
     local port opts
     port=$(free_port)
     # fsync stays on: the tests SIGKILL the postmaster and rely on prepared state
@@ -124,7 +147,7 @@ start() {
     # every file of the data dir one by one (30 s and more with the tests' databases).
     # wal_level=logical: the trade-off lab's outbox relay reads the outbox by change
     # data capture (a logical slot with the test_decoding plugin).
-    opts="-p $port -k $sock -c listen_addresses=127.0.0.1 -c max_prepared_transactions=200 -c max_connections=300 -c recovery_init_sync_method=syncfs -c wal_level=logical -c max_replication_slots=20"
+    opts="-p $port -k $sock -c listen_addresses=127.0.0.1 -c max_prepared_transactions=200 -c max_connections=300 -c recovery_init_sync_method=syncfs -c wal_level=logical -c max_replication_slots=20 -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
     run_as "$user" "$bindir/pg_ctl" -D "$data" -w -t 60 -l "$log" -o "$opts" start >&2 || {
         tail -n 30 "$log" >&2
         exit 1
@@ -137,6 +160,7 @@ start() {
     echo "export RATIFY_TEST_PG_OPTS='$opts'"
     echo "export RATIFY_TEST_PG_LOG='$log'"
     echo "export RATIFY_TEST_PG_RUN_AS='$user'"
+    echo "export RATIFY_TEST_PG_TLS_CA='$tls/ca.pem'"
 }
 
 case "$cmd" in

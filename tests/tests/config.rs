@@ -89,7 +89,7 @@ fn a_flag_wins_over_the_environment_which_wins_over_the_file() -> anyhow::Result
         ("RATIFY_ONE_PHASE", "true"),
         (
             "RATIFY_PEERS",
-            "1=a.example:7001,a.example:7101; 2=b.example:7001,b.example:7101",
+            "1=127.0.0.1:7001,127.0.0.1:7101; 2=127.0.0.2:7001,127.0.0.2:7101",
         ),
         ("RATIFY_LOG_FORMAT", "text"),
     ];

@@ -336,3 +336,70 @@ async fn hostile_xids_never_reach_postgres() -> anyhow::Result<()> {
     assert_eq!(bank_total(&dbs).await?, opening_total(), "tables intact");
     Ok(())
 }
+
+/// The adapter over TLS to the server (tokio-postgres with rustls, `sslmode=require`,
+/// the server's certificate checked against the test server's CA): a transfer commits
+/// across both banks and every connection the adapter opened is TLS; a CA that did
+/// not issue the server's certificate is refused at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adapter_speaks_tls_to_postgres() -> anyhow::Result<()> {
+    use ratify_participant_sdk::adapters::postgres::PgTls;
+    let _shared = server_lock().read().await;
+    let env = PgEnv::from_env()?;
+    let ca = std::env::var("RATIFY_TEST_PG_TLS_CA").map_err(|_| {
+        anyhow::anyhow!("RATIFY_TEST_PG_TLS_CA is not set: start tests/infra/postgres.sh")
+    })?;
+    let dbs = fresh_bank(&env, "pg_tls").await?;
+    let over_tls = |url: &str| format!("{url}?sslmode=require&application_name=ratify-tls-test");
+    let tls_dbs = BankDbs {
+        a_url: over_tls(&dbs.a_url),
+        b_url: over_tls(&dbs.b_url),
+        ..dbs.clone()
+    };
+    let c = TestCluster::start(&[]).await?;
+    let tls = PgTls {
+        ca: ca.into(),
+        client: None,
+    };
+    let bank = Bank::open_tls(&tls_dbs, 4, Some(tls)).await?;
+    let app = bank
+        .host(
+            c.client.clone(),
+            "127.0.0.1:0",
+            Some(Duration::from_millis(500)),
+        )
+        .await?;
+    bank.transfer(&app, 1, 2, 300, |_| {}).await?;
+    wait_no_prepared(&dbs, SETTLE).await?;
+    assert_eq!(moved(&dbs).await?, (PG_BALANCE - 300, PG_BALANCE + 300));
+
+    let (client, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'ratify-tls-test'",
+            &[],
+        )
+        .await?;
+    let (over, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all >= 2, "the adapter holds connections: {all}");
+    assert_eq!(over, all, "every connection of the adapter is TLS");
+
+    let stranger = ratify_devkit::certs::Ca::new(&c.dir.path().join("other-ca"), "other")?;
+    let refused = Bank::open_tls(
+        &tls_dbs,
+        1,
+        Some(PgTls {
+            ca: stranger.ca_file(),
+            client: None,
+        }),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a server certificate of another CA was taken"
+    );
+    c.wait_all_completed(SETTLE).await?;
+    must_settle(&dbs).await
+}

@@ -627,6 +627,34 @@ mod broker_tests;
 mod tests {
     use super::*;
 
+    /// TLS to the brokers is librdkafka's, set through `extra` (README, "Kafka
+    /// adapter"): this build has SSL in it, so the settings are taken (a missing CA
+    /// file is named, rather than SSL being unknown).
+    #[test]
+    fn ssl_settings_pass_through_to_librdkafka() -> anyhow::Result<()> {
+        use rdkafka::producer::BaseProducer;
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca.pem");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
+        let key = rcgen::KeyPair::generate()?;
+        std::fs::write(&ca, params.self_signed(&key)?.pem())?;
+        let mut config = KafkaConfig::new("127.0.0.1:1", "tls-test");
+        config.extra = vec![
+            ("security.protocol".into(), "ssl".into()),
+            ("ssl.ca.location".into(), ca.display().to_string()),
+        ];
+        let made: Result<BaseProducer, _> = config.client_config().create();
+        assert!(made.is_ok(), "{:?}", made.err());
+        config.extra[1].1 = dir.path().join("missing.pem").display().to_string();
+        let made: Result<BaseProducer, _> = config.client_config().create();
+        let e = made.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains("missing.pem") || e.contains("ssl.ca.location"),
+            "{e}"
+        );
+        Ok(())
+    }
+
     #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(is_valid_topic("orders.v1-x_y"));

@@ -132,7 +132,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{CancelToken, Client, NoTls, Row, SimpleQueryMessage, Statement};
+use tokio_postgres::{CancelToken, Client, Row, SimpleQueryMessage, Statement};
 
 pub use error::PgError;
 pub use gid::{Gid, Tag};
@@ -143,7 +143,7 @@ use crate::failpoint;
 use crate::resource::{CommitResult, Resource, ResourceError, RollbackResult, Vote};
 use crate::xid::Xid;
 use error::sqlstate;
-use pool::{Pool, Pooled};
+use pool::{Connector, Pool, Pooled};
 
 /// Connections reserved for phase 2, recovery, fencing and stats.
 const CONTROL_CONNECTIONS: usize = 4;
@@ -234,6 +234,21 @@ pub struct PgConfig {
     pub fence_lock_wait: Duration,
     /// Longest a rollback keeps trying before reporting itself unavailable. Default 10 s.
     pub rollback_deadline: Duration,
+    /// TLS to the server (default none: plaintext). With it the URL's `sslmode`
+    /// decides: `require` refuses a server without TLS, `prefer` (the default) falls
+    /// back to plaintext; `verify-full` behaviour either way when TLS is used (the
+    /// certificate must be of `ca` and name the host).
+    pub tls: Option<PgTls>,
+}
+
+/// TLS settings of a [`PgConfig`] (tokio-postgres over rustls).
+#[derive(Debug, Clone)]
+pub struct PgTls {
+    /// CA certificate(s), PEM, that the server's certificate must be issued by.
+    pub ca: std::path::PathBuf,
+    /// A client certificate chain and key, PEM, for `cert` authentication
+    /// (`hostssl ... cert` in pg_hba.conf); none: password or trust as configured.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl PgConfig {
@@ -245,6 +260,7 @@ impl PgConfig {
             pool_size: 32,
             fence_lock_wait: Duration::from_millis(200),
             rollback_deadline: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -364,8 +380,17 @@ impl PgResource {
             .url
             .parse()
             .map_err(|e| PgError::Config(format!("bad Postgres URL: {e}")))?;
-        let pool = Pool::new(pg.clone(), config.pool_size);
-        let control = Pool::new(pg, CONTROL_CONNECTIONS);
+        let connector = match &config.tls {
+            None => Connector::Plain,
+            Some(tls) => {
+                let client = tls.client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                let rustls = ratify_common::tls::client_config(&tls.ca, client)
+                    .map_err(|e| PgError::Config(format!("TLS: {e}")))?;
+                Connector::Tls(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
+            }
+        };
+        let pool = Pool::new(pg.clone(), connector.clone(), config.pool_size);
+        let control = Pool::new(pg, connector, CONTROL_CONNECTIONS);
         let (server, read_only_fence) = check_server(&pool).await?;
         if usize::try_from(server.max_prepared_transactions).unwrap_or(0) < config.pool_size {
             tracing::warn!(
@@ -644,12 +669,12 @@ impl PgResource {
 
     /// Rolls back a branch that is still open (never prepared). A statement in
     /// flight is cancelled first, so a long query cannot hold the rollback up.
-    async fn abort_open(slot: &Slot) {
+    async fn abort_open(&self, slot: &Slot) {
         let mut cancelled = false;
         let mut st = match slot.state.try_lock() {
             Ok(st) => st,
             Err(_) => {
-                if let Err(e) = slot.cancel.cancel_query(NoTls).await {
+                if let Err(e) = self.pool.connector().cancel(&slot.cancel).await {
                     tracing::debug!(error = %e, "cancel of the branch's statement failed");
                 }
                 cancelled = true;
@@ -893,7 +918,7 @@ impl PgResource {
             branches.remove(xid)
         };
         if let Some(slot) = slot {
-            Self::abort_open(&slot).await;
+            self.abort_open(&slot).await;
         }
         failpoint::hit("pg.before_rollback_prepared").await;
         let deadline = Instant::now() + self.config.rollback_deadline;

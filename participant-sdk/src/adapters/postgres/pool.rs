@@ -42,10 +42,34 @@ impl Conn {
     }
 }
 
+/// How connections to the server are made: plaintext, or TLS (rustls).
+#[derive(Clone)]
+pub(super) enum Connector {
+    /// `NoTls`.
+    Plain,
+    /// TLS, as the URL's `sslmode` says (`require`: never plaintext).
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Connector {
+    /// Sends a cancel request for the statement `token`'s connection runs.
+    pub(super) async fn cancel(
+        &self,
+        token: &tokio_postgres::CancelToken,
+    ) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Connector::Plain => token.cancel_query(NoTls).await,
+            Connector::Tls(tls) => token.cancel_query(tls.clone()).await,
+        }
+    }
+}
+
 /// Shared state of a [`Pool`].
 struct Inner {
     /// Where to connect.
     config: tokio_postgres::Config,
+    /// Plaintext or TLS.
+    connector: Connector,
     /// Connections not lent out, healthy and outside any transaction.
     idle: Mutex<Vec<Conn>>,
     /// Caps open connections at the configured size (branches hold theirs until
@@ -59,9 +83,10 @@ pub(super) struct Pool(Arc<Inner>);
 
 impl Pool {
     /// A pool of at most `size` connections to `config`; connects lazily.
-    pub(super) fn new(config: tokio_postgres::Config, size: usize) -> Self {
+    pub(super) fn new(config: tokio_postgres::Config, connector: Connector, size: usize) -> Self {
         Self(Arc::new(Inner {
             config,
+            connector,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size)),
         }))
@@ -104,24 +129,38 @@ impl Pool {
         })
     }
 
+    /// How this pool connects (for cancel requests).
+    pub(super) fn connector(&self) -> &Connector {
+        &self.0.connector
+    }
+
     /// A new connection outside the pool's accounting (startup checks).
     pub(super) async fn connect(&self) -> Result<Conn, PgError> {
-        let (client, connection) =
-            self.0
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| match PgError::from(e) {
-                    PgError::Db { code, message } => {
-                        PgError::Unavailable(format!("{code}: {message}"))
-                    }
-                    other => other,
-                })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection closed");
+        let unavailable = |e: tokio_postgres::Error| match PgError::from(e) {
+            PgError::Db { code, message } => PgError::Unavailable(format!("{code}: {message}")),
+            other => other,
+        };
+        let closed = |e: tokio_postgres::Error| {
+            tracing::debug!(error = %e, "postgres connection closed");
+        };
+        let client = match &self.0.connector {
+            Connector::Plain => {
+                let (client, connection) =
+                    self.0.config.connect(NoTls).await.map_err(unavailable)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
             }
-        });
+            Connector::Tls(tls) => {
+                let (client, connection) = self
+                    .0
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(unavailable)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
+            }
+        };
         Ok(Conn {
             client,
             stmts: HashMap::new(),

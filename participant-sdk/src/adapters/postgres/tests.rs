@@ -24,7 +24,7 @@ fn with_db(url: &str, db: &str) -> String {
 }
 
 async fn admin(url: &str) -> anyhow::Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     Ok(client)
 }
