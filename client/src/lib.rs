@@ -300,6 +300,9 @@ struct Inner {
 struct Known {
     /// Branches by bqual: (endpoint, resource).
     branches: std::collections::BTreeMap<u32, (String, String)>,
+    /// The owner token (TLS) of the largest branch set the coordinator answered
+    /// with, and that set's size: sent only while it covers every known branch.
+    token: (usize, String),
     /// When the transaction times out, Unix ms (entries are dropped some time after).
     deadline_unix_ms: u64,
 }
@@ -397,18 +400,30 @@ impl CoordinatorClient {
         let begun = Begun {
             branches: response
                 .branches
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(enlisted)
                 .collect::<Result<_, _>>()?,
-            gtrid: response.gtrid,
+            gtrid: response.gtrid.clone(),
             deadline_unix_ms: response.deadline_unix_ms,
         };
-        self.remember(&begun.gtrid, begun.deadline_unix_ms, &begun.branches);
+        self.remember(
+            &begun.gtrid,
+            begun.deadline_unix_ms,
+            &begun.branches,
+            &response.owner_token,
+        );
         Ok(begun)
     }
 
     /// Notes branches of `gtrid` (begun through this client).
-    fn remember(&self, gtrid: &str, deadline_unix_ms: u64, branches: &[EnlistedBranch]) {
+    fn remember(
+        &self,
+        gtrid: &str,
+        deadline_unix_ms: u64,
+        branches: &[EnlistedBranch],
+        token: &str,
+    ) {
         let mut known = lock(&self.inner.known);
         if known.len() >= MAX_KNOWN && !known.contains_key(gtrid) {
             let now = std::time::SystemTime::now()
@@ -435,6 +450,16 @@ impl CoordinatorClient {
                     .insert(bqual, (b.endpoint.clone(), b.resource.clone()));
             }
         }
+        // The answer's token covers the branches as they stood after this call: at
+        // least the highest bqual it named (answers may arrive out of order).
+        let covers = branches
+            .iter()
+            .filter_map(|b| b.xid.bqual().parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        if !token.is_empty() && covers >= entry.token.0 {
+            entry.token = (covers, token.to_owned());
+        }
     }
 
     /// The decision a Commit or Rollback of `gtrid` answered; once there is one, the
@@ -460,7 +485,13 @@ impl CoordinatorClient {
         let known = lock(&self.inner.known);
         let k = known.get(gtrid)?;
         let complete = k.branches.keys().copied().eq(1..=k.branches.len() as u32);
+        let token = if k.token.0 == k.branches.len() {
+            k.token.1.clone()
+        } else {
+            String::new()
+        };
         complete.then(|| pb::BranchList {
+            owner_token: token,
             branches: k
                 .branches
                 .iter()
@@ -508,7 +539,12 @@ impl CoordinatorClient {
                 .ok_or_else(|| ClientError::Protocol("enlist answer has no branch".into()))?,
         )?;
         if lock(&self.inner.known).contains_key(gtrid) {
-            self.remember(gtrid, 0, std::slice::from_ref(&branch));
+            self.remember(
+                gtrid,
+                0,
+                std::slice::from_ref(&branch),
+                &response.owner_token,
+            );
         }
         Ok(branch)
     }
@@ -1164,6 +1200,7 @@ pub mod fake {
                 gtrid,
                 branches,
                 deadline_unix_ms: 0,
+                owner_token: String::new(),
             }))
         }
         async fn enlist(
@@ -1266,11 +1303,11 @@ mod tests {
         };
         for i in 0..MAX_KNOWN {
             let g = format!("{:032x}", i + 1);
-            client.remember(&g, far, &[branch(&g)?]);
+            client.remember(&g, far, &[branch(&g)?], "");
         }
         let first = format!("{:032x}", 1);
         let extra = format!("{:032x}", MAX_KNOWN + 1);
-        client.remember(&extra, far, &[branch(&extra)?]);
+        client.remember(&extra, far, &[branch(&extra)?], "");
         assert_eq!(lock(&client.inner.known).len(), MAX_KNOWN);
         assert!(
             client.branch_list(&extra).is_none(),
@@ -1281,8 +1318,8 @@ mod tests {
             "those remembered stay"
         );
         // One whose deadline passed long ago makes room.
-        client.remember(&first, 1, &[]);
-        client.remember(&extra, far, &[branch(&extra)?]);
+        client.remember(&first, 1, &[], "");
+        client.remember(&extra, far, &[branch(&extra)?], "");
         assert!(client.branch_list(&extra).is_some());
         Ok(())
     }

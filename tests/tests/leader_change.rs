@@ -215,7 +215,10 @@ async fn a_number_not_yet_handed_out_takes_no_record() -> anyhow::Result<()> {
     let r = rpc
         .commit(pb::CommitRequest {
             gtrid: next.clone(),
-            branches: Some(pb::BranchList { branches: vec![] }),
+            branches: Some(pb::BranchList {
+                branches: vec![],
+                owner_token: String::new(),
+            }),
         })
         .await;
     assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::NotFound));

@@ -774,6 +774,7 @@ async fn a_commit_list_cannot_name_an_unregistered_endpoint() -> anyhow::Result<
             resource: "r".into(),
             ..Default::default()
         }],
+        owner_token: String::new(),
     };
     let mut rpc =
         pb::coordinator_client::CoordinatorClient::new(channel(&c.nodes.transport(), &api)?);
@@ -915,5 +916,79 @@ async fn a_participant_that_moved_is_called_where_it_is_now() -> anyhow::Result<
         ratify_participant_sdk::client::Outcome::Committed
     );
     second.shutdown().await;
+    Ok(())
+}
+
+/// After a failover, only the client that began a transaction can have the new
+/// leader drive it from a branch list (its owner token binds it and the branches):
+/// another client's list, a subset of the branches, is not used and the transaction
+/// is aborted as lost; the owner's own retried Commit of another transaction, with
+/// its list and token, commits both branches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_client_cannot_drive_a_lost_transaction() -> anyhow::Result<()> {
+    let mut c = TestCluster::start_tls(&[]).await?;
+    let mut apps = Vec::new();
+    for name in ["x", "y"] {
+        let files = ca(&c)?.issue(name, &[(Role::Client, name), (Role::Participant, name)])?;
+        let store = Arc::new(ratify_devkit::noop::NoopResource::open(
+            c.dir.path().join(format!("noop-{name}")),
+        )?);
+        apps.push(
+            App::builder()
+                .coordinators(c.nodes.api_endpoints())
+                .tls(Tls::load(files)?)
+                .resource("r", store)
+                .start()
+                .await?,
+        );
+    }
+    let both = BeginOptions {
+        branches: apps
+            .iter()
+            .map(|a| (a.endpoint().to_string(), "r".to_string()))
+            .collect(),
+        ..BeginOptions::default()
+    };
+    let alice = client_with(&c, "alice", &[Role::Client])?;
+    let stolen = alice.begin(both.clone()).await?;
+    let kept = alice.begin(both).await?;
+    let leader = c.nodes.wait_for_leader(Duration::from_secs(10)).await?;
+    c.nodes.kill(leader)?;
+    let next = c.nodes.wait_for_leader(Duration::from_secs(15)).await?;
+
+    // Bob names the first branch only (no token of his could cover alice's).
+    let bob = transport(ca(&c)?.issue("bob", &[(Role::Client, "bob")])?)?;
+    let subset = pb::BranchList {
+        branches: vec![pb::Branch {
+            xid: Some(stolen.branches[0].xid.to_pb()),
+            endpoint: stolen.branches[0].endpoint.clone(),
+            resource: "r".into(),
+            ..Default::default()
+        }],
+        owner_token: String::new(),
+    };
+    let api = c.nodes.node_info(next)?.api_addr;
+    let answer = pb::coordinator_client::CoordinatorClient::new(channel(&bob, &api)?)
+        .commit(pb::CommitRequest {
+            gtrid: stolen.gtrid.clone(),
+            branches: Some(subset),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(answer.outcome, pb::Outcome::Aborted as i32, "{answer:?}");
+    assert_eq!(answer.reason, pb::Reason::LeaderLost as i32, "{answer:?}");
+    // Alice's retry learns the same: never COMMITTED with a branch unprepared.
+    let d = alice.commit(&stolen.gtrid).await?;
+    assert_eq!(d.outcome, ratify_participant_sdk::client::Outcome::Aborted);
+    // Her other transaction, with her list and token, the new leader drives.
+    let d = alice.commit(&kept.gtrid).await?;
+    assert_eq!(
+        d.outcome,
+        ratify_participant_sdk::client::Outcome::Committed,
+        "{d:?}"
+    );
+    for a in apps {
+        a.shutdown().await;
+    }
     Ok(())
 }

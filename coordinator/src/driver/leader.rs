@@ -189,6 +189,16 @@ impl Driver {
                 tokio::time::sleep(self.inner.config.scan_interval).await;
             }
         }
+        while self.inner.sm.read().table.secret.is_none() {
+            if !self.is_current_term(term) {
+                return;
+            }
+            let secret = rand::random::<[u8; 32]>();
+            if let Err(e) = self.propose(Command::SetSecret { secret }).await {
+                tracing::warn!(error = %e, "could not set the owner-token key yet; retrying");
+                tokio::time::sleep(self.inner.config.scan_interval).await;
+            }
+        }
         while self.inner.sm.read().table.retention != self.inner.config.retention {
             if !self.is_current_term(term) {
                 return;

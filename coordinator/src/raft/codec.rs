@@ -19,13 +19,15 @@ use serde::Serialize;
 const VERSION: u8 = 7;
 
 /// The version before: every layout of version 7 but the table's, which ends with
-/// the participant registry that version 6 lacks. So a version-6 value decodes as
-/// version 7, and a version-6 table (a snapshot, whose table is its last field)
-/// decodes as version 7 with an empty registry appended (docs/design.md, "Upgrades").
+/// the participant registry and the owner-token key that version 6 lacks. So a
+/// version-6 value decodes as version 7, and a version-6 table (a snapshot, whose
+/// table is its last field) decodes as version 7 with an empty registry and no key
+/// appended (docs/design.md, "Upgrades").
 const PREVIOUS: u8 = 6;
 
-/// An empty map in bincode's fixed-width layout: its length, a u64 of 0.
-const EMPTY_MAP: [u8; 8] = [0; 8];
+/// What version 7 adds at the end of a table, when empty, in bincode's fixed-width
+/// layout: the registry's length (a u64 of 0), then `None` (a 0 byte).
+const V6_TABLE_TAIL: [u8; 9] = [0; 9];
 
 /// Bytes that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +74,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         // decodes as is never gets the map appended.
         Some((&PREVIOUS, rest)) => strict(rest).or_else(|first| {
             let mut with_registry = rest.to_vec();
-            with_registry.extend_from_slice(&EMPTY_MAP);
+            with_registry.extend_from_slice(&V6_TABLE_TAIL);
             strict(&with_registry).map_err(|_| first)
         }),
         Some((&v, _)) => Err(CodecError::Version(v)),
@@ -108,9 +110,10 @@ mod tests {
         data.table.cluster_id = 42;
         data.table.next_txn = 9;
         let v7 = encode(&data).expect("encode");
-        // The registry is the last 8 bytes (an empty map); version 6 had none.
-        assert_eq!(&v7[v7.len() - 8..], &EMPTY_MAP);
-        let mut v6 = v7[..v7.len() - 8].to_vec();
+        // The registry and the key are the last 9 bytes (an empty map, None);
+        // version 6 had neither.
+        assert_eq!(&v7[v7.len() - 9..], &V6_TABLE_TAIL);
+        let mut v6 = v7[..v7.len() - 9].to_vec();
         v6[0] = PREVIOUS;
         let read: SmData = decode(&v6).expect("a version-6 snapshot");
         assert_eq!(read.table, data.table);
@@ -186,12 +189,13 @@ mod tests {
                     at_ms: 9,
                 },
                 Command::Unregister { name: "p".into() },
+                Command::SetSecret { secret: [7; 32] },
             ],
         };
         let bytes = encode(&p).expect("encode");
         let expected: Vec<u8> = [
             &[VERSION][..],
-            &7u64.to_le_bytes(),
+            &8u64.to_le_bytes(),
             &1u32.to_le_bytes(),
             &7u64.to_le_bytes(),
             &9u32.to_le_bytes(),
@@ -240,6 +244,9 @@ mod tests {
             &13u32.to_le_bytes(),
             &1u64.to_le_bytes(),
             b"p",
+            // SetSecret
+            &14u32.to_le_bytes(),
+            &[7u8; 32],
         ]
         .concat();
         assert_eq!(bytes, expected);

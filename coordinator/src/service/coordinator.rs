@@ -357,7 +357,18 @@ impl CoordinatorService {
     /// aborted (LEADER_LOST), which is what it is, since no participant can be asked
     /// at an unregistered endpoint. Refusing instead would leave the owner's retried
     /// Commit without an answer.
-    fn usable_list(&self, gtrid: Gtrid, list: Option<Vec<BranchSpec>>) -> Option<Vec<BranchSpec>> {
+    ///
+    /// The list must also come with the owner token Begin or Enlist gave the client
+    /// that began the transaction with exactly these branches (`owner_token.rs`):
+    /// another client, or a subset of the branches, would otherwise drive it (and
+    /// its owner's retry be told COMMITTED for branches never prepared).
+    fn usable_list(
+        &self,
+        gtrid: Gtrid,
+        list: Option<Vec<BranchSpec>>,
+        client: Option<&str>,
+        token: &str,
+    ) -> Option<Vec<BranchSpec>> {
         let specs = list?;
         if !self.driver.transport().is_tls() || self.knows(gtrid) {
             return Some(specs);
@@ -366,10 +377,43 @@ impl CoordinatorService {
         let registered = specs
             .iter()
             .all(|s| sm.table.owner_of_endpoint(&s.endpoint).is_some());
-        if !registered {
-            tracing::warn!(%gtrid, "a branch list naming an unregistered participant was not used");
+        let proven = match (&sm.table.secret, client) {
+            (Some(secret), Some(owner)) => {
+                super::owner_token::verify(secret, gtrid, owner, &specs, token)
+            }
+            _ => false,
+        };
+        if !registered || !proven {
+            tracing::warn!(
+                %gtrid,
+                registered,
+                proven,
+                "a branch list of a transaction this leader does not know was not used"
+            );
+            return None;
         }
-        registered.then_some(specs)
+        Some(specs)
+    }
+
+    /// The owner token of `gtrid` as its branches stand, for `owner` (TLS only;
+    /// empty before the cluster has its key).
+    fn owner_token(&self, gtrid: Gtrid, owner: Option<&str>) -> String {
+        let Some(owner) = owner else {
+            return String::new();
+        };
+        let specs = match self.driver.held(gtrid.index) {
+            Some(seed) => seed.branches,
+            None => match self.driver.sm().read().table.lookup(gtrid.index) {
+                Lookup::Live(rec) => rec.branches.iter().map(|b| b.spec.clone()).collect(),
+                _ => return String::new(),
+            },
+        };
+        let sm = self.driver.sm().read();
+        sm.table
+            .secret
+            .as_ref()
+            .map(|secret| super::owner_token::token(secret, gtrid, owner, &specs))
+            .unwrap_or_default()
     }
 
     /// A participant asks only about its own branches: the branch's endpoint must be
@@ -456,8 +500,8 @@ impl Coordinator for CoordinatorService {
             )));
         }
         let mut labels = validate_labels(req.labels)?;
-        if let Some(owner) = client {
-            labels.insert(OWNER_LABEL.to_string(), owner);
+        if let Some(owner) = &client {
+            labels.insert(OWNER_LABEL.to_string(), owner.clone());
         }
         let branches = req
             .branches
@@ -473,7 +517,9 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)?;
         span.record("gtrid", tracing::field::display(begun.gtrid));
         span.in_scope(|| tracing::debug!("begun"));
+        let owner_token = self.owner_token(begun.gtrid, client.as_deref());
         Ok(Response::new(pb::BeginResponse {
+            owner_token,
             gtrid: begun.gtrid.to_string(),
             branches: begun
                 .branches
@@ -500,6 +546,7 @@ impl Coordinator for CoordinatorService {
         let b = self.driver.enlist(gtrid, spec).await.map_err(to_status)?;
         Ok(Response::new(pb::EnlistResponse {
             branch: Some(convert::branch(gtrid, &b, None)),
+            owner_token: self.owner_token(gtrid, client.as_deref()),
         }))
     }
 
@@ -511,7 +558,17 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         self.check_owner(gtrid, client.as_deref())?;
-        let branches = self.usable_list(gtrid, validate_branch_list(gtrid, req.branches)?);
+        let token = req
+            .branches
+            .as_ref()
+            .map(|l| l.owner_token.clone())
+            .unwrap_or_default();
+        let branches = self.usable_list(
+            gtrid,
+            validate_branch_list(gtrid, req.branches)?,
+            client.as_deref(),
+            &token,
+        );
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way. That task's span, and its participant calls', are
         // children of this one, and so of the client's trace.
@@ -539,7 +596,17 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         self.check_owner(gtrid, client.as_deref())?;
-        let branches = self.usable_list(gtrid, validate_branch_list(gtrid, req.branches)?);
+        let token = req
+            .branches
+            .as_ref()
+            .map(|l| l.owner_token.clone())
+            .unwrap_or_default();
+        let branches = self.usable_list(
+            gtrid,
+            validate_branch_list(gtrid, req.branches)?,
+            client.as_deref(),
+            &token,
+        );
         let (outcome, reason, detail) = answer_fields(
             traced(
                 "rollback",

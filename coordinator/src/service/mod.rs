@@ -17,6 +17,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod health;
 pub mod metrics;
+pub mod owner_token;
 pub mod raft;
 
 use tonic::metadata::MetadataValue;

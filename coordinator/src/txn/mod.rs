@@ -469,6 +469,13 @@ pub enum Command {
         /// The name.
         name: String,
     },
+    /// Sets the cluster's owner-token key, once (the first one proposed wins): the
+    /// HMAC key of the tokens that prove to any leader which client began a
+    /// transaction with which branches (docs/design.md, "Security").
+    SetSecret {
+        /// 32 random bytes.
+        secret: [u8; 32],
+    },
 }
 
 /// A registered participant (docs/design.md, "Security").
@@ -531,6 +538,7 @@ impl Command {
                 name, endpoint, by, ..
             } => name.len() + endpoint.len() + by.len() + 8,
             Command::Unregister { name } => name.len(),
+            Command::SetSecret { .. } => 32,
             Command::SetClusterId { .. }
             | Command::Reserve { .. }
             | Command::SetRetention(_)

@@ -181,6 +181,7 @@ fn command() -> impl Strategy<Value = Command> {
                 at_ms: 0
             }),
         prop_oneof!["p[1-3]", ".{0,8}"].prop_map(|name| Command::Unregister { name }),
+        any::<[u8; 32]>().prop_map(|secret| Command::SetSecret { secret }),
     ]
 }
 

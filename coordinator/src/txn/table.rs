@@ -38,9 +38,12 @@ pub struct TxnTable {
     /// the time floor whatever `retention.max_count` says: a branch may still be
     /// prepared and will ask. Bounded by [`MAX_PINNED`].
     pub pinned: Outcomes,
-    /// The participant registry, by name (docs/design.md, "Security"). Last of the
-    /// fields: a version-6 table is this layout without it (`raft/codec.rs`).
+    /// The participant registry, by name (docs/design.md, "Security").
     pub participants: BTreeMap<String, Participant>,
+    /// The owner-token key ([`Command::SetSecret`]), once set. With `participants`,
+    /// the last fields: a version-6 table is this layout without both
+    /// (`raft/codec.rs`).
+    pub secret: Option<[u8; 32]>,
 }
 
 /// Completed outcomes by transaction number, and the order they completed in.
@@ -242,6 +245,12 @@ impl TxnTable {
             Command::Unregister { name } => CommandResult::Registry {
                 changed: self.participants.remove(&name).is_some(),
             },
+            Command::SetSecret { secret } => {
+                if self.secret.is_none() {
+                    self.secret = Some(secret);
+                }
+                CommandResult::None
+            }
             Command::CommitStarted {
                 txn,
                 branches,
