@@ -18,7 +18,20 @@ pub async fn node_status(
     addr: &str,
     transport: &Transport,
 ) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-    let channel = dial_quickly(addr, transport).await?;
+    node_status_of(addr, transport, None).await
+}
+
+/// [`node_status`] of the node that must be `id` (under TLS its certificate must
+/// name `ratify://peer/<id>`, or the connection is hung up on).
+///
+/// # Errors
+/// As [`node_status`].
+pub async fn node_status_of(
+    addr: &str,
+    transport: &Transport,
+    id: Option<NodeId>,
+) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+    let channel = dial_quickly(addr, transport, id).await?;
     Ok(AdminClient::new(channel)
         .cluster_status(pb::ClusterStatusRequest {})
         .await?
@@ -29,6 +42,7 @@ pub async fn node_status(
 async fn dial_quickly(
     addr: &str,
     transport: &Transport,
+    id: Option<NodeId>,
 ) -> Result<tonic::transport::Channel, tonic::Status> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
@@ -36,7 +50,7 @@ async fn dial_quickly(
         .timeout(Duration::from_secs(1));
     // A new channel: a fresh connection, made by the call (its failure is
     // UNAVAILABLE).
-    Ok(transport.channel(endpoint, Expect::Node(None)))
+    Ok(transport.channel(endpoint, Expect::Node(id)))
 }
 
 /// The id of the node serving the Raft port at `addr` (`Raft.Identify`).
@@ -44,7 +58,19 @@ async fn dial_quickly(
 /// # Errors
 /// When it cannot be reached or does not answer within a second.
 pub async fn raft_identity(addr: &str, transport: &Transport) -> Result<NodeId, tonic::Status> {
-    let channel = dial_quickly(addr, transport).await?;
+    raft_identity_of(addr, transport, None).await
+}
+
+/// [`raft_identity`] of the node that must be `id` (its certificate, under TLS).
+///
+/// # Errors
+/// As [`raft_identity`].
+pub async fn raft_identity_of(
+    addr: &str,
+    transport: &Transport,
+    id: Option<NodeId>,
+) -> Result<NodeId, tonic::Status> {
+    let channel = dial_quickly(addr, transport, id).await?;
     Ok(ratify_proto::raft_pb::raft_client::RaftClient::new(channel)
         .identify(ratify_proto::raft_pb::IdentifyRequest {})
         .await?

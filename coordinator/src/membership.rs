@@ -353,7 +353,7 @@ impl Membership {
     /// Asks the node at `node.api_addr` who it is: it must be node `id`, running, and
     /// not part of another cluster.
     async fn preflight(&self, id: NodeId, node: &NodeInfo) -> Result<(), MembershipError> {
-        let status = crate::ask::node_status(&node.api_addr, self.driver.transport())
+        let status = crate::ask::node_status_of(&node.api_addr, self.driver.transport(), Some(id))
             .await
             .map_err(|s| {
                 MembershipError::Precondition(format!(
@@ -375,7 +375,8 @@ impl Membership {
         // member would let it answer for the new one (docs/design.md, "Membership
         // changes"; the Raft port refuses requests meant for another id, so the
         // learner would never catch up either).
-        match crate::ask::raft_identity(&node.raft_addr, self.driver.transport()).await {
+        match crate::ask::raft_identity_of(&node.raft_addr, self.driver.transport(), Some(id)).await
+        {
             Ok(served) if served == id => {}
             Ok(served) => {
                 return Err(MembershipError::Invalid(format!(

@@ -992,3 +992,79 @@ async fn another_client_cannot_drive_a_lost_transaction() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Under TLS a node added while the leader is a node that joined after the cluster
+/// began still catches up (helper-19, finding 1): replaying the log from the start,
+/// it first adopts the founding membership, which does not name that leader, and a
+/// node that is no voter takes the leader's entries anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_under_a_leader_that_joined_later_catches_up() -> anyhow::Result<()> {
+    let mut c = TestCluster::start_tls(&[]).await?;
+    // More entries than one AppendEntries carries (1,000), so the new node's first
+    // batch ends before the membership change that admitted the later leader.
+    for _ in 0..1_100 {
+        let b = c.client.begin(BeginOptions::default()).await?;
+        c.client.commit(&b.gtrid).await?;
+    }
+    let admin = CoordinatorClient::new(
+        c.nodes.api_endpoints(),
+        ClientConfig {
+            transport: c.nodes.transport(),
+            attempt_timeout: Duration::from_secs(150),
+            deadline: Duration::from_secs(180),
+            ..ClientConfig::default()
+        },
+    )?;
+    // Replace a follower by node 4.
+    let leader = c.nodes.wait_for_leader(Duration::from_secs(10)).await?;
+    let replaced = c
+        .nodes
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .context("a follower")?;
+    c.nodes.kill(replaced)?;
+    let n4 = c.nodes.spawn_joining(4)?;
+    answers(&c, 4).await?;
+    admin
+        .replace_member(replaced, 4, &n4.raft_addr, &n4.api_addr)
+        .await?;
+    c.nodes.forget(replaced)?;
+    let target = c.nodes.status(leader).await?.last_applied;
+    c.wait_applied(4, target, Duration::from_secs(30)).await?;
+    // Make node 4 the leader: kill whoever leads, restart it, until 4 is elected.
+    let mut tries = 0;
+    loop {
+        let l = c.nodes.wait_for_leader(Duration::from_secs(15)).await?;
+        if l == 4 {
+            break;
+        }
+        tries += 1;
+        anyhow::ensure!(tries < 12, "node 4 never led");
+        c.nodes.kill(l)?;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        c.nodes.restart(l)?;
+        answers(&c, l).await?;
+    }
+    // Now add node 5: it must catch up from node 4.
+    let n5 = c.nodes.spawn_joining(5)?;
+    answers(&c, 5).await?;
+    let r = admin.add_member(5, &n5.raft_addr, &n5.api_addr).await?;
+    assert!(r.changed, "{r:?}");
+    let target = c.nodes.status(4).await?.last_applied;
+    c.wait_applied(5, target, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// Waits until node `id` answers a status call (over the cluster's transport).
+async fn answers(c: &TestCluster, id: u64) -> anyhow::Result<()> {
+    let up = Instant::now();
+    while let Err(e) = c.nodes.status(id).await {
+        anyhow::ensure!(
+            up.elapsed() < Duration::from_secs(20),
+            "node {id} never answered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

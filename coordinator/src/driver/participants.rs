@@ -114,12 +114,20 @@ impl ParticipantPool {
         }
     }
 
-    /// Where a branch recorded at `endpoint` is called (docs/design.md, "Security").
-    fn target(&self, endpoint: &str) -> String {
-        self.sm
-            .as_ref()
-            .and_then(|sm| sm.read().table.route(endpoint).map(str::to_string))
-            .unwrap_or_else(|| endpoint.to_string())
+    /// Where a branch recorded at `endpoint` is called, and the participant
+    /// registered there (docs/design.md, "Security"), in one look at the registry.
+    fn target(&self, endpoint: &str) -> (String, Option<String>) {
+        let Some(sm) = &self.sm else {
+            return (endpoint.to_string(), None);
+        };
+        let sm = sm.read();
+        let table = &sm.table;
+        if table.participants.is_empty() {
+            return (endpoint.to_string(), None);
+        }
+        let target = table.route(endpoint).unwrap_or(endpoint).to_string();
+        let owner = table.owner_of_endpoint(endpoint).map(str::to_string);
+        (target, owner)
     }
 
     /// Closes channels unused for `idle` or longer.
@@ -138,9 +146,17 @@ impl ParticipantPool {
         self.len() == 0
     }
 
-    fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, String> {
+    /// The channel to `endpoint` whose server must be participant `owner` (any
+    /// participant when `None`); cached per both, so an endpoint that changed hands
+    /// is dialled afresh as its new owner's.
+    fn client(
+        &self,
+        endpoint: &str,
+        owner: Option<String>,
+    ) -> Result<ParticipantClient<Channel>, String> {
+        let key = format!("{endpoint}\u{0}{}", owner.as_deref().unwrap_or(""));
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get_mut(endpoint) {
+        if let Some(c) = clients.get_mut(&key) {
             c.used = Instant::now();
             return Ok(c.client.clone());
         }
@@ -160,16 +176,10 @@ impl ParticipantPool {
         // A participant's answer is a vote and a short detail: anything larger is
         // refused by the decoder rather than buffered.
         // The server must be a participant, the one registered there if any.
-        let expect = Expect::Participant(self.sm.as_ref().and_then(|sm| {
-            sm.read()
-                .table
-                .owner_of_endpoint(endpoint)
-                .map(str::to_string)
-        }));
-        let client = ParticipantClient::new(self.transport.channel(ep, expect))
+        let client = ParticipantClient::new(self.transport.channel(ep, Expect::Participant(owner)))
             .max_decoding_message_size(MAX_ANSWER_BYTES);
         clients.insert(
-            endpoint.to_string(),
+            key,
             Cached {
                 client: client.clone(),
                 used: Instant::now(),
@@ -217,8 +227,8 @@ impl ParticipantPool {
                 )),
             );
         }
-        let target = self.target(endpoint);
-        let client = self.client(&target).map_err(|e| (None, e))?;
+        let (target, owner) = self.target(endpoint);
+        let client = self.client(&target, owner).map_err(|e| (None, e))?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(timeout);
         ratify_proto::trace::inject(req.metadata_mut(), &span);

@@ -913,7 +913,8 @@ impl Admin for CoordinatorService {
             if req.operator.is_empty() || req.operator == name {
                 req.operator = name;
             } else {
-                req.operator = format!("{name} (as {})", req.operator);
+                let both = format!("{name} (as {})", req.operator);
+                req.operator = crate::txn::cut_to(both, crate::txn::MAX_OPERATOR_BYTES);
             }
         }
         let action = match pb::ResolveAction::try_from(req.action) {

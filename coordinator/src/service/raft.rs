@@ -7,12 +7,19 @@
 //! from the leader it names), and only while that id is a member of this node's
 //! membership (voter or learner, as its log stands). Every one of these requests can
 //! change the vote or the log (an empty AppendEntries still saves a higher vote and
-//! may truncate), so no request from a non-member is taken, whatever it claims about
-//! the membership. The one exception: a node with no membership yet (about to be
-//! added) takes a peer, since the leader adding it calls it first.
+//! may truncate), so no request from a non-member is taken by a voter, whatever it
+//! claims about the membership.
 //!
-//! The cost: a follower that missed a membership change naming a new node cannot
-//! hear from that node, should it lead, until it is replaced (it shows as lagging).
+//! The exception: a node that is not a voter in its own membership (none yet, a
+//! learner, or a new node replaying an old log whose membership does not name it)
+//! takes AppendEntries and InstallSnapshot from any peer as the leader it names. Its
+//! log counts toward no commit and its vote toward no election, and a new node
+//! catching up replays memberships older than the leader (the first entries name
+//! the founding members only), so refusing would wedge every join under a leader
+//! added after the cluster began.
+//!
+//! The cost: a voter that missed a membership change naming a new node cannot hear
+//! from that node, should it lead, until it is replaced (it shows as lagging).
 
 use ratify_proto::raft_pb::raft_server::Raft as RaftService;
 use ratify_proto::raft_pb::{IdentifyRequest, IdentifyResponse, RaftPayload};
@@ -65,9 +72,22 @@ impl RaftServer {
         nodes.peek().is_none() || membership.nodes().any(|(n, _)| *n == id)
     }
 
-    /// Refuses a request from `caller` that claims `vote` (a candidacy or a
-    /// leadership) unless `vote` is the caller's own and the caller is a member.
-    fn check_vote(&self, caller: Option<NodeId>, vote: &Vote) -> Result<(), Status> {
+    /// Whether this node is a voter in its own membership.
+    fn is_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id);
+        voter
+    }
+
+    /// Refuses a request from `caller` that claims `vote` (a candidacy, or with
+    /// `leader` a leadership) unless `vote` is the caller's own and the caller is a
+    /// member, or it leads and this node is no voter (see the module docs).
+    fn check_vote(&self, caller: Option<NodeId>, vote: &Vote, leader: bool) -> Result<(), Status> {
         let Some(id) = caller else { return Ok(()) };
         if vote.leader_id().voted_for() != Some(id) {
             return Err(Status::permission_denied(format!(
@@ -75,7 +95,7 @@ impl RaftServer {
                 vote.leader_id().voted_for()
             )));
         }
-        if self.knows(id) {
+        if self.knows(id) || (leader && !self.is_voter()) {
             Ok(())
         } else {
             Err(not_member(id))
@@ -118,14 +138,14 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let caller = Self::caller(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = self.request(req)?;
-        self.check_vote(caller, &rpc.vote)?;
+        self.check_vote(caller, &rpc.vote, true)?;
         payload(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let caller = Self::caller(&req)?;
         let rpc: VoteRequest<NodeId> = self.request(req)?;
-        self.check_vote(caller, &rpc.vote)?;
+        self.check_vote(caller, &rpc.vote, false)?;
         payload(&self.raft.vote(rpc).await)
     }
 
@@ -135,7 +155,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let caller = Self::caller(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = self.request(req)?;
-        self.check_vote(caller, &rpc.vote)?;
+        self.check_vote(caller, &rpc.vote, true)?;
         payload(&self.raft.install_snapshot(rpc).await)
     }
 

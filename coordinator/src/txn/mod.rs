@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use table::{
-    cut as cut_detail, describe, Forgotten, Lookup, Outcomes, TxnTable, MAX_FORGOTTEN_RANGES,
-    MAX_PINNED,
+    cut as cut_detail, cut_to, describe, Forgotten, Lookup, Outcomes, TxnTable,
+    MAX_FORGOTTEN_RANGES, MAX_PINNED,
 };
 
 /// Most branches one transaction may have.
@@ -487,10 +487,21 @@ pub struct Participant {
     pub by: String,
     /// When (leader clock).
     pub at_ms: u64,
-    /// Its earlier endpoints, newest last (at most [`MAX_FORMER_ENDPOINTS`]): branches
-    /// recorded there are its own, and calls to them go to `endpoint` (a participant
-    /// restarted on another port still gets phase 2 and may ask its outcomes).
-    pub former: Vec<String>,
+    /// Its earlier endpoints, oldest first (at most [`MAX_FORMER_ENDPOINTS`]):
+    /// branches recorded there are its own, and calls to them go to `endpoint` (a
+    /// participant restarted on another port still gets phase 2 and may ask its
+    /// outcomes). One is let go (to make room, or to another name) only once no
+    /// live transaction has a branch there.
+    pub former: Vec<Former>,
+}
+
+/// An endpoint a participant left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Former {
+    /// The endpoint.
+    pub endpoint: String,
+    /// When it was left (leader clock of the `Register` that moved it).
+    pub since_ms: u64,
 }
 
 /// Most registered participants.

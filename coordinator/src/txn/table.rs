@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditEntry, BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord,
+    AuditEntry, BranchRecord, BranchSpec, Command, CommandResult, Decision, FinishedRecord, Former,
     Participant, Reason, Refusal, Retention, Seed, TxnRecord, MAX_BRANCHES, MAX_DETAIL_BYTES,
     MAX_FORMER_ENDPOINTS, MAX_OPERATOR_BYTES, MAX_PARTICIPANTS,
 };
@@ -242,9 +242,7 @@ impl TxnTable {
                 by,
                 at_ms,
             } => self.register(name, endpoint, by, at_ms),
-            Command::Unregister { name } => CommandResult::Registry {
-                changed: self.participants.remove(&name).is_some(),
-            },
+            Command::Unregister { name } => self.unregister(&name),
             Command::SetSecret { secret } => {
                 if self.secret.is_none() {
                     self.secret = Some(secret);
@@ -479,7 +477,9 @@ impl TxnTable {
     pub fn owner_of_endpoint(&self, endpoint: &str) -> Option<&str> {
         self.participants
             .iter()
-            .find(|(_, p)| p.endpoint == endpoint || p.former.iter().any(|f| f == endpoint))
+            .find(|(_, p)| {
+                p.endpoint == endpoint || p.former.iter().any(|f| f.endpoint == endpoint)
+            })
             .map(|(n, _)| n.as_str())
     }
 
@@ -491,7 +491,7 @@ impl TxnTable {
         }
         self.participants
             .values()
-            .find(|p| p.endpoint != endpoint && p.former.iter().any(|f| f == endpoint))
+            .find(|p| p.endpoint != endpoint && p.former.iter().any(|f| f.endpoint == endpoint))
             .map(|p| p.endpoint.as_str())
     }
 
@@ -516,32 +516,73 @@ impl TxnTable {
             ));
         }
         // An endpoint (current or earlier) is one name's: branches recorded there
-        // are that participant's, and calls to them follow it.
+        // are that participant's, and calls to them follow it. Another name's
+        // earlier endpoint is taken over only once it can be let go.
+        let mut release: Option<String> = None;
         if let Some(other) = self.owner_of_endpoint(&endpoint).filter(|n| *n != name) {
-            return refuse(format!(
-                "endpoint {endpoint} is (or was) participant {other}'s; unregister {other} first"
-            ));
+            let other = other.to_string();
+            let current = self
+                .participants
+                .get(&other)
+                .is_some_and(|p| p.endpoint == endpoint);
+            if current || !self.can_let_go(&other, &endpoint) {
+                return refuse(format!(
+                    "endpoint {endpoint} is (or was, and may still have branches of) participant \
+                     {other}'s"
+                ));
+            }
+            release = Some(other);
         }
         let by = cut_to(by, MAX_OPERATOR_BYTES);
         let full = self.participants.len() >= MAX_PARTICIPANTS;
-        match self.participants.get_mut(&name) {
-            Some(p) if p.endpoint == endpoint => CommandResult::Registry { changed: false },
+        // A move: the old endpoint joins the earlier ones; over the cap, those that
+        // can be let go leave, oldest first; if none can, the move is refused.
+        let moved = match self.participants.get(&name) {
+            Some(p) if p.endpoint == endpoint => return CommandResult::Registry { changed: false },
             Some(p) => {
-                // Moved: the old endpoint stays its own, the newest ones kept.
-                let old = std::mem::replace(&mut p.endpoint, endpoint);
-                p.former.retain(|f| *f != old && *f != p.endpoint);
-                p.former.push(old);
-                if p.former.len() > MAX_FORMER_ENDPOINTS {
-                    p.former.remove(0);
+                let mut former: Vec<Former> = p
+                    .former
+                    .iter()
+                    .filter(|f| f.endpoint != p.endpoint && f.endpoint != endpoint)
+                    .cloned()
+                    .collect();
+                former.push(Former {
+                    endpoint: p.endpoint.clone(),
+                    since_ms: at_ms,
+                });
+                while former.len() > MAX_FORMER_ENDPOINTS {
+                    let Some(i) = former
+                        .iter()
+                        .position(|f| self.can_let_go(&name, &f.endpoint))
+                    else {
+                        return refuse(format!(
+                            "participant {name} has {MAX_FORMER_ENDPOINTS} earlier endpoints that \
+                             may still have branches; it cannot move again yet"
+                        ));
+                    };
+                    former.remove(i);
                 }
+                Some(former)
+            }
+            None => None,
+        };
+        if let Some(other) = release {
+            if let Some(p) = self.participants.get_mut(&other) {
+                p.former.retain(|f| f.endpoint != endpoint);
+            }
+        }
+        match (self.participants.get_mut(&name), moved) {
+            (Some(p), Some(former)) => {
+                p.endpoint = endpoint;
+                p.former = former;
                 p.by = by;
                 p.at_ms = at_ms;
                 CommandResult::Registry { changed: true }
             }
-            None if full => refuse(format!(
+            (None, _) if full => refuse(format!(
                 "the registry holds the maximum of {MAX_PARTICIPANTS}"
             )),
-            None => {
+            (_, _) => {
                 self.participants.insert(
                     name,
                     Participant {
@@ -554,6 +595,47 @@ impl TxnTable {
                 CommandResult::Registry { changed: true }
             }
         }
+    }
+
+    /// Whether a live transaction has a branch at `endpoint`.
+    fn in_use(&self, endpoint: &str) -> bool {
+        self.live
+            .values()
+            .any(|rec| rec.branches.iter().any(|b| b.spec.endpoint == endpoint))
+    }
+
+    /// Whether participant `name`'s earlier `endpoint` may be let go: no live
+    /// transaction has a branch there. (A transaction still held in a leader's
+    /// memory with a branch there cannot commit anyway: its work was done by the
+    /// process that left, so the one there now votes NO; only prepared branches,
+    /// which are in live records, need their calls to follow the participant.)
+    fn can_let_go(&self, name: &str, endpoint: &str) -> bool {
+        self.participants
+            .get(name)
+            .is_some_and(|p| p.former.iter().any(|f| f.endpoint == endpoint))
+            && !self.in_use(endpoint)
+    }
+
+    /// Removes participant `name`, unless a live transaction has a branch at one of
+    /// its endpoints (its phase 2 and its outcome questions go through them).
+    fn unregister(&mut self, name: &str) -> CommandResult {
+        let Some(p) = self.participants.get(name) else {
+            return CommandResult::Registry { changed: false };
+        };
+        let endpoints = std::iter::once(p.endpoint.as_str())
+            .chain(p.former.iter().map(|f| f.endpoint.as_str()));
+        let busy = endpoints
+            .filter(|e| self.in_use(e))
+            .map(str::to_string)
+            .next();
+        if let Some(e) = busy {
+            return CommandResult::Refused(Refusal::Registration(format!(
+                "participant {name} still has branches of live transactions at {e}; \
+                 unregister it once they complete"
+            )));
+        }
+        self.participants.remove(name);
+        CommandResult::Registry { changed: true }
     }
 
     fn hand_over(&mut self, txn: u64, branches: u32) -> CommandResult {
@@ -747,7 +829,8 @@ pub fn cut(s: String) -> String {
     cut_to(s, MAX_DETAIL_BYTES)
 }
 
-fn cut_to(mut s: String, max: usize) -> String {
+/// `s`, cut to at most `max` bytes at a character boundary.
+pub fn cut_to(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {
@@ -1082,6 +1165,94 @@ mod tests {
             t.apply(Command::HandOver { txn, branches: 2 }),
             CommandResult::Decided(d) if !d.commit
         ));
+    }
+
+    fn register(t: &mut TxnTable, name: &str, endpoint: &str, at_ms: u64) -> CommandResult {
+        t.apply(Command::Register {
+            name: name.into(),
+            endpoint: endpoint.into(),
+            by: "test".into(),
+            at_ms,
+        })
+    }
+
+    /// helper-19, finding 3: a participant that moves keeps its old endpoints while
+    /// a live transaction has a branch there (calls follow it), cannot be
+    /// unregistered then, and no other name takes them until they can be let go.
+    #[test]
+    fn earlier_endpoints_stay_their_participants_while_branches_are_there() {
+        let mut t = table();
+        t.apply(Command::SetClusterId { cluster_id: 1 });
+        assert_eq!(
+            register(&mut t, "a", "127.0.0.1:1", 0),
+            CommandResult::Registry { changed: true }
+        );
+        // Branch 2 of this transaction is at 127.0.0.1:1 (spec(1)).
+        let txn = begun(&mut t, 2);
+        assert_eq!(
+            register(&mut t, "a", "127.0.0.1:9", 10),
+            CommandResult::Registry { changed: true }
+        );
+        assert_eq!(t.route("127.0.0.1:1"), Some("127.0.0.1:9"));
+        assert_eq!(t.owner_of_endpoint("127.0.0.1:1"), Some("a"));
+        assert!(matches!(
+            t.apply(Command::Unregister { name: "a".into() }),
+            CommandResult::Refused(Refusal::Registration(_))
+        ));
+        // While in use another name cannot have it.
+        assert!(matches!(
+            register(&mut t, "b", "127.0.0.1:1", 20),
+            CommandResult::Refused(Refusal::Registration(_))
+        ));
+        // Many more moves do not push it out: the unused earlier endpoints go.
+        for i in 0..2 * MAX_FORMER_ENDPOINTS as u64 {
+            let r = register(&mut t, "a", &format!("127.0.0.2:{}", 100 + i), 30 + i);
+            assert_eq!(r, CommandResult::Registry { changed: true }, "move {i}");
+        }
+        assert_eq!(t.owner_of_endpoint("127.0.0.1:1"), Some("a"));
+        assert!(t.participants["a"].former.len() <= MAX_FORMER_ENDPOINTS);
+        // Sixteen endpoints all in use would refuse a move (nothing changes).
+        let mut busy = t.clone();
+        for i in 0..MAX_FORMER_ENDPOINTS as u32 {
+            let port = 200 + i;
+            assert_eq!(
+                register(&mut busy, "a", &format!("127.0.0.1:{port}"), 100),
+                CommandResult::Registry { changed: true }
+            );
+            let n = busy.next_txn.max(1);
+            busy.apply(Command::Reserve { upto: n + 1 });
+            busy.apply(Command::Open {
+                txn: n,
+                seed: Seed {
+                    created_ms: 1,
+                    deadline_ms: 2,
+                    labels: Default::default(),
+                    branches: vec![spec(port)],
+                },
+                held: false,
+            });
+        }
+        let before = busy.clone();
+        let r = register(&mut busy, "a", "127.0.0.3:1", 200);
+        assert!(
+            matches!(r, CommandResult::Refused(Refusal::Registration(_))),
+            "{r:?}"
+        );
+        assert_eq!(busy, before);
+        // Once the transaction completes and the timeout has passed, they go.
+        decide(&mut t, txn, false, Reason::ClientRollback);
+        complete(&mut t, txn, 2_000);
+        assert!(!t.live.contains_key(&txn));
+        assert_eq!(
+            register(&mut t, "b", "127.0.0.1:1", 3_000),
+            CommandResult::Registry { changed: true }
+        );
+        assert_eq!(t.owner_of_endpoint("127.0.0.1:1"), Some("b"));
+        assert_eq!(t.route("127.0.0.1:1"), None);
+        assert_eq!(
+            t.apply(Command::Unregister { name: "a".into() }),
+            CommandResult::Registry { changed: true }
+        );
     }
 
     /// Found by review of the property tests: a branchless record handed over (the
