@@ -518,11 +518,14 @@ async fn a_stuck_phase_2_is_listed_and_decided_ones_answer_their_record() -> any
             .client
             .needing_attention(Duration::from_millis(1_000), 0)
             .await?;
-        if let Some(n) = listed
-            .transactions
-            .into_iter()
-            .find(|n| n.transaction.as_ref().is_some_and(|t| t.gtrid == gtrid))
-        {
+        // Listed once both concerns are old enough (phase 2 pending and the
+        // branch failing start a few milliseconds apart).
+        if let Some(n) = listed.transactions.into_iter().find(|n| {
+            n.transaction.as_ref().is_some_and(|t| t.gtrid == gtrid)
+                && n.why
+                    .iter()
+                    .any(|w| w.starts_with(&format!("branch 2 ({eb}/r) failing for")))
+        }) {
             break n;
         }
         anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "never listed");

@@ -4,19 +4,19 @@
 //! # Who may call (docs/design.md, "Security")
 //! Under TLS only a certificate with a `ratify://peer/<id>` name is served, only for
 //! that id (a Vote from the candidate it names, an AppendEntries or InstallSnapshot
-//! from the leader it names), and only while that id is a member of this node's
-//! membership (voter or learner, as its log stands). Every one of these requests can
+//! from the leader it names), and only while that id is a voter of this node's
+//! membership as its log stands (a learner neither campaigns nor leads). Every one of these requests can
 //! change the vote or the log (an empty AppendEntries still saves a higher vote and
 //! may truncate), so no request from a non-member is taken by a voter, whatever it
 //! claims about the membership.
 //!
-//! The exception: a node that is not a voter in its own membership (none yet, a
-//! learner, or a new node replaying an old log whose membership does not name it)
-//! takes AppendEntries and InstallSnapshot from any peer as the leader it names. Its
-//! log counts toward no commit and its vote toward no election, and a new node
-//! catching up replays memberships older than the leader (the first entries name
-//! the founding members only), so refusing would wedge every join under a leader
-//! added after the cluster began.
+//! The exception: a node whose own membership does not name it (none yet, or a new
+//! node replaying an old log whose memberships name the founders only) takes
+//! AppendEntries and InstallSnapshot from any peer as the leader it names; refusing
+//! would wedge every join under a leader added after the cluster began. Such a node
+//! counts for nothing, and whatever a stranger makes it believe, the cluster's voters
+//! take no Vote or entries from it until they hold it a voter. A learner they name
+//! is strict like a voter (a learner fed a forged membership must not lead).
 //!
 //! The cost: a voter that missed a membership change naming a new node cannot hear
 //! from that node, should it lead, until it is replaced (it shows as lagging).
@@ -63,30 +63,32 @@ impl RaftServer {
         }
     }
 
-    /// Whether `id` is in this node's effective membership; true while it has none.
+    /// Whether `id` is a voter of this node's effective membership; true while it
+    /// has none. Only voters campaign and lead.
     fn knows(&self, id: NodeId) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
         let mut nodes = membership.nodes().peekable();
-        nodes.peek().is_none() || membership.nodes().any(|(n, _)| *n == id)
+        nodes.peek().is_none() || membership.voter_ids().any(|v| v == id)
     }
 
-    /// Whether this node is a voter in its own membership.
-    fn is_voter(&self) -> bool {
+    /// Whether this node's own membership names it (as voter or learner).
+    fn named(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let voter = m
+        let named = m
             .membership_config
             .membership()
-            .voter_ids()
-            .any(|v| v == self.id);
-        voter
+            .nodes()
+            .any(|(n, _)| *n == self.id);
+        named
     }
 
     /// Refuses a request from `caller` that claims `vote` (a candidacy, or with
     /// `leader` a leadership) unless `vote` is the caller's own and the caller is a
-    /// member, or it leads and this node is no voter (see the module docs).
+    /// voter, or it leads and this node's membership does not name it yet (see the
+    /// module docs).
     fn check_vote(&self, caller: Option<NodeId>, vote: &Vote, leader: bool) -> Result<(), Status> {
         let Some(id) = caller else { return Ok(()) };
         if vote.leader_id().voted_for() != Some(id) {
@@ -95,7 +97,7 @@ impl RaftServer {
                 vote.leader_id().voted_for()
             )));
         }
-        if self.knows(id) || (leader && !self.is_voter()) {
+        if self.knows(id) || (leader && !self.named()) {
             Ok(())
         } else {
             Err(not_member(id))

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use table::{
-    cut as cut_detail, cut_to, describe, Forgotten, Lookup, Outcomes, TxnTable,
+    cut as cut_detail, cut_to, describe, Forgotten, Lookup, Outcomes, TxnTable, FORMER_GRACE_MS,
     MAX_FORGOTTEN_RANGES, MAX_PINNED,
 };
 

@@ -165,6 +165,11 @@ impl Forgotten {
     }
 }
 
+/// How long an endpoint a participant left stays its own whatever the table says
+/// (the longest a commit's first entry takes to land after its prepares went out is
+/// the propose timeout, seconds).
+pub const FORMER_GRACE_MS: u64 = 60_000;
+
 /// Most pinned outcomes (see [`TxnTable::pinned`]); past it the oldest go.
 pub const MAX_PINNED: usize = 100_000;
 
@@ -525,7 +530,7 @@ impl TxnTable {
                 .participants
                 .get(&other)
                 .is_some_and(|p| p.endpoint == endpoint);
-            if current || !self.can_let_go(&other, &endpoint) {
+            if current || !self.can_let_go(&other, &endpoint, at_ms) {
                 return refuse(format!(
                     "endpoint {endpoint} is (or was, and may still have branches of) participant \
                      {other}'s"
@@ -553,7 +558,7 @@ impl TxnTable {
                 while former.len() > MAX_FORMER_ENDPOINTS {
                     let Some(i) = former
                         .iter()
-                        .position(|f| self.can_let_go(&name, &f.endpoint))
+                        .position(|f| self.can_let_go(&name, &f.endpoint, at_ms))
                     else {
                         return refuse(format!(
                             "participant {name} has {MAX_FORMER_ENDPOINTS} earlier endpoints that \
@@ -566,6 +571,11 @@ impl TxnTable {
             }
             None => None,
         };
+        if moved.is_none() && full {
+            return refuse(format!(
+                "the registry holds the maximum of {MAX_PARTICIPANTS}"
+            ));
+        }
         if let Some(other) = release {
             if let Some(p) = self.participants.get_mut(&other) {
                 p.former.retain(|f| f.endpoint != endpoint);
@@ -604,16 +614,18 @@ impl TxnTable {
             .any(|rec| rec.branches.iter().any(|b| b.spec.endpoint == endpoint))
     }
 
-    /// Whether participant `name`'s earlier `endpoint` may be let go: no live
-    /// transaction has a branch there. (A transaction still held in a leader's
+    /// Whether participant `name`'s earlier `endpoint` may be let go: left at least
+    /// [`FORMER_GRACE_MS`] ago (a commit's first entry may still be on its way while
+    /// its prepares went there: rule 16) and no live transaction has a branch there. (A transaction still held in a leader's
     /// memory with a branch there cannot commit anyway: its work was done by the
     /// process that left, so the one there now votes NO; only prepared branches,
     /// which are in live records, need their calls to follow the participant.)
-    fn can_let_go(&self, name: &str, endpoint: &str) -> bool {
-        self.participants
-            .get(name)
-            .is_some_and(|p| p.former.iter().any(|f| f.endpoint == endpoint))
-            && !self.in_use(endpoint)
+    fn can_let_go(&self, name: &str, endpoint: &str, now_ms: u64) -> bool {
+        self.participants.get(name).is_some_and(|p| {
+            p.former.iter().any(|f| {
+                f.endpoint == endpoint && now_ms.saturating_sub(f.since_ms) >= FORMER_GRACE_MS
+            })
+        }) && !self.in_use(endpoint)
     }
 
     /// Removes participant `name`, unless a live transaction has a branch at one of
@@ -1206,7 +1218,12 @@ mod tests {
         ));
         // Many more moves do not push it out: the unused earlier endpoints go.
         for i in 0..2 * MAX_FORMER_ENDPOINTS as u64 {
-            let r = register(&mut t, "a", &format!("127.0.0.2:{}", 100 + i), 30 + i);
+            let r = register(
+                &mut t,
+                "a",
+                &format!("127.0.0.2:{}", 100 + i),
+                (1 + i) * FORMER_GRACE_MS,
+            );
             assert_eq!(r, CommandResult::Registry { changed: true }, "move {i}");
         }
         assert_eq!(t.owner_of_endpoint("127.0.0.1:1"), Some("a"));
@@ -1216,7 +1233,12 @@ mod tests {
         for i in 0..MAX_FORMER_ENDPOINTS as u32 {
             let port = 200 + i;
             assert_eq!(
-                register(&mut busy, "a", &format!("127.0.0.1:{port}"), 100),
+                register(
+                    &mut busy,
+                    "a",
+                    &format!("127.0.0.1:{port}"),
+                    (100 + u64::from(i)) * FORMER_GRACE_MS
+                ),
                 CommandResult::Registry { changed: true }
             );
             let n = busy.next_txn.max(1);
@@ -1233,18 +1255,23 @@ mod tests {
             });
         }
         let before = busy.clone();
-        let r = register(&mut busy, "a", "127.0.0.3:1", 200);
+        let r = register(&mut busy, "a", "127.0.0.3:1", 1_000 * FORMER_GRACE_MS);
         assert!(
             matches!(r, CommandResult::Refused(Refusal::Registration(_))),
             "{r:?}"
         );
         assert_eq!(busy, before);
-        // Once the transaction completes and the timeout has passed, they go.
+        // Within the grace after a move, not even an unused one goes to another name.
+        assert!(matches!(
+            register(&mut t, "b", "127.0.0.2:130", 32 * FORMER_GRACE_MS + 1),
+            CommandResult::Refused(Refusal::Registration(_))
+        ));
+        // Once the transaction completes and the grace has passed, they go.
         decide(&mut t, txn, false, Reason::ClientRollback);
         complete(&mut t, txn, 2_000);
         assert!(!t.live.contains_key(&txn));
         assert_eq!(
-            register(&mut t, "b", "127.0.0.1:1", 3_000),
+            register(&mut t, "b", "127.0.0.1:1", 1_000 * FORMER_GRACE_MS),
             CommandResult::Registry { changed: true }
         );
         assert_eq!(t.owner_of_endpoint("127.0.0.1:1"), Some("b"));
