@@ -122,28 +122,38 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_error(&files.cert, e))?
+/// The certificates of a PEM file, at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_error(&files.cert, e))?;
+        .map_err(|e| file_error(path, e))?;
     if certs.is_empty() {
-        return Err(file_error(&files.cert, "no certificate in the file"));
+        return Err(file_error(path, "no certificate in the file"));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+/// The CA certificates of a PEM file as trust roots.
+fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.ca)
-        .map_err(|e| file_error(&files.ca, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_error(&files.ca, e))?;
-    if cas.is_empty() {
-        return Err(file_error(&files.ca, "no certificate in the file"));
-    }
-    for ca in cas {
+    for ca in read_certs(path)? {
         roots
             .add(ca)
-            .map_err(|e| file_error(&files.ca, format!("not a usable CA: {e}")))?;
+            .map_err(|e| file_error(path, format!("not a usable CA: {e}")))?;
     }
+    Ok(roots)
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let roots = read_roots(&files.ca)?;
     let roots = Arc::new(roots);
     let config = |e: rustls::Error| TlsError::Config(e.to_string());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
@@ -182,35 +192,16 @@ pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| file_error(ca, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_error(ca, e))?;
-    if cas.is_empty() {
-        return Err(file_error(ca, "no certificate in the file"));
-    }
-    for c in cas {
-        roots
-            .add(c)
-            .map_err(|e| file_error(ca, format!("not a usable CA: {e}")))?;
-    }
+    let roots = read_roots(ca)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots);
     match identity {
         None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| file_error(cert, e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| file_error(cert, e))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| TlsError::Config(e.to_string()))
-        }
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| TlsError::Config(e.to_string())),
     }
 }
 
@@ -797,50 +788,45 @@ impl Caller {
     }
 }
 
-/// The `ratify://<role>/<name>` URIs in a DER certificate's subject alternative
-/// names; anything else (DNS names, other URIs, unknown roles) is ignored.
-pub fn names_in(der: &[u8]) -> Vec<(Role, String)> {
+/// What `pick` takes of each subject alternative name of a DER certificate (none
+/// for bytes that are no certificate, or one without the extension).
+fn from_sans<T>(
+    der: &[u8],
+    pick: impl Fn(&x509_parser::extensions::GeneralName<'_>) -> Option<T>,
+) -> Vec<T> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
     };
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return Vec::new();
     };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(uri) => parse_name(uri),
-            _ => None,
-        })
-        .collect()
+    san.value.general_names.iter().filter_map(pick).collect()
+}
+
+/// The `ratify://<role>/<name>` URIs in a DER certificate's subject alternative
+/// names; anything else (DNS names, other URIs, unknown roles) is ignored.
+pub fn names_in(der: &[u8]) -> Vec<(Role, String)> {
+    from_sans(der, |n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => parse_name(uri),
+        _ => None,
+    })
 }
 
 /// The DNS names and IP addresses in a DER certificate's subject alternative names.
 pub fn hosts_in(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
-                _ => None,
-            },
+    from_sans(der, |n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+        x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(*b)
+                .ok()
+                .map(|a| std::net::IpAddr::from(a).to_string()),
+            16 => <[u8; 16]>::try_from(*b)
+                .ok()
+                .map(|a| std::net::IpAddr::from(a).to_string()),
             _ => None,
-        })
-        .collect()
+        },
+        _ => None,
+    })
 }
 
 /// `ratify://<role>/<name>` → (role, name); the name follows the wire name rule.

@@ -395,6 +395,21 @@ impl CoordinatorService {
         Some(specs)
     }
 
+    /// A Commit's or Rollback's branch list, checked ([`validate_branch_list`]) and
+    /// kept only if this leader may drive `gtrid` from it ([`Self::usable_list`]).
+    fn branch_list(
+        &self,
+        gtrid: Gtrid,
+        list: Option<pb::BranchList>,
+        client: Option<&str>,
+    ) -> Result<Option<Vec<BranchSpec>>, Status> {
+        let token = list
+            .as_ref()
+            .map(|l| l.owner_token.clone())
+            .unwrap_or_default();
+        Ok(self.usable_list(gtrid, validate_branch_list(gtrid, list)?, client, &token))
+    }
+
     /// The owner token of `gtrid` as its branches stand, for `owner` (TLS only;
     /// empty before the cluster has its key).
     fn owner_token(&self, gtrid: Gtrid, owner: Option<&str>) -> String {
@@ -558,17 +573,7 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         self.check_owner(gtrid, client.as_deref())?;
-        let token = req
-            .branches
-            .as_ref()
-            .map(|l| l.owner_token.clone())
-            .unwrap_or_default();
-        let branches = self.usable_list(
-            gtrid,
-            validate_branch_list(gtrid, req.branches)?,
-            client.as_deref(),
-            &token,
-        );
+        let branches = self.branch_list(gtrid, req.branches, client.as_deref())?;
         // The driver runs the commit on its own task, so a client that disconnects
         // cannot stop it half-way. That task's span, and its participant calls', are
         // children of this one, and so of the client's trace.
@@ -596,17 +601,7 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = req.into_parts();
         let gtrid = self.leader_gtrid(&req.gtrid).await?;
         self.check_owner(gtrid, client.as_deref())?;
-        let token = req
-            .branches
-            .as_ref()
-            .map(|l| l.owner_token.clone())
-            .unwrap_or_default();
-        let branches = self.usable_list(
-            gtrid,
-            validate_branch_list(gtrid, req.branches)?,
-            client.as_deref(),
-            &token,
-        );
+        let branches = self.branch_list(gtrid, req.branches, client.as_deref())?;
         let (outcome, reason, detail) = answer_fields(
             traced(
                 "rollback",
